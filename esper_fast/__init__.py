@@ -1,4 +1,24 @@
-"""esper_fast: fused, sync-free action selection for esper's factored recurrent actor-critic."""
+"""esper_fast: fused, sync-free action selection for esper's factored recurrent actor-critic.
 
-from esper_fast.constants import HEAD_NAMES, LifecycleOp, GerminationStyle  # noqa: F401
-from esper_fast.errors import InvalidActionMaskError, InvalidStateMachineError  # noqa: F401
+The op is chosen exactly once per row, and the log-prob, entropy, Q(s, chosen op) and the
+policy-weighted value sum_a pi(a|s) Q(s, a) come from the same kernel pass (:func:`select_op`).
+"""
+
+from esper_fast.constants import HEAD_NAMES, GerminationStyle, LifecycleOp
+from esper_fast.errors import BackendUnavailableError, InvalidActionMaskError, InvalidStateMachineError
+from esper_fast.ops import available_backends, select_op
+from esper_fast.types import OpSelection
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "select_op",
+    "available_backends",
+    "OpSelection",
+    "InvalidActionMaskError",
+    "InvalidStateMachineError",
+    "BackendUnavailableError",
+    "HEAD_NAMES",
+    "LifecycleOp",
+    "GerminationStyle",
+]

@@ -1,0 +1,31 @@
+// pybind11 module esper_fast._C: the CPU backend (always built, no libtorch).
+#include <pybind11/pybind11.h>
+
+#include "bindings_common.h"
+#include "philox.h"
+#include "select_args.h"
+
+namespace py = pybind11;
+using namespace esper_fast;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "esper_fast CPU kernels (raw pointers; called from esper_fast.ops)";
+  // select_op over host memory; returns the number of bad rows (no valid entry / non-finite logit).
+  m.def(
+      "select_op",
+      [](uintptr_t logits, int logits_dtype, int64_t logits_stride, uintptr_t q, int q_dtype,
+         int64_t q_stride, uintptr_t mask, int64_t mask_stride, uintptr_t noise,
+         int64_t noise_stride, uintptr_t key, int64_t n, int a, bool deterministic,
+         uintptr_t out_op, uintptr_t out_lp, uintptr_t out_ent, uintptr_t out_q,
+         uintptr_t out_v) {
+        const SelectArgs args =
+            make_args(logits, logits_dtype, logits_stride, q, q_dtype, q_stride, mask,
+                      mask_stride, noise, noise_stride, key, n, a, deterministic, out_op, out_lp, out_ent, out_q, out_v);
+        py::gil_scoped_release release;
+        return select_op_cpu(args);
+      });
+  // The uniform that every backend draws for (key, row, col, stream); used by tests.
+  m.def("philox_uniform", [](uint64_t key, int64_t row, uint32_t col, uint32_t stream) {
+    return philox_uniform(key, row, col, stream);
+  });
+}

@@ -1,0 +1,64 @@
+"""Glue between torch tensors and the pybind11 modules (raw pointers, strides, dtype codes)."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+from esper_fast.types import OpSelection
+
+__all__ = ["DTYPE_CODES", "load_module", "run_native", "unit_cols"]
+
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+def load_module(name: str) -> tuple[ModuleType | None, str | None]:
+    """Imports ``esper_fast.<name>``; returns (module, None) or (None, why it is unavailable)."""
+    try:
+        return importlib.import_module(f"esper_fast.{name}"), None
+    except ImportError as exc:  # not built, or built for another Python
+        return None, f"esper_fast.{name} is not built ({exc}); reinstall with `pip install -e .`"
+
+
+def unit_cols(t: Tensor) -> Tensor:
+    """``t`` if its last dimension is unit-stride (row strides are passed through), else a copy."""
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def _ptr(t: Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def run_native(
+    module: ModuleType,
+    logits: Tensor,
+    q: Tensor,
+    mask: Tensor | None,
+    noise: Tensor | None,
+    key: Tensor | None,
+    deterministic: bool,
+    out: OpSelection,
+    stream: int | None = None,
+) -> int | None:
+    """Launches ``module.select_op`` writing into ``out``; returns the CPU bad-row count or None."""
+    n, a = logits.shape
+    logits, q = unit_cols(logits), unit_cols(q)
+    mask = None if mask is None else unit_cols(mask)
+    if noise is not None:
+        noise = unit_cols(noise.float())
+    args = (
+        logits.data_ptr(), DTYPE_CODES[logits.dtype], logits.stride(0),
+        q.data_ptr(), DTYPE_CODES[q.dtype], q.stride(0),
+        _ptr(mask), 0 if mask is None else mask.stride(0),
+        _ptr(noise), 0 if noise is None else noise.stride(0),
+        _ptr(key), n, a, deterministic,
+        out.op.data_ptr(), out.log_prob.data_ptr(), out.entropy.data_ptr(),
+        out.q_op.data_ptr(), out.value.data_ptr(),
+    )  # fmt: skip
+    if stream is None:
+        return module.select_op(*args)
+    module.select_op(*args, stream)
+    return None

@@ -1,0 +1,159 @@
+"""The one place that knows which select_op backends exist, whether each can run, and why not.
+
+========  ==================================  ===============================================
+name      runs on                             implementation
+========  ==================================  ===============================================
+torch     any device                          esper_fast.reference (plain torch ops)
+cpu       CPU tensors                         csrc/select_cpu.cpp via esper_fast._C
+cuda      CUDA tensors                        csrc/select_cuda.cu via esper_fast._C_cuda
+triton    CUDA tensors (CPU tensors only      esper_fast/ops/triton_select.py
+          under TRITON_INTERPRET=1)
+========  ==================================  ===============================================
+
+``backend="auto"`` (or the ``ESPER_FAST_BACKEND`` environment variable) picks ``cuda`` then ``triton``
+for CUDA tensors and ``cpu`` for CPU tensors, falling back to ``torch`` only in auto mode. An
+explicitly named backend that cannot run raises :class:`BackendUnavailableError` with the reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from esper_fast.errors import BackendUnavailableError
+from esper_fast.ops._native import load_module, run_native
+from esper_fast.reference.select import select_op_reference
+from esper_fast.types import OpSelection
+
+__all__ = ["BACKEND_NAMES", "available_backends", "resolve_backend", "get_backend", "Backend"]
+
+BACKEND_NAMES = ("torch", "cpu", "cuda", "triton")
+ENV_VAR = "ESPER_FAST_BACKEND"
+
+# run(logits, q, mask, noise, key, deterministic, out) -> bad-row count if known for free, else None
+RunFn = Callable[[Tensor, Tensor, "Tensor | None", "Tensor | None", "Tensor | None", bool, OpSelection], "int | None"]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A select_op implementation and the test of whether it can run on a device."""
+
+    name: str
+    run: RunFn
+    why_not: Callable[[torch.device], "str | None"]
+
+
+# ---- torch (reference) --------------------------------------------------------------------------
+def _run_torch(logits, q, mask, noise, key, deterministic, out) -> None:
+    res = select_op_reference(logits, q, mask, deterministic=deterministic, noise=noise, key=key)
+    for dst, src in zip(out, res):
+        dst.copy_(src)
+
+
+# ---- cpu (esper_fast._C) --------------------------------------------------------------------------
+@functools.cache
+def _cpu_module():
+    return load_module("_C")
+
+
+def _run_cpu(logits, q, mask, noise, key, deterministic, out) -> int:
+    return run_native(_cpu_module()[0], logits, q, mask, noise, key, deterministic, out)
+
+
+def _cpu_why_not(device: torch.device) -> str | None:
+    if device.type != "cpu":
+        return f"the cpu backend takes CPU tensors, got {device}"
+    return _cpu_module()[1]
+
+
+# ---- cuda (esper_fast._C_cuda) --------------------------------------------------------------------
+@functools.cache
+def _cuda_module():
+    mod, why = load_module("_C_cuda")
+    if mod is None:
+        return None, why + " (it is built only where nvcc is found and ESPER_FAST_CUDA != 0)"
+    return mod, None
+
+
+def _run_cuda(logits, q, mask, noise, key, deterministic, out) -> None:
+    stream = torch.cuda.current_stream(logits.device).cuda_stream
+    run_native(_cuda_module()[0], logits, q, mask, noise, key, deterministic, out, stream=stream)
+
+
+def _cuda_why_not(device: torch.device) -> str | None:
+    if device.type != "cuda":
+        return f"the cuda backend takes CUDA tensors, got {device}"
+    return _cuda_module()[1]
+
+
+# ---- triton ---------------------------------------------------------------------------------------
+@functools.cache
+def _triton_module():
+    try:
+        from esper_fast.ops import triton_select
+    except ImportError as exc:
+        return None, f"triton is not importable ({exc}); pip install triton"
+    return triton_select, None
+
+
+def _triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _run_triton(logits, q, mask, noise, key, deterministic, out) -> None:
+    _triton_module()[0].select_op_triton(logits, q, mask, noise, key, deterministic, out)
+
+
+def _triton_why_not(device: torch.device) -> str | None:
+    if device.type == "cpu" and not _triton_interpreting():
+        return "triton runs CPU tensors only under TRITON_INTERPRET=1"
+    if device.type not in ("cpu", "cuda"):
+        return f"triton does not run on {device}"
+    return _triton_module()[1]
+
+
+_BACKENDS = {
+    "torch": Backend("torch", _run_torch, lambda device: None),
+    "cpu": Backend("cpu", _run_cpu, _cpu_why_not),
+    "cuda": Backend("cuda", _run_cuda, _cuda_why_not),
+    "triton": Backend("triton", _run_triton, _triton_why_not),
+}
+_AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
+
+
+def get_backend(name: str) -> Backend:
+    return _BACKENDS[name]
+
+
+def available_backends(device: torch.device | str | None = None) -> list[str]:
+    """Backends that can run on ``device`` (default: on CPU, plus CUDA when a GPU is visible)."""
+    if device is None:
+        devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    else:
+        devices = [torch.device(device)]
+    return [n for n in BACKEND_NAMES if any(_BACKENDS[n].why_not(d) is None for d in devices)]
+
+
+def resolve_backend(requested: str, device: torch.device) -> Backend:
+    """The backend to run for ``requested`` ("auto" or a name) on ``device``; raises if it can't."""
+    name = requested
+    if name == "auto":
+        name = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    if name == "auto":
+        for candidate in _AUTO_ORDER.get(device.type, ("torch",)):
+            if _BACKENDS[candidate].why_not(device) is None:
+                return _BACKENDS[candidate]
+    if name not in _BACKENDS:
+        source = f" (from ${ENV_VAR})" if requested == "auto" else ""
+        raise ValueError(
+            f"backend must be one of {('auto',) + BACKEND_NAMES}, got {name!r}{source}"
+        )
+    why = _BACKENDS[name].why_not(device)
+    if why is not None:
+        raise BackendUnavailableError(f"backend {name!r} cannot run here: {why}")
+    return _BACKENDS[name]

@@ -1,0 +1,156 @@
+"""Public ``select_op``: argument checks, the Philox key, dispatch, and opt-in validation."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from esper_fast.errors import InvalidActionMaskError
+from esper_fast.ops.backends import resolve_backend
+from esper_fast.types import OpSelection
+
+__all__ = ["select_op", "draw_key", "empty_selection"]
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_KEY_HIGH = 2**63 - 1
+
+
+def draw_key(device: torch.device, generator: torch.Generator | None = None) -> Tensor:
+    """A fresh 64-bit Philox key as an int64 tensor ``[1]`` on ``device``, drawn from ``generator``.
+
+    Drawn on the device itself (no host sync; inside a captured CUDA graph every replay draws a new
+    key). Calls are reproducible under ``torch.manual_seed``; distinct calls use independent keys (two
+    calls share numbers only if two 63-bit draws collide).
+    """
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(
+            f"generator is on {generator.device} but the inputs are on {device}; "
+            f"pass a torch.Generator(device={str(device)!r})"
+        )
+    return torch.randint(0, _KEY_HIGH, (1,), dtype=torch.int64, device=device, generator=generator)
+
+
+def empty_selection(n: int, device: torch.device) -> OpSelection:
+    """Uninitialised output tensors for ``n`` rows (floats share one ``[4, n]`` allocation)."""
+    f = torch.empty(4, n, dtype=torch.float32, device=device)
+    return OpSelection(torch.empty(n, dtype=torch.int64, device=device), f[0], f[1], f[2], f[3])
+
+
+def _check_float(name: str, t: object, shape: tuple[int, ...] | None = None) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    if shape is not None and tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {list(shape)} (like logits), got {list(t.shape)}")
+
+
+def _check_args(
+    logits: Tensor, q: Tensor, mask: Tensor | None, noise: Tensor | None, out: OpSelection | None
+) -> None:
+    _check_float("logits", logits)
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be 2-D [N, A], got shape {list(logits.shape)}")
+    n, a = logits.shape
+    if a < 1:
+        raise ValueError(f"logits must have at least one action column (A >= 1), got A = {a}")
+    _check_float("q", q, (n, a))
+    tensors = {"q": q}
+    if mask is not None:
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            what = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
+            raise TypeError(f"mask must be a bool tensor (True = valid), got {what}")
+        if tuple(mask.shape) != (n, a):
+            raise ValueError(f"mask must have shape {[n, a]} (like logits), got {list(mask.shape)}")
+        tensors["mask"] = mask
+    if noise is not None:
+        _check_float("noise", noise, (n, a))
+        tensors["noise"] = noise
+    if out is not None:
+        for field, t in zip(OpSelection._fields, out):
+            dtype = torch.int64 if field == "op" else torch.float32
+            if not isinstance(t, Tensor) or t.dtype != dtype or tuple(t.shape) != (n,):
+                raise ValueError(f"out.{field} must be a {dtype} tensor of shape [{n}]")
+            if not t.is_contiguous():
+                raise ValueError(f"out.{field} must be contiguous")
+            tensors[f"out.{field}"] = t
+    for name, t in tensors.items():
+        if t.device != logits.device:
+            raise ValueError(f"{name} is on {t.device} but logits is on {logits.device}")
+
+
+def _raise_for_bad_rows(
+    logits: Tensor, mask: Tensor | None, noise: Tensor | None, op: Tensor, bad_count: int | None
+) -> None:
+    """Raises if any row is bad (one host sync). The happy path costs one reduction."""
+    if noise is not None and not bool(torch.isfinite(noise).all()):
+        raise ValueError("noise must be finite (standard Gumbel samples)")
+    if bad_count == 0 or (bad_count is None and not bool((op < 0).any())):
+        return
+    valid = torch.ones_like(logits, dtype=torch.bool) if mask is None else mask
+    empty = torch.nonzero(valid.sum(-1) == 0).flatten()
+    if empty.numel() > 0:
+        rows = empty[:8].tolist()
+        raise InvalidActionMaskError(
+            f"No valid actions available in {empty.numel()} row(s) of the mask, first rows {rows}: "
+            "every row needs at least one True entry."
+        )
+    nonfinite = torch.nonzero((valid & ~torch.isfinite(logits)).any(-1)).flatten()
+    rows = nonfinite[:8].tolist()
+    raise ValueError(
+        f"logits contain inf/nan at valid entries in {nonfinite.numel()} row(s), first rows {rows}"
+    )
+
+
+def select_op(
+    logits: Tensor,
+    q: Tensor,
+    mask: Tensor | None = None,
+    *,
+    deterministic: bool = False,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    backend: str = "auto",
+    validate: bool = True,
+    out: OpSelection | None = None,
+) -> OpSelection:
+    """Choose one action per row of a masked categorical and read the critic at it, in one pass.
+
+    Per row n: masked entries get probability exactly 0; the op is chosen ONCE (argmax of the valid
+    logits if ``deterministic``, else Gumbel-max = an exact softmax sample), and everything that
+    depends on it is returned from the same kernel.
+
+    Args:
+        logits: ``[N, A]`` float32/float16/bfloat16 policy logits (any strides).
+        q: ``[N, A]`` float32/float16/bfloat16 critic values Q(s, a) for every action a.
+        mask: ``[N, A]`` bool, True = valid, or None (all valid).
+        deterministic: argmax (ties to the lowest index) instead of sampling.
+        noise: ``[N, A]`` explicit standard-Gumbel noise for sampling (testing); default: Philox
+            noise keyed by a fresh 64-bit key drawn from ``generator`` on the inputs' device.
+        generator: torch.Generator on the inputs' device (default: torch's default generator).
+        backend: "auto", "torch", "cpu", "cuda" or "triton" (see :mod:`esper_fast.ops.backends`).
+        validate: raise on bad rows (one host sync). With False there is no sync: bad rows
+            (no valid entry, or a non-finite valid logit) get op -1 and NaN floats.
+        out: optional preallocated :class:`OpSelection` to write into (contiguous ``[N]`` tensors).
+
+    Returns:
+        :class:`OpSelection` ``(op, log_prob, entropy, q_op, value)``, each ``[N]``; floats are fp32
+        whatever the input dtype (computed in fp32).
+
+    Raises:
+        TypeError / ValueError: bad arguments (named in the message).
+        InvalidActionMaskError: ``validate`` and a mask row without a valid entry.
+        ValueError: ``validate`` and a non-finite logit at a valid entry.
+        BackendUnavailableError: an explicitly requested backend cannot run on these tensors.
+    """
+    _check_args(logits, q, mask, noise, out)
+    impl = resolve_backend(backend, logits.device)
+    if out is None:
+        out = empty_selection(logits.shape[0], logits.device)
+    if deterministic:
+        noise = None  # unused: argmax ignores noise
+    key = None if deterministic or noise is not None else draw_key(logits.device, generator)
+    bad_count = impl.run(logits, q, mask, noise, key, deterministic, out)
+    if validate:
+        _raise_for_bad_rows(logits, mask, noise, out.op, bad_count)
+    return out

@@ -1,0 +1,10 @@
+"""Pure-PyTorch ground truth for every esper_fast kernel (floor 2).
+
+* :func:`select_op_reference` - the semantics of :func:`esper_fast.select_op`.
+* :func:`philox_uniform` - the counter-based RNG every backend shares.
+"""
+
+from esper_fast.reference.philox import gumbel_from_uniform, philox_uniform
+from esper_fast.reference.select import reference_gumbel, select_op_reference
+
+__all__ = ["select_op_reference", "philox_uniform", "gumbel_from_uniform", "reference_gumbel"]

@@ -1,0 +1,120 @@
+"""Builds esper_fast's two pybind11 modules.
+
+* ``esper_fast._C``      - CPU kernels (csrc/select_cpu.cpp), always built with the host compiler.
+* ``esper_fast._C_cuda`` - CUDA kernels (csrc/select_cuda.cu), built with nvcc through ninja when nvcc
+  is found (``$CUDA_HOME/bin/nvcc`` or ``nvcc`` on PATH) for sm_80 and sm_90 (+ compute_90 PTX).
+  Set ``ESPER_FAST_CUDA=0`` to skip it, ``ESPER_FAST_CUDA=1`` to fail when nvcc is missing.
+
+Neither module links libtorch: they take raw pointers (and the caller's CUDA stream), so one build
+serves every torch version.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sysconfig
+from pathlib import Path
+
+import pybind11
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+CSRC = ROOT / "csrc"
+CUDA_ARCHS = ("80", "90")
+CXX_FLAGS = ["-O3", "-std=c++17", "-fvisibility=hidden"]
+
+
+def find_nvcc() -> str | None:
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home and (Path(home) / "bin" / "nvcc").exists():
+        return str(Path(home) / "bin" / "nvcc")
+    return shutil.which("nvcc")
+
+
+def find_ninja() -> str:
+    try:
+        import ninja  # the PyPI package ships the binary
+
+        return str(Path(ninja.BIN_DIR) / "ninja")
+    except ImportError:
+        found = shutil.which("ninja")
+        if found is None:
+            raise RuntimeError("building esper_fast._C_cuda needs ninja (pip install ninja)")
+        return found
+
+
+def want_cuda() -> bool:
+    flag = os.environ.get("ESPER_FAST_CUDA", "auto").strip().lower()
+    if flag in ("0", "false", "no", "off"):
+        return False
+    if find_nvcc() is None:
+        if flag in ("1", "true", "yes", "on"):
+            raise RuntimeError("ESPER_FAST_CUDA=1 but nvcc was not found (set CUDA_HOME)")
+        return False
+    return True
+
+
+def ninja_file(nvcc: str, build_dir: Path, target: Path) -> str:
+    includes = " ".join(
+        f"-I{p}" for p in (CSRC, pybind11.get_include(), sysconfig.get_paths()["include"])
+    )
+    gencode = " ".join(f"-gencode=arch=compute_{a},code=sm_{a}" for a in CUDA_ARCHS)
+    gencode += f" -gencode=arch=compute_{CUDA_ARCHS[-1]},code=compute_{CUDA_ARCHS[-1]}"
+    host = "-Xcompiler -fPIC -Xcompiler -fvisibility=hidden"
+    return "\n".join(
+        [
+            f"nvcc = {nvcc}",
+            f"flags = -O3 -std=c++17 {host} {includes}",
+            f"gencode = {gencode}",
+            "rule compile",
+            "  command = $nvcc $flags $gencode -c $in -o $out",
+            "  description = NVCC $out",
+            "rule link",
+            "  command = $nvcc -shared $gencode $in -o $out",
+            "  description = LINK $out",
+            f"build {build_dir}/select_cuda.o: compile {CSRC}/select_cuda.cu",
+            f"build {build_dir}/bindings_cuda.o: compile {CSRC}/bindings_cuda.cpp",
+            f"build {target}: link {build_dir}/select_cuda.o {build_dir}/bindings_cuda.o",
+            "",
+        ]
+    )
+
+
+class BuildExt(build_ext):
+    """Builds the CPU module with setuptools and the CUDA module with nvcc + ninja."""
+
+    def build_extension(self, ext: Extension) -> None:
+        if ext.name != "esper_fast._C_cuda":
+            super().build_extension(ext)
+            return
+        target = Path(self.get_ext_fullpath(ext.name)).resolve()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        build_dir = (Path(self.build_temp) / "cuda").resolve()
+        build_dir.mkdir(parents=True, exist_ok=True)
+        (build_dir / "build.ninja").write_text(ninja_file(find_nvcc(), build_dir, target))
+        subprocess.run([find_ninja(), "-C", str(build_dir)], check=True)
+
+
+extensions = [
+    Extension(
+        "esper_fast._C",
+        sources=["csrc/select_cpu.cpp", "csrc/bindings_cpu.cpp"],
+        include_dirs=[str(CSRC), pybind11.get_include()],
+        extra_compile_args=CXX_FLAGS + ["-fopenmp"],
+        extra_link_args=["-fopenmp"],
+        language="c++",
+    )
+]
+if want_cuda():
+    extensions.append(
+        Extension(
+            "esper_fast._C_cuda",
+            sources=["csrc/select_cuda.cu", "csrc/bindings_cuda.cpp"],
+            depends=[str(p) for p in CSRC.glob("*.h")],
+        )
+    )
+
+setup(ext_modules=extensions, cmdclass={"build_ext": BuildExt})
