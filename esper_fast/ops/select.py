@@ -22,6 +22,8 @@ def draw_key(device: torch.device, generator: torch.Generator | None = None) -> 
     key). Calls are reproducible under ``torch.manual_seed``; distinct calls use independent keys (two
     calls share numbers only if two 63-bit draws collide).
     """
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     if generator is not None and generator.device.type != device.type:
         raise ValueError(
             f"generator is on {generator.device} but the inputs are on {device}; "

@@ -1,0 +1,18 @@
+"""Simulated environments for esper's controller: the batched seed-lifecycle env and baselines."""
+
+from esper_fast.envs.baselines import HeuristicPolicy, RandomMaskedPolicy, evaluate_policy
+from esper_fast.envs.masks import compute_action_masks, compute_slot_by_op_mask, effective_op
+from esper_fast.envs.seed_lifecycle import EnvConfig, EnvObs, SeedLifecycleEnv, StepResult
+
+__all__ = [
+    "SeedLifecycleEnv",
+    "EnvConfig",
+    "EnvObs",
+    "StepResult",
+    "compute_action_masks",
+    "compute_slot_by_op_mask",
+    "effective_op",
+    "HeuristicPolicy",
+    "RandomMaskedPolicy",
+    "evaluate_policy",
+]
