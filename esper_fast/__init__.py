@@ -7,12 +7,15 @@ policy-weighted value sum_a pi(a|s) Q(s, a) come from the same kernel pass (:fun
 from esper_fast.constants import HEAD_NAMES, GerminationStyle, LifecycleOp
 from esper_fast.errors import BackendUnavailableError, InvalidActionMaskError, InvalidStateMachineError
 from esper_fast.ops import available_backends, select_op
+from esper_fast.policy import FactoredPolicy, GetActionResult
 from esper_fast.types import OpSelection
 
 __version__ = "0.1.0"
 
 __all__ = [
     "select_op",
+    "FactoredPolicy",
+    "GetActionResult",
     "available_backends",
     "OpSelection",
     "InvalidActionMaskError",

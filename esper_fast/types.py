@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from torch import Tensor
 
-__all__ = ["OpSelection"]
+__all__ = ["OpSelection", "GetActionResult", "Hidden"]
+
+Hidden = tuple[Tensor, Tensor]  # (h, c), each [L, B, H]
 
 
 class OpSelection(NamedTuple):
@@ -25,3 +28,27 @@ class OpSelection(NamedTuple):
     entropy: Tensor
     q_op: Tensor
     value: Tensor
+
+
+@dataclass(frozen=True, slots=True)
+class GetActionResult:
+    """esper's ``GetActionResult`` plus three optional extras (appended, defaults None).
+
+    Attributes:
+        actions: head -> ``[B]`` int64. log_probs: head -> ``[B]`` float32 (non-differentiable).
+        values: ``[B]`` - Q(s, actions["op"]) in ``value_mode="q_op"``, sum_a pi(a|s) Q(s, a) in
+            ``"expected"``. hidden: ``(h, c)`` each ``[L, B, H]``. sampled_op: ``[B]`` == actions["op"].
+        op_logits: ``[B, num_ops]`` masked (-1e4) op logits when ``return_op_logits``.
+        head_entropies: head -> ``[B]`` entropy in nats over the valid entries (free from the kernel).
+        q_op: ``[B]`` Q(s, chosen op). expected_value: ``[B]`` sum_a pi(a|s) Q(s, a).
+    """
+
+    actions: dict[str, Tensor]
+    log_probs: dict[str, Tensor]
+    values: Tensor
+    hidden: Hidden
+    sampled_op: Tensor
+    op_logits: Tensor | None = None
+    head_entropies: dict[str, Tensor] | None = None
+    q_op: Tensor | None = None
+    expected_value: Tensor | None = None

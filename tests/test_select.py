@@ -335,3 +335,14 @@ def test_tensors_on_different_devices_are_refused():
 def test_available_backends_on_cpu_has_reference_and_cpu():
     names = esper_fast.available_backends("cpu")
     assert names[:2] == ["torch", "cpu"]
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+def test_q_none_gives_zero_critic_outputs(backend, device):
+    logits, q, mask = make_inputs(17, 5, device=device)
+    noise = torch.rand(17, 5, device=device)
+    got = select_op(logits, None, mask, noise=noise, backend=backend, out=poisoned(17, device))
+    ref = select_op_reference(logits, q, mask, deterministic=False, noise=noise)
+    assert torch.equal(got.op.cpu(), ref.op.cpu())
+    torch.testing.assert_close(got.log_prob.cpu(), ref.log_prob.cpu())
+    assert (got.q_op == 0).all() and (got.value == 0).all()

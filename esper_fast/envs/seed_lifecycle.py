@@ -53,18 +53,18 @@ _BP = BlueprintAction
 BLUEPRINT_PROFILES: dict[BlueprintAction, tuple[float, float, float]] = {
     # blueprint: (mean contribution [points], std [points], parameter cost [host units])
     _BP.NOOP: (0.0, 0.0, 0.0),
-    _BP.CONV_LIGHT: (2.0, 2.5, 0.30),
-    _BP.ATTENTION: (3.0, 6.0, 0.80),
-    _BP.NORM: (0.8, 1.0, 0.05),
-    _BP.DEPTHWISE: (2.5, 3.0, 0.25),
-    _BP.BOTTLENECK: (1.5, 3.5, 0.40),
-    _BP.CONV_SMALL: (1.0, 2.5, 0.15),
-    _BP.CONV_HEAVY: (4.0, 4.0, 1.50),
-    _BP.LORA: (1.5, 2.0, 0.20),
-    _BP.LORA_LARGE: (3.0, 3.5, 0.80),
-    _BP.MLP_SMALL: (1.0, 3.0, 0.30),
-    _BP.MLP: (2.5, 4.5, 1.00),
-    _BP.FLEX_ATTENTION: (3.5, 6.5, 1.20),
+    _BP.CONV_LIGHT: (3.5, 3.5, 0.35),
+    _BP.ATTENTION: (5.0, 8.0, 1.00),
+    _BP.NORM: (1.5, 1.5, 0.05),
+    _BP.DEPTHWISE: (4.5, 4.0, 0.30),
+    _BP.BOTTLENECK: (3.0, 5.0, 0.50),
+    _BP.CONV_SMALL: (2.5, 3.0, 0.20),
+    _BP.CONV_HEAVY: (6.5, 5.0, 2.00),
+    _BP.LORA: (3.0, 3.0, 0.25),
+    _BP.LORA_LARGE: (5.0, 4.5, 1.00),
+    _BP.MLP_SMALL: (2.0, 3.5, 0.30),
+    _BP.MLP: (4.0, 5.5, 1.20),
+    _BP.FLEX_ATTENTION: (6.0, 8.5, 1.80),
 }
 _GS, _AC = GerminationStyle, AlphaCurveAction
 STYLE_PROFILES: dict[GerminationStyle, tuple[float, float, float, AlphaCurveAction]] = {
@@ -126,9 +126,9 @@ class EnvConfig:
     """Range of the host training curve's time constant, in epochs."""
     maturity_tau: float = 4.0
     """Time constant (trained epochs) of a seed's maturity 1 - exp(-n / tau)."""
-    seed_gain_cap: float = 25.0
+    seed_gain_cap: float = 80.0
     """Saturation of the summed seed gain g: realised gain = g * cap / (cap + g) for g > 0."""
-    shock_coef: float = 3.0
+    shock_coef: float = 2.0
     """Permanent host damage per unit of squared alpha change in one epoch."""
     acc_noise: float = 0.5
     """Std of the observation noise on accuracy."""
@@ -407,7 +407,9 @@ class SeedLifecycleEnv:
 
     def _set(self, name: str, where: Tensor, value: Tensor | float | int) -> None:
         old = getattr(self, name)
-        setattr(self, name, torch.where(where, torch.as_tensor(value, dtype=old.dtype, device=old.device), old))
+        if isinstance(value, Tensor) and value.dtype != old.dtype:
+            value = value.to(old.dtype)
+        setattr(self, name, torch.where(where, value, old))
 
     def _start_ramp(self, where: Tensor, target: Tensor, steps: Tensor, curve: Tensor) -> None:
         """Begin an alpha ramp towards ``target`` over ``steps`` epochs (0 = instant)."""
@@ -564,8 +566,12 @@ class SeedLifecycleEnv:
         done = terminated | truncated
         ep_return = torch.where(done, self.ep_return, torch.zeros_like(reward))
         ep_length = torch.where(done, self.epoch, torch.zeros_like(self.epoch))
-        self._reset_rows(done)
-        nxt = self.observe()  # equals `final` on rows that did not end
+        # On CPU a data-dependent branch costs no sync; on accelerators stay branch-free.
+        if self.device.type != "cpu" or bool(done.any()):
+            self._reset_rows(done)
+            nxt = self.observe()  # equals `final` on rows that did not end
+        else:
+            nxt = final
         self._counter = self._counter + 1
         return StepResult(nxt, reward, terminated, truncated, final, eff, ep_return, ep_length)
 

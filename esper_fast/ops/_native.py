@@ -35,7 +35,7 @@ def _ptr(t: Tensor | None) -> int:
 def run_native(
     module: ModuleType,
     logits: Tensor,
-    q: Tensor,
+    q: Tensor | None,
     mask: Tensor | None,
     noise: Tensor | None,
     key: Tensor | None,
@@ -45,13 +45,14 @@ def run_native(
 ) -> int | None:
     """Launches ``module.select_op`` writing into ``out``; returns the CPU bad-row count or None."""
     n, a = logits.shape
-    logits, q = unit_cols(logits), unit_cols(q)
+    logits = unit_cols(logits)
+    q = None if q is None else unit_cols(q)
     mask = None if mask is None else unit_cols(mask)
     if noise is not None:
         noise = unit_cols(noise.float())
     args = (
         logits.data_ptr(), DTYPE_CODES[logits.dtype], logits.stride(0),
-        q.data_ptr(), DTYPE_CODES[q.dtype], q.stride(0),
+        _ptr(q), 0 if q is None else DTYPE_CODES[q.dtype], 0 if q is None else q.stride(0),
         _ptr(mask), 0 if mask is None else mask.stride(0),
         _ptr(noise), 0 if noise is None else noise.stride(0),
         _ptr(key), n, a, deterministic,

@@ -48,7 +48,7 @@ def _check_float(name: str, t: object, shape: tuple[int, ...] | None = None) -> 
 
 
 def _check_args(
-    logits: Tensor, q: Tensor, mask: Tensor | None, noise: Tensor | None, out: OpSelection | None
+    logits: Tensor, q: Tensor | None, mask: Tensor | None, noise: Tensor | None, out: OpSelection | None
 ) -> None:
     _check_float("logits", logits)
     if logits.dim() != 2:
@@ -56,8 +56,10 @@ def _check_args(
     n, a = logits.shape
     if a < 1:
         raise ValueError(f"logits must have at least one action column (A >= 1), got A = {a}")
-    _check_float("q", q, (n, a))
-    tensors = {"q": q}
+    tensors = {}
+    if q is not None:
+        _check_float("q", q, (n, a))
+        tensors["q"] = q
     if mask is not None:
         if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
             what = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
@@ -106,7 +108,7 @@ def _raise_for_bad_rows(
 
 def select_op(
     logits: Tensor,
-    q: Tensor,
+    q: Tensor | None,
     mask: Tensor | None = None,
     *,
     deterministic: bool = False,
@@ -124,7 +126,8 @@ def select_op(
 
     Args:
         logits: ``[N, A]`` float32/float16/bfloat16 policy logits (any strides).
-        q: ``[N, A]`` float32/float16/bfloat16 critic values Q(s, a) for every action a.
+        q: ``[N, A]`` float32/float16/bfloat16 critic values Q(s, a) for every action a, or None
+            for a head without a critic (then ``q_op`` and ``value`` are 0).
         mask: ``[N, A]`` bool, True = valid, or None (all valid).
         deterministic: argmax (ties to the lowest index) instead of sampling.
         noise: ``[N, A]`` explicit standard-Gumbel noise for sampling (testing); default: Philox

@@ -37,14 +37,17 @@ def _select_op_kernel(
     logits_ptr, q_ptr, mask_ptr, noise_ptr, key_ptr,
     op_ptr, logp_ptr, ent_ptr, qop_ptr, val_ptr,
     N, A, stride_l, stride_q, stride_m, stride_n,
-    HAS_MASK: tl.constexpr, HAS_NOISE: tl.constexpr, DETERMINISTIC: tl.constexpr,
+    HAS_Q: tl.constexpr, HAS_MASK: tl.constexpr, HAS_NOISE: tl.constexpr, DETERMINISTIC: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_A: tl.constexpr,
 ):  # fmt: skip
     rows = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)[:, None]  # [BN, 1]
     cols = tl.arange(0, BLOCK_A)[None, :]  # [1, BA]
     inb = (rows < N) & (cols < A)
     l = tl.load(logits_ptr + rows * stride_l + cols, mask=inb, other=0.0).to(tl.float32)
-    q = tl.load(q_ptr + rows * stride_q + cols, mask=inb, other=0.0).to(tl.float32)
+    if HAS_Q:
+        q = tl.load(q_ptr + rows * stride_q + cols, mask=inb, other=0.0).to(tl.float32)
+    else:
+        q = tl.zeros([BLOCK_N, BLOCK_A], dtype=tl.float32)
     valid = inb
     if HAS_MASK:
         valid = valid & (tl.load(mask_ptr + rows * stride_m + cols, mask=inb, other=0) != 0)
@@ -91,7 +94,7 @@ def block_sizes(n: int, a: int) -> tuple[int, int]:
 
 def select_op_triton(
     logits: Tensor,
-    q: Tensor,
+    q: Tensor | None,
     mask: Tensor | None,
     noise: Tensor | None,
     key: Tensor | None,
@@ -102,20 +105,21 @@ def select_op_triton(
     n, a = logits.shape
     if n == 0:
         return
-    logits, q = _unit_cols(logits), _unit_cols(q)
+    logits = _unit_cols(logits)
+    q = None if q is None else _unit_cols(q)
     mask = None if mask is None else _unit_cols(mask)
     noise = None if noise is None else _unit_cols(noise)
     block_n, block_a = block_sizes(n, a)
     dummy = logits  # any pointer for absent optional inputs (never read)
     _select_op_kernel[(triton.cdiv(n, block_n),)](
-        logits, q,
+        logits, dummy if q is None else q,
         dummy if mask is None else mask,
         dummy if noise is None else noise,
         dummy if key is None else key,
         out.op, out.log_prob, out.entropy, out.q_op, out.value,
-        n, a, logits.stride(0), q.stride(0),
+        n, a, logits.stride(0), 0 if q is None else q.stride(0),
         0 if mask is None else mask.stride(0), 0 if noise is None else noise.stride(0),
-        HAS_MASK=mask is not None, HAS_NOISE=noise is not None, DETERMINISTIC=deterministic,
+        HAS_Q=q is not None, HAS_MASK=mask is not None, HAS_NOISE=noise is not None, DETERMINISTIC=deterministic,
         BLOCK_N=block_n, BLOCK_A=block_a,
         num_warps=4 if block_n * block_a >= 1024 else 1,
     )  # fmt: skip

@@ -20,7 +20,7 @@ def reference_gumbel(key: Tensor, n: int, a: int, device: torch.device | str) ->
 
 def select_op_reference(
     logits: Tensor,
-    q: Tensor,
+    q: Tensor | None,
     mask: Tensor | None,
     *,
     deterministic: bool,
@@ -30,7 +30,7 @@ def select_op_reference(
     """Masked categorical selection with the critic read at the chosen op, in torch ops.
 
     Args:
-        logits: ``[N, A]`` float; q: ``[N, A]`` float; mask: ``[N, A]`` bool (True = valid) or None.
+        logits: ``[N, A]`` float; q: ``[N, A]`` float or None (zeros); mask: ``[N, A]`` bool (True = valid) or None.
         deterministic: argmax of the valid logits (ties to the lowest index).
         noise: ``[N, A]`` Gumbel noise for sampling; if None, derived from ``key`` by Philox.
         key: int64 tensor with one element (needed when sampling without ``noise``).
@@ -38,7 +38,8 @@ def select_op_reference(
     Returns:
         :class:`OpSelection`; rows with no valid entry or a non-finite valid logit get op -1 and NaN.
     """
-    lf, qf = logits.float(), q.float()
+    lf = logits.float()
+    qf = torch.zeros_like(lf) if q is None else q.float()
     valid = torch.ones_like(lf, dtype=torch.bool) if mask is None else mask
     bad = (valid.sum(-1) == 0) | (valid & ~torch.isfinite(lf)).any(-1)
     masked = lf.masked_fill(~valid, float("-inf"))

@@ -1,0 +1,316 @@
+"""esper's recurrent actor-critic network: modules, init, trunk, heads, Q(s, .) and evaluation.
+
+Everything here is plain, differentiable torch. The module names, registration order, shapes, the
+``blueprint_embedding._null_idx`` buffer and the init scheme are esper's ``FactoredRecurrentActorCritic``
+at commit 0872525b (``../shared/esper_contract.md`` section 1), so state_dicts load strictly both ways.
+How an action is *chosen* lives in the subclasses: :class:`esper_fast.FactoredPolicy` (fused kernel)
+and :class:`esper_fast.reference.ReferencePolicy` (esper's torch ops, optionally with the legacy bug).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from esper_fast.errors import InvalidStateMachineError
+from esper_fast.types import Hidden
+from esper_fast.constants import (
+    CAUSAL_HEAD_OPS,
+    DEFAULT_BLUEPRINT_EMBED_DIM,
+    DEFAULT_FEATURE_DIM,
+    DEFAULT_LSTM_HIDDEN_DIM,
+    HEAD_NAMES,
+    MASKED_LOGIT_VALUE,
+    STYLE_FREE_OPS,
+    GerminationStyle,
+    get_action_head_sizes,
+)
+
+__all__ = [
+    "BlueprintEmbedding",
+    "FactoredNetwork",
+    "HeadOutputs",
+    "causal_masks",
+    "normalized_entropy",
+    "style_override_mask",
+    "validate_masks_and_logits",
+]
+
+# esper's registration order of the seven small heads (between lstm_ln and blueprint_embedding).
+SMALL_HEADS = ("slot", "style", "tempo", "alpha_target", "alpha_speed", "alpha_curve", "op")
+
+
+class BlueprintEmbedding(nn.Module):
+    """Per-slot blueprint embedding; index -1 (empty slot) maps to a learned null row."""
+
+    def __init__(self, num_blueprints: int = 13, embed_dim: int = DEFAULT_BLUEPRINT_EMBED_DIM) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(num_blueprints + 1, embed_dim)
+        self.register_buffer("_null_idx", torch.tensor(num_blueprints, dtype=torch.int64))
+        nn.init.normal_(self.embedding.weight, mean=0.0, std=0.02)
+
+    def forward(self, blueprint_indices: Tensor) -> Tensor:
+        """``[..., S]`` int64 (values 0..12 or < 0 for empty) -> ``[..., S, embed_dim]``."""
+        idx = torch.where(blueprint_indices < 0, self._null_idx, blueprint_indices)
+        return self.embedding(idx)
+
+
+class HeadOutputs(NamedTuple):
+    """Unmasked outputs of every head for ``[B, T]`` inputs."""
+
+    logits: dict[str, Tensor]  # head -> [B, T, n_head], HEAD_NAMES order
+    q_values: Tensor  # [B, T, num_ops]: Q(s, a) for every op a
+    lstm_out: Tensor  # [B, T, H] post-LayerNorm
+    hidden: Hidden  # (h, c), each [L, B, H]
+
+
+def _mlp_head(hidden: int, width: int, out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(hidden, width), nn.ReLU(), nn.Linear(width, out))
+
+
+def normalized_entropy(logits: Tensor, mask: Tensor) -> Tensor:
+    """esper's ``MaskedCategorical.entropy()``: entropy / log(#valid), exactly 0 with one valid.
+
+    ``logits`` are already masked (-1e4); ``mask`` bool of the same shape. Returns ``logits.shape[:-1]``.
+    """
+    logp = torch.log_softmax(logits, dim=-1)
+    raw = -(logp.exp() * logp * mask).sum(-1)
+    n_valid = mask.sum(-1).clamp(min=1)
+    divisor = torch.where(n_valid > 1, torch.log(n_valid.to(raw.dtype)), torch.ones_like(raw))
+    return torch.where(n_valid == 1, torch.zeros_like(raw), raw / divisor.clamp(min=1e-8))
+
+
+def style_override_mask(style_mask: Tensor, op: Tensor) -> Tensor:
+    """esper's causal rule: rows whose op is not GERMINATE/SET_ALPHA_TARGET allow only SIGMOID_ADD.
+
+    ``style_mask`` ``[..., num_styles]`` bool, ``op`` ``[...]`` int64 -> new mask (no sync).
+    """
+    free = (op == STYLE_FREE_OPS[0]) | (op == STYLE_FREE_OPS[1])
+    forced = torch.zeros_like(style_mask)
+    forced[..., int(GerminationStyle.SIGMOID_ADD)] = True
+    return torch.where(free.unsqueeze(-1), style_mask, forced)
+
+
+def validate_masks_and_logits(
+    logits: dict[str, Tensor], masks: dict[str, Tensor | None], where: str = ""
+) -> None:
+    """esper's validation, folded into ONE host sync on the happy path.
+
+    Raises :class:`InvalidStateMachineError` ("No valid actions available ...") for a mask row with no
+    valid entry and ``ValueError`` for inf/nan logits, naming the head and the first rows.
+    """
+    checks = [~torch.isfinite(l).any() for l in logits.values()]
+    checks += [m.any(-1).all() for m in masks.values() if m is not None]
+    if bool(torch.stack(checks).all()):
+        return
+    for head, mask in masks.items():
+        if mask is not None and not bool(mask.any(-1).all()):
+            rows = torch.nonzero(~mask.any(-1).reshape(-1)).flatten()[:8].tolist()
+            raise InvalidStateMachineError(
+                f"No valid {'op ' if head == 'op' and where else ''}actions available{where}. "
+                f"Head {head!r} mask has no valid entry in (flattened) rows {rows}. "
+                "This indicates a bug in the Kasmina state machine."
+            )
+    for head, l in logits.items():
+        if not bool(torch.isfinite(l).all()):
+            raise ValueError(
+                f"MaskedCategorical received logits with inf/nan values (head {head!r}): "
+                f"nan_count={int(torch.isnan(l).sum())}, inf_count={int(torch.isinf(l).sum())}. "
+                "This indicates network instability."
+            )
+
+
+class FactoredNetwork(nn.Module):
+    """esper's module layout and trunk; subclasses decide how actions are selected.
+
+    Args mirror esper's ``FactoredRecurrentActorCritic``; ``None`` head sizes take esper's defaults.
+    (esper sizes the blueprint embedding and the value head's one-hot from its global constants; here
+    they follow ``num_blueprints`` / ``num_ops``, which is identical for the defaults.)
+
+    ``validate`` (class-level, like esper's ``MaskedCategorical.validate``) turns the empty-mask and
+    non-finite-logit checks on or off; with it off nothing on the action path syncs with the host.
+    """
+
+    validate: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        state_dim: int,
+        num_slots: int | None = None,
+        num_blueprints: int | None = None,
+        num_styles: int | None = None,
+        num_tempo: int | None = None,
+        num_alpha_targets: int | None = None,
+        num_alpha_speeds: int | None = None,
+        num_alpha_curves: int | None = None,
+        num_ops: int | None = None,
+        feature_dim: int = DEFAULT_FEATURE_DIM,
+        lstm_hidden_dim: int = DEFAULT_LSTM_HIDDEN_DIM,
+        lstm_layers: int = 1,
+    ) -> None:
+        super().__init__()
+        defaults = get_action_head_sizes(3 if num_slots is None else num_slots)
+        given = {
+            "blueprint": num_blueprints, "style": num_styles, "tempo": num_tempo,
+            "alpha_target": num_alpha_targets, "alpha_speed": num_alpha_speeds,
+            "alpha_curve": num_alpha_curves, "op": num_ops,
+        }  # fmt: skip
+        sizes = {h: (defaults[h] if given.get(h) is None else int(given[h])) for h in HEAD_NAMES}
+        for name, value in [("state_dim", state_dim), ("feature_dim", feature_dim),
+                            ("lstm_hidden_dim", lstm_hidden_dim), ("lstm_layers", lstm_layers),
+                            *((f"size of head {h!r}", n) for h, n in sizes.items())]:  # fmt: skip
+            if int(value) < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if lstm_hidden_dim % 2:
+            raise ValueError(f"lstm_hidden_dim must be even (heads use H/2), got {lstm_hidden_dim}")
+        self.head_sizes = sizes
+        self.state_dim, self.num_slots = state_dim, sizes["slot"]
+        self.num_blueprints, self.num_styles, self.num_tempo = sizes["blueprint"], sizes["style"], sizes["tempo"]
+        self.num_alpha_targets, self.num_alpha_speeds = sizes["alpha_target"], sizes["alpha_speed"]
+        self.num_alpha_curves, self.num_ops = sizes["alpha_curve"], sizes["op"]
+        self.lstm_hidden_dim, self.lstm_layers = lstm_hidden_dim, lstm_layers
+        self._blueprint_embed_total_dim = self.num_slots * DEFAULT_BLUEPRINT_EMBED_DIM
+        H, half = lstm_hidden_dim, lstm_hidden_dim // 2
+
+        self.feature_net = nn.Sequential(
+            nn.Linear(state_dim + self._blueprint_embed_total_dim, feature_dim),
+            nn.LayerNorm(feature_dim),
+            nn.ReLU(),
+        )
+        self.lstm = nn.LSTM(feature_dim, H, num_layers=lstm_layers, batch_first=True)
+        self.lstm_ln = nn.LayerNorm(H)
+        for head in SMALL_HEADS:
+            self.add_module(f"{head}_head", _mlp_head(H, half, sizes[head]))
+        self.blueprint_embedding = BlueprintEmbedding(self.num_blueprints, DEFAULT_BLUEPRINT_EMBED_DIM)
+        self.blueprint_head = nn.Sequential(
+            nn.Linear(H, H), nn.ReLU(), nn.Linear(H, half), nn.ReLU(), nn.Linear(half, sizes["blueprint"])
+        )
+        self.value_head = _mlp_head(H + self.num_ops, half, 1)
+        self._init_weights()
+
+    # ---- init (esper's scheme) --------------------------------------------------------------
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.orthogonal_(module.weight, gain=math.sqrt(2))
+                nn.init.zeros_(module.bias)
+        for head in HEAD_NAMES:
+            nn.init.orthogonal_(self.head_module(head)[-1].weight, gain=0.01)
+        nn.init.orthogonal_(self.value_head[-1].weight, gain=1.0)
+        H = self.lstm_hidden_dim
+        for name, param in self.lstm.named_parameters():
+            if name.startswith("weight_"):
+                nn.init.orthogonal_(param, gain=1.0)
+            else:  # bias_ih / bias_hh: zero, forget gate (i, f, g, o order) = 1 in both
+                with torch.no_grad():
+                    param.zero_()
+                    param[H : 2 * H] = 1.0
+
+    def head_module(self, head: str) -> nn.Sequential:
+        return getattr(self, f"{head}_head")
+
+    # ---- trunk and heads -----------------------------------------------------------------------
+    def get_initial_hidden(self, batch_size: int, device: torch.device | str | None = None) -> Hidden:
+        """Zero LSTM state ``(h, c)``, each ``[L, batch_size, H]`` (default float dtype)."""
+        shape = (self.lstm_layers, batch_size, self.lstm_hidden_dim)
+        return torch.zeros(shape, device=device), torch.zeros(shape, device=device)
+
+    def trunk(self, state: Tensor, blueprint_indices: Tensor, hidden: Hidden | None) -> tuple[Tensor, Hidden]:
+        """``state [B,T,D]``, ``blueprint_indices [B,T,S]`` -> (lstm_out ``[B,T,H]`` post-LN, new hidden)."""
+        if hidden is None:
+            hidden = self.get_initial_hidden(state.shape[0], state.device)
+        bp = self.blueprint_embedding(blueprint_indices).flatten(-2)  # [B, T, 4S]
+        features = self.feature_net(torch.cat([state, bp.to(state.dtype)], dim=-1))
+        lstm_out, new_hidden = self.lstm(features, hidden)
+        return self.lstm_ln(lstm_out), new_hidden
+
+    def q_values(self, lstm_out: Tensor) -> Tensor:
+        """Q(s, a) for every op a at once: ``[..., H]`` -> ``[..., num_ops]``.
+
+        Splits value_head's first Linear ``W = [W_s | W_op]``: ``W [x; onehot(a)] + b = W_s x + b +
+        W_op[:, a]``, so one matmul serves all ops with esper's exact parameters.
+        """
+        first, last = self.value_head[0], self.value_head[2]
+        H = lstm_out.shape[-1]
+        state_part = F.linear(lstm_out, first.weight[:, :H], first.bias)  # [..., H/2]
+        pre = state_part.unsqueeze(-2) + first.weight[:, H:].t()  # [..., num_ops, H/2]
+        return F.linear(torch.relu(pre), last.weight, last.bias).squeeze(-1)
+
+    def _compute_value(self, lstm_out: Tensor, op: Tensor) -> Tensor:
+        """esper's helper: ``value_head(cat([lstm_out, one_hot(op)]))`` -> Q(s, op), shape of ``op``."""
+        one_hot = F.one_hot(op, self.num_ops).to(lstm_out.dtype)
+        return self.value_head(torch.cat([lstm_out, one_hot], dim=-1)).squeeze(-1)
+
+    def heads(self, state: Tensor, blueprint_indices: Tensor, hidden: Hidden | None) -> HeadOutputs:
+        """Trunk plus every head's raw logits and Q(s, .) for ``[B, T, ...]`` inputs."""
+        lstm_out, new_hidden = self.trunk(state, blueprint_indices, hidden)
+        logits = {h: self.head_module(h)(lstm_out) for h in HEAD_NAMES}
+        return HeadOutputs(logits, self.q_values(lstm_out), lstm_out, new_hidden)
+
+    # ---- evaluation of stored actions (differentiable; the PPO update path) ------------------------
+    def evaluate_actions(
+        self,
+        states: Tensor,
+        blueprint_indices: Tensor,
+        actions: dict[str, Tensor],
+        slot_mask: Tensor | None = None,
+        blueprint_mask: Tensor | None = None,
+        style_mask: Tensor | None = None,
+        tempo_mask: Tensor | None = None,
+        alpha_target_mask: Tensor | None = None,
+        alpha_speed_mask: Tensor | None = None,
+        alpha_curve_mask: Tensor | None = None,
+        op_mask: Tensor | None = None,
+        hidden: Hidden | None = None,
+    ) -> tuple[dict[str, Tensor], Tensor, dict[str, Tensor], Hidden]:
+        """esper's evaluate_actions: ``(log_probs, value = Q(s, stored op), normalised entropy, hidden)``.
+
+        Inputs are ``[B, T, ...]``; ``actions`` maps head -> ``[B, T]`` int64; masks ``[B, T, n]`` bool.
+        The style mask follows the stored op (esper's causal rule). Differentiable everywhere.
+        """
+        masks = dict(zip(HEAD_NAMES, (slot_mask, blueprint_mask, style_mask, tempo_mask,
+                                      alpha_target_mask, alpha_speed_mask, alpha_curve_mask, op_mask)))  # fmt: skip
+        out = self.heads(states, blueprint_indices, hidden)
+        if self.validate:
+            validate_masks_and_logits(out.logits, masks)
+        log_probs, entropy = self.score_actions(out.logits, masks, actions)
+        value = out.q_values.gather(-1, actions["op"].unsqueeze(-1)).squeeze(-1)
+        return log_probs, value, entropy, out.hidden
+
+    def score_actions(
+        self, logits: dict[str, Tensor], masks: dict[str, Tensor | None], actions: dict[str, Tensor]
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Per-head log-prob of the stored action and normalised entropy, esper's -1e4 masking."""
+        op = actions["op"]
+        log_probs, entropy = {}, {}
+        for head in HEAD_NAMES:
+            head_logits = logits[head]
+            mask = masks.get(head)
+            if mask is None:
+                mask = torch.ones_like(head_logits, dtype=torch.bool)
+            if head == "style":
+                mask = style_override_mask(mask, op)
+            masked = head_logits.masked_fill(~mask, MASKED_LOGIT_VALUE)
+            logp = torch.log_softmax(masked, dim=-1)
+            log_probs[head] = logp.gather(-1, actions[head].unsqueeze(-1)).squeeze(-1)
+            entropy[head] = normalized_entropy(masked, mask)
+        return log_probs, entropy
+
+
+def causal_masks(op: Tensor) -> dict[str, Tensor]:
+    """esper's ``compute_causal_masks``: head -> bool tensor shaped like ``op`` (is the head relevant)."""
+    out = {}
+    for head, ops in CAUSAL_HEAD_OPS.items():
+        if ops is None:
+            out[head] = torch.ones_like(op, dtype=torch.bool)
+        else:
+            rel = torch.zeros_like(op, dtype=torch.bool)
+            for o in ops:
+                rel |= op == o
+            out[head] = rel
+    return out
+
