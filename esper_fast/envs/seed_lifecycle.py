@@ -374,7 +374,7 @@ class SeedLifecycleEnv:
         est_std = cfg.est_noise / torch.sqrt(1.0 + self.age.float())
         lf = live.float()
         front = [self.enabled.expand_as(live).float(), lf]
-        middle = [self.age.float() / FULL_EVALUATION_AGE, self.stage_epochs.float() / FULL_EVALUATION_AGE,
+        middle = [self.age.float() * lf / FULL_EVALUATION_AGE, self.stage_epochs.float() / FULL_EVALUATION_AGE,
                   self.alpha, self.alpha_target * lf]
         seed = [progress * lf, self.estimate / 10, est_std * lf / 10, self.estimate_ema / 10, self.cost * lf]
         back = [self._tempo_epochs[self.tempo].float() / TEMPO_EPOCHS[-1] * lf, self.pruning.float()]

@@ -11,7 +11,10 @@ Same network and parameter layout as :class:`esper_fast.FactoredPolicy` (both su
   the double draw is reproduced; the network is 0872525b's (blueprint embedding wired in).
 
 ``noise`` (head -> ``[B, n]`` Gumbel noise) replaces multinomial by ``argmax(masked + noise)`` so
-tests can compare with the fused kernel exactly; in legacy mode ``noise["op_forward"]`` drives
+tests can compare with the fused kernel exactly. One corner differs by design: esper masks the style
+logits with the env mask in ``forward`` and again with the override, so a row whose env style mask
+excludes SIGMOID_ADD while the op forces it ends with every style at -1e4 (esper's env never builds
+such a mask); FactoredPolicy forces SIGMOID_ADD there. In legacy mode ``noise["op_forward"]`` drives
 forward's draw and ``noise["op"]`` the second one.
 """
 
