@@ -1,5 +1,6 @@
 // pybind11 module esper_fast._C: the CPU backend (always built, no libtorch).
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include "bindings_common.h"
 #include "philox.h"
@@ -24,6 +25,20 @@ PYBIND11_MODULE(_C, m) {
         py::gil_scoped_release release;
         return select_op_cpu(args);
       });
+  // Fused whole-action selection over host memory; returns the number of rows with a bad head.
+  m.def("select_actions",
+        [](const Ints& logits, const Ints& logits_dtype, const Ints& logits_stride,
+           const Ints& mask, const Ints& mask_stride, const Ints& noise, const Ints& noise_stride,
+           const Ints& size, uintptr_t q, int q_dtype, int64_t q_stride, uintptr_t slot_by_op,
+           int64_t slot_by_op_stride, uintptr_t key, int64_t n, bool deterministic,
+           uintptr_t out_actions, uintptr_t out_f) {
+          const ActionArgs args = make_action_args(
+              logits, logits_dtype, logits_stride, mask, mask_stride, noise, noise_stride, size,
+              q, q_dtype, q_stride, slot_by_op, slot_by_op_stride, key, n, deterministic,
+              out_actions, out_f);
+          py::gil_scoped_release release;
+          return select_actions_cpu(args);
+        });
   // The uniform that every backend draws for (key, row, col, stream); used by tests.
   m.def("philox_uniform", [](uint64_t key, int64_t row, uint32_t col, uint32_t stream) {
     return philox_uniform(key, row, col, stream);

@@ -1,6 +1,7 @@
 // pybind11 module esper_fast._C_cuda: the CUDA backend. Built only when nvcc is found; links the
 // CUDA runtime statically and never libtorch, so one build serves any torch version.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <stdexcept>
 #include <string>
@@ -25,5 +26,20 @@ PYBIND11_MODULE(_C_cuda, m) {
     const char* err = select_op_cuda(args, reinterpret_cast<void*>(stream));
     if (err != nullptr) throw std::runtime_error(std::string("esper_fast cuda select_op: ") + err);
   });
+  // Enqueues the fused whole-action kernel on `stream`; never synchronises.
+  m.def("select_actions",
+        [](const Ints& logits, const Ints& logits_dtype, const Ints& logits_stride,
+           const Ints& mask, const Ints& mask_stride, const Ints& noise, const Ints& noise_stride,
+           const Ints& size, uintptr_t q, int q_dtype, int64_t q_stride, uintptr_t slot_by_op,
+           int64_t slot_by_op_stride, uintptr_t key, int64_t n, bool deterministic,
+           uintptr_t out_actions, uintptr_t out_f, uintptr_t stream) {
+          const ActionArgs args = make_action_args(
+              logits, logits_dtype, logits_stride, mask, mask_stride, noise, noise_stride, size,
+              q, q_dtype, q_stride, slot_by_op, slot_by_op_stride, key, n, deterministic,
+              out_actions, out_f);
+          const char* err = select_actions_cuda(args, reinterpret_cast<void*>(stream));
+          if (err != nullptr)
+            throw std::runtime_error(std::string("esper_fast cuda select_actions: ") + err);
+        });
   m.def("device_count", &cuda_device_count);
 }

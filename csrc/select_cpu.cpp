@@ -19,9 +19,9 @@ int64_t run_row(const SelectArgs& a, uint64_t key, int64_t row) {
   const RowResult r = select_row(
       row_ptr<void>(a.logits, a.logits_dtype, a.logits_stride, row), a.logits_dtype,
       row_ptr<void>(a.q, a.q_dtype, a.q_stride, row), a.q_dtype,
-      a.mask != nullptr ? a.mask + row * a.mask_stride : nullptr,
+      a.mask != nullptr ? a.mask + row * a.mask_stride : nullptr, nullptr, -1,
       a.noise != nullptr ? a.noise + row * a.noise_stride : nullptr, a.a, a.deterministic, key,
-      row, 0u, 0u);
+      row, 0u);
   a.out_op[row] = r.action;
   a.out_log_prob[row] = r.log_prob;
   a.out_entropy[row] = r.entropy;
@@ -45,6 +45,25 @@ int64_t select_op_cpu(const SelectArgs& a) {
   }
 #pragma omp parallel for schedule(static) reduction(+ : bad)
   for (int64_t row = 0; row < a.n; ++row) bad += run_row(a, key, row);
+  return bad;
+}
+
+}  // namespace esper_fast
+
+#include "select_actions.h"
+
+namespace esper_fast {
+
+int64_t select_actions_cpu(const ActionArgs& a) {
+  const bool needs_key = !a.deterministic && a.key != nullptr;
+  const uint64_t key = needs_key ? static_cast<uint64_t>(*a.key) : 0u;
+  int64_t bad = 0;
+  if (a.n < 2048) {
+    for (int64_t row = 0; row < a.n; ++row) bad += select_action_row(a, row, key);
+    return bad;
+  }
+#pragma omp parallel for schedule(static) reduction(+ : bad)
+  for (int64_t row = 0; row < a.n; ++row) bad += select_action_row(a, row, key);
   return bad;
 }
 

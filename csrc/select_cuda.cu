@@ -143,3 +143,31 @@ int cuda_device_count() {
 }
 
 }  // namespace esper_fast
+
+#include "select_actions.h"
+
+namespace esper_fast {
+
+namespace {
+
+constexpr int kActionThreads = 128;
+
+__global__ void __launch_bounds__(kActionThreads) select_actions_kernel(ActionArgs a) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kActionThreads + threadIdx.x;
+  if (row >= a.n) return;
+  const bool needs_key = !a.deterministic && a.key != nullptr;
+  select_action_row(a, row, needs_key ? static_cast<uint64_t>(*a.key) : 0u);
+}
+
+}  // namespace
+
+const char* select_actions_cuda(const ActionArgs& a, void* stream_ptr) {
+  if (a.n == 0) return nullptr;
+  const int64_t blocks = (a.n + kActionThreads - 1) / kActionThreads;
+  select_actions_kernel<<<static_cast<unsigned>(blocks), kActionThreads, 0,
+                          static_cast<cudaStream_t>(stream_ptr)>>>(a);
+  const cudaError_t err = cudaGetLastError();
+  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+}
+
+}  // namespace esper_fast

@@ -151,29 +151,35 @@ EF_HD RowResult finalize_row(const PickState& p, const SumState& s) {
   return RowResult{p.best, (p.best_l - p.m) - log_s, log_s - s.sl / s.s, p.best_q, s.sq / s.s};
 }
 
-// ---- one whole row, sequentially (the CPU kernel) ---------------------------------------------
-// valid(j) = mask[j] (mask may be null = all valid). q may be null (then q_sel = value = 0).
-// noise may be null: deterministic -> argmax of logits; otherwise Gumbel from Philox(key, row, col0 + j).
+// ---- one whole row, sequentially (the CPU kernels and the fused CUDA kernel) -------------------
+// valid(j) = mask[j] && mask2[j] && (forced < 0 || j == forced); null masks mean all valid.
+// q may be null (then q_sel = value = 0). noise may be null: deterministic -> argmax of logits,
+// otherwise Gumbel from Philox(key; col j, row, stream).
 EF_HD RowResult select_row(const void* logits, int logits_dtype, const void* q, int q_dtype,
-                           const uint8_t* mask, const float* noise, int A, bool deterministic,
-                           uint64_t key, int64_t row, uint32_t col0, uint32_t stream) {
+                           const uint8_t* mask, const uint8_t* mask2, int forced,
+                           const float* noise, int A, bool deterministic, uint64_t key,
+                           int64_t row, uint32_t stream) {
   PickState p = pick_init();
   for (int j = 0; j < A; ++j) {
-    if (mask != nullptr && !mask[j]) continue;
+    if ((mask != nullptr && !mask[j]) || (mask2 != nullptr && !mask2[j]) ||
+        (forced >= 0 && j != forced))
+      continue;
     const float l = load_float(logits, logits_dtype, j);
     const float qv = q != nullptr ? load_float(q, q_dtype, j) : 0.0f;
     float score = l;
     if (!deterministic) {
-      score += noise != nullptr ? noise[j]
-                                : gumbel(philox_uniform(key, row, col0 + static_cast<uint32_t>(j),
-                                                        stream));
+      score += noise != nullptr
+                   ? noise[j]
+                   : gumbel(philox_uniform(key, row, static_cast<uint32_t>(j), stream));
     }
     pick_observe(p, j, l, qv, score);
   }
   SumState s = sum_init();
   if (p.count > 0 && !p.bad) {
     for (int j = 0; j < A; ++j) {
-      if (mask != nullptr && !mask[j]) continue;
+      if ((mask != nullptr && !mask[j]) || (mask2 != nullptr && !mask2[j]) ||
+          (forced >= 0 && j != forced))
+        continue;
       sum_observe(s, load_float(logits, logits_dtype, j),
                   q != nullptr ? load_float(q, q_dtype, j) : 0.0f, p.m);
     }

@@ -137,7 +137,7 @@ def test_samples_follow_softmax_chi_square(backend, device, seed):
         counts += torch.bincount(op, minlength=7)
         draws += n
     assert counts[~valid].sum() == 0
-    probs = torch.softmax(row.masked_fill(~valid, float("-inf")), 0)[valid].double()
+    probs = torch.softmax(row.double().masked_fill(~valid, float("-inf")), 0)[valid]
     observed = counts[valid].double()
     _, p_value = chisquare(observed.numpy(), (probs * draws).numpy())
     assert p_value > 1e-3, f"chi-square p={p_value:.2e}; counts {observed.tolist()}"

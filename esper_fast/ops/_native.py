@@ -63,3 +63,37 @@ def run_native(
         return module.select_op(*args)
     module.select_op(*args, stream)
     return None
+
+
+def run_native_actions(
+    module: ModuleType,
+    logits: list[Tensor],
+    masks: list[Tensor | None],
+    noise: list[Tensor | None],
+    q: Tensor,
+    slot_by_op: Tensor | None,
+    key: Tensor | None,
+    deterministic: bool,
+    out: tuple[Tensor, Tensor],
+    stream: int | None = None,
+) -> int | None:
+    """Launches ``module.select_actions`` (heads in HEAD_NAMES order) writing into ``out``."""
+    logits = [unit_cols(t) for t in logits]
+    masks = [None if m is None else unit_cols(m) for m in masks]
+    noise = [None if g is None else unit_cols(g.float()) for g in noise]
+    q = unit_cols(q)
+    slot_by_op = None if slot_by_op is None else slot_by_op.contiguous()
+    args = (
+        [t.data_ptr() for t in logits], [DTYPE_CODES[t.dtype] for t in logits],
+        [t.stride(0) for t in logits],
+        [_ptr(m) for m in masks], [0 if m is None else m.stride(0) for m in masks],
+        [_ptr(g) for g in noise], [0 if g is None else g.stride(0) for g in noise],
+        [t.shape[1] for t in logits],
+        q.data_ptr(), DTYPE_CODES[q.dtype], q.stride(0),
+        _ptr(slot_by_op), 0 if slot_by_op is None else slot_by_op.stride(0),
+        _ptr(key), logits[0].shape[0], deterministic, out[0].data_ptr(), out[1].data_ptr(),
+    )  # fmt: skip
+    if stream is None:
+        return module.select_actions(*args)
+    module.select_actions(*args, stream)
+    return None

@@ -1,60 +1,71 @@
-"""Selection of a whole factored action: the op first (once), then the op-dependent heads.
+"""Public ``select_actions``: a whole factored action in ONE kernel launch, the op chosen once.
 
-``select_actions`` is what :class:`esper_fast.FactoredPolicy` calls on its hot path. It composes
-:func:`esper_fast.select_op` head by head: one call for the op (which also yields Q(s, op) and
-sum_a pi(a) Q(s, a)), esper's style rule keyed on THAT op, an optional op-conditioned slot mask, then
-one call per remaining head. Nothing here syncs with the host.
+Per row: the op (with Q(s, op) and sum_a pi(a) Q(s, a)), esper's op-dependent rules (style forced to
+SIGMOID_ADD unless GERMINATE / SET_ALPHA_TARGET; optional ``slot_by_op`` mask), then every other
+head. ``fused=False`` runs the same composition head by head with :func:`select_op` (one call per
+head): the path the fused kernel is tested against. Nothing here syncs with the host unless
+``validate=True``.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from torch import Tensor
 
-from esper_fast.constants import STYLE_FREE_OPS, GerminationStyle
-from esper_fast.ops.select import select_op
+from esper_fast.constants import HEAD_NAMES
+from esper_fast.errors import InvalidActionMaskError
+from esper_fast.ops.backends import resolve_backend
+from esper_fast.ops.select import FLOAT_DTYPES, draw_key, select_op
+from esper_fast.reference.actions import AFTER_OP, ActionSelection, compose_heads
 
-__all__ = ["ActionSelection", "select_actions", "op_dependent_masks"]
+__all__ = ["ActionSelection", "select_actions", "empty_action_outputs", "unpack_action_outputs"]
 
-# Order in which heads are selected after the op (esper's get_action order).
-AFTER_OP = ("style", "slot", "blueprint", "tempo", "alpha_target", "alpha_speed", "alpha_curve")
-
-
-class ActionSelection(NamedTuple):
-    """Per-head results for ``[N]`` rows; dicts are keyed op first, then ``AFTER_OP`` order."""
-
-    actions: dict[str, Tensor]  # head -> [N] int64
-    log_probs: dict[str, Tensor]  # head -> [N] float32
-    entropies: dict[str, Tensor]  # head -> [N] float32, nats over the valid entries
-    q_op: Tensor  # [N] Q(s, chosen op)
-    expected_value: Tensor  # [N] sum_a pi(a|s) Q(s, a)
+_ORDER = ("op",) + AFTER_OP  # dict order of every ActionSelection (esper's get_action order)
 
 
-def op_dependent_masks(
-    op: Tensor,
-    style_mask: Tensor | None,
-    slot_mask: Tensor | None,
-    slot_by_op: Tensor | None,
-    num_styles: int,
-    num_slots: int,
-) -> tuple[Tensor, Tensor | None]:
-    """The style and slot masks once the op is known (no host sync).
+def empty_action_outputs(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(actions ``[8, n]`` int64, floats ``[18, n]`` float32: log_prob x8, entropy x8, q_op, value)."""
+    return (torch.empty(8, n, dtype=torch.int64, device=device),
+            torch.empty(18, n, dtype=torch.float32, device=device))  # fmt: skip
 
-    * style: rows whose op is not GERMINATE / SET_ALPHA_TARGET allow only SIGMOID_ADD (esper).
-    * slot: ``slot_mask & slot_by_op[n, op[n]]`` when ``slot_by_op [N, num_ops, S]`` is given.
-    """
-    n = op.shape[0]
-    if style_mask is None:
-        style_mask = torch.ones(n, num_styles, dtype=torch.bool, device=op.device)
-    free = ((op == STYLE_FREE_OPS[0]) | (op == STYLE_FREE_OPS[1])).unsqueeze(-1)
-    forced = torch.arange(num_styles, device=op.device) == int(GerminationStyle.SIGMOID_ADD)
-    style = torch.where(free, style_mask, forced)
-    if slot_by_op is not None:
-        by_op = slot_by_op.gather(1, op.clamp(min=0).view(n, 1, 1).expand(n, 1, num_slots)).squeeze(1)
-        slot_mask = by_op if slot_mask is None else slot_mask & by_op
-    return style, slot_mask
+
+def unpack_action_outputs(actions: Tensor, floats: Tensor) -> ActionSelection:
+    """Views of the fused kernel's outputs (rows in HEAD_NAMES order) as an ActionSelection."""
+    idx = {h: i for i, h in enumerate(HEAD_NAMES)}
+    return ActionSelection(
+        {h: actions[idx[h]] for h in _ORDER},
+        {h: floats[idx[h]] for h in _ORDER},
+        {h: floats[8 + idx[h]] for h in _ORDER},
+        floats[16],
+        floats[17],
+    )
+
+
+def _check(logits, masks, q, noise, slot_by_op) -> tuple[int, torch.device]:
+    missing = [h for h in HEAD_NAMES if h not in logits]
+    if missing:
+        raise ValueError(f"logits must have every head {HEAD_NAMES}; missing {missing}")
+    n, device = logits["op"].shape[0], logits["op"].device
+    for h in HEAD_NAMES:
+        l = logits[h]
+        if l.dim() != 2 or l.shape[0] != n or l.dtype not in FLOAT_DTYPES or l.device != device:
+            raise ValueError(f"logits[{h!r}] must be a float [{n}, n_{h}] tensor on {device}, "
+                             f"got {l.dtype} {list(l.shape)} on {l.device}")  # fmt: skip
+        m = masks.get(h)
+        if m is not None and (m.dtype != torch.bool or m.shape != l.shape or m.device != device):
+            raise ValueError(f"masks[{h!r}] must be a bool {list(l.shape)} tensor on {device}, "
+                             f"got {m.dtype} {list(m.shape)} on {m.device}")  # fmt: skip
+        g = (noise or {}).get(h)
+        if g is not None and (g.shape != l.shape or g.device != device or not g.is_floating_point()):
+            raise ValueError(f"noise[{h!r}] must be a float {list(l.shape)} tensor on {device}")
+    n_ops, n_slots = logits["op"].shape[1], logits["slot"].shape[1]
+    if q.shape != (n, n_ops) or q.dtype not in FLOAT_DTYPES or q.device != device:
+        raise ValueError(f"q must be a float [{n}, {n_ops}] tensor on {device}, got {q.dtype} {list(q.shape)} on {q.device}")
+    if slot_by_op is not None and (slot_by_op.dtype != torch.bool or slot_by_op.shape != (n, n_ops, n_slots)
+                                   or slot_by_op.device != device):  # fmt: skip
+        raise ValueError(f"slot_by_op must be a bool [{n}, {n_ops}, {n_slots}] tensor on {device}, "
+                         f"got {slot_by_op.dtype} {list(slot_by_op.shape)}")  # fmt: skip
+    return n, device
 
 
 def select_actions(
@@ -67,31 +78,57 @@ def select_actions(
     generator: torch.Generator | None = None,
     slot_by_op: Tensor | None = None,
     backend: str = "auto",
+    fused: bool = True,
+    validate: bool = False,
 ) -> ActionSelection:
     """Choose every head of a factored action, the op exactly once.
 
     Args:
-        logits: head -> ``[N, n_head]`` raw logits (all of ``HEAD_NAMES``).
-        masks: head -> ``[N, n_head]`` bool (True = valid) or None.
+        logits: head -> ``[N, n_head]`` raw logits, every head of ``HEAD_NAMES``.
+        masks: head -> ``[N, n_head]`` bool (True = valid) or None / absent (all valid).
         q: ``[N, num_ops]`` critic values Q(s, a) for every op.
-        deterministic: argmax every head instead of sampling.
-        noise: optional head -> ``[N, n_head]`` Gumbel noise (exact tests); absent heads use Philox.
-        generator: torch.Generator for the Philox keys.
-        slot_by_op: optional ``[N, num_ops, num_slots]`` bool: slots valid for each op.
-        backend: select_op backend.
+        deterministic: argmax every head (ties to the lowest index) instead of sampling.
+        noise: optional head -> ``[N, n_head]`` Gumbel noise (exact tests); other heads use Philox
+            (fused: one key per call, stream h + 1 for head h; unfused: one key per head).
+        generator: torch.Generator on the inputs' device for the Philox key(s).
+        slot_by_op: optional ``[N, num_ops, num_slots]`` bool: the slots valid for each op.
+        backend: "auto", "torch", "cpu", "cuda" or "triton".
+        fused: one kernel launch for every head (default) or one :func:`select_op` call per head.
+        validate: raise :class:`InvalidActionMaskError` / ``ValueError`` on bad rows (one sync).
 
-    Validation is the caller's (one folded check); rows without a valid entry come back as -1.
+    Returns:
+        :class:`ActionSelection` (dicts in esper's order: op, style, slot, blueprint, tempo,
+        alpha_target, alpha_speed, alpha_curve); bad rows get action -1 and NaN.
     """
-    noise = noise or {}
-    kw = dict(deterministic=deterministic, generator=generator, backend=backend, validate=False)
-    op_sel = select_op(logits["op"], q, masks.get("op"), noise=noise.get("op"), **kw)
-    style_mask, slot_mask = op_dependent_masks(
-        op_sel.op, masks.get("style"), masks.get("slot"), slot_by_op,
-        logits["style"].shape[-1], logits["slot"].shape[-1],
-    )  # fmt: skip
-    effective = {**masks, "style": style_mask, "slot": slot_mask}
-    actions, log_probs, entropies = {"op": op_sel.op}, {"op": op_sel.log_prob}, {"op": op_sel.entropy}
-    for head in AFTER_OP:
-        sel = select_op(logits[head], None, effective.get(head), noise=noise.get(head), **kw)
-        actions[head], log_probs[head], entropies[head] = sel.op, sel.log_prob, sel.entropy
-    return ActionSelection(actions, log_probs, entropies, op_sel.q_op, op_sel.value)
+    n, device = _check(logits, masks, q, noise, slot_by_op)
+    if not fused:
+        sel = compose_heads(
+            lambda l, q_, m, g, head: select_op(l, q_, m, deterministic=deterministic, noise=g,
+                                                generator=generator, backend=backend, validate=False),
+            logits, masks, q, noise, slot_by_op,
+        )  # fmt: skip
+    else:
+        impl = resolve_backend(backend, device)
+        needs_key = not deterministic and any((noise or {}).get(h) is None for h in HEAD_NAMES)
+        key = draw_key(device, generator) if needs_key else None
+        out = empty_action_outputs(n, device)
+        impl.run_actions(logits, masks, q, noise or {}, slot_by_op, key, deterministic, out)
+        sel = unpack_action_outputs(*out)
+    if validate:
+        _raise_for_bad_rows(sel, logits, masks)
+    return sel
+
+
+def _raise_for_bad_rows(sel: ActionSelection, logits, masks) -> None:
+    if not bool(torch.stack([a < 0 for a in sel.actions.values()]).any()):
+        return
+    for head in _ORDER:
+        bad = torch.nonzero(sel.actions[head] < 0).flatten()
+        if bad.numel() == 0:
+            continue
+        rows = bad[:8].tolist()
+        if not bool(torch.isfinite(logits[head][bad]).all()):
+            raise ValueError(f"logits[{head!r}] contain inf/nan at valid entries in rows {rows}")
+        raise InvalidActionMaskError(
+            f"No valid actions available for head {head!r} in {bad.numel()} row(s), first rows {rows}"
+        )

@@ -26,7 +26,9 @@ import torch
 from torch import Tensor
 
 from esper_fast.errors import BackendUnavailableError
-from esper_fast.ops._native import load_module, run_native
+from esper_fast.constants import HEAD_NAMES
+from esper_fast.ops._native import load_module, run_native, run_native_actions
+from esper_fast.reference.actions import select_actions_reference
 from esper_fast.reference.select import select_op_reference
 from esper_fast.types import OpSelection
 
@@ -37,6 +39,8 @@ ENV_VAR = "ESPER_FAST_BACKEND"
 
 # run(logits, q, mask, noise, key, deterministic, out) -> bad-row count if known for free, else None
 RunFn = Callable[[Tensor, Tensor, "Tensor | None", "Tensor | None", "Tensor | None", bool, OpSelection], "int | None"]
+# run_actions(logits dict, masks dict, q, noise dict, slot_by_op, key, deterministic, (actions [8,N], floats [18,N]))
+RunActionsFn = Callable[..., "int | None"]
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,12 @@ class Backend:
 
     name: str
     run: RunFn
+    run_actions: RunActionsFn
     why_not: Callable[[torch.device], "str | None"]
+
+
+def _per_head(d: dict, default=None) -> list:
+    return [d.get(h, default) for h in HEAD_NAMES]
 
 
 # ---- torch (reference) --------------------------------------------------------------------------
@@ -53,6 +62,17 @@ def _run_torch(logits, q, mask, noise, key, deterministic, out) -> None:
     res = select_op_reference(logits, q, mask, deterministic=deterministic, noise=noise, key=key)
     for dst, src in zip(out, res):
         dst.copy_(src)
+
+
+def _run_actions_torch(logits, masks, q, noise, slot_by_op, key, deterministic, out) -> None:
+    sel = select_actions_reference(logits, masks, q, deterministic=deterministic, noise=noise,
+                                   key=key, slot_by_op=slot_by_op)  # fmt: skip
+    for i, h in enumerate(HEAD_NAMES):
+        out[0][i].copy_(sel.actions[h])
+        out[1][i].copy_(sel.log_probs[h])
+        out[1][8 + i].copy_(sel.entropies[h])
+    out[1][16].copy_(sel.q_op)
+    out[1][17].copy_(sel.expected_value)
 
 
 # ---- cpu (esper_fast._C) --------------------------------------------------------------------------
@@ -63,6 +83,11 @@ def _cpu_module():
 
 def _run_cpu(logits, q, mask, noise, key, deterministic, out) -> int:
     return run_native(_cpu_module()[0], logits, q, mask, noise, key, deterministic, out)
+
+
+def _run_actions_cpu(logits, masks, q, noise, slot_by_op, key, deterministic, out) -> int:
+    return run_native_actions(_cpu_module()[0], _per_head(logits), _per_head(masks), _per_head(noise),
+                              q, slot_by_op, key, deterministic, out)  # fmt: skip
 
 
 def _cpu_why_not(device: torch.device) -> str | None:
@@ -83,6 +108,12 @@ def _cuda_module():
 def _run_cuda(logits, q, mask, noise, key, deterministic, out) -> None:
     stream = torch.cuda.current_stream(logits.device).cuda_stream
     run_native(_cuda_module()[0], logits, q, mask, noise, key, deterministic, out, stream=stream)
+
+
+def _run_actions_cuda(logits, masks, q, noise, slot_by_op, key, deterministic, out) -> None:
+    stream = torch.cuda.current_stream(q.device).cuda_stream
+    run_native_actions(_cuda_module()[0], _per_head(logits), _per_head(masks), _per_head(noise),
+                       q, slot_by_op, key, deterministic, out, stream=stream)  # fmt: skip
 
 
 def _cuda_why_not(device: torch.device) -> str | None:
@@ -109,6 +140,12 @@ def _run_triton(logits, q, mask, noise, key, deterministic, out) -> None:
     _triton_module()[0].select_op_triton(logits, q, mask, noise, key, deterministic, out)
 
 
+def _run_actions_triton(logits, masks, q, noise, slot_by_op, key, deterministic, out) -> None:
+    _triton_module()[0].select_actions_triton(
+        _per_head(logits), _per_head(masks), _per_head(noise), q, slot_by_op, key, deterministic, out
+    )
+
+
 def _triton_why_not(device: torch.device) -> str | None:
     if device.type == "cpu" and not _triton_interpreting():
         return "triton runs CPU tensors only under TRITON_INTERPRET=1"
@@ -118,10 +155,10 @@ def _triton_why_not(device: torch.device) -> str | None:
 
 
 _BACKENDS = {
-    "torch": Backend("torch", _run_torch, lambda device: None),
-    "cpu": Backend("cpu", _run_cpu, _cpu_why_not),
-    "cuda": Backend("cuda", _run_cuda, _cuda_why_not),
-    "triton": Backend("triton", _run_triton, _triton_why_not),
+    "torch": Backend("torch", _run_torch, _run_actions_torch, lambda device: None),
+    "cpu": Backend("cpu", _run_cpu, _run_actions_cpu, _cpu_why_not),
+    "cuda": Backend("cuda", _run_cuda, _run_actions_cuda, _cuda_why_not),
+    "triton": Backend("triton", _run_triton, _run_actions_triton, _triton_why_not),
 }
 _AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
 

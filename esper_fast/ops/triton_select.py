@@ -1,8 +1,9 @@
-"""The Triton kernel of ``select_op``: each program owns a [BLOCK_N, BLOCK_A] tile of rows.
+"""Triton kernels: ``select_op`` and the fused whole-action ``select_actions``.
 
-Same semantics and the same Philox stream as csrc/ (counter = (col, row lo, row hi, 0), key = the
-64-bit key), so a seeded call picks the same ops as the CPU and CUDA kernels. Runs on CPU tensors
-under ``TRITON_INTERPRET=1`` (keep N small there: ~10 ms per program).
+Each program owns a block of rows; each head is a ``[BLOCK_N, BLOCK_A]`` tile with A padded to a
+power of two. Same semantics and the same Philox stream as csrc/ (counter = (col, row lo, row hi,
+stream), key = the 64-bit key), so a seeded call picks the same actions as the CPU and CUDA kernels.
+Runs on CPU tensors under ``TRITON_INTERPRET=1`` (keep N small there: ~10 ms per program).
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from esper_fast.ops._native import unit_cols as _unit_cols
+from esper_fast.ops._native import unit_cols
 from esper_fast.types import OpSelection
 
-__all__ = ["select_op_triton", "block_sizes"]
+__all__ = ["select_op_triton", "select_actions_triton", "block_sizes"]
 
 
 @triton.jit
-def _philox_gumbel(key_ptr, rows, cols):
+def _philox_gumbel(key_ptr, rows, cols, STREAM: tl.constexpr):
     """Gumbel noise for (row, col) tiles; rows [BN, 1] int64, cols [1, BA] int32."""
     key = tl.load(key_ptr).to(tl.uint64)
     k0 = (key & 0xFFFFFFFF).to(tl.uint32)
@@ -27,9 +28,36 @@ def _philox_gumbel(key_ptr, rows, cols):
     c0 = cols.to(tl.uint32) + zero
     c1 = (rows & 0xFFFFFFFF).to(tl.uint32) + zero
     c2 = ((rows >> 32) & 0xFFFFFFFF).to(tl.uint32) + zero
-    x, _, _, _ = tl.random.philox_impl(c0, c1, c2, zero, k0, k1, 10)
+    x, _, _, _ = tl.random.philox_impl(c0, c1, c2, zero + STREAM, k0, k1, 10)
     u = ((x >> 8).to(tl.float32) + 0.5) * 5.9604644775390625e-08
     return -tl.log(-tl.log(u))
+
+
+@triton.jit
+def _choose(l, q, valid, g, cols, DETERMINISTIC: tl.constexpr):
+    """Per-row masked categorical choice on a tile -> (action, log_prob, entropy, q_sel, value)."""
+    count = tl.sum(valid.to(tl.int32), axis=1)
+    bad = tl.sum((valid & ((l - l) != 0.0)).to(tl.int32), axis=1) > 0  # non-finite valid logit
+    masked = tl.where(valid, l, float("-inf"))
+    m = tl.max(masked, axis=1)
+    if DETERMINISTIC:
+        score = masked
+    else:
+        score = tl.where(valid, l + g, float("-inf"))
+    act = tl.argmax(score, axis=1, tie_break_left=True)
+    d = tl.where(valid, l - m[:, None], 0.0)
+    e = tl.where(valid, tl.exp(d), 0.0)
+    ok = (count > 0) & (bad == 0)
+    s = tl.where(ok, tl.sum(e, axis=1), 1.0)  # bad / padded rows: keep the math finite
+    sl = tl.sum(e * d, axis=1)
+    sq = tl.sum(e * tl.where(valid, q, 0.0), axis=1)
+    sel = cols == act[:, None]
+    l_act = tl.sum(tl.where(sel, l, 0.0), axis=1)
+    q_act = tl.sum(tl.where(sel, q, 0.0), axis=1)
+    log_s = tl.log(s)
+    nan = float("nan")
+    return (tl.where(ok, act, -1).to(tl.int64), tl.where(ok, (l_act - m) - log_s, nan),
+            tl.where(ok, log_s - sl / s, nan), tl.where(ok, q_act, nan), tl.where(ok, sq / s, nan))  # fmt: skip
 
 
 @triton.jit
@@ -40,49 +68,119 @@ def _select_op_kernel(
     HAS_Q: tl.constexpr, HAS_MASK: tl.constexpr, HAS_NOISE: tl.constexpr, DETERMINISTIC: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_A: tl.constexpr,
 ):  # fmt: skip
-    rows = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)[:, None]  # [BN, 1]
+    r = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = r.to(tl.int64)[:, None]  # [BN, 1]
     cols = tl.arange(0, BLOCK_A)[None, :]  # [1, BA]
     inb = (rows < N) & (cols < A)
     l = tl.load(logits_ptr + rows * stride_l + cols, mask=inb, other=0.0).to(tl.float32)
+    q = tl.zeros([BLOCK_N, BLOCK_A], dtype=tl.float32)
     if HAS_Q:
         q = tl.load(q_ptr + rows * stride_q + cols, mask=inb, other=0.0).to(tl.float32)
-    else:
-        q = tl.zeros([BLOCK_N, BLOCK_A], dtype=tl.float32)
     valid = inb
     if HAS_MASK:
         valid = valid & (tl.load(mask_ptr + rows * stride_m + cols, mask=inb, other=0) != 0)
-    count = tl.sum(valid.to(tl.int32), axis=1)
-    bad = tl.sum((valid & ((l - l) != 0.0)).to(tl.int32), axis=1) > 0  # non-finite valid logit
-    masked = tl.where(valid, l, float("-inf"))
-    m = tl.max(masked, axis=1)  # [BN]
-    if DETERMINISTIC:
-        score = masked
-    else:
+    g = tl.zeros([BLOCK_N, BLOCK_A], dtype=tl.float32)
+    if not DETERMINISTIC:
         if HAS_NOISE:
             g = tl.load(noise_ptr + rows * stride_n + cols, mask=inb, other=0.0).to(tl.float32)
         else:
-            g = _philox_gumbel(key_ptr, rows, cols)
-        score = tl.where(valid, l + g, float("-inf"))
-    op = tl.argmax(score, axis=1, tie_break_left=True)  # [BN]
-    d = tl.where(valid, l - m[:, None], 0.0)
-    e = tl.where(valid, tl.exp(d), 0.0)
-    s = tl.sum(e, axis=1)
-    sl = tl.sum(e * d, axis=1)
-    sq = tl.sum(e * tl.where(valid, q, 0.0), axis=1)
-    sel = cols == op[:, None]
-    l_op = tl.sum(tl.where(sel, l, 0.0), axis=1)
-    q_op = tl.sum(tl.where(sel, q, 0.0), axis=1)
-    ok = (count > 0) & (bad == 0)
-    s = tl.where(ok, s, 1.0)  # padding / bad rows: keep the math finite, results are replaced
-    log_s = tl.log(s)
-    nan = float("nan")
-    r = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+            g = _philox_gumbel(key_ptr, rows, cols, 0)
+    act, logp, ent, q_sel, val = _choose(l, q, valid, g, cols, DETERMINISTIC)
     live = r < N
-    tl.store(op_ptr + r, tl.where(ok, op, -1).to(tl.int64), mask=live)
-    tl.store(logp_ptr + r, tl.where(ok, (l_op - m) - log_s, nan), mask=live)
-    tl.store(ent_ptr + r, tl.where(ok, log_s - sl / s, nan), mask=live)
-    tl.store(qop_ptr + r, tl.where(ok, q_op, nan), mask=live)
-    tl.store(val_ptr + r, tl.where(ok, sq / s, nan), mask=live)
+    tl.store(op_ptr + r, act, mask=live)
+    tl.store(logp_ptr + r, logp, mask=live)
+    tl.store(ent_ptr + r, ent, mask=live)
+    tl.store(qop_ptr + r, q_sel, mask=live)
+    tl.store(val_ptr + r, val, mask=live)
+
+
+@triton.jit
+def _head(
+    l_ptr, stride_l, m_ptr, stride_m, g_ptr, stride_g, key_ptr, rows, N, op,
+    sbo_ptr, stride_sbo, act_ptr, f_ptr,
+    H: tl.constexpr, SIZE: tl.constexpr, BLOCK_A: tl.constexpr, HAS_MASK: tl.constexpr,
+    HAS_NOISE: tl.constexpr, RULE: tl.constexpr, DETERMINISTIC: tl.constexpr,
+):  # fmt: skip
+    """One non-op head of the fused kernel. RULE: 0 none, 1 style (forced unless op in {1, 2}),
+    2 slot restricted by slot_by_op[row, op]."""
+    cols = tl.arange(0, BLOCK_A)[None, :]
+    inb = (rows < N) & (cols < SIZE)
+    l = tl.load(l_ptr + rows * stride_l + cols, mask=inb, other=0.0).to(tl.float32)
+    valid = inb
+    if HAS_MASK:
+        valid = valid & (tl.load(m_ptr + rows * stride_m + cols, mask=inb, other=0) != 0)
+    if RULE == 1:
+        free = (op == 1) | (op == 2)
+        valid = tl.where(free[:, None], valid, inb & (cols == 2))
+    if RULE == 2:
+        opc = tl.maximum(op, 0)[:, None]
+        valid = valid & (tl.load(sbo_ptr + rows * stride_sbo + opc * SIZE + cols, mask=inb, other=0) != 0)
+    g = tl.zeros([rows.shape[0], BLOCK_A], dtype=tl.float32)
+    if not DETERMINISTIC:
+        if HAS_NOISE:
+            g = tl.load(g_ptr + rows * stride_g + cols, mask=inb, other=0.0).to(tl.float32)
+        else:
+            g = _philox_gumbel(key_ptr, rows, cols, H + 1)
+    act, logp, ent, _, _ = _choose(l, l * 0.0, valid, g, cols, DETERMINISTIC)
+    r = tl.reshape(rows, [rows.shape[0]])
+    live = r < N
+    tl.store(act_ptr + H * N + r, act, mask=live)
+    tl.store(f_ptr + H * N + r, logp, mask=live)
+    tl.store(f_ptr + (8 + H) * N + r, ent, mask=live)
+
+
+@triton.jit
+def _select_actions_kernel(
+    l0, l1, l2, l3, l4, l5, l6, l7, sl0, sl1, sl2, sl3, sl4, sl5, sl6, sl7,
+    m0, m1, m2, m3, m4, m5, m6, m7, sm0, sm1, sm2, sm3, sm4, sm5, sm6, sm7,
+    g0, g1, g2, g3, g4, g5, g6, g7, sg0, sg1, sg2, sg3, sg4, sg5, sg6, sg7,
+    q_ptr, stride_q, sbo_ptr, stride_sbo, key_ptr, act_ptr, f_ptr, N,
+    S0: tl.constexpr, S1: tl.constexpr, S2: tl.constexpr, S3: tl.constexpr,
+    S4: tl.constexpr, S5: tl.constexpr, S6: tl.constexpr, S7: tl.constexpr,
+    B0: tl.constexpr, B1: tl.constexpr, B2: tl.constexpr, B3: tl.constexpr,
+    B4: tl.constexpr, B5: tl.constexpr, B6: tl.constexpr, B7: tl.constexpr,
+    HAS_MASK: tl.constexpr, HAS_NOISE: tl.constexpr, HAS_SBO: tl.constexpr,
+    DETERMINISTIC: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """Heads in HEAD_NAMES order (0 slot ... 7 op); HAS_MASK / HAS_NOISE are 8-bit flags."""
+    r = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = r.to(tl.int64)[:, None]
+    # ---- op (head 7): chosen once, with the critic
+    cols = tl.arange(0, B7)[None, :]
+    inb = (rows < N) & (cols < S7)
+    l = tl.load(l7 + rows * sl7 + cols, mask=inb, other=0.0).to(tl.float32)
+    q = tl.load(q_ptr + rows * stride_q + cols, mask=inb, other=0.0).to(tl.float32)
+    valid = inb
+    if (HAS_MASK >> 7) & 1:
+        valid = valid & (tl.load(m7 + rows * sm7 + cols, mask=inb, other=0) != 0)
+    g = tl.zeros([BLOCK_N, B7], dtype=tl.float32)
+    if not DETERMINISTIC:
+        if (HAS_NOISE >> 7) & 1:
+            g = tl.load(g7 + rows * sg7 + cols, mask=inb, other=0.0).to(tl.float32)
+        else:
+            g = _philox_gumbel(key_ptr, rows, cols, 8)
+    op, logp, ent, q_op, value = _choose(l, q, valid, g, cols, DETERMINISTIC)
+    live = r < N
+    tl.store(act_ptr + 7 * N + r, op, mask=live)
+    tl.store(f_ptr + 7 * N + r, logp, mask=live)
+    tl.store(f_ptr + 15 * N + r, ent, mask=live)
+    tl.store(f_ptr + 16 * N + r, q_op, mask=live)
+    tl.store(f_ptr + 17 * N + r, value, mask=live)
+    # ---- the other heads, with esper's op-dependent rules
+    _head(l2, sl2, m2, sm2, g2, sg2, key_ptr, rows, N, op, sbo_ptr, stride_sbo, act_ptr, f_ptr,
+          2, S2, B2, (HAS_MASK >> 2) & 1, (HAS_NOISE >> 2) & 1, 1, DETERMINISTIC)
+    _head(l0, sl0, m0, sm0, g0, sg0, key_ptr, rows, N, op, sbo_ptr, stride_sbo, act_ptr, f_ptr,
+          0, S0, B0, HAS_MASK & 1, HAS_NOISE & 1, 2 if HAS_SBO else 0, DETERMINISTIC)
+    _head(l1, sl1, m1, sm1, g1, sg1, key_ptr, rows, N, op, sbo_ptr, stride_sbo, act_ptr, f_ptr,
+          1, S1, B1, (HAS_MASK >> 1) & 1, (HAS_NOISE >> 1) & 1, 0, DETERMINISTIC)
+    _head(l3, sl3, m3, sm3, g3, sg3, key_ptr, rows, N, op, sbo_ptr, stride_sbo, act_ptr, f_ptr,
+          3, S3, B3, (HAS_MASK >> 3) & 1, (HAS_NOISE >> 3) & 1, 0, DETERMINISTIC)
+    _head(l4, sl4, m4, sm4, g4, sg4, key_ptr, rows, N, op, sbo_ptr, stride_sbo, act_ptr, f_ptr,
+          4, S4, B4, (HAS_MASK >> 4) & 1, (HAS_NOISE >> 4) & 1, 0, DETERMINISTIC)
+    _head(l5, sl5, m5, sm5, g5, sg5, key_ptr, rows, N, op, sbo_ptr, stride_sbo, act_ptr, f_ptr,
+          5, S5, B5, (HAS_MASK >> 5) & 1, (HAS_NOISE >> 5) & 1, 0, DETERMINISTIC)
+    _head(l6, sl6, m6, sm6, g6, sg6, key_ptr, rows, N, op, sbo_ptr, stride_sbo, act_ptr, f_ptr,
+          6, S6, B6, (HAS_MASK >> 6) & 1, (HAS_NOISE >> 6) & 1, 0, DETERMINISTIC)
 
 
 def block_sizes(n: int, a: int) -> tuple[int, int]:
@@ -101,14 +199,14 @@ def select_op_triton(
     deterministic: bool,
     out: OpSelection,
 ) -> None:
-    """Launches the kernel writing into ``out`` (all [N] and contiguous)."""
+    """Launches the select_op kernel writing into ``out`` (all [N] and contiguous)."""
     n, a = logits.shape
     if n == 0:
         return
-    logits = _unit_cols(logits)
-    q = None if q is None else _unit_cols(q)
-    mask = None if mask is None else _unit_cols(mask)
-    noise = None if noise is None else _unit_cols(noise)
+    logits = unit_cols(logits)
+    q = None if q is None else unit_cols(q)
+    mask = None if mask is None else unit_cols(mask)
+    noise = None if noise is None else unit_cols(noise)
     block_n, block_a = block_sizes(n, a)
     dummy = logits  # any pointer for absent optional inputs (never read)
     _select_op_kernel[(triton.cdiv(n, block_n),)](
@@ -122,4 +220,41 @@ def select_op_triton(
         HAS_Q=q is not None, HAS_MASK=mask is not None, HAS_NOISE=noise is not None, DETERMINISTIC=deterministic,
         BLOCK_N=block_n, BLOCK_A=block_a,
         num_warps=4 if block_n * block_a >= 1024 else 1,
+    )  # fmt: skip
+
+
+def select_actions_triton(
+    logits: list[Tensor],
+    masks: list[Tensor | None],
+    noise: list[Tensor | None],
+    q: Tensor,
+    slot_by_op: Tensor | None,
+    key: Tensor | None,
+    deterministic: bool,
+    out: tuple[Tensor, Tensor],
+) -> None:
+    """Launches the fused kernel (heads in HEAD_NAMES order) writing ``out = (actions [8, N], floats [18, N])``."""
+    n = q.shape[0]
+    if n == 0:
+        return
+    logits = [unit_cols(t) for t in logits]
+    masks = [None if m is None else unit_cols(m) for m in masks]
+    noise = [None if g is None else unit_cols(g.float()) for g in noise]
+    q = unit_cols(q)
+    slot_by_op = None if slot_by_op is None else slot_by_op.contiguous()
+    sizes = [t.shape[1] for t in logits]
+    widest = triton.next_power_of_2(max(sizes))
+    block_n = max(1, min(triton.next_power_of_2(n), 2048 // widest))
+    dummy = q
+    flags = lambda ts: sum(1 << i for i, t in enumerate(ts) if t is not None)  # noqa: E731
+    _select_actions_kernel[(triton.cdiv(n, block_n),)](
+        *logits, *[t.stride(0) for t in logits],
+        *[dummy if m is None else m for m in masks], *[0 if m is None else m.stride(0) for m in masks],
+        *[dummy if g is None else g for g in noise], *[0 if g is None else g.stride(0) for g in noise],
+        q, q.stride(0), dummy if slot_by_op is None else slot_by_op,
+        0 if slot_by_op is None else slot_by_op.stride(0), dummy if key is None else key,
+        out[0], out[1], n,
+        *sizes, *[triton.next_power_of_2(s) for s in sizes],
+        HAS_MASK=flags(masks), HAS_NOISE=flags(noise), HAS_SBO=slot_by_op is not None,
+        DETERMINISTIC=deterministic, BLOCK_N=block_n, num_warps=4,
     )  # fmt: skip

@@ -11,11 +11,15 @@ from esper_fast.types import OpSelection
 __all__ = ["select_op_reference", "reference_gumbel"]
 
 
-def reference_gumbel(key: Tensor, n: int, a: int, device: torch.device | str) -> Tensor:
-    """The ``[n, a]`` Gumbel noise every backend derives from ``key`` (stream 0)."""
+def reference_gumbel(key: Tensor, n: int, a: int, device: torch.device | str, stream: int = 0) -> Tensor:
+    """The ``[n, a]`` Gumbel noise every backend derives from ``key``.
+
+    Stream 0 is :func:`select_op`'s; the fused whole-action kernel uses stream ``h + 1`` for the
+    head at index h of ``HEAD_NAMES``.
+    """
     rows = torch.arange(n, dtype=torch.int64, device=device)[:, None]
     cols = torch.arange(a, dtype=torch.int64, device=device)[None, :]
-    return gumbel_from_uniform(philox_uniform(key.to(device), rows, cols))
+    return gumbel_from_uniform(philox_uniform(key.to(device), rows, cols, stream))
 
 
 def select_op_reference(

@@ -1,0 +1,90 @@
+// The fused whole-action selection: per row, the op is chosen once (with Q(s, op) and
+// sum_a pi(a) Q(s, a)), then esper's op-dependent rules apply and every other head is chosen.
+// Shared verbatim by the CPU loop and the CUDA kernel (one thread per row).
+#pragma once
+
+#include <cstdint>
+
+#include "select_row.h"
+
+namespace esper_fast {
+
+// Heads in esper's HEAD_NAMES order.
+constexpr int kNumHeads = 8;
+constexpr int kSlotHead = 0, kStyleHead = 2, kOpHead = 7;
+constexpr int kSigmoidAdd = 2;                      // GerminationStyle.SIGMOID_ADD
+constexpr int kGerminate = 1, kSetAlphaTarget = 2;  // ops for which the style head is free
+// The k-th head chosen after the op, in esper's get_action order: style, slot, blueprint, tempo,
+// alpha_target, alpha_speed, alpha_curve.
+EF_HD int head_after_op(int k) {
+  return k == 0 ? kStyleHead : (k == 1 ? kSlotHead : (k == 2 ? 1 : k));
+}
+
+struct ActionArgs {
+  const void* logits[kNumHeads];   // per head [N, size] with row stride, unit column stride
+  int logits_dtype[kNumHeads];
+  int64_t logits_stride[kNumHeads];
+  const uint8_t* mask[kNumHeads];  // per head [N, size] bool or null
+  int64_t mask_stride[kNumHeads];
+  const float* noise[kNumHeads];   // per head [N, size] Gumbel noise or null (Philox)
+  int64_t noise_stride[kNumHeads];
+  int size[kNumHeads];
+  const void* q;                   // [N, size[op]]
+  int q_dtype;
+  int64_t q_stride;
+  const uint8_t* slot_by_op;       // [N, size[op], size[slot]] row-contiguous, or null
+  int64_t slot_by_op_stride;
+  const int64_t* key;
+  int64_t n;
+  bool deterministic;
+  int64_t* out_actions;            // [8, N]
+  float* out_f;                    // [18, N]: log_prob x8, entropy x8, q_op, value
+};
+
+template <typename T>
+EF_HD const T* offset_row(const T* base, int64_t stride_bytes, int64_t row) {
+  return base == nullptr ? nullptr
+                         : reinterpret_cast<const T*>(reinterpret_cast<const char*>(base) +
+                                                      row * stride_bytes);
+}
+
+// Chooses every head of row `row`; returns 1 if any head came back bad (action -1).
+EF_HD int select_action_row(const ActionArgs& a, int64_t row, uint64_t key) {
+  const int64_t n = a.n;
+  int bad = 0;
+  int op = -1;
+  for (int k = -1; k < kNumHeads - 1; ++k) {
+    const int h = k < 0 ? kOpHead : head_after_op(k);
+    const bool is_op = h == kOpHead;
+    int forced = -1;
+    const uint8_t* mask2 = nullptr;
+    if (h == kStyleHead && op != kGerminate && op != kSetAlphaTarget) forced = kSigmoidAdd;
+    if (h == kSlotHead && a.slot_by_op != nullptr && op >= 0)
+      mask2 = a.slot_by_op + row * a.slot_by_op_stride + op * a.size[kSlotHead];
+    const RowResult r = select_row(
+        offset_row(a.logits[h], a.logits_stride[h] * dtype_size(a.logits_dtype[h]), row),
+        a.logits_dtype[h],
+        is_op ? offset_row(a.q, a.q_stride * dtype_size(a.q_dtype), row) : nullptr, a.q_dtype,
+        offset_row(a.mask[h], a.mask_stride[h], row), mask2, forced,
+        offset_row(a.noise[h], a.noise_stride[h] * 4, row), a.size[h], a.deterministic, key,
+        row, static_cast<uint32_t>(h + 1));
+    if (is_op) {
+      op = static_cast<int>(r.action);
+      a.out_f[16 * n + row] = r.q_sel;
+      a.out_f[17 * n + row] = r.value;
+    }
+    a.out_actions[h * n + row] = r.action;
+    a.out_f[h * n + row] = r.log_prob;
+    a.out_f[(kNumHeads + h) * n + row] = r.entropy;
+    bad |= r.action < 0;
+  }
+  return bad;
+}
+
+// CPU: all rows; returns the number of rows with a bad head.
+int64_t select_actions_cpu(const ActionArgs& args);
+
+// CUDA: enqueues the fused kernel on `stream`; returns an error string or null.
+const char* select_actions_cuda(const ActionArgs& args, void* stream);
+
+}  // namespace esper_fast
