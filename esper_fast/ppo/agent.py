@@ -1,0 +1,122 @@
+"""The policy as the trainer and the evaluator use it: construction, one decision, an env controller.
+
+* :func:`build_policy` - ``FactoredPolicy(value_mode=...)`` for "q_op" / "expected", esper's buggy
+  ``ReferencePolicy(legacy=True)`` for "legacy" (same parameters, so checkpoints are interchangeable).
+* :func:`act` - one ``get_action`` call on an :class:`~esper_fast.envs.EnvObs`, plus the slot mask the
+  slot was actually sampled under (the buffer stores it so the update scores the same distribution).
+* :class:`PolicyActor` - a stateful ``EnvObs -> actions`` controller for
+  :func:`esper_fast.envs.evaluate_policy`: normalises, keeps the LSTM state, zeroes it at episode starts.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from esper_fast.constants import HEAD_NAMES, get_feature_size
+from esper_fast.envs import EnvConfig, EnvObs
+from esper_fast.envs.seed_lifecycle import BASE_FEATURES
+from esper_fast.network import FactoredNetwork
+from esper_fast.reference.actions import op_dependent_masks
+from esper_fast.policy import FactoredPolicy
+from esper_fast.ppo.config import PPOConfig
+from esper_fast.ppo.normalize import ObsNormalizer
+from esper_fast.reference.policy import ReferencePolicy
+from esper_fast.types import GetActionResult, Hidden
+
+__all__ = ["build_policy", "env_config", "architecture", "act", "effective_masks", "PolicyActor", "validation_off"]
+
+_EPOCH_FRAC = BASE_FEATURES.index("epoch_frac")  # 0 exactly on the first observation of an episode
+
+
+def architecture(config: PPOConfig) -> dict[str, object]:
+    """Constructor arguments that fix the parameter shapes (saved in checkpoints, esper-style)."""
+    return {
+        "state_dim": get_feature_size(config.num_slots), "num_slots": config.num_slots,
+        "slot_ids": [f"r0c{i}" for i in range(config.num_slots)], "feature_dim": config.feature_dim,
+        "lstm_hidden_dim": config.lstm_hidden_dim, "lstm_layers": config.lstm_layers,
+    }  # fmt: skip
+
+
+def build_policy(config: PPOConfig) -> FactoredNetwork:
+    """The network for ``config.value_mode`` (init uses the current torch RNG), on ``config.device``."""
+    arch = architecture(config)
+    args = (arch["state_dim"], arch["num_slots"])
+    kw = dict(feature_dim=config.feature_dim, lstm_hidden_dim=config.lstm_hidden_dim, lstm_layers=config.lstm_layers)
+    if config.value_mode == "legacy":
+        policy = ReferencePolicy(*args, **kw, value_mode="q_op", legacy=True)
+    else:
+        policy = FactoredPolicy(*args, **kw, value_mode=config.value_mode, backend=config.backend)
+    return policy.to(config.device)
+
+
+def env_config(config: PPOConfig, validate_actions: bool = False) -> EnvConfig:
+    """The env of a run: EnvConfig's dynamics, with the run's layout fields."""
+    return EnvConfig(num_slots=config.num_slots, episode_length=config.episode_length, topology=config.topology,
+                     max_seeds=config.max_seeds, validate_actions=validate_actions)  # fmt: skip
+
+
+@contextmanager
+def validation_off(policy: FactoredNetwork) -> Iterator[None]:
+    """Set the policy class's ``validate`` flag to False (no host syncs), restore it afterwards."""
+    cls = type(policy)
+    had_own = "validate" in cls.__dict__
+    old = cls.__dict__.get("validate")
+    cls.validate = False
+    try:
+        yield
+    finally:
+        if had_own:
+            cls.validate = old
+        else:
+            del cls.validate
+
+
+def act(policy: FactoredNetwork, obs: Tensor, env_obs: EnvObs, hidden: Hidden | None, *, deterministic: bool,
+        op_conditioned_slot: bool, generator: torch.Generator | None = None) -> GetActionResult:  # fmt: skip
+    """One decision for every env: ``obs [E, D]`` is the (normalised) observation the policy sees."""
+    masks = [env_obs.masks[h] for h in HEAD_NAMES]
+    kw = {"slot_by_op": env_obs.slot_by_op} if op_conditioned_slot else {}
+    return policy.get_action(obs, env_obs.blueprint_indices, hidden, *masks, deterministic=deterministic,
+                             generator=generator, **kw)  # fmt: skip
+
+
+def effective_masks(env_obs: EnvObs, op: Tensor, op_conditioned_slot: bool) -> dict[str, Tensor]:
+    """The env masks with the slot mask the slot was sampled under (``slot & slot_by_op[op]``)."""
+    if not op_conditioned_slot:
+        return dict(env_obs.masks)
+    _, slot = op_dependent_masks(op, env_obs.masks["style"], env_obs.masks["slot"], env_obs.slot_by_op,
+                                 env_obs.masks["style"].shape[-1], env_obs.masks["slot"].shape[-1])  # fmt: skip
+    return {**env_obs.masks, "slot": slot}
+
+
+class PolicyActor:
+    """``EnvObs -> actions`` controller around a trained policy (for ``evaluate_policy``).
+
+    Keeps one LSTM state per env row and zeroes it where the observation is an episode's first
+    (``epoch_frac == 0``), so it follows auto-resets without being told.
+    """
+
+    def __init__(self, policy: FactoredNetwork, obs_normalizer: ObsNormalizer, *, deterministic: bool = False,
+                 op_conditioned_slot: bool = True, seed: int = 0) -> None:  # fmt: skip
+        self.policy, self.obs_normalizer = policy, obs_normalizer
+        self.deterministic, self.op_conditioned_slot = deterministic, op_conditioned_slot
+        device = next(policy.parameters()).device
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.hidden: Hidden | None = None
+
+    def __call__(self, env_obs: EnvObs) -> dict[str, Tensor]:
+        E = env_obs.obs.shape[0]
+        if self.hidden is None or self.hidden[0].shape[1] != E:
+            self.hidden = self.policy.get_initial_hidden(E, env_obs.obs.device)
+        keep = (env_obs.obs[:, _EPOCH_FRAC] != 0).to(self.hidden[0].dtype).view(1, E, 1)
+        hidden = (self.hidden[0] * keep, self.hidden[1] * keep)
+        with validation_off(self.policy), torch.no_grad():
+            result = act(self.policy, self.obs_normalizer.normalize(env_obs.obs), env_obs, hidden,
+                         deterministic=self.deterministic, op_conditioned_slot=self.op_conditioned_slot,
+                         generator=self.generator)  # fmt: skip
+        self.hidden = result.hidden
+        return result.actions

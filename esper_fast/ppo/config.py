@@ -1,0 +1,272 @@
+"""``PPOConfig``: every knob of the trainer, with esper's values (commit 0872525b) as the defaults.
+
+The defaults are esper's ``PPOAgent`` / ``train_ppo_vectorized`` defaults (contract section 5), so a
+bare ``PPOConfig()`` is esper's run. Presets (:data:`PRESETS`) override a few fields:
+
+* ``smoke``   - seconds on CPU, for tests and a first try;
+* ``default`` - the no-flag CPU run of ``esper-fast train``: small network, 16 envs, a few minutes;
+* ``esper``   - esper's exact sizes (512 hidden, 4 envs x 150 steps, 100 episodes).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import inspect
+import math
+import textwrap
+from dataclasses import dataclass, field
+from typing import Any
+
+from esper_fast.constants import HEAD_NAMES
+
+__all__ = ["PPOConfig", "PRESETS", "ENTROPY_COEF_PER_HEAD", "VALUE_MODES", "make_config", "field_docs"]
+
+VALUE_MODES = ("q_op", "expected", "legacy")
+
+# esper's per-head entropy multipliers (simic/agent/ppo.py ENTROPY_COEF_PER_HEAD).
+ENTROPY_COEF_PER_HEAD: dict[str, float] = {
+    "op": 1.0, "slot": 1.0, "blueprint": 1.3, "style": 1.2, "tempo": 1.3,
+    "alpha_target": 1.2, "alpha_speed": 1.2, "alpha_curve": 1.2,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """Trainer configuration. Sizes are per process; ``total_timesteps`` counts all processes."""
+
+    # ---- run -----------------------------------------------------------------------------------
+    seed: int = 42
+    """Seeds the network init, the action sampler and the envs (esper's default 42)."""
+    device: str = "cpu"
+    """Torch device for envs, policy and update: "cpu" (default) or "cuda" / "cuda:N"."""
+    torch_threads: int = 1
+    """CPU threads for torch (``torch.set_num_threads``); small recurrent nets run fastest on 1.
+    0 leaves torch's setting alone."""
+    total_timesteps: int = 15_000
+    """Env steps to train for, all processes together (esper: 100 episodes x 150 epochs)."""
+
+    # ---- environment (SeedLifecycleEnv; every other dynamic keeps EnvConfig's default) ---------
+    num_envs: int = 4
+    """Parallel envs per process (esper DEFAULT_N_ENVS)."""
+    episode_length: int = 150
+    """Epochs (decisions) per episode before truncation (esper DEFAULT_EPISODE_LENGTH)."""
+    rollout_steps: int | None = None
+    """Steps every env runs per update; None = episode_length (esper: one episode per batch)."""
+    num_slots: int = 3
+    """Seed slots per env (slot head size; observation has 24 + 30 * num_slots features)."""
+    topology: str = "cnn"
+    """Blueprint set of the host: "cnn" or "transformer"."""
+    max_seeds: int = 0
+    """Germinations allowed per episode; 0 = unlimited."""
+
+    # ---- policy ----------------------------------------------------------------------------------
+    feature_dim: int = 512
+    """Width of feature_net (esper DEFAULT_FEATURE_DIM)."""
+    lstm_hidden_dim: int = 512
+    """LSTM hidden size H (esper DEFAULT_LSTM_HIDDEN_DIM); heads use H / 2."""
+    lstm_layers: int = 1
+    """LSTM layers."""
+    value_mode: str = "q_op"
+    """Value baseline: "q_op" (Q(s, chosen op); bootstrap Q(s', argmax op), esper's rule),
+    "expected" (V(s) = sum_a pi(a|s) Q(s, a)), or "legacy" (esper's double-draw bug, ablations only)."""
+    backend: str = "auto"
+    """select_op backend for FactoredPolicy: "auto", "torch", "cpu", "cuda" or "triton"."""
+    op_conditioned_slot: bool | None = None
+    """Sample the slot among the slots where the chosen op is valid (env ``slot_by_op``; esper HEAD).
+    None = on, except in "legacy" mode (ReferencePolicy has no ``slot_by_op``)."""
+
+    # ---- PPO -----------------------------------------------------------------------------------
+    learning_rate: float = 3e-4
+    """Adam learning rate (esper DEFAULT_LEARNING_RATE)."""
+    anneal_lr: bool = False
+    """Decay the learning rate linearly to 0 over the run (esper: off)."""
+    adam_eps: float = 1e-5
+    """Adam epsilon (esper: 1e-5)."""
+    gamma: float = 0.995
+    """Discount (esper DEFAULT_GAMMA)."""
+    gae_lambda: float = 0.98
+    """GAE lambda (esper passes 0.98)."""
+    clip_ratio: float = 0.2
+    """Per-head PPO ratio clip epsilon."""
+    clip_value: bool = True
+    """Clip the value update around the rollout's Q(s, stored op) (esper: on)."""
+    value_clip: float = 10.0
+    """Value clip range (esper DEFAULT_VALUE_CLIP)."""
+    value_coef: float = 0.5
+    """Weight of the value loss (esper DEFAULT_VALUE_COEF at 0872525b)."""
+    entropy_coef: float = 0.05
+    """Entropy coefficient (start value when annealed; esper DEFAULT_ENTROPY_COEF)."""
+    entropy_coef_end: float | None = None
+    """Entropy coefficient reached after ``entropy_anneal_updates``; None = entropy_coef (no anneal)."""
+    entropy_anneal_updates: int = 0
+    """Updates over which the entropy coefficient moves linearly to entropy_coef_end; 0 = none."""
+    entropy_coef_min: float = 0.01
+    """Floor of the entropy coefficient (esper DEFAULT_ENTROPY_COEF_MIN)."""
+    entropy_coef_per_head: dict[str, float] = field(default_factory=lambda: dict(ENTROPY_COEF_PER_HEAD))
+    """Per-head entropy multipliers (esper ENTROPY_COEF_PER_HEAD); missing heads use 1.0."""
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clip (esper DEFAULT_MAX_GRAD_NORM)."""
+    update_epochs: int = 1
+    """Passes over the rollout per update (esper: recurrent_n_epochs = 1)."""
+    num_minibatches: int = 1
+    """Minibatches per pass, each a set of whole env sequences (esper: 1 = the full batch)."""
+    target_kl: float | None = 0.015
+    """Stop the update before a step whose approx KL exceeds 1.5 * target_kl; None = never."""
+    normalize_advantages: bool = True
+    """Normalise advantages over the whole rollout (mean 0, std 1; esper: on)."""
+    normalize_obs: bool = True
+    """Normalise observations with running EMA statistics (esper: on)."""
+    obs_norm_momentum: float = 0.99
+    """EMA momentum of the observation statistics (esper: 0.99)."""
+    obs_clip: float = 10.0
+    """Clip of the normalised observations."""
+    normalize_rewards: bool = True
+    """Divide rewards by their running std (Welford, no mean shift; esper: on)."""
+    reward_clip: float = 10.0
+    """Clip of the normalised rewards (esper: 10)."""
+
+    # ---- outputs ---------------------------------------------------------------------------------
+    checkpoint_every: int = 0
+    """Save a checkpoint every this many updates (0 = only at the end and on Ctrl-C)."""
+    eval_episodes: int = 32
+    """Episodes of the final evaluation against the heuristic and random baselines (0 = skip)."""
+    eval_seed: int = 12345
+    """Env seed of the final evaluation (the same episodes for every policy)."""
+
+    # ---- derived (computed in __post_init__) -------------------------------------------------
+    batch_size: int = field(init=False)
+    """Transitions per update per process: num_envs * rollout_steps."""
+    minibatch_envs: int = field(init=False)
+    """Env sequences per minibatch: num_envs // num_minibatches."""
+    num_updates: int = field(init=False)
+    """Updates of a single-process run: ceil(total_timesteps / batch_size)."""
+
+    def __post_init__(self) -> None:
+        if self.rollout_steps is None:
+            object.__setattr__(self, "rollout_steps", self.episode_length)
+        if self.op_conditioned_slot is None:
+            object.__setattr__(self, "op_conditioned_slot", self.value_mode != "legacy")
+        object.__setattr__(self, "entropy_coef_per_head", dict(self.entropy_coef_per_head))
+        self._validate()
+        object.__setattr__(self, "batch_size", self.num_envs * self.rollout_steps)
+        object.__setattr__(self, "minibatch_envs", self.num_envs // self.num_minibatches)
+        object.__setattr__(self, "num_updates", self.updates_for(1))
+
+    def updates_for(self, world_size: int) -> int:
+        """Updates each process runs when ``world_size`` processes share ``total_timesteps``."""
+        return max(1, math.ceil(self.total_timesteps / (self.batch_size * world_size)))
+
+    def entropy_coef_at(self, update: int) -> float:
+        """esper's ``get_entropy_coef``: linear anneal over ``entropy_anneal_updates``, floored."""
+        coef = self.entropy_coef
+        if self.entropy_anneal_updates > 0 and self.entropy_coef_end is not None:
+            frac = min(1.0, update / self.entropy_anneal_updates)
+            coef = self.entropy_coef + frac * (self.entropy_coef_end - self.entropy_coef)
+        return max(coef, self.entropy_coef_min)
+
+    def learning_rate_at(self, update: int, num_updates: int) -> float:
+        """``learning_rate``, or its linear decay to 0 over ``num_updates`` when ``anneal_lr``."""
+        if not self.anneal_lr:
+            return self.learning_rate
+        return self.learning_rate * max(0.0, 1.0 - update / num_updates)
+
+    def _validate(self) -> None:
+        positive = ("total_timesteps", "num_envs", "episode_length", "rollout_steps", "num_slots",
+                    "feature_dim", "lstm_hidden_dim", "lstm_layers", "update_epochs", "num_minibatches")  # fmt: skip
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
+        non_negative = ("learning_rate", "clip_ratio", "value_clip", "value_coef", "entropy_coef",
+                        "entropy_coef_min", "max_grad_norm", "reward_clip", "obs_clip", "max_seeds",
+                        "entropy_anneal_updates", "checkpoint_every", "eval_episodes", "torch_threads")  # fmt: skip
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
+        for name in ("gamma", "gae_lambda", "obs_norm_momentum"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}: expected in [0, 1], got {getattr(self, name)}")
+        if self.lstm_hidden_dim % 2:
+            raise ValueError(f"lstm_hidden_dim: expected an even number (heads use H / 2), got {self.lstm_hidden_dim}")
+        if self.value_mode not in VALUE_MODES:
+            raise ValueError(f"value_mode: expected one of {VALUE_MODES}, got {self.value_mode!r}")
+        if self.value_mode == "legacy" and self.op_conditioned_slot:
+            raise ValueError("op_conditioned_slot: value_mode='legacy' uses ReferencePolicy, which has no "
+                             "slot_by_op; expected False (or None), got True")  # fmt: skip
+        if self.topology not in ("cnn", "transformer"):
+            raise ValueError(f"topology: expected 'cnn' or 'transformer', got {self.topology!r}")
+        if self.num_minibatches > self.num_envs:
+            raise ValueError(f"num_minibatches: minibatches are sets of whole env sequences, so expected "
+                             f"<= num_envs ({self.num_envs}), got {self.num_minibatches}")
+        if self.num_envs % self.num_minibatches:
+            raise ValueError(f"num_minibatches: expected a divisor of num_envs ({self.num_envs}), "
+                             f"got {self.num_minibatches}")
+        if self.target_kl is not None and self.target_kl <= 0:
+            raise ValueError(f"target_kl: expected > 0 or None, got {self.target_kl}")
+        if self.adam_eps <= 0:
+            raise ValueError(f"adam_eps: expected > 0, got {self.adam_eps}")
+        unknown = sorted(set(self.entropy_coef_per_head) - set(HEAD_NAMES))
+        if unknown:
+            raise ValueError(f"entropy_coef_per_head: unknown heads {unknown}, expected a subset of {list(HEAD_NAMES)}")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+
+    # ---- conversions -------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The constructor arguments (no derived fields), JSON-serialisable."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+
+    def derived(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.init}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PPOConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
+        known = {f.name for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(values) - known - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown PPOConfig fields {unknown}")
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def replace(self, **changes: Any) -> PPOConfig:
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": dict(
+        num_envs=4, rollout_steps=32, total_timesteps=4 * 32 * 3, feature_dim=32, lstm_hidden_dim=32,
+        eval_episodes=4,
+    ),
+    "default": dict(
+        num_envs=16, feature_dim=128, lstm_hidden_dim=128, total_timesteps=16 * 150 * 200,
+        update_epochs=4, num_minibatches=4, learning_rate=1e-3, anneal_lr=True, target_kl=0.03,
+        entropy_coef=0.01, entropy_coef_min=0.0, gamma=0.99, gae_lambda=0.95,
+    ),
+    "esper": dict(),
+}
+"""Named overrides of :class:`PPOConfig` (``esper`` is the bare dataclass: esper's values)."""
+
+
+def make_config(preset: str = "default", **overrides: Any) -> PPOConfig:
+    """``PPOConfig`` from a preset plus explicit field overrides (``ValueError`` on unknown names)."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset: expected one of {sorted(PRESETS)}, got {preset!r}")
+    known = {f.name for f in dataclasses.fields(PPOConfig) if f.init}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown PPOConfig fields {unknown}")
+    return PPOConfig(**{**PRESETS[preset], **overrides})
+
+
+@functools.cache
+def field_docs() -> dict[str, str]:
+    """Field name -> the docstring written under it in :class:`PPOConfig` (drives ``--help``)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(PPOConfig)))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs

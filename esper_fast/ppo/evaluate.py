@@ -1,0 +1,49 @@
+"""Score a trained policy against esper_fast's heuristic and random baselines on the same episodes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from esper_fast.envs import HeuristicPolicy, RandomMaskedPolicy, SeedLifecycleEnv, evaluate_policy
+from esper_fast.network import FactoredNetwork
+from esper_fast.ppo.agent import PolicyActor, env_config
+from esper_fast.ppo.config import PPOConfig
+from esper_fast.ppo.normalize import ObsNormalizer
+
+__all__ = ["compare_with_baselines", "format_table"]
+
+
+def compare_with_baselines(policy: FactoredNetwork | None, obs_normalizer: ObsNormalizer | None, config: PPOConfig,
+                           episodes: int, seed: int, device: str | torch.device = "cpu",
+                           ppo_modes: tuple[str, ...] = ("sampled", "greedy")) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """``{name: evaluate_policy result}`` for the policy (each of ``ppo_modes``), heuristic and random.
+
+    Every entry plays the same ``episodes`` episodes (env seed ``seed``); ``returns`` tensors dropped.
+    """
+    env = SeedLifecycleEnv(episodes, env_config(config), device=device, seed=seed)
+    controllers: dict[str, Any] = {}
+    if policy is not None:
+        for mode in ppo_modes:
+            controllers[f"ppo ({mode})"] = PolicyActor(policy, obs_normalizer, deterministic=(mode == "greedy"),
+                                                       op_conditioned_slot=bool(config.op_conditioned_slot),
+                                                       seed=seed)  # fmt: skip
+    controllers["heuristic"] = HeuristicPolicy(env.config)
+    controllers["random"] = RandomMaskedPolicy(seed=seed, device=device)
+    results = {}
+    for name, controller in controllers.items():
+        res = evaluate_policy(env, controller, num_episodes=episodes, seed=seed)
+        res.pop("returns", None)
+        results[name] = res
+    return results
+
+
+def format_table(results: dict[str, dict[str, Any]]) -> str:
+    """A plain-text table: policy, mean +- std return, mean length, terminated fraction, episodes."""
+    header = f"{'policy':<16} {'return':>16} {'length':>8} {'terminated':>11} {'episodes':>9}"
+    lines = [header, "-" * len(header)]
+    for name, r in results.items():
+        ret = f"{r['mean_return']:.2f} +- {r['std_return']:.2f}"
+        lines.append(f"{name:<16} {ret:>16} {r['mean_length']:>8.1f} {r['terminated_frac']:>11.3f} {r['num_episodes']:>9d}")
+    return "\n".join(lines)

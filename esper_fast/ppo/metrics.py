@@ -1,0 +1,110 @@
+"""Per-update metrics to disk: CSV, JSONL, TensorBoard (when installed) and a PNG learning curve.
+
+Scalars are namespaced like CleanRL's (``charts/...``, ``losses/...``); the CSV and JSONL hold the
+same rows, one per update. TensorBoard needs the ``tensorboard`` package; without it the writer
+says so once and carries on. The plot uses matplotlib's Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["MetricsWriter", "read_metrics_csv", "plot_learning_curve"]
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class MetricsWriter:
+    """Appends one row per update to ``metrics.csv`` / ``metrics.jsonl`` (and TensorBoard events)."""
+
+    def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.csv_path, self.jsonl_path = self.run_dir / "metrics.csv", self.run_dir / "metrics.jsonl"
+        self._columns: list[str] | None = None
+        if self.csv_path.is_file() and self.csv_path.stat().st_size > 0:  # resuming: keep the header
+            with open(self.csv_path, newline="") as f:
+                self._columns = next(csv.reader(f), None)
+        self._tb = None
+        self.tensorboard_note = ""
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional
+                self.tensorboard_note = "tensorboard not installed: no event files (pip install tensorboard)"
+            else:
+                self._tb = SummaryWriter(log_dir=str(self.run_dir))
+
+    def write(self, row: dict[str, Any]) -> None:
+        """One update's scalars (``global_step`` and ``update`` included)."""
+        row = {k: _clean(v) for k, v in row.items()}
+        if self._columns is None:
+            self._columns = list(row)
+            with open(self.csv_path, "w", newline="") as f:
+                csv.writer(f).writerow(self._columns)
+        with open(self.csv_path, "a", newline="") as f:
+            csv.writer(f).writerow(["" if row.get(c) is None else row.get(c) for c in self._columns])
+        with open(self.jsonl_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            step = int(row.get("global_step", 0))
+            for key, value in row.items():
+                if key not in ("global_step", "update") and isinstance(value, (int, float)) and value is not None:
+                    self._tb.add_scalar(key, value, step)
+
+    def add_text(self, tag: str, text: str) -> None:
+        if self._tb is not None:
+            self._tb.add_text(tag, text)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def read_metrics_csv(path: str | os.PathLike) -> list[dict[str, float | None]]:
+    """Rows of a ``metrics.csv`` as floats (None for empty cells)."""
+    with open(path, newline="") as f:
+        return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def plot_learning_curve(rows: Sequence[dict[str, Any]], png_path: str | os.PathLike,
+                        baselines: dict[str, float] | None = None, title: str = "",
+                        smooth: int = 10) -> Path:  # fmt: skip
+    """Mean episode return per update against env steps, its moving average, baseline lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [(r["global_step"], r["charts/episode_return"]) for r in rows
+           if r.get("charts/episode_return") is not None and r.get("global_step") is not None]  # fmt: skip
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+    if pts:
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, color="tab:blue", alpha=0.3, linewidth=1, label="PPO (per update)")
+        k = max(1, min(smooth, len(ys)))
+        avg = [sum(ys[max(0, i - k + 1): i + 1]) / len(ys[max(0, i - k + 1): i + 1]) for i in range(len(ys))]
+        ax.plot(xs, avg, color="tab:blue", linewidth=2, label=f"PPO ({k}-update mean)")
+    colors = {"heuristic": "tab:green", "random": "tab:red"}
+    for name, value in (baselines or {}).items():
+        ax.axhline(value, linestyle="--", color=colors.get(name, "gray"), label=f"{name} ({value:.1f})")
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("episode return")
+    ax.set_title(title or "esper-fast PPO on SeedLifecycleEnv")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    png_path = Path(png_path)
+    fig.savefig(png_path)
+    plt.close(fig)
+    return png_path

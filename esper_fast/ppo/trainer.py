@@ -1,0 +1,408 @@
+"""``Trainer``: recurrent PPO on :class:`~esper_fast.envs.SeedLifecycleEnv`, esper's algorithm.
+
+One update = ROLLOUT (every env runs ``rollout_steps`` steps; the policy picks each op once) ->
+GAE (esper's truncation rule) -> UPDATE (esper's per-head clipped loss over whole env sequences).
+``Trainer.train`` reads in that order. Nothing in the rollout syncs with the host on an accelerator:
+metrics are accumulated as tensors and read once per update.
+
+Run it from Python::
+
+    from esper_fast.ppo import Trainer, make_config
+    Trainer(make_config("smoke"), run_dir="runs/try").train()
+
+or ``esper-fast train`` (the CLI), or ``torchrun --nproc_per_node N -m esper_fast.cli train`` for
+data-parallel training (see :mod:`esper_fast.ppo.distributed`).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import Tensor
+
+from esper_fast.constants import NUM_OPS, LifecycleOp
+from esper_fast.envs import SeedLifecycleEnv
+from esper_fast.ppo.agent import act, architecture, build_policy, effective_masks, env_config, validation_off
+from esper_fast.ppo.buffer import RolloutBuffer
+from esper_fast.ppo.checkpoint import CHECKPOINT_VERSION, check_architecture, load_network_state, save_checkpoint
+from esper_fast.ppo.config import PPOConfig
+from esper_fast.ppo.distributed import DistContext
+from esper_fast.ppo.evaluate import compare_with_baselines
+from esper_fast.ppo.gae import compute_gae, explained_variance, normalize_advantages
+from esper_fast.ppo.metrics import MetricsWriter, plot_learning_curve
+from esper_fast.ppo.normalize import ObsNormalizer, RewardNormalizer
+from esper_fast.ppo.update import ppo_update
+
+__all__ = ["Trainer", "rank_seed"]
+
+OP_NAMES = [op.name.lower() for op in LifecycleOp]
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """Per-process seed for envs and samplers (rank 0 keeps ``seed``)."""
+    return seed + 104_729 * rank
+
+
+class Trainer:
+    """Owns the policy, optimiser, envs, normalisers and RNGs of one process of a PPO run.
+
+    Args:
+        config: the run's :class:`PPOConfig`.
+        run_dir: where rank 0 writes config.json, metrics.csv/.jsonl, TensorBoard events,
+            checkpoints/ and learning_curve.png; None writes nothing.
+        dist: the process's :class:`DistContext` (default: single process on ``config.device``).
+        resume: a loaded checkpoint dict (:func:`~esper_fast.ppo.checkpoint.load_checkpoint`) to continue.
+        log: where progress messages go (rank 0 only).
+        tensorboard: write TensorBoard events if the package is installed.
+    """
+
+    def __init__(self, config: PPOConfig, run_dir: str | Path | None = None, *, dist: DistContext | None = None,
+                 resume: dict[str, Any] | None = None, log: Callable[[str], None] = print,
+                 tensorboard: bool = True) -> None:  # fmt: skip
+        self.config, self.ctx = config, dist or DistContext(device=torch.device(config.device))
+        self.device = self.ctx.device
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.log = log if self.ctx.is_main else (lambda _msg: None)
+        self.num_updates = config.updates_for(self.ctx.world_size)
+
+        if config.torch_threads and self.device.type == "cpu":
+            torch.set_num_threads(config.torch_threads)
+
+        # ---- seeding: same init on every rank (then broadcast), own env/sampler streams per rank
+        seed = rank_seed(config.seed, self.ctx.rank)
+        torch.manual_seed(config.seed)
+        self.policy = build_policy(config.replace(device=str(self.device)))
+        self.ctx.broadcast_module(self.policy)
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=config.adam_eps, **fused)
+        self.env = SeedLifecycleEnv(config.num_envs, env_config(config), device=self.device, seed=seed)
+        self.action_generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.update_generator = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        arch = architecture(config)
+        self.obs_normalizer = ObsNormalizer(arch["state_dim"], config.obs_norm_momentum, clip=config.obs_clip,
+                                            device=self.device, enabled=config.normalize_obs)  # fmt: skip
+        self.reward_normalizer = RewardNormalizer(config.reward_clip, device=self.device, enabled=config.normalize_rewards)
+        self.buffer = RolloutBuffer.allocate(config.num_envs, config.rollout_steps, arch["state_dim"],
+                                             self.env.head_sizes, config.lstm_layers, config.lstm_hidden_dim,
+                                             self.device)  # fmt: skip
+        self.obs = self.env.observe()
+        self.hidden = self.policy.get_initial_hidden(config.num_envs, self.device)
+        self.train_steps, self.global_step = 0, 0
+        self.last_row: dict[str, Any] = {}
+        self._stop_requested = False
+        if resume is not None:
+            self.load_state(resume)
+
+        self.writer: MetricsWriter | None = None
+        if self.run_dir is not None and self.ctx.is_main:
+            self.writer = MetricsWriter(self.run_dir, tensorboard=tensorboard)
+            if self.writer.tensorboard_note:
+                self.log(self.writer.tensorboard_note)
+            self._write_config()
+
+    # =============================================================================================
+    # The loop
+    # =============================================================================================
+    def train(self, on_update: Callable[[dict[str, Any]], None] | None = None,
+              handle_signals: bool = True) -> dict[str, Any]:  # fmt: skip
+        """Run the remaining updates; returns the summary (last metrics, evaluation, paths).
+
+        ``on_update(row)`` is called on rank 0 after every update. With ``handle_signals`` the first
+        Ctrl-C (SIGINT/SIGTERM) finishes the current update, saves a checkpoint and stops; a second
+        Ctrl-C aborts at once.
+        """
+        cfg = self.config
+        start_time, start_step = time.perf_counter(), self.global_step
+        interrupted = False
+        with self._signals(handle_signals), validation_off(self.policy):
+            while self.train_steps < self.num_updates:
+                # ---- ROLLOUT: every env runs rollout_steps steps, LSTM state carried per env ----
+                rollout_stats = self.rollout()
+
+                # ---- GAE: truncated episodes bootstrap, terminal ones do not --------------------
+                b = self.buffer
+                b_advantages, b_returns = compute_gae(b.rewards, b.values, b.dones, b.truncated,
+                                                      b.bootstrap_values, cfg.gamma, cfg.gae_lambda)  # fmt: skip
+                b_explained_var = explained_variance(b.values, b_returns)
+                if cfg.normalize_advantages:
+                    b_advantages = normalize_advantages(b_advantages)
+
+                # ---- OBS STATS: esper updates them with the batch's raw obs before the update ---
+                self._update_obs_normalizer(b.raw_obs)
+
+                # ---- UPDATE: per-head clipped PPO over whole env sequences -----------------------
+                lr = cfg.learning_rate_at(self.train_steps, self.num_updates)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                entropy_coef = cfg.entropy_coef_at(self.train_steps)
+                self.policy.train()
+                update_stats = ppo_update(self.policy, self.optimizer, b, b_advantages, b_returns, cfg, entropy_coef,
+                                          generator=self.update_generator, all_reduce_mean=self.ctx.all_reduce_mean,
+                                          all_reduce_grads=self.ctx.all_reduce_grads)  # fmt: skip
+                self.train_steps += 1
+                self.global_step += cfg.batch_size * self.ctx.world_size
+
+                # ---- METRICS: one host sync per update ------------------------------------------
+                row = self._metrics_row(rollout_stats, update_stats, b_explained_var, lr, entropy_coef,
+                                        sps=(self.global_step - start_step) / (time.perf_counter() - start_time))  # fmt: skip
+                self.last_row = row
+                if self.writer is not None:
+                    self.writer.write(row)
+                if on_update is not None and self.ctx.is_main:
+                    on_update(row)
+                if cfg.checkpoint_every and self.train_steps % cfg.checkpoint_every == 0:
+                    self.save(f"update_{self.train_steps:06d}.pt")
+                if self.ctx.any_flag(self._stop_requested):
+                    interrupted = True
+                    break
+        return self.finish(interrupted=interrupted)
+
+    # =============================================================================================
+    # Rollout
+    # =============================================================================================
+    @torch.no_grad()
+    def rollout(self) -> dict[str, Tensor]:
+        """Fill ``self.buffer`` with ``rollout_steps`` steps of every env; returns summed episode stats."""
+        cfg, env, b, policy = self.config, self.env, self.buffer, self.policy
+        policy.eval()
+        E, T, dev = cfg.num_envs, cfg.rollout_steps, self.device
+        legacy, op_slot = cfg.value_mode == "legacy", bool(cfg.op_conditioned_slot)
+        stats = {name: torch.zeros((), device=dev) for name in
+                 ("return_sum", "length_sum", "episodes", "terminated", "agree", "invalid")}  # fmt: skip
+        stats["op_counts"] = torch.zeros(NUM_OPS, device=dev)
+        b.initial_hidden = (self.hidden[0].clone(), self.hidden[1].clone())
+        for t in range(T):
+            env_obs = self.obs
+            obs = self.obs_normalizer.normalize(env_obs.obs)  # frozen statistics during the rollout
+            result = act(policy, obs, env_obs, self.hidden, deterministic=False, op_conditioned_slot=op_slot,
+                         generator=self.action_generator)  # fmt: skip
+            actions = result.actions
+            agree = result.sampled_op == actions["op"]
+            b.store_step(t, obs=obs, raw_obs=env_obs.obs, blueprint_indices=env_obs.blueprint_indices,
+                         masks=effective_masks(env_obs, actions["op"], op_slot), actions=actions,
+                         log_probs=result.log_probs, values=result.values,
+                         old_q=result.values if legacy else result.q_op, op_agree=agree)  # fmt: skip
+
+            step = env.step(actions)
+            done = step.terminated | step.truncated
+
+            # Bootstrap V(s') for truncated envs (and for every live env at the rollout's end) from the
+            # hidden state reached at this step, with value_mode's rule (deterministic op). On CPU a
+            # data-dependent branch is free; on an accelerator always compute it (no sync).
+            last = t == T - 1
+            bootstrap = torch.zeros(E, device=dev)
+            if last or dev.type != "cpu" or bool(step.truncated.any()):
+                boot = act(policy, self.obs_normalizer.normalize(step.final.obs), step.final, result.hidden,
+                           deterministic=True, op_conditioned_slot=op_slot, generator=self.action_generator)  # fmt: skip
+                use = (step.truncated | ~done) if last else step.truncated
+                bootstrap = torch.where(use, boot.values, bootstrap)
+            reward = self.reward_normalizer.update_and_normalize(step.reward)
+            b.store_outcome(t, reward=reward, raw_reward=step.reward, done=done, truncated=step.truncated,
+                            bootstrap_value=bootstrap)  # fmt: skip
+
+            stats["return_sum"] += step.episode_return.sum()
+            stats["length_sum"] += step.episode_length.sum()
+            stats["episodes"] += done.sum()
+            stats["terminated"] += step.terminated.sum()
+            stats["agree"] += agree.sum()
+            stats["invalid"] += (step.effective_op != actions["op"]).sum()
+            stats["op_counts"] += torch.bincount(actions["op"], minlength=NUM_OPS)[:NUM_OPS]
+
+            keep = (~done).to(result.hidden[0].dtype).view(1, E, 1)  # new episode -> zero LSTM state
+            self.hidden = (result.hidden[0] * keep, result.hidden[1] * keep)
+            self.obs = step.next
+        return stats
+
+    def _update_obs_normalizer(self, raw_obs: Tensor) -> None:
+        """EMA update from this rollout's raw obs; moments averaged over ranks (same stats everywhere)."""
+        mean, var, count = ObsNormalizer.moments(raw_obs)
+        if self.ctx.enabled:  # combine ranks: E[x] and E[x^2] averaged (equal counts per rank)
+            mean_sq = self.ctx.all_reduce_mean(var + mean**2)
+            mean = self.ctx.all_reduce_mean(mean)
+            var = (mean_sq - mean**2).clamp(min=0.0)
+            count = count * self.ctx.world_size
+        self.obs_normalizer.update_from_moments(mean, var, count)
+
+    # =============================================================================================
+    # Metrics
+    # =============================================================================================
+    def _metrics_row(self, rollout: dict[str, Tensor], update: dict[str, Tensor], explained_var: Tensor,
+                     lr: float, entropy_coef: float, sps: float) -> dict[str, Any]:  # fmt: skip
+        """All scalars of one update, read from the device in one transfer (summed over ranks)."""
+        sums = torch.cat([torch.stack([rollout[k] for k in ("return_sum", "length_sum", "episodes", "terminated",
+                                                            "agree", "invalid")]), rollout["op_counts"]])  # fmt: skip
+        sums = self.ctx.all_reduce_sum(sums.float()).tolist()
+        ret_sum, len_sum, episodes, terminated, agree, invalid = sums[:6]
+        op_counts = sums[6:]
+        keys = sorted(update)
+        values = torch.stack([update[k].float().to(self.device).reshape(()) for k in keys] +
+                             [explained_var.float().reshape(())]).tolist()  # fmt: skip
+        upd = dict(zip(keys + ["explained_variance"], values))
+        decisions = self.config.batch_size * self.ctx.world_size
+        row: dict[str, Any] = {"update": self.train_steps, "global_step": self.global_step}
+        row["charts/episode_return"] = ret_sum / episodes if episodes else None
+        row["charts/episode_length"] = len_sum / episodes if episodes else None
+        row["charts/episodes"] = episodes
+        row["charts/terminated_frac"] = terminated / episodes if episodes else None
+        row["charts/op_agreement"] = agree / decisions
+        row["charts/invalid_action_frac"] = invalid / decisions
+        for name, count in zip(OP_NAMES, op_counts):
+            row[f"charts/op_frac/{name}"] = count / decisions
+        row["charts/learning_rate"], row["charts/entropy_coef"] = lr, entropy_coef
+        for name in ("policy_loss", "value_loss", "entropy_loss", "approx_kl", "clip_fraction",
+                     "explained_variance", "grad_norm", "optimizer_steps", "early_stop"):  # fmt: skip
+            row[f"losses/{name}"] = upd[name]
+        for key in keys:
+            if key.startswith("entropy/"):
+                row[key] = upd[key]
+        row["time/sps"] = sps
+        return row
+
+    # =============================================================================================
+    # Checkpoints
+    # =============================================================================================
+    def _rank_state(self) -> dict[str, Any]:
+        env_state = {k: v.clone() for k, v in vars(self.env).items() if isinstance(v, Tensor)}
+        return {
+            "env": env_state, "hidden": [self.hidden[0].clone(), self.hidden[1].clone()],
+            "reward_normalizer": self.reward_normalizer.state_dict(),
+            "action_generator": self.action_generator.get_state(), "update_generator": self.update_generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }  # fmt: skip
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """The checkpoint payload on rank 0 (None elsewhere). Collective: call it on every rank."""
+        rank_states = self.ctx.gather_objects(self._rank_state())
+        if not self.ctx.is_main:
+            return None
+        import esper_fast
+
+        return {
+            "checkpoint_version": CHECKPOINT_VERSION,
+            "network_state_dict": self.policy.state_dict(),
+            "optimizer_state_dict": self.optimizer.state_dict(),
+            "train_steps": self.train_steps,
+            "config": self.config.to_dict(),
+            "architecture": architecture(self.config),
+            "global_step": self.global_step,
+            "obs_normalizer": self.obs_normalizer.state_dict(),
+            "world_size": self.ctx.world_size,
+            "rank_states": rank_states,
+            "metadata": {"esper_fast_version": esper_fast.__version__, "torch_version": torch.__version__,
+                         "value_mode": self.config.value_mode},  # fmt: skip
+        }
+
+    def save(self, name: str = "latest.pt") -> Path | None:
+        """Write ``run_dir/checkpoints/<name>`` (and ``latest.pt``) on rank 0. Collective."""
+        payload = self.state_dict()
+        if payload is None or self.run_dir is None:
+            return None
+        path = save_checkpoint(self.run_dir / "checkpoints" / name, payload)
+        if name != "latest.pt":
+            save_checkpoint(self.run_dir / "checkpoints" / "latest.pt", payload)
+        return path
+
+    def load_state(self, ckpt: dict[str, Any]) -> None:
+        """Restore a checkpoint (same architecture; a different world size restarts the envs)."""
+        check_architecture(ckpt, self.config)
+        load_network_state(self.policy, ckpt["network_state_dict"], source=f"checkpoint {ckpt.get('path', '')}")
+        self.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
+        self.train_steps, self.global_step = int(ckpt["train_steps"]), int(ckpt.get("global_step", 0))
+        if "obs_normalizer" in ckpt:
+            self.obs_normalizer.load_state_dict(ckpt["obs_normalizer"])
+        states = ckpt.get("rank_states") or []
+        if ckpt.get("world_size", 1) != self.ctx.world_size or self.ctx.rank >= len(states):
+            self.log(f"resume: checkpoint was written by {ckpt.get('world_size', 1)} process(es), this run has "
+                     f"{self.ctx.world_size}: envs and samplers start afresh")  # fmt: skip
+            return
+        state = states[self.ctx.rank]
+        env_state = state["env"]
+        if env_state["epoch"].shape[0] != self.config.num_envs:
+            self.log(f"resume: checkpoint has {env_state['epoch'].shape[0]} envs per process, config has "
+                     f"{self.config.num_envs}: envs start afresh")  # fmt: skip
+            return
+        for name, value in env_state.items():
+            setattr(self.env, name, value.to(self.device))
+        self.obs = self.env.observe()
+        self.hidden = (state["hidden"][0].to(self.device), state["hidden"][1].to(self.device))
+        self.reward_normalizer.load_state_dict(state["reward_normalizer"])
+        self.action_generator.set_state(state["action_generator"])
+        self.update_generator.set_state(state["update_generator"])
+        torch.set_rng_state(state["torch_rng"])
+
+    # =============================================================================================
+    # End of a run
+    # =============================================================================================
+    def finish(self, interrupted: bool = False) -> dict[str, Any]:
+        """Save the final checkpoint; on rank 0 evaluate against the baselines and plot. Collective."""
+        ckpt_path = self.save("latest.pt")
+        summary: dict[str, Any] = {"updates": self.train_steps, "global_step": self.global_step,
+                                   "interrupted": interrupted, "last_metrics": self.last_row,
+                                   "checkpoint": str(ckpt_path) if ckpt_path else None}  # fmt: skip
+        if not self.ctx.is_main:
+            return summary
+        if interrupted:
+            self.log(f"interrupted: checkpoint saved to {ckpt_path}" if ckpt_path else "interrupted")
+        if self.config.eval_episodes and not interrupted:
+            with validation_off(self.policy):
+                self.policy.eval()
+                summary["evaluation"] = compare_with_baselines(
+                    self.policy, self.obs_normalizer, self.config, self.config.eval_episodes,
+                    self.config.eval_seed, self.device)  # fmt: skip
+        if self.run_dir is not None and self.writer is not None:
+            self.writer.close()
+            summary["plot"] = str(self._plot(summary.get("evaluation")))
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        return summary
+
+    def _plot(self, evaluation: dict[str, Any] | None) -> Path | None:
+        from esper_fast.ppo.metrics import read_metrics_csv
+
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            self.log("matplotlib not installed: no learning_curve.png (pip install matplotlib)")
+            return None
+        rows = read_metrics_csv(self.writer.csv_path) if self.writer.csv_path.is_file() else []
+        baselines = {k: v["mean_return"] for k, v in (evaluation or {}).items() if k in ("heuristic", "random")}
+        title = f"PPO ({self.config.value_mode}, H={self.config.lstm_hidden_dim}, {self.config.num_envs} envs x {self.ctx.world_size})"
+        return plot_learning_curve(rows, self.run_dir / "learning_curve.png", baselines, title=title)
+
+    def _write_config(self) -> None:
+        payload = {"config": self.config.to_dict(), "derived": self.config.derived(),
+                   "world_size": self.ctx.world_size, "num_updates": self.num_updates,
+                   "architecture": architecture(self.config)}  # fmt: skip
+        (self.run_dir / "config.json").write_text(json.dumps(payload, indent=2))
+
+    @contextmanager
+    def _signals(self, enabled: bool) -> Iterator[None]:
+        """First SIGINT/SIGTERM: stop after this update and save; second: abort (KeyboardInterrupt)."""
+        if not enabled or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            self.log("\nstopping after this update and saving a checkpoint (Ctrl-C again to abort)")
+
+        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, previous in old.items():
+                signal.signal(sig, previous)
+
+    def request_stop(self) -> None:
+        """Ask the loop to stop after the current update (what the first Ctrl-C does)."""
+        self._stop_requested = True
+

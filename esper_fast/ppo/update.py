@@ -1,0 +1,130 @@
+"""The PPO update: replay whole env sequences through ``evaluate_actions`` and step on esper's loss.
+
+``update_epochs`` passes over the rollout; each pass shuffles the env rows and splits them into
+``num_minibatches`` sets of whole sequences (CleanRL ``ppo_atari_lstm``), each replayed from its
+stored step-0 LSTM state. esper's update is the special case of one pass over one full batch.
+Before each optimiser step the causal-weighted KL is checked; above ``1.5 * target_kl`` the update
+stops *without* taking that step (esper). Gradients are averaged over processes (if any) before the
+global-norm clip, so every process takes the same step.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from esper_fast.constants import HEAD_NAMES
+from esper_fast.network import FactoredNetwork, causal_masks
+from esper_fast.ppo.buffer import RolloutBuffer
+from esper_fast.ppo.config import PPOConfig
+from esper_fast.ppo.losses import approx_kl, clip_fraction, entropy_loss, head_ratios, masked_mean, policy_loss, value_loss
+
+__all__ = ["evaluate_sequences", "ppo_update"]
+
+
+def _boundaries(dones: Tensor) -> list[int]:
+    """Steps ``t > 0`` at which some row starts a new episode (``dones[:, t - 1]``); one host sync."""
+    starts = dones[:, :-1].any(0).nonzero().flatten() + 1
+    return starts.tolist()
+
+
+def evaluate_sequences(policy: FactoredNetwork, mb: RolloutBuffer) -> tuple[dict[str, Tensor], Tensor, dict[str, Tensor]]:
+    """Replay ``mb``'s sequences: ``(log_probs head -> [B, T], Q(s, stored op) [B, T], entropy head -> [B, T])``.
+
+    The LSTM starts from ``mb.initial_hidden`` and is zeroed before the first step of every episode
+    that starts inside the rollout, exactly as in the rollout. The sequence is cut at those steps and
+    each piece goes through esper's ``evaluate_actions`` with the carried (and reset) hidden state.
+    """
+    B, T = mb.dones.shape
+    cuts = [0, *_boundaries(mb.dones), T]
+    hidden = mb.initial_hidden
+    pieces = []
+    for start, end in zip(cuts, cuts[1:]):
+        if start > 0:
+            keep = (~mb.dones[:, start - 1]).to(hidden[0].dtype).view(1, B, 1)
+            hidden = (hidden[0] * keep, hidden[1] * keep)
+        span = slice(start, end)
+        log_probs, value, entropy, hidden = policy.evaluate_actions(
+            mb.obs[:, span], mb.blueprint_indices[:, span], {h: a[:, span] for h, a in mb.actions.items()},
+            **{f"{h}_mask": m[:, span] for h, m in mb.masks.items()}, hidden=hidden,
+        )  # fmt: skip
+        pieces.append((log_probs, value, entropy))
+    if len(pieces) == 1:
+        return pieces[0]
+    cat = lambda dicts: {h: torch.cat([d[h] for d in dicts], dim=1) for h in HEAD_NAMES}  # noqa: E731
+    return (cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces], dim=1), cat([p[2] for p in pieces]))
+
+
+def ppo_update(
+    policy: FactoredNetwork,
+    optimizer: torch.optim.Optimizer,
+    buffer: RolloutBuffer,
+    advantages: Tensor,
+    returns: Tensor,
+    config: PPOConfig,
+    entropy_coef: float,
+    *,
+    generator: torch.Generator | None = None,
+    all_reduce_mean: Callable[[Tensor], Tensor] | None = None,
+    all_reduce_grads: Callable[[list[Tensor]], None] | None = None,
+) -> dict[str, Tensor]:
+    """Run one PPO update on ``buffer`` (advantages/returns ``[E, T]``); returns metric tensors.
+
+    ``all_reduce_mean`` averages a tensor over processes (identity when None); ``all_reduce_grads``
+    averages the gradients in place. One host sync per minibatch (the KL early-stop decision).
+    """
+    reduce = all_reduce_mean or (lambda x: x)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    E = buffer.num_envs
+    sums: dict[str, Tensor] = {}
+    steps_taken, first = 0, True
+    stopped = False
+    for _epoch in range(config.update_epochs):
+        if config.num_minibatches == 1:  # esper: the whole batch, in env order
+            order = torch.arange(E, device=buffer.obs.device)
+        else:
+            order = torch.randperm(E, generator=generator, device="cpu").to(buffer.obs.device)
+        for mb_envs in order.split(config.minibatch_envs):
+            mb = buffer.env_slice(mb_envs)
+            mb_advantages, mb_returns = advantages[mb_envs], returns[mb_envs]
+            new_log_probs, new_q, entropy = evaluate_sequences(policy, mb)
+            causal = causal_masks(mb.actions["op"])
+            ratios = head_ratios(new_log_probs, mb.log_probs)
+            kl = reduce(approx_kl(new_log_probs, mb.log_probs, causal))
+            if first:  # entropies and KL as the update found the policy
+                sums["approx_kl_first"] = kl
+                for h in HEAD_NAMES:
+                    sums[f"entropy/{h}"] = masked_mean(entropy[h].detach(), causal[h])
+                first = False
+            if config.target_kl is not None and bool(kl > 1.5 * config.target_kl):
+                stopped = True
+                break
+            loss_pi = policy_loss(ratios, mb_advantages, causal, config.clip_ratio)
+            loss_v = value_loss(new_q, mb.old_q, mb_returns, config.clip_value, config.value_clip)
+            loss_ent = entropy_loss(entropy, causal, config.entropy_coef_per_head)
+            loss = loss_pi + config.value_coef * loss_v + entropy_coef * loss_ent
+
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if all_reduce_grads is not None:
+                all_reduce_grads([p.grad for p in params if p.grad is not None])
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+
+            steps_taken += 1
+            for name, value in (("policy_loss", loss_pi), ("value_loss", loss_v), ("entropy_loss", loss_ent),
+                                ("approx_kl", kl), ("clip_fraction", clip_fraction(ratios, causal, config.clip_ratio)),
+                                ("grad_norm", grad_norm)):  # fmt: skip
+                sums[name] = sums.get(name, 0.0) + value.detach()
+        if stopped:
+            break
+    metrics = {k: (v if k.startswith(("entropy/", "approx_kl_first")) else v / max(steps_taken, 1))
+               for k, v in sums.items()}  # fmt: skip
+    for name in ("policy_loss", "value_loss", "entropy_loss", "clip_fraction", "grad_norm"):
+        metrics.setdefault(name, torch.tensor(float("nan")))
+    metrics.setdefault("approx_kl", metrics.get("approx_kl_first", torch.tensor(float("nan"))))
+    metrics["optimizer_steps"] = torch.tensor(float(steps_taken))
+    metrics["early_stop"] = torch.tensor(float(stopped))
+    return metrics
