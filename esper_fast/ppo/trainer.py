@@ -296,7 +296,7 @@ class Trainer:
             "obs_normalizer": self.obs_normalizer.state_dict(),
             "world_size": self.ctx.world_size,
             "rank_states": rank_states,
-            "metadata": {"esper_fast_version": esper_fast.__version__, "torch_version": torch.__version__,
+            "metadata": {"esper_fast_version": esper_fast.__version__, "torch_version": str(torch.__version__),
                          "value_mode": self.config.value_mode},  # fmt: skip
         }
 
