@@ -40,7 +40,7 @@ class RandomMaskedPolicy:
     """
 
     def __init__(self, seed: int = 0, device: str | torch.device = "cpu", op_conditioned_slot: bool = True) -> None:
-        self.device = torch.device(device)
+        self.device = torch.empty(0, device=device).device
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
         self.op_conditioned_slot = op_conditioned_slot
@@ -84,6 +84,14 @@ class HeuristicPolicy:
         self.blueprints = [b for b in topology_blueprints(self.config.topology) if b != 0]
         self._base = {name: i for i, name in enumerate(BASE_FEATURES)}
         self._slot = {name: i for i, name in enumerate(SLOT_FEATURES)}
+        self._tables: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+    def _lookup(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(stage values in one-hot order, blueprint rotation) on ``device``, built once per device."""
+        if device not in self._tables:
+            self._tables[device] = (torch.tensor([int(s) for s in STAGE_ORDER], device=device),
+                                    torch.tensor(self.blueprints, device=device))
+        return self._tables[device]
 
     def _parse(self, obs: EnvObs) -> dict[str, Tensor]:
         """Per-slot readings ``[E, S]`` (stage values, age, EMA in points ...) and per-env ones ``[E]``."""
@@ -92,7 +100,7 @@ class HeuristicPolicy:
         slots = obs.obs[:, len(BASE_FEATURES):].view(num_envs, num_slots, len(SLOT_FEATURES))
         f = lambda name: slots[..., self._slot[name]]  # noqa: E731
         first = self._slot[f"stage_{STAGE_ORDER[0].name.lower()}"]
-        stage_values = torch.tensor([int(s) for s in STAGE_ORDER], device=obs.obs.device)
+        stage_values = self._lookup(obs.obs.device)[0]
         stage = stage_values[slots[..., first:first + len(STAGE_ORDER)].argmax(-1)]
         left = (1.0 - base[:, self._base["epoch_frac"]]) * self.config.episode_length
         return {
@@ -125,7 +133,7 @@ class HeuristicPolicy:
             has, index = _first_true(cand)
             op = torch.where(has, int(rule_op), op)
             slot = torch.where(has, index, slot)
-        bps = torch.tensor(self.blueprints, device=op.device)
+        bps = self._lookup(op.device)[1]
         alpha_here = p["alpha"].gather(1, slot.unsqueeze(1)).squeeze(1)
         speed = torch.where(alpha_here > 0, int(AlphaSpeedAction.FAST), int(AlphaSpeedAction.INSTANT))
         full = lambda v: torch.full_like(op, int(v))  # noqa: E731

@@ -15,6 +15,8 @@ at execution time (:func:`effective_op`), exactly as esper's ``_parse_sampled_ac
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 from torch import Tensor
 
@@ -24,7 +26,6 @@ from esper_fast.constants import (
     NUM_ALPHA_SPEEDS,
     NUM_ALPHA_TARGETS,
     NUM_BLUEPRINTS,
-    NUM_OPS,
     NUM_STYLES,
     NUM_TEMPO,
     AlphaMode,
@@ -47,6 +48,7 @@ __all__ = [
     "compute_slot_by_op_mask",
     "compute_action_masks",
     "effective_op",
+    "stage_in",
 ]
 
 MIN_PRUNE_AGE = 1  # a seed must have lived one epoch before it can be pruned
@@ -78,18 +80,29 @@ def topology_blueprints(topology: str) -> tuple[int, ...]:
 
 
 def blueprint_mask_for(topology: str, device: torch.device | str | None = None) -> Tensor:
-    """``[NUM_BLUEPRINTS]`` bool: the topology's blueprints, NOOP always False."""
-    mask = torch.zeros(NUM_BLUEPRINTS, dtype=torch.bool, device=device)
+    """``[NUM_BLUEPRINTS]`` bool: the topology's blueprints, NOOP always False (do not modify)."""
+    return _blueprint_mask(topology, torch.device(device) if device is not None else torch.device("cpu"))
+
+
+@lru_cache(maxsize=None)
+def _blueprint_mask(topology: str, device: torch.device) -> Tensor:
+    mask = torch.zeros(NUM_BLUEPRINTS, dtype=torch.bool)
     mask[list(topology_blueprints(topology))] = True
     mask[int(BlueprintAction.NOOP)] = False
-    return mask
+    return mask.to(device)
 
 
-def _isin(x: Tensor, values: tuple[int, ...]) -> Tensor:
-    out = torch.zeros_like(x, dtype=torch.bool)
-    for v in values:
-        out |= x == int(v)
-    return out
+@lru_cache(maxsize=None)
+def _stage_table(stages: tuple[int, ...], device: torch.device) -> Tensor:
+    """``[max SeedStage + 1]`` bool lookup table: True for ``stages`` (cached per device)."""
+    table = torch.zeros(max(SeedStage) + 1, dtype=torch.bool)
+    table[list(stages)] = True
+    return table.to(device)
+
+
+def stage_in(stage: Tensor, stages: tuple[int, ...]) -> Tensor:
+    """``stage`` (int64 SeedStage values, any shape) is one of ``stages``: one gather, no host sync."""
+    return _stage_table(tuple(sorted(int(s) for s in stages)), stage.device)[stage]
 
 
 def _check_state(stage: Tensor, age: Tensor, alpha_mode: Tensor, enabled: Tensor | None) -> Tensor:
@@ -106,7 +119,8 @@ def _check_state(stage: Tensor, age: Tensor, alpha_mode: Tensor, enabled: Tensor
     if enabled.dim() == 1:
         enabled = enabled.unsqueeze(0)
     if enabled.shape[-1] != stage.shape[1] or enabled.shape[0] not in (1, stage.shape[0]):
-        raise ValueError(f"enabled: expected shape {tuple(stage.shape)} or [{stage.shape[1]}], got {tuple(enabled.shape)}")
+        raise ValueError(f"enabled: expected shape {tuple(stage.shape)} or [{stage.shape[1]}], "
+                         f"got {tuple(enabled.shape)}")
     return enabled.expand_as(stage)
 
 
@@ -127,17 +141,17 @@ def compute_slot_by_op_mask(
     """
     enabled = _check_state(stage, age, alpha_mode, enabled)
     hold = alpha_mode == int(AlphaMode.HOLD)
-    empty = (stage == int(SeedStage.DORMANT)) | (stage == int(SeedStage.UNKNOWN))
+    empty = stage_in(stage, (SeedStage.DORMANT, SeedStage.UNKNOWN))
     germ = empty
     if max_seeds > 0 and total_seeds is not None:
         germ = germ & (total_seeds.reshape(-1, 1) < max_seeds)
     per_op = [
         torch.ones_like(empty),  # WAIT
         germ,  # GERMINATE
-        _isin(stage, _RETARGETABLE) & hold,  # SET_ALPHA_TARGET
-        _isin(stage, _PRUNABLE) & (age >= MIN_PRUNE_AGE) & hold,  # PRUNE
+        stage_in(stage, _RETARGETABLE) & hold,  # SET_ALPHA_TARGET
+        stage_in(stage, _PRUNABLE) & (age >= MIN_PRUNE_AGE) & hold,  # PRUNE
         stage == int(SeedStage.HOLDING),  # FOSSILIZE
-        _isin(stage, _ADVANCEABLE),  # ADVANCE
+        stage_in(stage, _ADVANCEABLE),  # ADVANCE
     ]
     return torch.stack(per_op, dim=1) & enabled.unsqueeze(1)  # (E, NUM_OPS, S)
 

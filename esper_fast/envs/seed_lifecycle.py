@@ -5,23 +5,41 @@ takes one factored action (esper's eight heads) on one of ``num_slots`` seed slo
 lives in ``[E]`` / ``[E, S]`` tensors on one device; ``step`` has no Python loop over envs and no
 host sync (except the opt-in action range check).
 
-Dynamics in brief (numbers are ``EnvConfig`` defaults; accuracy in points, 0..100):
+Ops act on the chosen slot; an op the slot does not allow acts as WAIT (esper's rule):
 
-* host accuracy ``acc0 + (acc_max - acc0) * (1 - exp(-epoch / tau))``, per-env random curve;
-* a seed has a hidden true contribution ``c ~ N(mean_bp, std_bp)`` (``BLUEPRINT_PROFILES``),
-  scaled by its style (``STYLE_PROFILES``: MULTIPLY amplifies, GATE damps, mostly losses) and by
-  its maturity ``1 - exp(-trained_epochs / maturity_tau)``; it adds ``alpha * c_eff * maturity``
-  once blended (saturating sum over seeds, ``seed_gain_cap``);
-* every change of alpha shocks the host permanently by ``shock_coef * d_alpha**2`` (instant blends
-  and prunes hurt, slow tempos and speeds don't, but cost time and rent);
+* GERMINATE (blueprint, style, tempo, alpha_target): empty slot -> GERMINATED seed;
+* ADVANCE: GERMINATED -> TRAINING -> BLENDING (alpha ramps 0 -> alpha_target over the tempo's
+  epochs, with the style's curve) -> HOLDING once the ramp is done (else the gate rejects it);
+* SET_ALPHA_TARGET (style, alpha_target, alpha_speed, alpha_curve): a new ramp, and a new style;
+  a HOLDING seed whose alpha moves re-enters BLENDING;
+* PRUNE (alpha_speed, alpha_curve): instant at alpha 0 or speed INSTANT, else alpha ramps down
+  first; then PRUNED (1 epoch) -> EMBARGOED (embargo_epochs) -> RESETTING (1) -> DORMANT;
+* FOSSILIZE: HOLDING -> FOSSILIZED, for good (alpha and maturity frozen, reduced rent).
+
+Dynamics (accuracy in points, 0..100; numbers are ``EnvConfig`` defaults):
+
+* host accuracy ``acc0 + (acc_max - acc0) * (1 - exp(-epoch / tau))``, per-episode random curve;
+* a seed's hidden true contribution is ``c ~ N(mean_bp, std_bp)`` (``BLUEPRINT_PROFILES``: means,
+  spreads and parameter costs differ), shifted once more when it starts blending
+  (``blend_surprise * TEMPO_RISK[tempo]``: fast blends are riskier), scaled by its style
+  (``STYLE_PROFILES``: MULTIPLY amplifies gains and more so losses, GATE damps losses) and by its
+  maturity ``1 - exp(-trained_epochs / maturity_tau)``; blended and fossilised seeds add
+  ``alpha * that`` (saturating sum, ``seed_gain_cap``);
+* every change of alpha permanently costs the host ``shock_coef * d_alpha**2`` per epoch, so
+  instant blends and prunes hurt while slow tempos and speeds cost time and rent instead;
 * live seeds pay ``rent_coef * cost`` per epoch (fossilised ones ``fossil_rent_factor`` of it);
-* the observed contribution estimate is ``c_eff * maturity`` plus noise ``est_noise / sqrt(1+age)``;
-* reward = observed accuracy gain - rent; the last epoch keeps only fossilised seeds and adds
-  ``terminal_acc_bonus * accuracy``; an accuracy collapse (``governor_drop`` below the best so far)
-  is esper's governor rollback: ``terminated`` with reward ``-death_penalty``.
+* the observed estimate of a seed is its true current contribution plus noise of std
+  ``est_noise / sqrt(1 + age)`` (fresh each epoch; the obs also carries an EMA);
+* reward = observed accuracy gain - rent; at the last epoch only fossilised seeds stay in the
+  model and ``terminal_acc_bonus * accuracy`` is added (truncation); true accuracy falling
+  ``governor_drop`` below its best is esper's governor rollback: ``terminated``, reward
+  ``-death_penalty``.
 
-Random numbers come from a counter-based hash keyed by (seed, env index, env step counter, lane),
-so every env has its own stream, independent of ``num_envs`` and identical on CPU and CUDA.
+Observation: ``BASE_FEATURES`` (24) then ``SLOT_FEATURES`` (30) per slot; accuracies as fractions,
+accuracy changes / contribution estimates / rewards in points / 10, ages in units of
+FULL_EVALUATION_AGE. Random numbers come from a counter-based hash of (seed, env index, env step
+counter, lane): every env has its own stream, independent of ``num_envs`` and of the device (the
+uniforms are bit-identical on CPU and CUDA).
 """
 
 from __future__ import annotations
@@ -41,11 +59,11 @@ from esper_fast.constants import (
 )
 from esper_fast.envs.masks import (
     FULL_EVALUATION_AGE, blueprint_mask_for, compute_action_masks, compute_slot_by_op_mask,
-    effective_op, topology_blueprints,
+    effective_op, stage_in, topology_blueprints,
 )
 
 __all__ = [
-    "EnvConfig", "EnvObs", "StepResult", "SeedLifecycleEnv", "BLUEPRINT_PROFILES", "STYLE_PROFILES",
+    "EnvConfig", "EnvObs", "StepResult", "SeedLifecycleEnv", "BLUEPRINT_PROFILES", "STYLE_PROFILES", "TEMPO_RISK",
     "BASE_FEATURES", "SLOT_FEATURES", "STAGE_ORDER",
 ]
 
@@ -74,11 +92,14 @@ STYLE_PROFILES: dict[GerminationStyle, tuple[float, float, float, AlphaCurveActi
     _GS.SIGMOID_ADD: (1.0, 0.9, 0.0, _AC.SIGMOID),
     _GS.GATED_GATE: (0.9, 0.4, 0.10, _AC.COSINE),
 }
+TEMPO_RISK: tuple[float, ...] = (1.5, 1.0, 0.6)  # blend-surprise multiplier for FAST, STANDARD, SLOW
 # Stage one-hot order: SeedStage values ascending, 5 (reserved) skipped.
 STAGE_ORDER: tuple[SeedStage, ...] = tuple(SeedStage)
 _SEED_STAGES = (SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.HOLDING,
                 SeedStage.FOSSILIZED)
 _COOLING_STAGES = (SeedStage.PRUNED, SeedStage.EMBARGOED, SeedStage.RESETTING)
+_TRAINING_STAGES = (SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.HOLDING)
+_BLENDED_STAGES = (SeedStage.BLENDING, SeedStage.HOLDING)
 
 BASE_FEATURES: tuple[str, ...] = (
     "epoch_frac", "accuracy", "accuracy_delta", "accuracy_trend", "best_accuracy",
@@ -124,6 +145,9 @@ class EnvConfig:
     """Range of the host's asymptotic accuracy."""
     host_tau: tuple[float, float] = (20.0, 40.0)
     """Range of the host training curve's time constant, in epochs."""
+    blend_surprise: float = 3.0
+    """Std of the change of a seed's true contribution when it starts blending (host interaction),
+    times ``TEMPO_RISK[tempo]``: what looked good in isolation can hurt once blended."""
     maturity_tau: float = 4.0
     """Time constant (trained epochs) of a seed's maturity 1 - exp(-n / tau)."""
     seed_gain_cap: float = 80.0
@@ -144,7 +168,7 @@ class EnvConfig:
     """Extra reward per accuracy point at the final epoch (truncation)."""
     discard_unfossilized: bool = True
     """At the final epoch, seeds that are not fossilised leave the model (their gain is lost)."""
-    governor_drop: float = 10.0
+    governor_drop: float = 12.0
     """Governor rollback (true terminal) when true accuracy falls this far below its best."""
     death_penalty: float = 20.0
     """Reward of a governor-rollback step is -death_penalty."""
@@ -176,7 +200,7 @@ class EnvConfig:
         for name in ("maturity_tau", "seed_gain_cap", "governor_drop"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: expected > 0, got {getattr(self, name)}")
-        for name in ("shock_coef", "acc_noise", "est_noise", "rent_coef", "terminal_acc_bonus",
+        for name in ("blend_surprise", "shock_coef", "acc_noise", "est_noise", "rent_coef", "terminal_acc_bonus",
                      "death_penalty"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
@@ -245,11 +269,9 @@ def _curve_shape(p: Tensor, curve: Tensor, steepness: Tensor) -> Tensor:
     return torch.where(curve == int(AlphaCurveAction.LINEAR), p, out)
 
 
-def _isin(x: Tensor, values: tuple[int, ...]) -> Tensor:
-    out = torch.zeros_like(x, dtype=torch.bool)
-    for v in values:
-        out |= x == int(v)
-    return out
+def _one_hot(x: Tensor, n: int) -> Tensor:
+    """float32 one-hot of int64 ``x`` (any shape) -> ``[..., n]``; no range check, no host sync."""
+    return (x.unsqueeze(-1) == torch.arange(n, device=x.device)).float()
 
 
 class SeedLifecycleEnv:
@@ -265,7 +287,7 @@ class SeedLifecycleEnv:
             raise ValueError(f"num_envs: expected >= 1, got {num_envs}")
         self.config = config if config is not None else EnvConfig()
         self.num_envs, self.num_slots = int(num_envs), self.config.num_slots
-        self.device = torch.device(device)
+        self.device = torch.empty(0, device=device).device  # "cuda" -> "cuda:<current>"
         self.obs_dim = get_feature_size(self.num_slots)
         self.head_sizes = get_action_head_sizes(self.num_slots)
         self._build_tables()
@@ -284,14 +306,19 @@ class SeedLifecycleEnv:
         self._style_cost = torch.tensor([s[2] for s in styles], dtype=f32, device=dev)
         self._style_curve = torch.tensor([int(s[3]) for s in styles], device=dev)
         self._tempo_epochs = torch.tensor(TEMPO_EPOCHS, device=dev)
+        self._tempo_risk = torch.tensor(TEMPO_RISK, dtype=f32, device=dev)
         self._target_values = torch.tensor(ALPHA_TARGET_VALUES, dtype=f32, device=dev)
         self._speed_steps = torch.tensor(ALPHA_SPEED_STEPS, device=dev)
         self._steepness = torch.tensor(ALPHA_CURVE_STEEPNESS, dtype=f32, device=dev)
         self._bp_valid = blueprint_mask_for(cfg.topology, dev)
-        self._stage_onehot_index = torch.zeros(max(STAGE_ORDER) + 1, dtype=torch.long, device=dev)
-        self._stage_onehot_index[torch.tensor([int(s) for s in STAGE_ORDER])] = torch.arange(len(STAGE_ORDER))
-        self.enabled = torch.zeros(self.num_slots, dtype=torch.bool, device=dev)
-        self.enabled[list(cfg.enabled_slots) if cfg.enabled_slots is not None else slice(None)] = True
+        onehot_index = torch.zeros(max(STAGE_ORDER) + 1, dtype=torch.long)
+        onehot_index[[int(s) for s in STAGE_ORDER]] = torch.arange(len(STAGE_ORDER))
+        self._stage_onehot_index = onehot_index.to(dev)
+        probe = torch.zeros(1, dtype=torch.long, device=dev)
+        for stages in (_SEED_STAGES, _COOLING_STAGES, _TRAINING_STAGES, _BLENDED_STAGES):
+            stage_in(probe, stages)  # build the cached lookup tables now, not inside step()
+        slots = cfg.enabled_slots if cfg.enabled_slots is not None else range(self.num_slots)
+        self.enabled = torch.tensor([i in slots for i in range(self.num_slots)], device=dev)
 
     def _fresh_state(self) -> dict[str, Tensor]:
         """State of a new episode for every env (host curve drawn from the reset lanes)."""
@@ -339,7 +366,7 @@ class SeedLifecycleEnv:
                                       self.total_seeds, self.config.max_seeds)
         masks = compute_action_masks(self.stage, self.age, self.alpha_mode, self.enabled, self.total_seeds,
                                      self.config.max_seeds, self.config.topology, slot_by_op=sbo)
-        live = _isin(self.stage, _SEED_STAGES)
+        live = stage_in(self.stage, _SEED_STAGES)
         bp_idx = torch.where(live, self.blueprint, torch.full_like(self.blueprint, -1))
         slots = self._slot_features(live)
         obs = torch.cat([self._base_features(live), slots.flatten(1)], dim=1)
@@ -348,16 +375,16 @@ class SeedLifecycleEnv:
     def _base_features(self, live: Tensor) -> Tensor:
         cfg, S = self.config, float(self.num_slots)
         fossil = self.stage == int(SeedStage.FOSSILIZED)
-        blended = _isin(self.stage, (SeedStage.BLENDING, SeedStage.HOLDING))
+        blended = stage_in(self.stage, _BLENDED_STAGES)
         empty = ((self.stage == int(SeedStage.DORMANT)) & self.enabled).float().sum(1)
         cols = [
             self.epoch.float() / cfg.episode_length, self.acc_obs / 100, self.acc_delta / 10,
             self.acc_trend / 10, self.best_obs / 100, (self.epoch - self.best_epoch).float() / cfg.episode_length,
             (self.cost * live).sum(1), self.last_rent / 10, (live & ~fossil).float().sum(1) / S,
-            fossil.float().sum(1) / S, empty / S, _isin(self.stage, _COOLING_STAGES).float().sum(1) / S,
+            fossil.float().sum(1) / S, empty / S, stage_in(self.stage, _COOLING_STAGES).float().sum(1) / S,
             self.total_seeds.float() / 10, self.last_reward / 10,
         ]
-        last_op = torch.nn.functional.one_hot(self.last_op, NUM_OPS).float()
+        last_op = _one_hot(self.last_op, NUM_OPS)
         tail = [self.last_invalid.float(), (self.estimate_ema * fossil).sum(1) / 10,
                 (self.alpha * self.estimate_ema * blended).sum(1) / 10,
                 (self.acc_obs - self.best_obs + cfg.governor_drop) / cfg.governor_drop]
@@ -365,9 +392,9 @@ class SeedLifecycleEnv:
 
     def _slot_features(self, live: Tensor) -> Tensor:
         cfg = self.config
-        stage_oh = torch.nn.functional.one_hot(self._stage_onehot_index[self.stage], len(STAGE_ORDER)).float()
-        mode_oh = torch.nn.functional.one_hot(self.alpha_mode, len(AlphaMode)).float() * live.unsqueeze(-1)
-        style_oh = torch.nn.functional.one_hot(self.style, len(GerminationStyle)).float() * live.unsqueeze(-1)
+        stage_oh = _one_hot(self._stage_onehot_index[self.stage], len(STAGE_ORDER))
+        mode_oh = _one_hot(self.alpha_mode, len(AlphaMode)) * live.unsqueeze(-1)
+        style_oh = _one_hot(self.style, len(GerminationStyle)) * live.unsqueeze(-1)
         ramping = self.alpha_mode != int(AlphaMode.HOLD)
         progress = torch.where(ramping, self.ramp_k.float() / self.ramp_steps.clamp(min=1).float(),
                                torch.ones_like(self.alpha))
@@ -422,10 +449,11 @@ class SeedLifecycleEnv:
         mode = torch.where(target == self.alpha, int(AlphaMode.HOLD), mode)
         self._set("alpha_mode", where, mode)
 
-    def _apply_ops(self, eff: Tensor, a: dict[str, Tensor], z_germ: Tensor) -> None:
+    def _apply_ops(self, eff: Tensor, a: dict[str, Tensor], z_germ: Tensor, z_blend: Tensor) -> None:
         """Apply the (effective) op to the chosen slot of every env."""
         S = self.num_slots
-        at = torch.nn.functional.one_hot(a["slot"], S).bool() & (eff != int(LifecycleOp.WAIT)).unsqueeze(1)
+        acting = (eff != int(LifecycleOp.WAIT)).unsqueeze(1)
+        at = (a["slot"].unsqueeze(1) == torch.arange(S, device=self.device)) & acting  # (E, S)
         is_op = lambda op: at & (eff == int(op)).unsqueeze(1)  # noqa: E731
         col = lambda head: a[head].unsqueeze(1).expand(-1, S)  # noqa: E731
         stage, mode_hold = self.stage, self.alpha_mode == int(AlphaMode.HOLD)
@@ -434,14 +462,16 @@ class SeedLifecycleEnv:
         self._set("contribution", g, self._bp_mean[bp] + self._bp_std[bp] * z_germ)
         self._set("cost", g, self._bp_cost[bp] + self._style_cost[style])
         for name, value in (("blueprint", bp), ("style", style), ("tempo", col("tempo")),
-                            ("curve", self._style_curve[style]), ("alpha_target", self._target_values[col("alpha_target")]),
-                            ("alpha", 0.0), ("age", 0), ("train_epochs", 0), ("pruning", False),
+                            ("curve", self._style_curve[style]),
+                            ("alpha_target", self._target_values[col("alpha_target")]), ("alpha", 0.0), ("age", 0), ("train_epochs", 0), ("pruning", False),
                             ("estimate", 0.0), ("estimate_ema", 0.0), ("alpha_mode", int(AlphaMode.HOLD))):
             self._set(name, g, value)
         self.total_seeds = self.total_seeds + g.any(1).long()
         # ADVANCE: GERMINATED -> TRAINING -> BLENDING (ramp over the tempo) -> HOLDING (ramp done).
         adv = is_op(LifecycleOp.ADVANCE)
         to_blend = adv & (stage == int(SeedStage.TRAINING))
+        surprise = self.config.blend_surprise * self._tempo_risk[self.tempo] * z_blend
+        self._set("contribution", to_blend, self.contribution + surprise)
         self._start_ramp(to_blend, self.alpha_target, self._tempo_epochs[self.tempo], self.curve)
         new_stage = torch.where(g, int(SeedStage.GERMINATED), stage)
         new_stage = torch.where(adv & (stage == int(SeedStage.GERMINATED)), int(SeedStage.TRAINING), new_stage)
@@ -491,19 +521,22 @@ class SeedLifecycleEnv:
         self.stage = nxt
         dormant = nxt == int(SeedStage.DORMANT)
         self._set("blueprint", dormant, -1)
-        self._set("alpha", ~_isin(nxt, _SEED_STAGES), 0.0)
+        self._set("alpha", ~stage_in(nxt, _SEED_STAGES), 0.0)
         self.stage_epochs = self.stage_epochs + (~dormant).long()
-        self.age = self.age + _isin(nxt, _SEED_STAGES).long()
-        trains = _isin(nxt, (SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.HOLDING))
+        self.age = self.age + stage_in(nxt, _SEED_STAGES).long()
+        trains = stage_in(nxt, _TRAINING_STAGES)
         self.train_epochs = self.train_epochs + trains.long()
         self.epoch = self.epoch + 1
 
-    def _seed_gain(self, keep: Tensor) -> Tensor:
-        """``(E,)`` realised accuracy gain of the seeds in ``keep`` (saturating sum)."""
+    def _realised(self) -> Tensor:
+        """``(E, S)`` what each seed would add at alpha 1 now: style-scaled contribution x maturity."""
         c = self.contribution
         c_eff = c * torch.where(c > 0, self._style_gain[self.style], self._style_loss[self.style])
-        maturity = 1.0 - torch.exp(-self.train_epochs.float() / self.config.maturity_tau)
-        g = (self.alpha * c_eff * maturity * keep).sum(1)
+        return c_eff * (1.0 - torch.exp(-self.train_epochs.float() / self.config.maturity_tau))
+
+    def _seed_gain(self, realised: Tensor, keep: Tensor) -> Tensor:
+        """``(E,)`` accuracy gain of the seeds in ``keep`` (alpha-weighted, saturating sum)."""
+        g = (self.alpha * realised * keep).sum(1)
         cap = self.config.seed_gain_cap
         return torch.where(g > 0, g * cap / (cap + g.clamp(min=0)), g)
 
@@ -511,12 +544,10 @@ class SeedLifecycleEnv:
         t = self.epoch.float()
         return self.acc0 + (self.acc_max - self.acc0) * (1.0 - torch.exp(-t / self.host_tau)) - self.damage
 
-    def _update_estimates(self, live: Tensor, z_est: Tensor) -> None:
-        c = self.contribution
-        c_eff = c * torch.where(c > 0, self._style_gain[self.style], self._style_loss[self.style])
-        maturity = 1.0 - torch.exp(-self.train_epochs.float() / self.config.maturity_tau)
+    def _update_estimates(self, realised: Tensor, live: Tensor, z_est: Tensor) -> None:
+        """Noisy contribution estimates (std est_noise / sqrt(1 + age)) and their EMA."""
         noise = self.config.est_noise / torch.sqrt(1.0 + self.age.float()) * z_est
-        est = torch.where(live, c_eff * maturity + noise, torch.zeros_like(c))
+        est = torch.where(live, realised + noise, torch.zeros_like(realised))
         beta = self.config.estimate_ema
         ema = torch.where(self.age <= 1, est, beta * self.estimate_ema + (1 - beta) * est)
         self.estimate, self.estimate_ema = est, torch.where(live, ema, torch.zeros_like(ema))
@@ -525,29 +556,29 @@ class SeedLifecycleEnv:
         """Apply one factored action per env (head -> ``(E,)`` int64) and advance one epoch."""
         cfg, S = self.config, self.num_slots
         a = self._check_actions(actions)
-        z = _normals(self._env_key, self._counter, _STEP_LANES, 1 + 2 * S)
-        z_acc, z_est, z_germ = z[:, 0], z[:, 1:1 + S], z[:, 1 + S:]
+        z = _normals(self._env_key, self._counter, _STEP_LANES, 1 + 3 * S)
+        z_acc, z_est, z_germ, z_blend = z[:, 0], z[:, 1:1 + S], z[:, 1 + S:1 + 2 * S], z[:, 1 + 2 * S:]
         eff = effective_op(a["op"], a["slot"], self.stage, self.age, self.alpha_mode, self.enabled,
                            self.total_seeds, cfg.max_seeds)
         bad_bp = (eff == int(LifecycleOp.GERMINATE)) & ~self._bp_valid[a["blueprint"].clamp(0, len(self._bp_valid) - 1)]
         eff = torch.where(bad_bp, torch.zeros_like(eff), eff)
         alpha_before = self.alpha
-        self._apply_ops(eff, a, z_germ)
+        self._apply_ops(eff, a, z_germ, z_blend)
         self._advance_time()
         self.damage = self.damage + cfg.shock_coef * ((self.alpha - alpha_before) ** 2).sum(1)
 
-        live = _isin(self.stage, _SEED_STAGES)
+        live = stage_in(self.stage, _SEED_STAGES)
         fossil = self.stage == int(SeedStage.FOSSILIZED)
-        host = self._host_accuracy()
-        self.acc_true = (host + self._seed_gain(live)).clamp(0.0, 100.0)
+        host, realised = self._host_accuracy(), self._realised()
+        self.acc_true = (host + self._seed_gain(realised, live)).clamp(0.0, 100.0)
         terminated = self.acc_true < self.best_true - cfg.governor_drop
         self.best_true = torch.maximum(self.best_true, self.acc_true)
         truncated = (self.epoch >= cfg.episode_length) & ~terminated
         acc_true = self.acc_true
         if cfg.discard_unfossilized:
-            acc_true = torch.where(truncated, (host + self._seed_gain(fossil)).clamp(0.0, 100.0), acc_true)
+            acc_true = torch.where(truncated, (host + self._seed_gain(realised, fossil)).clamp(0.0, 100.0), acc_true)
         acc_obs = acc_true + cfg.acc_noise * z_acc
-        self._update_estimates(live, z_est)
+        self._update_estimates(realised, live, z_est)
 
         rent = cfg.rent_coef * (self.cost * (live & ~fossil) + cfg.fossil_rent_factor * self.cost * fossil).sum(1)
         reward = acc_obs - self.acc_obs - rent + truncated * (cfg.terminal_acc_bonus * acc_obs)
