@@ -191,6 +191,19 @@ class FactoredNetwork(nn.Module):
         )
         self.value_head = _mlp_head(H + self.num_ops, half, 1)
         self._init_weights()
+        self._refresh_lstm_weights()
+
+    def _refresh_lstm_weights(self) -> None:
+        """Plain (unregistered) references to the LSTM parameters: dynamo can read these, not nn.LSTM."""
+        p = self.lstm._parameters
+        refs = [tuple(p[f"{n}_l{k}"] for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+                for k in range(self.lstm_layers)]  # fmt: skip
+        object.__setattr__(self, "_lstm_weights", refs)
+
+    def _apply(self, fn, *args, **kwargs):  # .to() / .cuda() / .half() may replace parameters
+        out = super()._apply(fn, *args, **kwargs)
+        self._refresh_lstm_weights()
+        return out
 
     # ---- init (esper's scheme) --------------------------------------------------------------
     def _init_weights(self) -> None:
@@ -225,8 +238,31 @@ class FactoredNetwork(nn.Module):
             hidden = self.get_initial_hidden(state.shape[0], state.device)
         bp = self.blueprint_embedding(blueprint_indices).flatten(-2)  # [B, T, 4S]
         features = self.feature_net(torch.cat([state, bp.to(state.dtype)], dim=-1))
-        lstm_out, new_hidden = self.lstm(features, hidden)
+        if torch.compiler.is_compiling():  # dynamo cannot trace nn.LSTM; same math, same parameters
+            lstm_out, new_hidden = self._lstm_unrolled(features, hidden)
+        else:
+            lstm_out, new_hidden = self.lstm(features, hidden)
         return self.lstm_ln(lstm_out), new_hidden
+
+    def _lstm_unrolled(self, x: Tensor, hidden: Hidden) -> tuple[Tensor, Hidden]:
+        """``self.lstm`` written as explicit cells (gate order i, f, g, o), for torch.compile."""
+        h_all, c_all = hidden
+        hs, cs = [], []
+        for layer in range(self.lstm_layers):
+            w_ih, w_hh, b_ih, b_hh = self._lstm_weights[layer]
+            bias = b_ih + b_hh
+            x_proj = F.linear(x, w_ih, bias)  # [B, T, 4H]
+            h, c = h_all[layer], c_all[layer]
+            outs = []
+            for t in range(x.shape[1]):
+                i, f, g, o = (x_proj[:, t] + F.linear(h, w_hh)).chunk(4, dim=-1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+                outs.append(h)
+            x = torch.stack(outs, dim=1)
+            hs.append(h)
+            cs.append(c)
+        return x, (torch.stack(hs), torch.stack(cs))
 
     def q_values(self, lstm_out: Tensor) -> Tensor:
         """Q(s, a) for every op a at once: ``[..., H]`` -> ``[..., num_ops]``.

@@ -166,7 +166,9 @@ class FactoredPolicy(FactoredNetwork):
         if state.dim() == 2:
             state, blueprint_indices = state.unsqueeze(1), blueprint_indices.unsqueeze(1)
         masks = {h: (None if m is None else m.reshape(m.shape[0], -1)) for h, m in masks.items()}
-        with torch.inference_mode():
+        # inference_mode as esper; no_grad while torch.compile traces (inductor cannot take views of
+        # parameters inside an inference-mode region).
+        with torch.no_grad() if torch.compiler.is_compiling() else torch.inference_mode():
             out = self.heads(state, blueprint_indices, hidden)
             logits = {h: l[:, 0] for h, l in out.logits.items()}
             if self.validate:

@@ -108,11 +108,17 @@ def select_actions(
             logits, masks, q, noise, slot_by_op,
         )  # fmt: skip
     else:
-        impl = resolve_backend(backend, device)
         needs_key = not deterministic and any((noise or {}).get(h) is None for h in HEAD_NAMES)
         key = draw_key(device, generator) if needs_key else None
-        out = empty_action_outputs(n, device)
-        impl.run_actions(logits, masks, q, noise or {}, slot_by_op, key, deterministic, out)
+        if torch.compiler.is_compiling():  # traced through the registered op (see ops/library.py)
+            from esper_fast.ops.library import select_actions_op
+
+            per_head = lambda d: [d.get(h) for h in HEAD_NAMES]  # noqa: E731
+            out = select_actions_op([logits[h] for h in HEAD_NAMES], per_head(masks), per_head(noise or {}),
+                                    q, slot_by_op, key, deterministic, backend)  # fmt: skip
+        else:
+            out = empty_action_outputs(n, device)
+            resolve_backend(backend, device).run_actions(logits, masks, q, noise or {}, slot_by_op, key, deterministic, out)
         sel = unpack_action_outputs(*out)
     if validate:
         _raise_for_bad_rows(sel, logits, masks)

@@ -149,12 +149,22 @@ def select_op(
         BackendUnavailableError: an explicitly requested backend cannot run on these tensors.
     """
     _check_args(logits, q, mask, noise, out)
-    impl = resolve_backend(backend, logits.device)
-    if out is None:
-        out = empty_selection(logits.shape[0], logits.device)
     if deterministic:
         noise = None  # unused: argmax ignores noise
     key = None if deterministic or noise is not None else draw_key(logits.device, generator)
+    if torch.compiler.is_compiling():  # traced through the registered op (see ops/library.py)
+        from esper_fast.ops.library import select_op_op
+
+        op, f = select_op_op(logits, q, mask, noise, key, deterministic, backend)  # resolved inside
+        res = OpSelection(op, f[0], f[1], f[2], f[3])
+        if out is None:
+            return res
+        for dst, src in zip(out, res):
+            dst.copy_(src)
+        return out
+    impl = resolve_backend(backend, logits.device)
+    if out is None:
+        out = empty_selection(logits.shape[0], logits.device)
     bad_count = impl.run(logits, q, mask, noise, key, deterministic, out)
     if validate:
         _raise_for_bad_rows(logits, mask, noise, out.op, bad_count)

@@ -8,6 +8,8 @@ Runs on CPU tensors under ``TRITON_INTERPRET=1`` (keep N small there: ~10 ms per
 
 from __future__ import annotations
 
+import os
+
 import triton
 import triton.language as tl
 from torch import Tensor
@@ -183,10 +185,14 @@ def _select_actions_kernel(
           6, S6, B6, (HAS_MASK >> 6) & 1, (HAS_NOISE >> 6) & 1, 0, DETERMINISTIC)
 
 
-def block_sizes(n: int, a: int) -> tuple[int, int]:
-    """(BLOCK_N, BLOCK_A): A padded to a power of two, about 4K elements per program."""
+# Elements per program: ~4K suits the GPU; the CPU interpreter pays per program, so it takes more.
+_TILE = 65536 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0") else 4096
+
+
+def block_sizes(n: int, a: int, tile: int = _TILE) -> tuple[int, int]:
+    """(BLOCK_N, BLOCK_A): A padded to a power of two, about ``tile`` elements per program."""
     block_a = triton.next_power_of_2(max(a, 1))
-    block_n = max(1, min(triton.next_power_of_2(max(n, 1)), 4096 // block_a))
+    block_n = max(1, min(triton.next_power_of_2(max(n, 1)), tile // block_a))
     return block_n, block_a
 
 
@@ -243,8 +249,7 @@ def select_actions_triton(
     q = unit_cols(q)
     slot_by_op = None if slot_by_op is None else slot_by_op.contiguous()
     sizes = [t.shape[1] for t in logits]
-    widest = triton.next_power_of_2(max(sizes))
-    block_n = max(1, min(triton.next_power_of_2(n), 2048 // widest))
+    block_n, _ = block_sizes(n, max(sizes), _TILE // 2)
     dummy = q
     flags = lambda ts: sum(1 << i for i, t in enumerate(ts) if t is not None)  # noqa: E731
     _select_actions_kernel[(triton.cdiv(n, block_n),)](

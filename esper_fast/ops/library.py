@@ -1,0 +1,59 @@
+"""``torch.library`` registrations of the kernels, so ``torch.compile(fullgraph=True)`` traces them.
+
+Eager calls skip the dispatcher (it costs microseconds per call); ``select_op`` / ``select_actions``
+route through these ops only while ``torch.compiler.is_compiling()``. Each op has a fake (meta)
+implementation that gives output shapes without running a kernel.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from esper_fast.constants import HEAD_NAMES
+from esper_fast.ops.backends import resolve_backend
+from esper_fast.types import OpSelection
+
+__all__ = ["select_op_op", "select_actions_op"]
+
+
+@torch.library.custom_op("esper_fast::select_op", mutates_args=())
+def select_op_op(
+    logits: Tensor, q: Optional[Tensor], mask: Optional[Tensor], noise: Optional[Tensor],
+    key: Optional[Tensor], deterministic: bool, backend: str,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """(op ``[N]`` int64, floats ``[4, N]``: log_prob, entropy, q_op, value)."""
+    n = logits.shape[0]
+    op = torch.empty(n, dtype=torch.int64, device=logits.device)
+    f = torch.empty(4, n, dtype=torch.float32, device=logits.device)
+    resolve_backend(backend, logits.device).run(logits, q, mask, noise, key, deterministic, OpSelection(op, *f))
+    return op, f
+
+
+@select_op_op.register_fake
+def _select_op_fake(logits, q, mask, noise, key, deterministic, backend):
+    n = logits.shape[0]
+    return logits.new_empty(n, dtype=torch.int64), logits.new_empty(4, n, dtype=torch.float32)
+
+
+@torch.library.custom_op("esper_fast::select_actions", mutates_args=())
+def select_actions_op(
+    logits: list[Tensor], masks: list[Optional[Tensor]], noise: list[Optional[Tensor]], q: Tensor,
+    slot_by_op: Optional[Tensor], key: Optional[Tensor], deterministic: bool, backend: str,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """(actions ``[8, N]`` int64, floats ``[18, N]``), heads in HEAD_NAMES order."""
+    n = q.shape[0]
+    out = (torch.empty(8, n, dtype=torch.int64, device=q.device), torch.empty(18, n, dtype=torch.float32, device=q.device))
+    as_dict = lambda ts: {h: t for h, t in zip(HEAD_NAMES, ts) if t is not None}  # noqa: E731
+    resolve_backend(backend, q.device).run_actions(
+        dict(zip(HEAD_NAMES, logits)), as_dict(masks), q, as_dict(noise), slot_by_op, key, deterministic, out
+    )
+    return out
+
+
+@select_actions_op.register_fake
+def _select_actions_fake(logits, masks, noise, q, slot_by_op, key, deterministic, backend):
+    n = q.shape[0]
+    return q.new_empty(8, n, dtype=torch.int64), q.new_empty(18, n, dtype=torch.float32)
