@@ -234,10 +234,7 @@ class PPOConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": dict(
-        num_envs=4, rollout_steps=32, total_timesteps=4 * 32 * 3, feature_dim=32, lstm_hidden_dim=32,
-        eval_episodes=4,
-    ),
+    "smoke": dict(num_envs=4, total_timesteps=4 * 150 * 2, feature_dim=32, lstm_hidden_dim=32, eval_episodes=4),
     "default": dict(
         num_envs=16, feature_dim=128, lstm_hidden_dim=128, total_timesteps=16 * 150 * 200,
         update_epochs=4, num_minibatches=4, learning_rate=1e-3, anneal_lr=True, target_kl=0.03,

@@ -1,0 +1,331 @@
+"""The ``esper-fast`` command: ``train``, ``evaluate``, ``bench``.
+
+    esper-fast train                       # the "default" preset on CPU, writes runs/<name>/
+    esper-fast train --preset smoke        # seconds
+    esper-fast train --preset esper --device cuda --total-timesteps 60000
+    esper-fast train --resume runs/<name>  # continue (also after Ctrl-C)
+    esper-fast evaluate runs/<name>        # the checkpoint vs the heuristic and random baselines
+    esper-fast bench ...                   # esper_fast.bench.main(...)
+    torchrun --nproc_per_node 2 -m esper_fast.cli train ...   # data-parallel (gloo on CPU)
+
+Every ``PPOConfig`` field is a flag (``--lstm-hidden-dim 256``, ``--no-anneal-lr``); explicit flags
+override the preset. To add a subcommand, write ``_add_<name>(subparsers)`` that registers a parser
+with ``func=...`` and list it in :data:`SUBCOMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+import typing
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+__all__ = ["main", "build_parser", "SUBCOMMANDS"]
+
+EXIT_USAGE, EXIT_FAILURE = 2, 1
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as ``esper-fast <command>: error: <message>``."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# =================================================================================================
+# PPOConfig fields as flags
+# =================================================================================================
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _parse_none(inner: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        return None if text.lower() in ("none", "null") else inner(text)
+
+    parse.__name__ = f"{inner.__name__} or none"
+    return parse
+
+
+def _parse_head_coefs(text: str) -> dict[str, float]:
+    """``op=1.0,blueprint=1.3`` -> dict."""
+    out = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        head, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected HEAD=COEF pairs like 'op=1.0,slot=1.0', got {item!r}")
+        out[head.strip()] = float(value)
+    return out
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    from esper_fast.ppo.config import PPOConfig, field_docs
+
+    docs, hints = field_docs(), typing.get_type_hints(PPOConfig)
+    group = parser.add_argument_group("training configuration (override the preset; PPOConfig fields)")
+    for f in dataclasses.fields(PPOConfig):
+        if not f.init:
+            continue
+        kind, help_text = hints[f.name], docs.get(f.name, "")
+        args = typing.get_args(kind)
+        optional = type(None) in args
+        base = next((a for a in args if a is not type(None)), kind) if optional else kind
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
+        if base is bool and not optional:
+            group.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kw)
+            continue
+        if typing.get_origin(base) is dict:
+            parse, metavar = _parse_head_coefs, "HEAD=COEF,..."
+        elif base is bool:
+            parse, metavar = (lambda s: s.lower() in ("1", "true", "yes", "on")), "BOOL"
+        else:
+            parse, metavar = base, base.__name__.upper()
+        if optional:
+            parse, metavar = _parse_none(parse), metavar + "|none"
+        group.add_argument(_flag(f.name), type=parse, metavar=metavar, **kw)
+
+
+def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from esper_fast.ppo.config import PPOConfig
+
+    names = {f.name for f in dataclasses.fields(PPOConfig) if f.init}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+# =================================================================================================
+# train
+# =================================================================================================
+class Progress:
+    """One status line per update: a live bar on a terminal, a plain line every ~5% otherwise."""
+
+    def __init__(self, total: int, start: int = 0, enabled: bool = True, stream=sys.stderr) -> None:
+        self.total, self.start, self.enabled, self.stream = total, start, enabled, stream
+        self.tty = stream.isatty()
+        self.t0 = time.perf_counter()
+        self.every = max(1, total // 20)
+        self.best = None
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        done = row["update"]
+        ret = row.get("charts/episode_return")
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / max(done - self.start, 1) * (self.total - done)
+        frac = done / self.total
+        bar = "#" * int(24 * frac) + "." * (24 - int(24 * frac))
+        ret_text = "   n/a" if ret is None else f"{ret:6.2f}"
+        line = (f"update {done:>5}/{self.total} [{bar}] {100 * frac:5.1f}% | steps {row['global_step']:>9,} | "
+                f"return {ret_text} | sps {row['time/sps']:7.0f} | eta {_duration(eta)}")  # fmt: skip
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if done >= self.total else ""))
+            self.stream.flush()
+        elif done % self.every == 0 or done >= self.total or done == self.start + 1:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            self.stream.write("\n")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CLIError(f"device {device!r} requested, but CUDA is not available here (use --device cpu)", EXIT_USAGE)
+
+
+def _resolve_run(args: argparse.Namespace, resume_ckpt: dict[str, Any] | None, preset: str) -> Path:
+    if args.name:
+        return Path(args.runs_dir) / args.name
+    if resume_ckpt is not None:  # continue in the checkpoint's run directory
+        path = Path(resume_ckpt["path"]).resolve()
+        return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return Path(args.runs_dir) / f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from esper_fast.ppo import CheckpointError, PPOConfig, Trainer, load_checkpoint, make_config
+    from esper_fast.ppo.distributed import init_distributed, shutdown_distributed
+    from esper_fast.ppo.evaluate import format_table
+
+    overrides = _config_overrides(args)
+    resume_ckpt = None
+    try:
+        if args.resume:
+            resume_ckpt = load_checkpoint(args.resume)
+            config = PPOConfig.from_dict({**resume_ckpt["config"], **overrides})
+        else:
+            config = make_config(args.preset, **overrides)
+    except CheckpointError:
+        raise
+    except ValueError as exc:  # PPOConfig validation: a bad flag value
+        raise CLIError(str(exc), EXIT_USAGE) from exc
+    _check_device(config.device)
+    run_dir = _resolve_run(args, resume_ckpt, args.preset)
+    if resume_ckpt is None and (run_dir / "checkpoints").exists():
+        raise CLIError(f"run directory {run_dir} already has checkpoints: pass --resume {run_dir} to continue, "
+                       "or choose another --name", EXIT_USAGE)  # fmt: skip
+
+    ctx = init_distributed(config.device)
+    try:
+        log = (lambda msg: print(msg, file=sys.stderr)) if ctx.is_main else (lambda _m: None)
+        trainer = Trainer(config, run_dir if ctx.is_main else None, dist=ctx, resume=resume_ckpt, log=log,
+                          tensorboard=not args.no_tensorboard)  # fmt: skip
+        if ctx.is_main:
+            what = f"resuming {resume_ckpt['path']} at update {trainer.train_steps}" if resume_ckpt else f"preset {args.preset!r}"
+            log(f"esper-fast train: {what} -> {run_dir}  ({trainer.num_updates} updates of "
+                f"{config.num_envs} envs x {config.rollout_steps} steps x {ctx.world_size} process(es), "
+                f"H={config.lstm_hidden_dim}, value_mode={config.value_mode}, device={ctx.device})")  # fmt: skip
+        progress = Progress(trainer.num_updates, trainer.train_steps, enabled=not args.no_progress and ctx.is_main)
+        summary = trainer.train(on_update=progress)
+        progress.close()
+    finally:
+        shutdown_distributed()
+    if not ctx.is_main:
+        return 0
+    last = summary.get("last_metrics") or {}
+    if last:
+        print(f"updates {summary['updates']}  env steps {summary['global_step']:,}  "
+              f"last return {last.get('charts/episode_return')}  op agreement {last.get('charts/op_agreement')}")
+    if summary.get("evaluation"):
+        print(f"\nevaluation: {config.eval_episodes} episodes, seed {config.eval_seed}")
+        print(format_table(summary["evaluation"]))
+    print(f"\nrun directory: {run_dir}")
+    if summary.get("checkpoint"):
+        print(f"checkpoint:    {summary['checkpoint']}")
+    if summary.get("plot"):
+        print(f"learning curve: {summary['plot']}")
+    return 130 if summary.get("interrupted") else 0
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from esper_fast.ppo.config import PRESETS
+
+    p = sub.add_parser("train", help="train PPO on the seed-lifecycle env",
+                       description="Train recurrent PPO (esper's algorithm) on SeedLifecycleEnv. Writes "
+                                   "runs/<name>/: config.json, metrics.csv, metrics.jsonl, TensorBoard events "
+                                   "(if installed), checkpoints/, learning_curve.png, summary.json. Ctrl-C "
+                                   "finishes the current update and saves a checkpoint.")  # fmt: skip
+    p.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                   help="starting configuration: smoke (seconds), default (minutes on CPU), esper (esper's sizes)")
+    p.add_argument("--name", help="run name (default: <preset>-<date>-<time>)")
+    p.add_argument("--runs-dir", default="runs", help="parent directory of run directories (default: runs)")
+    p.add_argument("--resume", metavar="PATH", help="continue from a checkpoint file or a run directory")
+    p.add_argument("--no-progress", action="store_true", help="no progress line")
+    p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_train)
+
+
+# =================================================================================================
+# evaluate
+# =================================================================================================
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from esper_fast.ppo import load_policy
+    from esper_fast.ppo.evaluate import compare_with_baselines, format_table
+
+    if args.episodes < 1:
+        raise CLIError(f"--episodes: expected >= 1, got {args.episodes}", EXIT_USAGE)
+    _check_device(args.device)
+    policy, obs_norm, config, ckpt = load_policy(args.checkpoint, device=args.device)
+    modes = {"both": ("sampled", "greedy"), "sampled": ("sampled",), "greedy": ("greedy",)}[args.mode]
+    results = compare_with_baselines(policy, obs_norm, config, args.episodes, args.seed, args.device, modes)
+    if args.json:
+        print(json.dumps({"checkpoint": ckpt["path"], "train_steps": ckpt["train_steps"], "results": results}, indent=2))
+    else:
+        print(f"checkpoint {ckpt['path']} (update {ckpt['train_steps']}, value_mode {config.value_mode}); "
+              f"{args.episodes} episodes, seed {args.seed}")
+        print(format_table(results))
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="score a checkpoint against the heuristic and random baselines",
+                       description="Play the same episodes with the checkpoint's policy, the heuristic and the "
+                                   "random baseline; print a table.")  # fmt: skip
+    p.add_argument("checkpoint", help="checkpoint file, or a run directory (uses checkpoints/latest.pt)")
+    p.add_argument("--episodes", type=int, default=64, help="episodes per policy (default: 64)")
+    p.add_argument("--seed", type=int, default=12345, help="env seed: the same episodes for every policy")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--mode", choices=("both", "sampled", "greedy"), default="both",
+                   help="PPO actions sampled, greedy (argmax), or both rows (default)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_evaluate)
+
+
+# =================================================================================================
+# bench
+# =================================================================================================
+def cmd_bench(args: argparse.Namespace) -> int:
+    try:
+        from esper_fast import bench
+    except ModuleNotFoundError as exc:
+        if exc.name in ("esper_fast.bench", "esper_fast"):
+            raise CLIError("the benchmarks (esper_fast.bench) are not part of this install") from exc
+        raise CLIError(f"the benchmarks need a missing module: {exc.name} ({exc})") from exc
+    if not hasattr(bench, "main"):
+        raise CLIError("esper_fast.bench has no main(argv) entry point")
+    result = bench.main(list(args.bench_args))
+    return int(result or 0)
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="run the benchmarks (esper_fast.bench)", add_help=False,
+                       description="Runs esper_fast.bench.main with the remaining arguments "
+                                   "(esper-fast bench --help shows its options).")  # fmt: skip
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for esper_fast.bench")
+    p.set_defaults(func=cmd_bench)
+
+
+# =================================================================================================
+# entry point
+# =================================================================================================
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_train, _add_evaluate, _add_bench)
+"""Each registers one subcommand; add a ``study`` command by appending its ``_add_study``."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="esper-fast", description="esper_fast: train, evaluate and benchmark "
+                                     "esper's factored recurrent PPO policy.")  # fmt: skip
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in SUBCOMMANDS:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:  # `esper-fast` alone: help, not an argparse error
+        parser.print_help()
+        return EXIT_USAGE
+    args = parser.parse_args(argv)
+    from esper_fast.ppo.checkpoint import CheckpointError
+
+    try:
+        return args.func(args)
+    except CLIError as exc:
+        print(f"esper-fast {args.command}: error: {exc}", file=sys.stderr)
+        return exc.code
+    except CheckpointError as exc:
+        print(f"esper-fast {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print(f"esper-fast {args.command}: aborted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
