@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from esper_fast.errors import InvalidStateMachineError
+from esper_fast.reference.actions import style_override_mask
 from esper_fast.types import Hidden
 from esper_fast.constants import (
     CAUSAL_HEAD_OPS,
@@ -25,8 +26,6 @@ from esper_fast.constants import (
     DEFAULT_LSTM_HIDDEN_DIM,
     HEAD_NAMES,
     MASKED_LOGIT_VALUE,
-    STYLE_FREE_OPS,
-    GerminationStyle,
     get_action_head_sizes,
 )
 
@@ -82,17 +81,6 @@ def normalized_entropy(logits: Tensor, mask: Tensor) -> Tensor:
     n_valid = mask.sum(-1).clamp(min=1)
     divisor = torch.where(n_valid > 1, torch.log(n_valid.to(raw.dtype)), torch.ones_like(raw))
     return torch.where(n_valid == 1, torch.zeros_like(raw), raw / divisor.clamp(min=1e-8))
-
-
-def style_override_mask(style_mask: Tensor, op: Tensor) -> Tensor:
-    """esper's causal rule: rows whose op is not GERMINATE/SET_ALPHA_TARGET allow only SIGMOID_ADD.
-
-    ``style_mask`` ``[..., num_styles]`` bool, ``op`` ``[...]`` int64 -> new mask (no sync).
-    """
-    free = (op == STYLE_FREE_OPS[0]) | (op == STYLE_FREE_OPS[1])
-    forced = torch.zeros_like(style_mask)
-    forced[..., int(GerminationStyle.SIGMOID_ADD)] = True
-    return torch.where(free.unsqueeze(-1), style_mask, forced)
 
 
 def validate_masks_and_logits(

@@ -16,7 +16,8 @@ from esper_fast.constants import HEAD_NAMES, STYLE_FREE_OPS, GerminationStyle
 from esper_fast.reference.select import reference_gumbel, select_op_reference
 from esper_fast.types import OpSelection
 
-__all__ = ["ActionSelection", "AFTER_OP", "compose_heads", "op_dependent_masks", "select_actions_reference"]
+__all__ = ["ActionSelection", "AFTER_OP", "compose_heads", "op_dependent_masks", "select_actions_reference",
+           "style_override_mask"]
 
 # Order in which heads are chosen after the op (esper's get_action order).
 AFTER_OP = ("style", "slot", "blueprint", "tempo", "alpha_target", "alpha_speed", "alpha_curve")
@@ -35,6 +36,16 @@ class ActionSelection(NamedTuple):
     expected_value: Tensor  # [N] sum_a pi(a|s) Q(s, a)
 
 
+def style_override_mask(style_mask: Tensor, op: Tensor) -> Tensor:
+    """esper's causal rule: rows whose op is not GERMINATE/SET_ALPHA_TARGET allow only SIGMOID_ADD.
+
+    ``style_mask`` ``[..., num_styles]`` bool, ``op`` ``[...]`` int64 -> the new mask (no sync).
+    """
+    free = ((op == STYLE_FREE_OPS[0]) | (op == STYLE_FREE_OPS[1])).unsqueeze(-1)
+    forced = torch.arange(style_mask.shape[-1], device=op.device) == int(GerminationStyle.SIGMOID_ADD)
+    return torch.where(free, style_mask, forced)
+
+
 def op_dependent_masks(
     op: Tensor, style_mask: Tensor | None, slot_mask: Tensor | None, slot_by_op: Tensor | None,
     num_styles: int, num_slots: int,
@@ -47,9 +58,7 @@ def op_dependent_masks(
     n = op.shape[0]
     if style_mask is None:
         style_mask = torch.ones(n, num_styles, dtype=torch.bool, device=op.device)
-    free = ((op == STYLE_FREE_OPS[0]) | (op == STYLE_FREE_OPS[1])).unsqueeze(-1)
-    forced = torch.arange(num_styles, device=op.device) == int(GerminationStyle.SIGMOID_ADD)
-    style = torch.where(free, style_mask, forced)
+    style = style_override_mask(style_mask, op)
     if slot_by_op is not None:
         by_op = slot_by_op.gather(1, op.clamp(min=0).view(n, 1, 1).expand(n, 1, num_slots)).squeeze(1)
         slot_mask = by_op if slot_mask is None else slot_mask & by_op

@@ -24,7 +24,8 @@ import torch
 from torch import Tensor
 
 from esper_fast.constants import HEAD_NAMES, MASKED_LOGIT_VALUE
-from esper_fast.network import FactoredNetwork, style_override_mask, validate_masks_and_logits
+from esper_fast.network import FactoredNetwork, validate_masks_and_logits
+from esper_fast.reference.actions import op_dependent_masks
 from esper_fast.types import GetActionResult
 
 __all__ = ["ReferencePolicy"]
@@ -82,8 +83,13 @@ class ReferencePolicy(FactoredNetwork):
     def get_action(self, state, blueprint_indices, hidden=None, slot_mask=None, blueprint_mask=None,
                    style_mask=None, tempo_mask=None, alpha_target_mask=None, alpha_speed_mask=None,
                    alpha_curve_mask=None, op_mask=None, deterministic=False, return_op_logits=False, *,
-                   noise: dict[str, Tensor] | None = None, generator: torch.Generator | None = None):  # fmt: skip
-        """esper's get_action (0872525b, or 97d9ba3f's double draw when ``legacy``)."""
+                   noise: dict[str, Tensor] | None = None, generator: torch.Generator | None = None,
+                   slot_by_op: Tensor | None = None):  # fmt: skip
+        """esper's get_action (0872525b, or 97d9ba3f's double draw when ``legacy``).
+
+        ``slot_by_op [B, num_ops, S]`` (esper HEAD's op-conditioned slot mask) restricts the slot head
+        to the slots valid for the chosen op, as in FactoredPolicy.
+        """
         noise = noise or {}
         masks = dict(zip(HEAD_NAMES, (slot_mask, blueprint_mask, style_mask, tempo_mask,
                                       alpha_target_mask, alpha_speed_mask, alpha_curve_mask, op_mask)))  # fmt: skip
@@ -109,7 +115,8 @@ class ReferencePolicy(FactoredNetwork):
                 op = output["sampled_op"][:, 0]
                 values, sampled_op = output["value"][:, 0], op
             actions, log_probs, entropies = {"op": op}, {}, {}
-            masks2d["style"] = style_override_mask(masks2d["style"], op)
+            masks2d["style"], masks2d["slot"] = op_dependent_masks(
+                op, masks2d["style"], masks2d["slot"], slot_by_op, self.num_styles, self.num_slots)
             for head in AFTER_OP:
                 masked = logits[head].masked_fill(~masks2d[head], MASKED_LOGIT_VALUE)
                 actions[head] = _draw(masked, deterministic, noise.get(head), generator)

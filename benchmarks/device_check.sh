@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One prepared run on a GPU machine: build the CUDA extension, run the GPU tests, run every
+# benchmark with sizes that finish in minutes, and collect JSON/markdown (+ logs) in $OUT
+# (default benchmarks/results/). Each stage has its own time limit so the script always finishes.
+set -u
+cd "$(dirname "$0")/.."
+OUT="${OUT:-benchmarks/results}"
+mkdir -p "$OUT"
+export OUT PYTHONUNBUFFERED=1
+PY="${PYTHON:-python3}"
+LOG="$OUT/device_check.log"
+start=$(date +%s)
+stage() { echo "== [$(( $(date +%s) - start ))s] $*" | tee -a "$LOG"; }
+
+stage "machine"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; "$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"; } >>"$LOG" 2>&1
+
+stage "build (pip install --no-build-isolation --no-deps -e .)"
+timeout 240 "$PY" -m pip install --no-build-isolation --no-deps -e . >>"$LOG" 2>&1 || { stage "BUILD FAILED"; tail -40 "$LOG"; exit 1; }
+"$PY" -c "import esper_fast, esper_fast._C_cuda as m; print('backends on cuda:', esper_fast.available_backends('cuda'), 'devices seen by _C_cuda:', m.device_count())" 2>&1 | tee -a "$LOG"
+
+stage "GPU tests"
+XDIST=""
+"$PY" -c "import xdist" 2>/dev/null && XDIST="-n 8"
+timeout 200 "$PY" -m pytest -q $XDIST -p no:cacheprovider tests/test_select.py tests/test_actions.py \
+    tests/test_policy.py tests/test_compile.py tests/test_env.py >"$OUT/gpu_tests.log" 2>&1
+echo "pytest exit code: $?" | tee -a "$OUT/gpu_tests.log" "$LOG"
+tail -5 "$OUT/gpu_tests.log" | tee -a "$LOG"
+
+stage "bench select"
+timeout 150 "$PY" -m esper_fast.bench select --budget-s 110 --out "$OUT" >>"$LOG" 2>&1 || stage "bench select exited with $?"
+
+stage "bench get_action"
+timeout 150 "$PY" -m esper_fast.bench get_action --budget-s 100 --out "$OUT" >>"$LOG" 2>&1 || stage "bench get_action exited with $?"
+
+stage "bench train"
+timeout 90 "$PY" -m esper_fast.bench train --device cuda --budget-s 60 --out "$OUT" >>"$LOG" 2>&1 || stage "bench train exited with $?"
+
+stage "done"
+ls -la "$OUT" | tee -a "$LOG"

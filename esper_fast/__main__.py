@@ -1,0 +1,5 @@
+"""``python -m esper_fast`` = the ``esper-fast`` command."""
+
+from esper_fast.cli import main
+
+main()

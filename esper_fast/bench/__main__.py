@@ -1,0 +1,5 @@
+"""``python -m esper_fast.bench <which> [options]``."""
+
+from esper_fast.bench import main
+
+main()

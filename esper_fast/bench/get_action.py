@@ -1,0 +1,107 @@
+"""bench_get_action: the full policy step, FactoredPolicy vs ReferencePolicy vs the legacy bug.
+
+Variants (same weights, esper's default sizes, all-valid masks, validation off as in training):
+``reference`` (ReferencePolicy: esper 0872525b in torch ops), ``legacy`` (97d9ba3f's double draw),
+``fused`` (FactoredPolicy eager), and on GPU ``fused_graph`` (get_action captured in a CUDA graph and
+replayed) and ``fused_compiled`` (torch.compile(fullgraph=True), default mode; only at the batch sizes
+in --compile-batches since each compile takes tens of seconds). Median µs per call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from esper_fast import FactoredPolicy
+from esper_fast.bench.common import default_out_dir, machine_info, median_us, write_results
+from esper_fast.reference import ReferencePolicy
+
+BATCHES = (1, 8, 64, 512, 4096)
+
+
+def _inputs(policy, batch, device):
+    g = torch.Generator(device).manual_seed(0)
+    state = torch.randn(batch, policy.state_dim, device=device, generator=g)
+    bp = torch.randint(-1, 13, (batch, policy.num_slots), device=device, generator=g)
+    masks = {f"{h}_mask": torch.ones(batch, n, dtype=torch.bool, device=device) for h, n in policy.head_sizes.items()}
+    hidden = policy.get_initial_hidden(batch, device)
+    return state, bp, masks, hidden
+
+
+def _graphed(policy, state, bp, masks, hidden):
+    """get_action captured in a CUDA graph; returns a replay function."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            policy.get_action(state, bp, hidden, **masks)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        policy.get_action(state, bp, hidden, **masks)
+    return graph.replay
+
+
+def run(device: torch.device, batches, compile_batches, hidden_dim: int, budget_s: float) -> list[dict]:
+    torch.manual_seed(0)
+    fused = FactoredPolicy(114, feature_dim=hidden_dim, lstm_hidden_dim=hidden_dim).to(device).eval()
+    ref = ReferencePolicy(114, feature_dim=hidden_dim, lstm_hidden_dim=hidden_dim).to(device).eval()
+    legacy = ReferencePolicy(114, feature_dim=hidden_dim, lstm_hidden_dim=hidden_dim, legacy=True).to(device).eval()
+    ref.load_state_dict(fused.state_dict())
+    legacy.load_state_dict(fused.state_dict())
+    saved = FactoredPolicy.validate, ReferencePolicy.validate
+    FactoredPolicy.validate = ReferencePolicy.validate = False
+    rows, start = [], time.time()
+    try:
+        for batch in batches:
+            state, bp, masks, hidden = _inputs(fused, batch, device)
+            row = {"batch": batch}
+            for name, pol in (("reference", ref), ("legacy", legacy), ("fused", fused)):
+                row[f"{name}_us"] = median_us(lambda: pol.get_action(state, bp, hidden, **masks), device, repeats=9)
+            if device.type == "cuda":
+                replay = _graphed(fused, state, bp, masks, hidden)
+                row["fused_graph_us"] = median_us(replay, device)
+                if batch in compile_batches:
+                    torch._dynamo.reset()
+                    compiled = torch.compile(fused.get_action, fullgraph=True)
+                    row["fused_compiled_us"] = median_us(lambda: compiled(state, bp, hidden, **masks), device, warmup=3)
+            for k in ("legacy", "fused", "fused_graph", "fused_compiled"):
+                if f"{k}_us" in row:
+                    row[f"{k}_speedup"] = row["reference_us"] / row[f"{k}_us"]
+            rows.append(row)
+            print({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+            if time.time() - start > budget_s:
+                print(f"bench_get_action: time budget {budget_s}s reached, stopping early", flush=True)
+                break
+    finally:
+        FactoredPolicy.validate, ReferencePolicy.validate = saved
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="bench_get_action", description=__doc__)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
+    p.add_argument("--compile-batches", type=int, nargs="*", default=[64])
+    p.add_argument("--hidden-dim", type=int, default=512, help="lstm_hidden_dim = feature_dim (esper: 512)")
+    p.add_argument("--budget-s", type=float, default=1e9)
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    rows = run(device, args.batches, set(args.compile_batches), args.hidden_dim, args.budget_s)
+    cols = ["batch", "reference_us", "legacy_us", "fused_us", "fused_speedup"]
+    if device.type == "cuda":
+        cols += ["fused_graph_us", "fused_graph_speedup", "fused_compiled_us", "fused_compiled_speedup"]
+    out = Path(args.out) if args.out else default_out_dir()
+    name = f"bench_get_action_{'gpu' if device.type == 'cuda' else 'cpu'}"
+    write_results(name, machine_info(device), rows, cols, out,
+                  notes=f"esper default sizes (H={args.hidden_dim}), all-valid masks, validation off, stochastic; "
+                        "median µs per call; speedup = reference_us / variant_us")  # fmt: skip
+    print(f"wrote {out / name}.json / .md")
+
+
+if __name__ == "__main__":
+    main()
