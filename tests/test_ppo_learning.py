@@ -1,0 +1,28 @@
+"""Proof that it learns: a short fixed-seed run clearly beats the random policy on the same episodes.
+
+The env is SeedLifecycleEnv with its default dynamics (nothing weakened). About 29k env steps
+(12 updates of 16 envs x 150 steps), roughly 10-20 s on 2 CPU cores. The long run that matches or
+beats the heuristic baseline is documented in the README.
+"""
+
+from __future__ import annotations
+
+from esper_fast.ppo import Trainer, make_config
+from esper_fast.ppo.evaluate import compare_with_baselines
+
+EPISODES, EVAL_SEED = 32, 777
+MARGIN = 5.0  # return points; random scores ~31 on these episodes, the heuristic ~53
+
+
+def test_short_run_beats_random_clearly():
+    cfg = make_config("default", seed=0, feature_dim=64, lstm_hidden_dim=64, total_timesteps=16 * 150 * 12,
+                      anneal_lr=False, eval_episodes=0)  # fmt: skip
+    trainer = Trainer(cfg, run_dir=None, log=lambda _m: None)
+    trainer.train(handle_signals=False)
+    assert trainer.last_row["charts/op_agreement"] == 1.0
+    results = compare_with_baselines(trainer.policy, trainer.obs_normalizer, cfg, EPISODES, EVAL_SEED)
+    random_return = results["random"]["mean_return"]
+    summary = {k: round(v["mean_return"], 2) for k, v in results.items()}
+    assert results["ppo (greedy)"]["mean_return"] > random_return + MARGIN, summary
+    assert results["ppo (sampled)"]["mean_return"] > random_return + MARGIN, summary
+    assert results["ppo (greedy)"]["terminated_frac"] <= results["random"]["terminated_frac"], summary
