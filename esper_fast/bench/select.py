@@ -40,7 +40,7 @@ def _reference(logits, q, mask, deterministic):
 def _copy_gbps(nbytes: int, device: torch.device) -> float:
     src = torch.empty(max(nbytes // 4, 1), dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
-    us = median_us(lambda: dst.copy_(src), device)
+    us = median_us(lambda: dst.copy_(src), device, repeats=9, min_time_s=0.01)
     return 2 * src.numel() * 4 / us / 1e3  # read + write
 
 
@@ -55,11 +55,12 @@ def run(device: torch.device, ns, as_, dtypes, budget_s: float = 1e9) -> list[di
                 nbytes = n * a * (2 * esize + 1) + n * (8 + 16)
                 copy = _copy_gbps(nbytes, device) if device.type == "cuda" else None
                 for det in (True, False):
-                    ref_us = median_us(lambda: _reference(logits, q, mask, det), device, repeats=7)
+                    ref_us = median_us(lambda: _reference(logits, q, mask, det), device, repeats=7, min_time_s=0.01)
                     row = dict(N=n, A=a, dtype=str(dtype).replace("torch.", ""), mode="argmax" if det else "sample",
                                reference_us=ref_us, copy_GBps=copy)  # fmt: skip
                     for b in backends:
-                        us = median_us(lambda: select_op(logits, q, mask, deterministic=det, backend=b, validate=False), device)
+                        us = median_us(lambda: select_op(logits, q, mask, deterministic=det, backend=b, validate=False),
+                                       device, repeats=9, min_time_s=0.01)  # fmt: skip
                         row[f"{b}_us"] = us
                         row[f"{b}_speedup"] = ref_us / us
                         if device.type == "cuda":

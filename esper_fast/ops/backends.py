@@ -119,6 +119,8 @@ def _run_actions_cuda(logits, masks, q, noise, slot_by_op, key, deterministic, o
 def _cuda_why_not(device: torch.device) -> str | None:
     if device.type != "cuda":
         return f"the cuda backend takes CUDA tensors, got {device}"
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA device"
     return _cuda_module()[1]
 
 
@@ -151,6 +153,8 @@ def _triton_why_not(device: torch.device) -> str | None:
         return "triton runs CPU tensors only under TRITON_INTERPRET=1"
     if device.type not in ("cpu", "cuda"):
         return f"triton does not run on {device}"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "torch sees no CUDA device"
     return _triton_module()[1]
 
 

@@ -172,7 +172,7 @@ def _select_actions_kernel(
     _head(l2, sl2, m2, sm2, g2, sg2, key_ptr, rows, N, op, sbo_ptr, stride_sbo, act_ptr, f_ptr,
           2, S2, B2, (HAS_MASK >> 2) & 1, (HAS_NOISE >> 2) & 1, 1, DETERMINISTIC)
     _head(l0, sl0, m0, sm0, g0, sg0, key_ptr, rows, N, op, sbo_ptr, stride_sbo, act_ptr, f_ptr,
-          0, S0, B0, HAS_MASK & 1, HAS_NOISE & 1, 2 if HAS_SBO else 0, DETERMINISTIC)
+          0, S0, B0, HAS_MASK & 1, HAS_NOISE & 1, HAS_SBO * 2, DETERMINISTIC)
     _head(l1, sl1, m1, sm1, g1, sg1, key_ptr, rows, N, op, sbo_ptr, stride_sbo, act_ptr, f_ptr,
           1, S1, B1, (HAS_MASK >> 1) & 1, (HAS_NOISE >> 1) & 1, 0, DETERMINISTIC)
     _head(l3, sl3, m3, sm3, g3, sg3, key_ptr, rows, N, op, sbo_ptr, stride_sbo, act_ptr, f_ptr,
