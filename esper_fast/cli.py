@@ -197,8 +197,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     last = summary.get("last_metrics") or {}
     if last:
-        print(f"updates {summary['updates']}  env steps {summary['global_step']:,}  "
-              f"last return {last.get('charts/episode_return')}  op agreement {last.get('charts/op_agreement')}")
+        ret = last.get("charts/episode_return")
+        print(f"updates {summary['updates']}  env steps {summary['global_step']:,}  last return "
+              f"{'n/a' if ret is None else f'{ret:.2f}'}  value/action op agreement {last['charts/op_agreement']:.3f}")
     if summary.get("evaluation"):
         print(f"\nevaluation: {config.eval_episodes} episodes, seed {config.eval_seed}")
         print(format_table(summary["evaluation"]))

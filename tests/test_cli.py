@@ -164,3 +164,10 @@ def test_ctrl_c_saves_a_checkpoint(tmp_path):
     rows = (run / "metrics.jsonl").read_text().splitlines()
     assert ckpt["train_steps"] == len(rows) >= 1
     assert (run / "learning_curve.png").is_file()
+
+
+def test_tensorboard_events_when_installed(tmp_path):
+    pytest.importorskip("tensorboard")
+    assert main(["train", "--preset", "smoke", "--no-progress", "--eval-episodes", "0", "--runs-dir", str(tmp_path),
+                 "--name", "tb"]) == 0  # fmt: skip
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))

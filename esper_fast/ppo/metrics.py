@@ -78,9 +78,13 @@ def read_metrics_csv(path: str | os.PathLike) -> list[dict[str, float | None]]:
 
 
 def plot_learning_curve(rows: Sequence[dict[str, Any]], png_path: str | os.PathLike,
-                        baselines: dict[str, float] | None = None, title: str = "",
-                        smooth: int = 10) -> Path:  # fmt: skip
-    """Mean episode return per update against env steps, its moving average, baseline lines."""
+                        baselines: dict[str, float] | None = None, title: str = "", smooth: int = 10,
+                        finals: dict[str, float] | None = None, eval_note: str = "") -> Path:  # fmt: skip
+    """Mean episode return per update against env steps, its moving average, baseline lines.
+
+    ``baselines`` (name -> mean return) are drawn as horizontal lines, ``finals`` (name -> the trained
+    policy's evaluation return) as markers at the last step; ``eval_note`` annotates both.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -96,8 +100,14 @@ def plot_learning_curve(rows: Sequence[dict[str, Any]], png_path: str | os.PathL
         avg = [sum(ys[max(0, i - k + 1): i + 1]) / len(ys[max(0, i - k + 1): i + 1]) for i in range(len(ys))]
         ax.plot(xs, avg, color="tab:blue", linewidth=2, label=f"PPO ({k}-update mean)")
     colors = {"heuristic": "tab:green", "random": "tab:red"}
+    note = f", {eval_note}" if eval_note else ""
     for name, value in (baselines or {}).items():
-        ax.axhline(value, linestyle="--", color=colors.get(name, "gray"), label=f"{name} ({value:.1f})")
+        ax.axhline(value, linestyle="--", color=colors.get(name, "gray"), label=f"{name} ({value:.1f}{note})")
+    markers = iter(("o", "s", "^", "D"))
+    for name, value in (finals or {}).items():
+        x = pts[-1][0] if pts else 0
+        ax.plot([x], [value], marker=next(markers, "o"), linestyle="none", color="black",
+                label=f"{name} ({value:.1f}{note})")  # fmt: skip
     ax.set_xlabel("env steps")
     ax.set_ylabel("episode return")
     ax.set_title(title or "esper-fast PPO on SeedLifecycleEnv")

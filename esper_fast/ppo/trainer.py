@@ -72,9 +72,6 @@ class Trainer:
         self.log = log if self.ctx.is_main else (lambda _msg: None)
         self.num_updates = config.updates_for(self.ctx.world_size)
 
-        if config.torch_threads and self.device.type == "cpu":
-            torch.set_num_threads(config.torch_threads)
-
         # ---- seeding: same init on every rank (then broadcast), own env/sampler streams per rank
         seed = rank_seed(config.seed, self.ctx.rank)
         torch.manual_seed(config.seed)
@@ -122,7 +119,7 @@ class Trainer:
         cfg = self.config
         start_time, start_step = time.perf_counter(), self.global_step
         interrupted = False
-        with self._signals(handle_signals), validation_off(self.policy):
+        with self._signals(handle_signals), validation_off(self.policy), self._threads():
             while self.train_steps < self.num_updates:
                 # ---- ROLLOUT: every env runs rollout_steps steps, LSTM state carried per env ----
                 rollout_stats = self.rollout()
@@ -178,6 +175,7 @@ class Trainer:
         stats = {name: torch.zeros((), device=dev) for name in
                  ("return_sum", "length_sum", "episodes", "terminated", "agree", "invalid")}  # fmt: skip
         stats["op_counts"] = torch.zeros(NUM_OPS, device=dev)
+        ones = torch.ones(E, device=dev)
         b.initial_hidden = (self.hidden[0].clone(), self.hidden[1].clone())
         for t in range(T):
             env_obs = self.obs
@@ -214,7 +212,7 @@ class Trainer:
             stats["terminated"] += step.terminated.sum()
             stats["agree"] += agree.sum()
             stats["invalid"] += (step.effective_op != actions["op"]).sum()
-            stats["op_counts"] += torch.bincount(actions["op"], minlength=NUM_OPS)[:NUM_OPS]
+            stats["op_counts"].index_add_(0, actions["op"], ones)  # (bincount would sync on CUDA)
 
             keep = (~done).to(result.hidden[0].dtype).view(1, E, 1)  # new episode -> zero LSTM state
             self.hidden = (result.hidden[0] * keep, result.hidden[1] * keep)
@@ -270,10 +268,11 @@ class Trainer:
     # Checkpoints
     # =============================================================================================
     def _rank_state(self) -> dict[str, Any]:
-        env_state = {k: v.clone() for k, v in vars(self.env).items() if isinstance(v, Tensor)}
+        """This process's own state, on the CPU (gathered to rank 0 for the checkpoint)."""
+        env_state = {k: v.cpu().clone() for k, v in vars(self.env).items() if isinstance(v, Tensor)}
         return {
-            "env": env_state, "hidden": [self.hidden[0].clone(), self.hidden[1].clone()],
-            "reward_normalizer": self.reward_normalizer.state_dict(),
+            "env": env_state, "hidden": [self.hidden[0].cpu().clone(), self.hidden[1].cpu().clone()],
+            "reward_normalizer": {k: v.cpu() for k, v in self.reward_normalizer.state_dict().items()},
             "action_generator": self.action_generator.get_state(), "update_generator": self.update_generator.get_state(),
             "torch_rng": torch.get_rng_state(),
         }  # fmt: skip
@@ -372,15 +371,31 @@ class Trainer:
             self.log("matplotlib not installed: no learning_curve.png (pip install matplotlib)")
             return None
         rows = read_metrics_csv(self.writer.csv_path) if self.writer.csv_path.is_file() else []
-        baselines = {k: v["mean_return"] for k, v in (evaluation or {}).items() if k in ("heuristic", "random")}
+        evaluation = evaluation or {}
+        baselines = {k: v["mean_return"] for k, v in evaluation.items() if k in ("heuristic", "random")}
+        finals = {k: v["mean_return"] for k, v in evaluation.items() if k.startswith("ppo")}
         title = f"PPO ({self.config.value_mode}, H={self.config.lstm_hidden_dim}, {self.config.num_envs} envs x {self.ctx.world_size})"
-        return plot_learning_curve(rows, self.run_dir / "learning_curve.png", baselines, title=title)
+        return plot_learning_curve(rows, self.run_dir / "learning_curve.png", baselines, title=title, finals=finals,
+                                   eval_note=f"{self.config.eval_episodes} eval episodes")  # fmt: skip
 
     def _write_config(self) -> None:
         payload = {"config": self.config.to_dict(), "derived": self.config.derived(),
                    "world_size": self.ctx.world_size, "num_updates": self.num_updates,
                    "architecture": architecture(self.config)}  # fmt: skip
         (self.run_dir / "config.json").write_text(json.dumps(payload, indent=2))
+        table = "\n".join(f"|{k}|{v}|" for k, v in {**payload["config"], **payload["derived"]}.items())
+        self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)  # CleanRL-style
+
+    @contextmanager
+    def _threads(self) -> Iterator[None]:
+        """``torch.set_num_threads(config.torch_threads)`` on CPU for the run, restored afterwards."""
+        old = torch.get_num_threads()
+        if self.config.torch_threads and self.device.type == "cpu":
+            torch.set_num_threads(self.config.torch_threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(old)
 
     @contextmanager
     def _signals(self, enabled: bool) -> Iterator[None]:
