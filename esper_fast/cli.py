@@ -63,9 +63,19 @@ def _parse_head_coefs(text: str) -> dict[str, float]:
     return out
 
 
+def _choices() -> dict[str, tuple[str, ...]]:
+    """Fields whose values come from a fixed set (shown in --help, checked by argparse)."""
+    from esper_fast.envs.masks import TOPOLOGIES
+    from esper_fast.ops.backends import BACKEND_NAMES
+    from esper_fast.ppo.config import VALUE_MODES
+
+    return {"value_mode": VALUE_MODES, "topology": tuple(TOPOLOGIES), "backend": ("auto", *BACKEND_NAMES)}
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     from esper_fast.ppo.config import PPOConfig, field_docs
 
+    choices = _choices()
     docs, hints = field_docs(), typing.get_type_hints(PPOConfig)
     group = parser.add_argument_group("training configuration (override the preset; PPOConfig fields)")
     for f in dataclasses.fields(PPOConfig):
@@ -87,6 +97,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             parse, metavar = base, base.__name__.upper()
         if optional:
             parse, metavar = _parse_none(parse), metavar + "|none"
+        if f.name in choices:
+            kw["choices"], metavar = choices[f.name], None
         group.add_argument(_flag(f.name), type=parse, metavar=metavar, **kw)
 
 
