@@ -82,9 +82,10 @@ def test_cuda_graph_replay_draws_fresh_actions(no_validation):
         static = policy.get_action(state, bp, None, **masks)
     seen = []
     for _ in range(3):
-        for t in static.actions.values():
-            t.fill_(-7)  # poison: only the replayed kernels can restore these
-        static.values.fill_(float("nan"))
+        with torch.inference_mode():  # get_action's outputs are inference tensors
+            for t in static.actions.values():
+                t.fill_(-7)  # poison: only the replayed kernels can restore these
+            static.values.fill_(float("nan"))
         graph.replay()
         torch.cuda.synchronize()
         assert all((t >= 0).all() for t in static.actions.values())

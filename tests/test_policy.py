@@ -473,14 +473,14 @@ def test_slot_by_op_mask_restricts_slot_per_op():
 @requires_cuda
 def test_get_action_has_no_host_sync_without_validation():
     policy = small_policy().cuda()
-    state, bp = inputs(64)
+    state, bp = (t.cuda() for t in inputs(64))  # host->device copies sync: done before checking
     masks = {k: v.cuda() for k, v in random_masks(64).items()}
     FactoredPolicy.validate = False
     try:
-        policy.get_action(state.cuda(), bp.cuda(), **masks)  # warm-up (lazy init may sync)
+        policy.get_action(state, bp, **masks)  # warm-up (lazy init may sync)
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
-        policy.get_action(state.cuda(), bp.cuda(), **masks)
+        policy.get_action(state, bp, **masks)
     finally:
         torch.cuda.set_sync_debug_mode("default")
         FactoredPolicy.validate = True
