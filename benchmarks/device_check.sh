@@ -25,15 +25,16 @@ XDIST=""
 # The CPU variants of these tests run in CI; here only what needs the GPU.
 timeout 130 "$PY" -m pytest -q $XDIST -p no:cacheprovider tests/test_select.py tests/test_actions.py \
     tests/test_policy.py tests/test_compile.py tests/test_env.py \
-    -k "cuda or gpu or graph or sync or inductor or devices or generator_on_wrong" >"$OUT/gpu_tests.log" 2>&1
-echo "pytest exit code: $?" | tee -a "$OUT/gpu_tests.log" "$LOG"
-tail -5 "$OUT/gpu_tests.log" | tee -a "$LOG"
+    -k "cuda or gpu or graph or sync or inductor or devices or generator_on_wrong" >/tmp/gpu_tests.log 2>&1
+echo "pytest exit code: $?" | tee -a /tmp/gpu_tests.log
+cat /tmp/gpu_tests.log >>"$LOG"
+tail -5 /tmp/gpu_tests.log
 
 stage "bench select"
 timeout 110 "$PY" -m esper_fast.bench select --budget-s 80 --out "$OUT" >>"$LOG" 2>&1 || stage "bench select exited with $?"
 
 stage "bench get_action"
-timeout 140 "$PY" -m esper_fast.bench get_action --budget-s 95 --out "$OUT" >>"$LOG" 2>&1 || stage "bench get_action exited with $?"
+timeout 140 "$PY" -m esper_fast.bench get_action --budget-s 95 --profile-batch 64 --out "$OUT" >>"$LOG" 2>&1 || stage "bench get_action exited with $?"
 
 stage "bench train"
 timeout 75 "$PY" -m esper_fast.bench train --device cuda --updates 2 --out "$OUT" >>"$LOG" 2>&1 || stage "bench train exited with $?"

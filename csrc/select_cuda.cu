@@ -39,70 +39,79 @@ __device__ __forceinline__ const void* row_base(const void* base, int dtype, int
   return static_cast<const char*>(base) + row * stride * dtype_size(dtype);
 }
 
-template <int LANES, int EPT>
+// Each lane group owns RPT rows (loads for all of them are issued before any reduction, so more
+// bytes are in flight per thread), LANES lanes per row, EPT elements per lane.
+template <int LANES, int EPT, int RPT>
 __global__ void __launch_bounds__(kThreads) select_kernel(SelectArgs a) {
   constexpr int kRowsPerWarp = 32 / LANES;
   const int lane = threadIdx.x & 31;
   const int64_t warp = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) >> 5;
-  const int64_t row = warp * kRowsPerWarp + lane / LANES;
+  const int64_t first_row = warp * kRowsPerWarp * RPT + lane / LANES;
   const int sub = lane % LANES;
-  const bool live = row < a.n;
   const uint64_t key =
       (!a.deterministic && a.noise == nullptr) ? static_cast<uint64_t>(*a.key) : 0u;
 
-  const void* lrow = live ? row_base(a.logits, a.logits_dtype, a.logits_stride, row) : nullptr;
-  const void* qrow =
-      (live && a.q != nullptr) ? row_base(a.q, a.q_dtype, a.q_stride, row) : nullptr;
-
-  float lv[EPT], qv[EPT];
-  bool valid[EPT];
-  PickState p = pick_init();
+  float lv[RPT][EPT], qv[RPT][EPT];
+  bool valid[RPT][EPT];
 #pragma unroll
-  for (int e = 0; e < EPT; ++e) {
-    const int j = e * LANES + sub;
-    valid[e] = live && j < a.a && (a.mask == nullptr || a.mask[row * a.mask_stride + j]);
-    lv[e] = 0.0f;
-    qv[e] = 0.0f;
-    if (valid[e]) {
-      lv[e] = load_float(lrow, a.logits_dtype, j);
-      qv[e] = qrow != nullptr ? load_float(qrow, a.q_dtype, j) : 0.0f;
-      float score = lv[e];
+  for (int r = 0; r < RPT; ++r) {  // phase 1: loads
+    const int64_t row = first_row + r * kRowsPerWarp;
+    const bool live = row < a.n;
+    const void* lrow = live ? row_base(a.logits, a.logits_dtype, a.logits_stride, row) : nullptr;
+    const void* qrow =
+        (live && a.q != nullptr) ? row_base(a.q, a.q_dtype, a.q_stride, row) : nullptr;
+#pragma unroll
+    for (int e = 0; e < EPT; ++e) {
+      const int j = e * LANES + sub;
+      valid[r][e] = live && j < a.a && (a.mask == nullptr || a.mask[row * a.mask_stride + j]);
+      lv[r][e] = valid[r][e] ? load_float(lrow, a.logits_dtype, j) : 0.0f;
+      qv[r][e] = (valid[r][e] && qrow != nullptr) ? load_float(qrow, a.q_dtype, j) : 0.0f;
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < RPT; ++r) {  // phase 2: choose, reduce across the row's lanes, write
+    const int64_t row = first_row + r * kRowsPerWarp;
+    PickState p = pick_init();
+#pragma unroll
+    for (int e = 0; e < EPT; ++e) {
+      if (!valid[r][e]) continue;
+      const int j = e * LANES + sub;
+      float score = lv[r][e];
       if (!a.deterministic) {
         score += a.noise != nullptr
                      ? a.noise[row * a.noise_stride + j]
                      : gumbel(philox_uniform(key, row, static_cast<uint32_t>(j), 0u));
       }
-      pick_observe(p, j, lv[e], qv[e], score);
+      pick_observe(p, j, lv[r][e], qv[r][e], score);
     }
-  }
 #pragma unroll
-  for (int off = LANES / 2; off > 0; off >>= 1) p = pick_combine(p, shfl_xor(p, off));
-
-  SumState s = sum_init();
-  if (p.count > 0 && !p.bad) {
+    for (int off = LANES / 2; off > 0; off >>= 1) p = pick_combine(p, shfl_xor(p, off));
+    SumState s = sum_init();
+    if (p.count > 0 && !p.bad) {
 #pragma unroll
-    for (int e = 0; e < EPT; ++e) {
-      if (valid[e]) sum_observe(s, lv[e], qv[e], p.m);
+      for (int e = 0; e < EPT; ++e) {
+        if (valid[r][e]) sum_observe(s, lv[r][e], qv[r][e], p.m);
+      }
     }
-  }
 #pragma unroll
-  for (int off = LANES / 2; off > 0; off >>= 1) s = sum_combine(s, shfl_xor(s, off));
-
-  if (live && sub == 0) {
-    const RowResult r = finalize_row(p, s);
-    a.out_op[row] = r.action;
-    a.out_log_prob[row] = r.log_prob;
-    a.out_entropy[row] = r.entropy;
-    a.out_q_op[row] = r.q_sel;
-    a.out_value[row] = r.value;
+    for (int off = LANES / 2; off > 0; off >>= 1) s = sum_combine(s, shfl_xor(s, off));
+    if (row < a.n && sub == 0) {
+      const RowResult res = finalize_row(p, s);
+      a.out_op[row] = res.action;
+      a.out_log_prob[row] = res.log_prob;
+      a.out_entropy[row] = res.entropy;
+      a.out_q_op[row] = res.q_sel;
+      a.out_value[row] = res.value;
+    }
   }
 }
 
 template <int LANES, int EPT>
 cudaError_t launch(const SelectArgs& a, cudaStream_t stream) {
-  constexpr int kRowsPerBlock = (kThreads / 32) * (32 / LANES);
+  constexpr int kRpt = EPT == 1 ? 4 : (EPT == 2 ? 2 : 1);
+  constexpr int kRowsPerBlock = (kThreads / 32) * (32 / LANES) * kRpt;
   const int64_t blocks = (a.n + kRowsPerBlock - 1) / kRowsPerBlock;
-  select_kernel<LANES, EPT><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a);
+  select_kernel<LANES, EPT, kRpt><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a);
   return cudaGetLastError();
 }
 

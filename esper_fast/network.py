@@ -275,6 +275,55 @@ class FactoredNetwork(nn.Module):
         logits = {h: self.head_module(h)(lstm_out) for h in HEAD_NAMES}
         return HeadOutputs(logits, self.q_values(lstm_out), lstm_out, new_hidden)
 
+    # ---- the inference fast path: every head in four GEMMs -------------------------------------------
+    def _fused_head_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(W1, b1, W2, b2): the first Linear of the 7 small heads, blueprint_head and value_head's state
+        part stacked, and the 7 small heads' output Linears as one block-diagonal matrix.
+
+        Built from the live parameters on every call (so a captured CUDA graph or a compiled graph
+        always reads current weights); on CPU in eager mode cached until a parameter changes.
+        """
+        params = [self.head_module(h)[i].weight for h in SMALL_HEADS for i in (0, 2)]
+        params += [self.head_module(h)[i].bias for h in SMALL_HEADS for i in (0, 2)]
+        params += [self.blueprint_head[0].weight, self.blueprint_head[0].bias, self.value_head[0].weight,
+                   self.value_head[0].bias]  # fmt: skip
+        cacheable = params[0].device.type == "cpu" and not torch.compiler.is_compiling()
+        key = tuple((p.data_ptr(), p._version) for p in params) if cacheable else None
+        cached = self.__dict__.get("_fused_cache")
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
+        H = self.lstm_hidden_dim
+        first = [self.head_module(h)[0] for h in SMALL_HEADS]
+        w1 = torch.cat([m.weight for m in first] + [self.blueprint_head[0].weight, self.value_head[0].weight[:, :H]])
+        b1 = torch.cat([m.bias for m in first] + [self.blueprint_head[0].bias, self.value_head[0].bias])
+        w2 = torch.block_diag(*[self.head_module(h)[2].weight for h in SMALL_HEADS])
+        b2 = torch.cat([self.head_module(h)[2].bias for h in SMALL_HEADS])
+        weights = (w1, b1, w2, b2)
+        if key is not None:
+            self.__dict__["_fused_cache"] = (key, weights)
+        return weights
+
+    def action_heads(self, lstm_out: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """Every head's logits and Q(s, .) for ``lstm_out [N, H]`` in four GEMMs (inference path).
+
+        Same parameters and math as :meth:`heads` (floats differ only by GEMM rounding). Returns
+        (head -> ``[N, n_head]`` logits, views into one buffer; ``q [N, num_ops]``).
+        """
+        w1, b1, w2, b2 = self._fused_head_weights()
+        H, half = self.lstm_hidden_dim, self.lstm_hidden_dim // 2
+        small = len(SMALL_HEADS) * half
+        z = F.linear(lstm_out, w1, b1)  # [N, 7*half + H + half]
+        small_logits = F.linear(torch.relu(z[:, :small]), w2, b2)  # [N, sum of small head sizes]
+        bp = self.blueprint_head
+        bp_logits = bp[4](torch.relu(bp[2](torch.relu(z[:, small : small + H]))))
+        pre = z[:, small + H :].unsqueeze(-2) + self.value_head[0].weight[:, H:].t()  # [N, num_ops, half]
+        q = F.linear(torch.relu(pre), self.value_head[2].weight, self.value_head[2].bias).squeeze(-1)
+        logits, start = {"blueprint": bp_logits}, 0
+        for h in SMALL_HEADS:
+            logits[h] = small_logits[:, start : start + self.head_sizes[h]]
+            start += self.head_sizes[h]
+        return {h: logits[h] for h in HEAD_NAMES}, q
+
     # ---- evaluation of stored actions (differentiable; the PPO update path) ------------------------
     def evaluate_actions(
         self,

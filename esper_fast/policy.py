@@ -169,11 +169,11 @@ class FactoredPolicy(FactoredNetwork):
         # inference_mode as esper; no_grad while torch.compile traces (inductor cannot take views of
         # parameters inside an inference-mode region).
         with torch.no_grad() if torch.compiler.is_compiling() else torch.inference_mode():
-            out = self.heads(state, blueprint_indices, hidden)
-            logits = {h: l[:, 0] for h, l in out.logits.items()}
+            lstm_out, new_hidden = self.trunk(state, blueprint_indices, hidden)
+            logits, q = self.action_heads(lstm_out[:, 0])
             if self.validate:
                 validate_masks_and_logits(logits, masks)
-            sel = select_actions(logits, masks, out.q_values[:, 0], deterministic=deterministic,
+            sel = select_actions(logits, masks, q, deterministic=deterministic,
                                  noise=noise, generator=generator, slot_by_op=slot_by_op,
                                  backend=self.backend)  # fmt: skip
             values = sel.q_op if self.value_mode == "q_op" else sel.expected_value
@@ -181,7 +181,7 @@ class FactoredPolicy(FactoredNetwork):
             if return_op_logits:
                 op_logits = self._masked_logits({"op": logits["op"]}, {"op": masks["op"]})["op"]
         return GetActionResult(
-            actions=sel.actions, log_probs=sel.log_probs, values=values, hidden=out.hidden,
+            actions=sel.actions, log_probs=sel.log_probs, values=values, hidden=new_hidden,
             sampled_op=sel.actions["op"], op_logits=op_logits, head_entropies=sel.entropies,
             q_op=sel.q_op, expected_value=sel.expected_value,
         )  # fmt: skip

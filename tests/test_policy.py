@@ -484,3 +484,15 @@ def test_get_action_has_no_host_sync_without_validation():
     finally:
         torch.cuda.set_sync_debug_mode("default")
         FactoredPolicy.validate = True
+
+
+def test_fused_action_heads_equal_the_per_head_modules():
+    policy = small_policy()
+    lstm_out = torch.randn(9, 32)
+    logits, q = policy.action_heads(lstm_out)
+    for head in HEAD_NAMES:
+        torch.testing.assert_close(logits[head], policy.head_module(head)(lstm_out), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(q, policy.q_values(lstm_out), atol=1e-6, rtol=1e-5)
+    with torch.no_grad():  # the CPU weight cache must notice in-place parameter updates
+        policy.op_head[2].bias += 1.0
+    torch.testing.assert_close(policy.action_heads(lstm_out)[0]["op"], policy.op_head(lstm_out), atol=1e-6, rtol=1e-5)

@@ -346,3 +346,11 @@ def test_q_none_gives_zero_critic_outputs(backend, device):
     assert torch.equal(got.op.cpu(), ref.op.cpu())
     torch.testing.assert_close(got.log_prob.cpu(), ref.log_prob.cpu())
     assert (got.q_op == 0).all() and (got.value == 0).all()
+
+
+def test_auto_dispatch_by_size():
+    from esper_fast.ops.backends import prefer_triton
+
+    assert not prefer_triton(64, 6) and not prefer_triton(4_194_304, 6)  # narrow rows: cuda
+    assert not prefer_triton(16_384, 64)  # small input: launch overhead decides
+    assert prefer_triton(262_144, 16) and prefer_triton(4_194_304, 64)

@@ -48,6 +48,8 @@ def median_us(fn: Callable[[], object], device: torch.device, *, warmup: int = 5
 
 
 def _git_sha() -> str:
+    if os.environ.get("ESPER_FAST_GIT_SHA"):  # set by device_check.sh callers (no .git there)
+        return os.environ["ESPER_FAST_GIT_SHA"]
     try:
         root = Path(__file__).resolve().parents[2]
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,

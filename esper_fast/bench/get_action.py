@@ -45,6 +45,23 @@ def _graphed(policy, state, bp, masks, hidden):
     return graph.replay
 
 
+def profile_table(policy, batch: int, device: torch.device, calls: int = 10) -> str:
+    """torch.profiler table of ``calls`` eager get_action calls (the explanation behind the numbers)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    state, bp, masks, hidden = _inputs(policy, batch, device)
+    for _ in range(3):
+        policy.get_action(state, bp, hidden, **masks)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(calls):
+            policy.get_action(state, bp, hidden, **masks)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    sort = "cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=sort, row_limit=30)
+
+
 def run(device: torch.device, batches, compile_batches, hidden_dim: int, budget_s: float) -> list[dict]:
     torch.manual_seed(0)
     fused = FactoredPolicy(114, feature_dim=hidden_dim, lstm_hidden_dim=hidden_dim).to(device).eval()
@@ -95,13 +112,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hidden-dim", type=int, default=512, help="lstm_hidden_dim = feature_dim (esper: 512)")
     p.add_argument("--budget-s", type=float, default=1e9)
     p.add_argument("--out", default=None)
+    p.add_argument("--profile-batch", type=int, default=0, help="also write a torch.profiler table at this batch")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     rows = run(device, args.batches, set(args.compile_batches), args.hidden_dim, args.budget_s)
+    out = Path(args.out) if args.out else default_out_dir()
+    if args.profile_batch:
+        torch.manual_seed(0)
+        pol = FactoredPolicy(114, feature_dim=args.hidden_dim, lstm_hidden_dim=args.hidden_dim).to(device).eval()
+        FactoredPolicy.validate = False
+        table = profile_table(pol, args.profile_batch, device)
+        FactoredPolicy.validate = True
+        kind = "gpu" if device.type == "cuda" else "cpu"
+        (out / f"bench_get_action_profile_{kind}.md").write_text(
+            f"# FactoredPolicy.get_action profile, batch {args.profile_batch}, 10 eager calls "
+            f"({machine_info(device)['device_name']})\n\n```\n{table}\n```\n")
+        print(table)
     cols = ["batch", "reference_us", "legacy_us", "fused_us", "fused_speedup"]
     if device.type == "cuda":
         cols += ["fused_graph_us", "fused_graph_speedup", "fused_compiled_us", "fused_compiled_speedup"]
-    out = Path(args.out) if args.out else default_out_dir()
     name = f"bench_get_action_{'gpu' if device.type == 'cuda' else 'cpu'}"
     write_results(name, machine_info(device), rows, cols, out,
                   notes=f"esper default sizes (H={args.hidden_dim}), all-valid masks, validation off, stochastic; "

@@ -10,9 +10,12 @@ triton    CUDA tensors (CPU tensors only      esper_fast/ops/triton_select.py
           under TRITON_INTERPRET=1)
 ========  ==================================  ===============================================
 
-``backend="auto"`` (or the ``ESPER_FAST_BACKEND`` environment variable) picks ``cuda`` then ``triton``
-for CUDA tensors and ``cpu`` for CPU tensors, falling back to ``torch`` only in auto mode. An
-explicitly named backend that cannot run raises :class:`BackendUnavailableError` with the reason.
+``backend="auto"`` (or the ``ESPER_FAST_BACKEND`` environment variable) picks ``cpu`` for CPU tensors
+and, for CUDA tensors, by size (:func:`prefer_triton`, from the crossover measured on an H100 in
+benchmarks/results/): ``triton`` for wide, large inputs, ``cuda`` otherwise (its C++ launch costs a
+fraction of Triton's Python launch, which decides every small call). ``torch`` is used only when
+nothing else can run. An explicitly named backend that cannot run raises
+:class:`BackendUnavailableError` with the reason - never a silent fallback.
 """
 
 from __future__ import annotations
@@ -167,6 +170,19 @@ _BACKENDS = {
 _AUTO_ORDER = {"cuda": ("cuda", "triton", "torch"), "cpu": ("cpu", "torch")}
 
 
+# Measured crossover (H100, benchmarks/results/bench_select_gpu_*): Triton's tiles win once rows are
+# at least 16 wide (padded) and the input holds >= 4M padded elements; below that the cuda backend's
+# lower launch overhead (or, for A <= 8, its lane-per-element layout) wins.
+TRITON_MIN_WIDTH = 16
+TRITON_MIN_ELEMENTS = 1 << 22
+
+
+def prefer_triton(n: int, a: int) -> bool:
+    """Whether ``auto`` should take triton over cuda for an ``[n, a]`` select_op."""
+    width = 1 << max(a - 1, 0).bit_length()
+    return width >= TRITON_MIN_WIDTH and n * width >= TRITON_MIN_ELEMENTS
+
+
 def get_backend(name: str) -> Backend:
     return _BACKENDS[name]
 
@@ -180,13 +196,19 @@ def available_backends(device: torch.device | str | None = None) -> list[str]:
     return [n for n in BACKEND_NAMES if any(_BACKENDS[n].why_not(d) is None for d in devices)]
 
 
-def resolve_backend(requested: str, device: torch.device) -> Backend:
-    """The backend to run for ``requested`` ("auto" or a name) on ``device``; raises if it can't."""
+def resolve_backend(requested: str, device: torch.device, shape: tuple[int, int] | None = None) -> Backend:
+    """The backend to run for ``requested`` ("auto" or a name) on ``device``; raises if it can't.
+
+    ``shape`` (rows, width) lets ``auto`` pick by size on CUDA (see :func:`prefer_triton`).
+    """
     name = requested
     if name == "auto":
         name = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
     if name == "auto":
-        for candidate in _AUTO_ORDER.get(device.type, ("torch",)):
+        order = _AUTO_ORDER.get(device.type, ("torch",))
+        if device.type == "cuda" and shape is not None and prefer_triton(*shape):
+            order = ("triton", "cuda", "torch")
+        for candidate in order:
             if _BACKENDS[candidate].why_not(device) is None:
                 return _BACKENDS[candidate]
     if name not in _BACKENDS:

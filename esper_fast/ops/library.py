@@ -28,7 +28,7 @@ def select_op_op(
     n = logits.shape[0]
     op = torch.empty(n, dtype=torch.int64, device=logits.device)
     f = torch.empty(4, n, dtype=torch.float32, device=logits.device)
-    resolve_backend(backend, logits.device).run(logits, q, mask, noise, key, deterministic, OpSelection(op, *f))
+    resolve_backend(backend, logits.device, tuple(logits.shape)).run(logits, q, mask, noise, key, deterministic, OpSelection(op, *f))
     return op, f
 
 

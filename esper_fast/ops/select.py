@@ -162,7 +162,7 @@ def select_op(
         for dst, src in zip(out, res):
             dst.copy_(src)
         return out
-    impl = resolve_backend(backend, logits.device)
+    impl = resolve_backend(backend, logits.device, tuple(logits.shape))
     if out is None:
         out = empty_selection(logits.shape[0], logits.device)
     bad_count = impl.run(logits, q, mask, noise, key, deterministic, out)
