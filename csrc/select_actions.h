@@ -48,34 +48,47 @@ EF_HD const T* offset_row(const T* base, int64_t stride_bytes, int64_t row) {
                                                       row * stride_bytes);
 }
 
-// Chooses every head of row `row`; returns 1 if any head came back bad (action -1).
-EF_HD int select_action_row(const ActionArgs& a, int64_t row, uint64_t key) {
+// Whether head h depends on the chosen op (style: forced SIGMOID_ADD; slot: slot_by_op).
+EF_HD bool head_needs_op(int h) { return h == kStyleHead || h == kSlotHead; }
+
+// Head h of row `row` once the op is known (`op` is ignored by heads that do not need it).
+EF_HD RowResult select_head_row(const ActionArgs& a, int64_t row, int h, int op, uint64_t key) {
+  int forced = -1;
+  const uint8_t* mask2 = nullptr;
+  if (h == kStyleHead && op != kGerminate && op != kSetAlphaTarget) forced = kSigmoidAdd;
+  if (h == kSlotHead && a.slot_by_op != nullptr && op >= 0)
+    mask2 = a.slot_by_op + row * a.slot_by_op_stride + op * a.size[kSlotHead];
+  const bool is_op = h == kOpHead;
+  return select_row(
+      offset_row(a.logits[h], a.logits_stride[h] * dtype_size(a.logits_dtype[h]), row),
+      a.logits_dtype[h], is_op ? offset_row(a.q, a.q_stride * dtype_size(a.q_dtype), row) : nullptr,
+      a.q_dtype, offset_row(a.mask[h], a.mask_stride[h], row), mask2, forced,
+      offset_row(a.noise[h], a.noise_stride[h] * 4, row), a.size[h], a.deterministic, key, row,
+      static_cast<uint32_t>(h + 1));
+}
+
+// Writes head h's result for `row` (the op head also writes q_op and the expected value).
+EF_HD void write_head(const ActionArgs& a, int64_t row, int h, const RowResult& r) {
   const int64_t n = a.n;
-  int bad = 0;
-  int op = -1;
-  for (int k = -1; k < kNumHeads - 1; ++k) {
-    const int h = k < 0 ? kOpHead : head_after_op(k);
-    const bool is_op = h == kOpHead;
-    int forced = -1;
-    const uint8_t* mask2 = nullptr;
-    if (h == kStyleHead && op != kGerminate && op != kSetAlphaTarget) forced = kSigmoidAdd;
-    if (h == kSlotHead && a.slot_by_op != nullptr && op >= 0)
-      mask2 = a.slot_by_op + row * a.slot_by_op_stride + op * a.size[kSlotHead];
-    const RowResult r = select_row(
-        offset_row(a.logits[h], a.logits_stride[h] * dtype_size(a.logits_dtype[h]), row),
-        a.logits_dtype[h],
-        is_op ? offset_row(a.q, a.q_stride * dtype_size(a.q_dtype), row) : nullptr, a.q_dtype,
-        offset_row(a.mask[h], a.mask_stride[h], row), mask2, forced,
-        offset_row(a.noise[h], a.noise_stride[h] * 4, row), a.size[h], a.deterministic, key,
-        row, static_cast<uint32_t>(h + 1));
-    if (is_op) {
-      op = static_cast<int>(r.action);
-      a.out_f[16 * n + row] = r.q_sel;
-      a.out_f[17 * n + row] = r.value;
-    }
-    a.out_actions[h * n + row] = r.action;
-    a.out_f[h * n + row] = r.log_prob;
-    a.out_f[(kNumHeads + h) * n + row] = r.entropy;
+  if (h == kOpHead) {
+    a.out_f[16 * n + row] = r.q_sel;
+    a.out_f[17 * n + row] = r.value;
+  }
+  a.out_actions[h * n + row] = r.action;
+  a.out_f[h * n + row] = r.log_prob;
+  a.out_f[(kNumHeads + h) * n + row] = r.entropy;
+}
+
+// Chooses every head of row `row` in turn (the CPU kernel); returns 1 if any head came back bad.
+EF_HD int select_action_row(const ActionArgs& a, int64_t row, uint64_t key) {
+  const RowResult op_result = select_head_row(a, row, kOpHead, -1, key);
+  write_head(a, row, kOpHead, op_result);
+  const int op = static_cast<int>(op_result.action);
+  int bad = op < 0;
+  for (int k = 0; k < kNumHeads - 1; ++k) {
+    const int h = head_after_op(k);
+    const RowResult r = select_head_row(a, row, h, op, key);
+    write_head(a, row, h, r);
     bad |= r.action < 0;
   }
   return bad;

@@ -159,20 +159,30 @@ namespace esper_fast {
 
 namespace {
 
+// Eight lanes per row, one per head: the op lane and the five op-independent heads run at once,
+// then the op is broadcast by a shuffle and the style and slot lanes apply esper's rules.
 constexpr int kActionThreads = 128;
 
 __global__ void __launch_bounds__(kActionThreads) select_actions_kernel(ActionArgs a) {
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kActionThreads + threadIdx.x;
-  if (row >= a.n) return;
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * kActionThreads + threadIdx.x;
+  const int64_t row = t / kNumHeads;
+  const int h = static_cast<int>(t % kNumHeads);
+  const bool live = row < a.n;
   const bool needs_key = !a.deterministic && a.key != nullptr;
-  select_action_row(a, row, needs_key ? static_cast<uint64_t>(*a.key) : 0u);
+  const uint64_t key = needs_key ? static_cast<uint64_t>(*a.key) : 0u;
+  RowResult r{0, 0.0f, 0.0f, 0.0f, 0.0f};
+  if (live && !head_needs_op(h)) r = select_head_row(a, row, h, -1, key);
+  const int lane = threadIdx.x & 31;
+  const int op = __shfl_sync(0xffffffffu, static_cast<int>(r.action), (lane & ~(kNumHeads - 1)) | kOpHead);
+  if (live && head_needs_op(h)) r = select_head_row(a, row, h, op, key);
+  if (live) write_head(a, row, h, r);
 }
 
 }  // namespace
 
 const char* select_actions_cuda(const ActionArgs& a, void* stream_ptr) {
   if (a.n == 0) return nullptr;
-  const int64_t blocks = (a.n + kActionThreads - 1) / kActionThreads;
+  const int64_t blocks = (a.n * kNumHeads + kActionThreads - 1) / kActionThreads;
   select_actions_kernel<<<static_cast<unsigned>(blocks), kActionThreads, 0,
                           static_cast<cudaStream_t>(stream_ptr)>>>(a);
   const cudaError_t err = cudaGetLastError();

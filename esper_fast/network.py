@@ -280,14 +280,17 @@ class FactoredNetwork(nn.Module):
         """(W1, b1, W2, b2): the first Linear of the 7 small heads, blueprint_head and value_head's state
         part stacked, and the 7 small heads' output Linears as one block-diagonal matrix.
 
-        Built from the live parameters on every call (so a captured CUDA graph or a compiled graph
-        always reads current weights); on CPU in eager mode cached until a parameter changes.
+        Cached in eager mode until a parameter changes (version counters); rebuilt from the live
+        parameters inside torch.compile and during CUDA-graph capture, so compiled and captured graphs
+        contain the concatenation and always read the current weights.
         """
         params = [self.head_module(h)[i].weight for h in SMALL_HEADS for i in (0, 2)]
         params += [self.head_module(h)[i].bias for h in SMALL_HEADS for i in (0, 2)]
         params += [self.blueprint_head[0].weight, self.blueprint_head[0].bias, self.value_head[0].weight,
                    self.value_head[0].bias]  # fmt: skip
-        cacheable = params[0].device.type == "cpu" and not torch.compiler.is_compiling()
+        cacheable = not torch.compiler.is_compiling() and not (
+            params[0].is_cuda and torch.cuda.is_current_stream_capturing()
+        )
         key = tuple((p.data_ptr(), p._version) for p in params) if cacheable else None
         cached = self.__dict__.get("_fused_cache")
         if key is not None and cached is not None and cached[0] == key:
