@@ -30,14 +30,20 @@ echo "pytest exit code: $?" | tee -a /tmp/gpu_tests.log
 cat /tmp/gpu_tests.log >>"$LOG"
 tail -5 /tmp/gpu_tests.log
 
+# QUICK=1: tests + get_action only (a short re-check after a kernel change).
+if [ "${QUICK:-0}" != "1" ]; then
 stage "bench select"
 timeout 110 "$PY" -m esper_fast.bench select --budget-s 80 --out "$OUT" >>"$LOG" 2>&1 || stage "bench select exited with $?"
+
+fi
 
 stage "bench get_action"
 timeout 140 "$PY" -m esper_fast.bench get_action --budget-s 95 --profile-batch 64 --out "$OUT" >>"$LOG" 2>&1 || stage "bench get_action exited with $?"
 
+if [ "${QUICK:-0}" != "1" ]; then
 stage "bench train"
 timeout 75 "$PY" -m esper_fast.bench train --device cuda --updates 2 --out "$OUT" >>"$LOG" 2>&1 || stage "bench train exited with $?"
+fi
 
 stage "done"
 cat "$OUT"/*.md 2>/dev/null | cut -c1-400
