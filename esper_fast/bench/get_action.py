@@ -135,7 +135,13 @@ def main(argv: list[str] | None = None) -> None:
     write_results(name, machine_info(device), rows, cols, out,
                   notes=f"esper default sizes (H={args.hidden_dim}), all-valid masks, validation off, stochastic; "
                         "median µs per call; speedup = reference_us / variant_us")  # fmt: skip
-    print(f"wrote {out / name}.json / .md")
+    try:  # PNG next to the JSON when matplotlib is installed
+        from esper_fast.bench.plots import plot_file
+
+        plot_file(out / f"{name}.json")
+    except ImportError:
+        pass
+    print(f"wrote {out / name}.json / .md / .png")
 
 
 if __name__ == "__main__":

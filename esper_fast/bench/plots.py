@@ -1,0 +1,69 @@
+"""PNG plots of benchmark JSON files (matplotlib, Agg). ``python -m esper_fast.bench.plots FILE.json``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["plot_file"]
+
+
+def _plot_select(data: dict, ax_speed, ax_bw) -> None:
+    rows = data["rows"]
+    backends = sorted({k[: -len("_us")] for r in rows for k in r if k.endswith("_us") and k != "reference_us"})
+    for a in sorted({r["A"] for r in rows}):
+        for b in backends:
+            sel = [r for r in rows if r["A"] == a and r["mode"] == "argmax" and r["dtype"] == rows[0]["dtype"]]
+            ns = [r["N"] for r in sel]
+            ax_speed.plot(ns, [r.get(f"{b}_speedup") for r in sel], marker="o", label=f"{b} A={a}")
+            if ax_bw is not None and sel and sel[0].get(f"{b}_GBps") is not None:
+                ax_bw.plot(ns, [r[f"{b}_GBps"] for r in sel], marker="o", label=f"{b} A={a}")
+        if ax_bw is not None and sel and sel[0].get("copy_GBps"):
+            ax_bw.plot(ns, [r["copy_GBps"] for r in sel], "k--", alpha=0.3)
+    ax_speed.set(xscale="log", yscale="log", xlabel="rows N", ylabel="speed-up over eager reference",
+                 title=f"select_op argmax, {rows[0]['dtype']}")  # fmt: skip
+    ax_speed.legend(fontsize=6)
+    if ax_bw is not None:
+        ax_bw.set(xscale="log", xlabel="rows N", ylabel="GB/s (dashed: D2D copy)", title="achieved bandwidth")
+        ax_bw.legend(fontsize=6)
+
+
+def _plot_get_action(data: dict, ax) -> None:
+    rows = data["rows"]
+    for key in ("reference", "legacy", "fused", "fused_graph", "fused_compiled"):
+        pts = [(r["batch"], r[f"{key}_us"]) for r in rows if r.get(f"{key}_us") is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=key)
+    ax.set(xscale="log", yscale="log", xlabel="batch", ylabel="µs per get_action", title="get_action latency")
+    ax.legend(fontsize=7)
+
+
+def plot_file(path: str | Path) -> Path:
+    """Writes ``<path>.png`` next to a bench_select / bench_get_action JSON file; returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    data = json.loads(path.read_text())
+    gpu = data["machine"]["device"].startswith("cuda")
+    if "select" in path.name:
+        fig, axes = plt.subplots(1, 2 if gpu else 1, figsize=(11 if gpu else 6, 4))
+        axes = axes if gpu else [axes]
+        _plot_select(data, axes[0], axes[1] if gpu else None)
+    else:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        _plot_get_action(data, ax)
+    fig.suptitle(f"{data['machine']['device_name']} - git {data['machine']['git_sha']}", fontsize=8)
+    fig.tight_layout()
+    out = path.with_suffix(".png")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+if __name__ == "__main__":
+    for arg in sys.argv[1:]:
+        print(plot_file(arg))
