@@ -73,9 +73,9 @@ class PPOConfig:
     "expected" (V(s) = sum_a pi(a|s) Q(s, a)), or "legacy" (esper's double-draw bug, ablations only)."""
     backend: str = "auto"
     """select_op backend for FactoredPolicy: "auto", "torch", "cpu", "cuda" or "triton"."""
-    op_conditioned_slot: bool | None = None
+    op_conditioned_slot: bool = True
     """Sample the slot among the slots where the chosen op is valid (env ``slot_by_op``; esper HEAD).
-    None = on, except in "legacy" mode (ReferencePolicy has no ``slot_by_op``)."""
+    Off = esper 0872525b: the slot is drawn from the env's slot mask alone (many actions become WAIT)."""
 
     # ---- PPO -----------------------------------------------------------------------------------
     learning_rate: float = 3e-4
@@ -146,8 +146,6 @@ class PPOConfig:
     def __post_init__(self) -> None:
         if self.rollout_steps is None:
             object.__setattr__(self, "rollout_steps", self.episode_length)
-        if self.op_conditioned_slot is None:
-            object.__setattr__(self, "op_conditioned_slot", self.value_mode != "legacy")
         object.__setattr__(self, "entropy_coef_per_head", dict(self.entropy_coef_per_head))
         self._validate()
         object.__setattr__(self, "batch_size", self.num_envs * self.rollout_steps)
@@ -191,9 +189,6 @@ class PPOConfig:
             raise ValueError(f"lstm_hidden_dim: expected an even number (heads use H / 2), got {self.lstm_hidden_dim}")
         if self.value_mode not in VALUE_MODES:
             raise ValueError(f"value_mode: expected one of {VALUE_MODES}, got {self.value_mode!r}")
-        if self.value_mode == "legacy" and self.op_conditioned_slot:
-            raise ValueError("op_conditioned_slot: value_mode='legacy' uses ReferencePolicy, which has no "
-                             "slot_by_op; expected False (or None), got True")  # fmt: skip
         if self.topology not in ("cnn", "transformer"):
             raise ValueError(f"topology: expected 'cnn' or 'transformer', got {self.topology!r}")
         if self.num_minibatches > self.num_envs:
@@ -240,9 +235,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         update_epochs=4, num_minibatches=4, learning_rate=1e-3, anneal_lr=True, target_kl=0.03,
         entropy_coef=0.01, entropy_coef_min=0.0, gamma=0.99, gae_lambda=0.95,
     ),
-    "esper": dict(),
+    "esper": dict(op_conditioned_slot=False),
 }
-"""Named overrides of :class:`PPOConfig` (``esper`` is the bare dataclass: esper's values)."""
+"""Named overrides of :class:`PPOConfig` (``esper``: esper's values, slot drawn without op-conditioning)."""
 
 
 def make_config(preset: str = "default", **overrides: Any) -> PPOConfig:

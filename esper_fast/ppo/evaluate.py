@@ -27,7 +27,7 @@ def compare_with_baselines(policy: FactoredNetwork | None, obs_normalizer: ObsNo
     if policy is not None:
         for mode in ppo_modes:
             controllers[f"ppo ({mode})"] = PolicyActor(policy, obs_normalizer, deterministic=(mode == "greedy"),
-                                                       op_conditioned_slot=bool(config.op_conditioned_slot),
+                                                       op_conditioned_slot=config.op_conditioned_slot,
                                                        seed=seed)  # fmt: skip
     controllers["heuristic"] = HeuristicPolicy(env.config)
     controllers["random"] = RandomMaskedPolicy(seed=seed, device=device)

@@ -171,7 +171,7 @@ class Trainer:
         cfg, env, b, policy = self.config, self.env, self.buffer, self.policy
         policy.eval()
         E, T, dev = cfg.num_envs, cfg.rollout_steps, self.device
-        legacy, op_slot = cfg.value_mode == "legacy", bool(cfg.op_conditioned_slot)
+        legacy, op_slot = cfg.value_mode == "legacy", cfg.op_conditioned_slot
         stats = {name: torch.zeros((), device=dev) for name in
                  ("return_sum", "length_sum", "episodes", "terminated", "agree", "invalid")}  # fmt: skip
         stats["op_counts"] = torch.zeros(NUM_OPS, device=dev)
