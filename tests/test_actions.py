@@ -145,3 +145,15 @@ def test_argument_errors():
         select_actions(logits, masks, q[:, :5])
     with pytest.raises(ValueError, match="slot_by_op must be a bool \\[4, 6, 3\\]"):
         select_actions(logits, masks, q, slot_by_op=sbo[:, :5])
+
+
+def test_validate_reports_non_finite_logits_and_op_rule_conflicts():
+    logits, masks, q, sbo = make_heads(5, with_sbo=True)
+    logits["alpha_curve"] = logits["alpha_curve"].clone()
+    logits["alpha_curve"][3] = float("nan")
+    with pytest.raises(ValueError, match="logits\\['alpha_curve'\\] contain inf/nan.*\\[3\\]"):
+        select_actions(logits, masks, q, validate=True, backend="cpu")
+    logits, masks, q, sbo = make_heads(5, with_sbo=True)
+    sbo[:] = False  # no slot allowed for any op
+    with pytest.raises(InvalidActionMaskError, match="op-dependent rules"):
+        select_actions(logits, masks, q, slot_by_op=sbo, validate=True, backend="cpu")

@@ -126,6 +126,7 @@ def select_actions(
 
 
 def _raise_for_bad_rows(sel: ActionSelection, logits, masks) -> None:
+    """One sync on the happy path; on failure, names the head, the rows and the cause."""
     if not bool(torch.stack([a < 0 for a in sel.actions.values()]).any()):
         return
     for head in _ORDER:
@@ -133,8 +134,15 @@ def _raise_for_bad_rows(sel: ActionSelection, logits, masks) -> None:
         if bad.numel() == 0:
             continue
         rows = bad[:8].tolist()
-        if not bool(torch.isfinite(logits[head][bad]).all()):
+        mask = masks.get(head)
+        if mask is not None and not bool(mask[bad].any(-1).all()):
+            raise InvalidActionMaskError(
+                f"No valid actions available for head {head!r} in {bad.numel()} row(s), first rows {rows}"
+            )
+        valid = torch.ones_like(logits[head][bad], dtype=torch.bool) if mask is None else mask[bad]
+        if not bool(torch.isfinite(logits[head][bad][valid]).all()):
             raise ValueError(f"logits[{head!r}] contain inf/nan at valid entries in rows {rows}")
-        raise InvalidActionMaskError(
-            f"No valid actions available for head {head!r} in {bad.numel()} row(s), first rows {rows}"
+        raise InvalidActionMaskError(  # style / slot emptied by the op-dependent rules
+            f"No valid actions available for head {head!r} once the op-dependent rules apply "
+            f"(style override / slot_by_op) in rows {rows}"
         )
