@@ -20,8 +20,17 @@ import torch
 from esper_fast.envs.exact_mdp import ExactMDP
 from esper_fast.studies.advantage_bias import (
     LAMBDAS, MODES, advantage_stats, analytic_expectation, format_table, gae, learn_critic, rollout, run_study,
-    study_policy,
+    single_thread, study_policy,
 )  # fmt: skip
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: intra-op threads only cost time (10x+ on a busy 2-core machine)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
 
 N_ENVS = 4096
 
@@ -32,9 +41,10 @@ def setup():
     policy = study_policy(mdp0, seed=0)
     exact = mdp0.solve_full(policy)
     rolls = {}
-    for i, mode in enumerate(MODES):
-        mdp = ExactMDP(N_ENVS, seed=100 + i)
-        rolls[mode] = rollout(mdp, policy, exact.q, mode, mdp.horizon, torch.Generator().manual_seed(200 + i))
+    with single_thread():
+        for i, mode in enumerate(MODES):
+            mdp = ExactMDP(N_ENVS, seed=100 + i)
+            rolls[mode] = rollout(mdp, policy, exact.q, mode, mdp.horizon, torch.Generator().manual_seed(200 + i))
     return mdp0, policy, exact, rolls
 
 
@@ -176,3 +186,24 @@ def test_run_study_table_and_plot(tmp_path):
 
     path = plot_study(rows, tmp_path / "study.png")
     assert path.is_file() and path.stat().st_size > 1000
+
+
+def test_t_interval_and_summary():
+    from esper_fast.studies.learning import format_summary, summarize, t_interval
+
+    mean, half = t_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and math.isclose(half, 4.302652729911275 * 1.0 / math.sqrt(3), rel_tol=1e-6)
+    assert math.isnan(t_interval([5.0])[1])
+    runs = [{"suite": "tabular", "mode": m, "seed": s, "final_objective": float(s), "final_episode_return": 1.0,
+             "explained_variance": 0.5} for m in MODES for s in range(3)]  # fmt: skip
+    summary = summarize(runs)
+    assert [r["mode"] for r in summary] == list(MODES) and summary[0]["seeds"] == 3
+    assert "1.00 ± 2.48" in format_summary(summary)
+
+
+def test_tabular_ppo_learns_with_the_expected_baseline():
+    from esper_fast.studies.learning import TabularPPOConfig, train_tabular
+
+    res = train_tabular("expected", seed=0, cfg=TabularPPOConfig(updates=12))
+    assert len(res["objective_curve"]) == 13 and len(res["ev_curve"]) == 12
+    assert res["objective_curve"][0] < 0 < 6.0 < res["final_objective"], res["objective_curve"]  # uniform: -1.6

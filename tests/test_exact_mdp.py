@@ -12,6 +12,15 @@ from esper_fast.envs.exact_mdp import (
     BLUEPRINT_IDS, NUM_STATES, ExactMDP, ExactMDPConfig, ExactMDPEsperEnv, TabularPolicy,
 )  # fmt: skip
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: intra-op threads only cost time (10x+ on a busy 2-core machine)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 W, G, P, F, ADV, SETA = (int(LifecycleOp.WAIT), int(LifecycleOp.GERMINATE), int(LifecycleOp.PRUNE),
                          int(LifecycleOp.FOSSILIZE), int(LifecycleOp.ADVANCE), int(LifecycleOp.SET_ALPHA_TARGET))  # fmt: skip
 

@@ -59,8 +59,9 @@ import json
 import math
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -71,7 +72,7 @@ from esper_fast.ppo.gae import compute_gae, explained_variance
 from esper_fast.ppo.losses import value_loss
 
 __all__ = [
-    "MODES", "LAMBDAS", "CRITIC_UPDATES", "Rollout", "study_policy", "rollout", "gae", "steps_to_cut",
+    "MODES", "LAMBDAS", "CRITIC_UPDATES", "Rollout", "single_thread", "study_policy", "rollout", "gae", "steps_to_cut",
     "bootstrap_gap", "analytic_expectation", "advantage_stats", "learn_critic", "run_study", "format_table",
     "write_csv", "plot_study", "main",
 ]  # fmt: skip
@@ -81,6 +82,18 @@ LAMBDAS: tuple[float, ...] = (0.0, 0.95, 1.0)
 CRITIC_UPDATES: tuple[int, ...] = (60, 10)
 A = ExactMDP.num_ops
 B = ExactMDP.num_sub
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """``torch.set_num_threads(1)`` for the block: the study's tensors are tiny, and on a busy machine
+    intra-op threads cost 10-20x more than they save."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def study_policy(mdp: ExactMDP, tau: float = 1.0, noise: float = 0.5, seed: int = 0) -> TabularPolicy:
@@ -295,6 +308,12 @@ def learn_critic(policy: TabularPolicy, mode: str, *, config: ExactMDPConfig | N
     Q(s, stored op) against the returns (anchor: the rollout's Q(s, stored op); legacy: the stored
     value, as the trainer does). Few updates -> an imperfect critic (lagging and noisy).
     """
+    with single_thread():
+        return _learn_critic(policy, mode, config, updates, num_envs, steps, lam, lr, epochs, seed)
+
+
+def _learn_critic(policy: TabularPolicy, mode: str, config: ExactMDPConfig | None, updates: int, num_envs: int,
+                  steps: int | None, lam: float, lr: float, epochs: int, seed: int) -> Tensor:  # fmt: skip
     mdp = ExactMDP(num_envs, config, seed=seed)
     steps = steps or mdp.horizon
     q = torch.zeros(NUM_STATES, A, dtype=torch.float64, requires_grad=True)
@@ -324,6 +343,12 @@ def run_study(num_envs: int = 4096, seed: int = 0, config: ExactMDPConfig | None
     Critics: ``oracle`` (exact Q^pi) and, for each n in ``critic_updates``, ``learned-n``: the mode's
     own critic after n updates of :func:`learn_critic` (60: close, 10: early in training, lagging).
     """
+    with single_thread():
+        return _run_study(num_envs, seed, config, lambdas, modes, critic_updates, log)
+
+
+def _run_study(num_envs: int, seed: int, config: ExactMDPConfig | None, lambdas: Sequence[float],
+               modes: Sequence[str], critic_updates: Sequence[int], log) -> dict[str, Any]:  # fmt: skip
     mdp0 = ExactMDP(1, config)
     policy = study_policy(mdp0, seed=seed)
     exact = mdp0.solve_full(policy)
@@ -444,7 +469,6 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def main(argv: Sequence[str] | None = None) -> int:
     """``esper-fast study advantage-bias``: run the study, print the table, write md/csv/json/png."""
     args = build_parser().parse_args(argv)
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     result = run_study(args.num_envs, args.seed, critic_updates=args.critic_updates,
                        log=lambda m: print(m, file=sys.stderr))  # fmt: skip
     table = format_table(result["rows"])

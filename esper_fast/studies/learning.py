@@ -1,0 +1,425 @@
+"""Learning comparison of the value modes (``legacy`` / ``q_op`` / ``expected``): PPO, several seeds.
+
+Three suites, each run for every value mode and several seeds:
+
+* ``tabular`` - tabular PPO on :class:`~esper_fast.envs.exact_mdp.ExactMDP`: per-state op logits,
+  blueprint logits and an op-conditioned ``Q(s, op)`` table, trained with esper's loss terms
+  (:mod:`esper_fast.ppo.losses`: per-head clipped surrogate with esper's causal masks, clipped value
+  loss on Q(s, stored op), per-head entropy) on GAE from :func:`esper_fast.ppo.gae.compute_gae`; the
+  value path is :func:`esper_fast.studies.advantage_bias.rollout` (``select_op``). The final policy
+  is scored *exactly* (``sum_s rho0(s) V^pi(s)`` by DP).
+* ``exact``   - the real :class:`esper_fast.ppo.Trainer` (LSTM FactoredPolicy / ReferencePolicy,
+  esper's update) on ExactMDP through :class:`~esper_fast.envs.exact_mdp.ExactMDPEsperEnv`; scored
+  by the mean return of 2048 fresh episodes (sampled actions).
+* ``seed``    - the real Trainer on :class:`~esper_fast.envs.SeedLifecycleEnv` (the "default" preset
+  at 64 hidden units), scored by the trainer's own evaluation (32 fixed episodes, sampled and greedy).
+
+Every run also reports the trainer's explained variance (``1 - Var(R - v) / Var(R)`` of the stored
+values; mean over the last updates). Results: mean and a 95% t-interval over seeds.
+
+Run: ``python -m esper_fast.studies.learning --out docs/learning`` (finished runs are kept in
+``<out>/runs/*.json`` and skipped when the command is run again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from esper_fast.constants import HEAD_NAMES, MASKED_LOGIT_VALUE, LifecycleOp
+from esper_fast.envs.exact_mdp import NUM_STATES, ExactMDP, ExactMDPConfig, ExactMDPEsperEnv, TabularPolicy
+from esper_fast.network import normalized_entropy
+from esper_fast.ppo.config import ENTROPY_COEF_PER_HEAD
+from esper_fast.ppo.gae import compute_gae, explained_variance, normalize_advantages
+from esper_fast.ppo.losses import approx_kl, entropy_loss, head_ratios, policy_loss, value_loss
+from esper_fast.studies.advantage_bias import MODES, rollout, single_thread
+
+__all__ = ["TabularPPOConfig", "train_tabular", "train_trainer_exact", "train_trainer_seed", "evaluate_on_exact",
+           "t_interval", "SUITES", "run_suite", "summarize", "format_summary", "plot_learning", "main"]  # fmt: skip
+
+A, B = ExactMDP.num_ops, ExactMDP.num_sub
+_GERM = int(LifecycleOp.GERMINATE)
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """``(mean, half-width)`` of the Student-t interval (half-width NaN for one value)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, float("nan")
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    try:
+        from scipy.stats import t as student_t
+
+        q = float(student_t.ppf(0.5 + level / 2, n - 1))
+    except ImportError:  # two-sided 95% quantiles
+        q = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}.get(n - 1, 1.96)
+    return mean, q * sd / math.sqrt(n)
+
+
+# ======================================================================================================
+# Tabular PPO on ExactMDP
+# ======================================================================================================
+@dataclass(frozen=True)
+class TabularPPOConfig:
+    """Tabular PPO hyper-parameters (esper's loss; one Adam over logits and the Q table)."""
+
+    updates: int = 150
+    num_envs: int = 32
+    steps: int = 20
+    learning_rate: float = 0.05
+    gae_lambda: float = 0.95
+    clip_ratio: float = 0.2
+    epochs: int = 4
+    entropy_coef: float = 0.01
+    value_coef: float = 0.5
+    value_clip: float = 10.0
+    max_grad_norm: float = 1.0
+    target_kl: float | None = 0.03
+    normalize_advantages: bool = True
+
+
+def _head_terms(op_logits: Tensor, bp_logits: Tensor, s: Tensor, op: Tensor, b: Tensor, op_mask: Tensor,
+                sub_mask: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:  # fmt: skip
+    """Per-head log-probs of the stored actions and normalised entropies (esper's -1e4 masking)."""
+    lo = op_logits[s].masked_fill(~op_mask, MASKED_LOGIT_VALUE)
+    lb = bp_logits[s].masked_fill(~sub_mask, MASKED_LOGIT_VALUE)
+    zero = torch.zeros_like(s, dtype=lo.dtype)
+    log_probs = {h: zero for h in HEAD_NAMES}
+    entropy = {h: zero for h in HEAD_NAMES}
+    log_probs["op"] = torch.log_softmax(lo, -1).gather(-1, op.unsqueeze(-1)).squeeze(-1)
+    log_probs["blueprint"] = torch.log_softmax(lb, -1).gather(-1, b.unsqueeze(-1)).squeeze(-1)
+    entropy["op"], entropy["blueprint"] = normalized_entropy(lo, op_mask), normalized_entropy(lb, sub_mask)
+    return log_probs, entropy
+
+
+def train_tabular(mode: str, seed: int, cfg: TabularPPOConfig = TabularPPOConfig(),
+                  mdp_config: ExactMDPConfig | None = None) -> dict[str, Any]:  # fmt: skip
+    """Tabular PPO with value mode ``mode``; returns the exact objective curve and explained variance.
+
+    The blueprint logits are per state (not per op), like esper's blueprint head; the blueprint is
+    relevant only for GERMINATE (esper's causal mask). The env runs on across updates (auto-reset),
+    the rollout's last step bootstraps like a truncation, as in the trainer.
+    """
+    with single_thread():
+        return _train_tabular(mode, seed, cfg, mdp_config)
+
+
+def _train_tabular(mode: str, seed: int, cfg: TabularPPOConfig, mdp_config: ExactMDPConfig | None) -> dict[str, Any]:
+    torch.manual_seed(seed)
+    mdp = ExactMDP(cfg.num_envs, mdp_config, seed=seed)
+    op_logits = torch.zeros(NUM_STATES, A, requires_grad=True)
+    bp_logits = torch.zeros(NUM_STATES, B, requires_grad=True)
+    q = torch.zeros(NUM_STATES, A, requires_grad=True)
+    opt = torch.optim.Adam([op_logits, bp_logits, q], lr=cfg.learning_rate, eps=1e-5)
+    gen = torch.Generator().manual_seed(seed + 1)
+    op_mask_tab, sub_mask_tab = mdp.op_mask, mdp.sub_mask
+
+    def current() -> TabularPolicy:
+        return TabularPolicy(op_logits.detach().double(), bp_logits.detach().double().unsqueeze(1).expand(-1, A, -1))
+
+    objective, ev_curve, ret_curve = [mdp.objective(current())], [], []
+    for _ in range(cfg.updates):
+        roll = rollout(mdp, current(), q.detach(), mode, cfg.steps, gen)
+        adv, ret = compute_gae(roll.reward, roll.value, roll.done, roll.truncated, roll.bootstrap, mdp.gamma,
+                               cfg.gae_lambda)  # fmt: skip
+        ev_curve.append(float(explained_variance(roll.value, ret)))
+        if cfg.normalize_advantages:
+            adv = normalize_advantages(adv)
+        s, op, b = roll.state, roll.op, roll.sub
+        om, sm = op_mask_tab[s], sub_mask_tab[s]
+        with torch.no_grad():
+            old_lp, _ = _head_terms(op_logits, bp_logits, s, op, b, om, sm)
+        old_q = roll.value if mode == "legacy" else q.detach()[s, op]  # the trainer's value-clip anchor
+        causal = {h: torch.zeros_like(op, dtype=torch.bool) for h in HEAD_NAMES}
+        causal["op"], causal["blueprint"] = torch.ones_like(op, dtype=torch.bool), op == _GERM
+        for _ in range(cfg.epochs):
+            new_lp, ent = _head_terms(op_logits, bp_logits, s, op, b, om, sm)
+            kl = approx_kl(new_lp, old_lp, causal)
+            if cfg.target_kl is not None and float(kl) > 1.5 * cfg.target_kl:
+                break
+            ratios = head_ratios(new_lp, old_lp)
+            loss = (policy_loss(ratios, adv, causal, cfg.clip_ratio)
+                    + cfg.value_coef * value_loss(q[s, op], old_q, ret, True, cfg.value_clip)
+                    + cfg.entropy_coef * entropy_loss(ent, causal, ENTROPY_COEF_PER_HEAD))  # fmt: skip
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([op_logits, bp_logits, q], cfg.max_grad_norm)
+            opt.step()
+        objective.append(mdp.objective(current()))
+        ret_curve.append(mdp.expected_episode_return(current()))
+    tail = max(1, cfg.updates // 5)
+    return {
+        "suite": "tabular", "mode": mode, "seed": seed, "config": asdict(cfg),
+        "final_objective": objective[-1], "final_episode_return": ret_curve[-1],
+        "explained_variance": sum(ev_curve[-tail:]) / tail, "objective_curve": objective,
+        "episode_return_curve": ret_curve, "ev_curve": ev_curve,
+        "steps_per_update": cfg.num_envs * cfg.steps,
+    }  # fmt: skip
+
+
+# ======================================================================================================
+# The real trainer on ExactMDP and on SeedLifecycleEnv
+# ======================================================================================================
+def evaluate_on_exact(policy, obs_normalizer, op_conditioned_slot: bool, episodes: int = 2048, seed: int = 12345,
+                      mdp_config: ExactMDPConfig | None = None) -> dict[str, float]:  # fmt: skip
+    """Mean undiscounted and discounted return of ``episodes`` fresh ExactMDP episodes (sampled actions)."""
+    from esper_fast.ppo.agent import act, validation_off
+
+    env = ExactMDPEsperEnv(episodes, mdp_config, seed=seed)
+    obs = env.reset()
+    device = next(policy.parameters()).device
+    hidden = policy.get_initial_hidden(episodes, device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    ret = torch.zeros(episodes, dtype=torch.float64)
+    disc_ret = torch.zeros(episodes, dtype=torch.float64)
+    alive = torch.ones(episodes, dtype=torch.bool)
+    policy.eval()
+    with validation_off(policy), torch.no_grad():
+        for t in range(env.mdp.horizon):
+            res = act(policy, obs_normalizer.normalize(obs.obs), obs, hidden, deterministic=False,
+                      op_conditioned_slot=op_conditioned_slot, generator=gen)  # fmt: skip
+            step = env.step(res.actions)
+            r = step.reward.double() * alive
+            ret += r
+            disc_ret += r * env.mdp.gamma**t
+            alive &= ~step.terminated
+            hidden = res.hidden
+            obs = step.next
+    se = float(ret.std()) / math.sqrt(episodes)
+    return {"mean_return": float(ret.mean()), "return_se": se, "mean_discounted_return": float(disc_ret.mean())}
+
+
+def _tail_mean(rows: list[dict[str, Any]], key: str, n: int) -> float | None:
+    vals = [r[key] for r in rows[-n:] if r.get(key) is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def train_trainer_exact(mode: str, seed: int, updates: int = 120, num_envs: int = 16, rollout_steps: int = 40,
+                        hidden: int = 64, eval_episodes: int = 2048) -> dict[str, Any]:  # fmt: skip
+    """The real Trainer ("default" preset, ``hidden`` units, gamma = the MDP's) on ExactMDPEsperEnv."""
+    from esper_fast.ppo import Trainer, make_config
+
+    mdp_cfg = ExactMDPConfig()
+    cfg = make_config("default", value_mode=mode, seed=seed, feature_dim=hidden, lstm_hidden_dim=hidden,
+                      num_envs=num_envs, episode_length=mdp_cfg.horizon, rollout_steps=rollout_steps,
+                      total_timesteps=num_envs * rollout_steps * updates, gamma=mdp_cfg.gamma, eval_episodes=0,
+                      torch_threads=1)  # fmt: skip
+    trainer = Trainer(cfg, run_dir=None, log=lambda _m: None, tensorboard=False)
+    trainer.env = ExactMDPEsperEnv(num_envs, mdp_cfg, seed=seed)
+    trainer.obs = trainer.env.observe()
+    rows: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    trainer.train(on_update=rows.append, handle_signals=False)
+    ev = evaluate_on_exact(trainer.policy, trainer.obs_normalizer, bool(cfg.op_conditioned_slot), eval_episodes)
+    tail = max(1, updates // 5)
+    return {
+        "suite": "exact", "mode": mode, "seed": seed, "updates": updates, "env_steps": trainer.global_step,
+        "final_episode_return": ev["mean_return"], "final_return_se": ev["return_se"],
+        "final_discounted_return": ev["mean_discounted_return"],
+        "explained_variance": _tail_mean(rows, "losses/explained_variance", tail),
+        "train_return_curve": [r.get("charts/episode_return") for r in rows],
+        "ev_curve": [r.get("losses/explained_variance") for r in rows], "seconds": time.perf_counter() - t0,
+    }  # fmt: skip
+
+
+def train_trainer_seed(mode: str, seed: int, updates: int = 50, hidden: int = 64, eval_episodes: int = 32,
+                       eval_seed: int = 777) -> dict[str, Any]:  # fmt: skip
+    """The real Trainer on SeedLifecycleEnv ("default" preset at ``hidden`` units, ``updates`` x 2400 steps)."""
+    from esper_fast.ppo import Trainer, make_config
+
+    cfg = make_config("default", value_mode=mode, seed=seed, feature_dim=hidden, lstm_hidden_dim=hidden,
+                      total_timesteps=16 * 150 * updates, eval_episodes=eval_episodes, eval_seed=eval_seed,
+                      torch_threads=1)  # fmt: skip
+    trainer = Trainer(cfg, run_dir=None, log=lambda _m: None, tensorboard=False)
+    rows: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    summary = trainer.train(on_update=rows.append, handle_signals=False)
+    evaluation = summary.get("evaluation", {})
+    tail = max(1, updates // 5)
+    return {
+        "suite": "seed", "mode": mode, "seed": seed, "updates": updates, "env_steps": trainer.global_step,
+        "final_episode_return": evaluation["ppo (sampled)"]["mean_return"],
+        "final_greedy_return": evaluation["ppo (greedy)"]["mean_return"],
+        "heuristic_return": evaluation["heuristic"]["mean_return"], "random_return": evaluation["random"]["mean_return"],
+        "train_return_tail": _tail_mean(rows, "charts/episode_return", tail),
+        "explained_variance": _tail_mean(rows, "losses/explained_variance", tail),
+        "train_return_curve": [r.get("charts/episode_return") for r in rows],
+        "ev_curve": [r.get("losses/explained_variance") for r in rows], "seconds": time.perf_counter() - t0,
+    }  # fmt: skip
+
+
+SUITES: dict[str, Callable[..., dict[str, Any]]] = {
+    "tabular": train_tabular, "exact": train_trainer_exact, "seed": train_trainer_seed,
+}  # fmt: skip
+
+
+def run_suite(suite: str, seeds: Sequence[int], out: Path, modes: Sequence[str] = MODES, log=print,
+              **kwargs: Any) -> list[dict[str, Any]]:  # fmt: skip
+    """Every (mode, seed) run of ``suite``; each result is cached in ``out/runs/<suite>_<mode>_<seed>.json``."""
+    runs_dir = out / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for seed in seeds:
+        for mode in modes:
+            path = runs_dir / f"{suite}_{mode}_{seed}.json"
+            if path.is_file():
+                results.append(json.loads(path.read_text()))
+                continue
+            t0 = time.perf_counter()
+            res = SUITES[suite](mode, seed, **kwargs)
+            path.write_text(json.dumps(res))
+            results.append(res)
+            log(f"{suite} {mode:>8} seed {seed}: return {res['final_episode_return']:.2f}, "
+                f"EV {res['explained_variance']:.3f} ({time.perf_counter() - t0:.0f}s)")  # fmt: skip
+    return results
+
+
+def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (suite, mode): mean and 95% t-interval of every final metric over seeds."""
+    metrics = ("final_objective", "final_episode_return", "final_greedy_return", "explained_variance")
+    out = []
+    for suite in dict.fromkeys(r["suite"] for r in results):
+        for mode in MODES:
+            rs = [r for r in results if r["suite"] == suite and r["mode"] == mode]
+            if not rs:
+                continue
+            row: dict[str, Any] = {"suite": suite, "mode": mode, "seeds": len(rs)}
+            for m in metrics:
+                vals = [r[m] for r in rs if r.get(m) is not None]
+                if vals:
+                    row[m], row[m + "_ci"] = t_interval(vals)
+            for m in ("heuristic_return", "random_return"):
+                if rs[0].get(m) is not None:
+                    row[m] = sum(r[m] for r in rs) / len(rs)
+            out.append(row)
+    return out
+
+
+def format_summary(summary: Sequence[dict[str, Any]]) -> str:
+    """Markdown: one row per (suite, mode), ``mean ± 95% half-width``."""
+    cols = (("final_objective", "exact objective J"), ("final_episode_return", "episode return (sampled)"),
+            ("final_greedy_return", "episode return (greedy)"), ("explained_variance", "explained variance"))  # fmt: skip
+    lines = ["| suite | mode | seeds | " + " | ".join(c[1] for c in cols) + " |",
+             "|---|---|---:|" + "---:|" * len(cols)]  # fmt: skip
+    for r in summary:
+        cells = [f"{r[k]:.2f} ± {r[k + '_ci']:.2f}" if k in r else "" for k, _ in cols]
+        lines.append(f"| {r['suite']} | {r['mode']} | {r['seeds']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_learning(results: Sequence[dict[str, Any]], path: str | Path, references: dict[str, dict[str, float]]) -> Path:
+    """Per suite: mean learning curve with a 95% band per mode (tabular: exact objective J)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"legacy": "tab:red", "q_op": "tab:orange", "expected": "tab:green"}
+    suites = list(dict.fromkeys(r["suite"] for r in results))
+    panels = []
+    for suite in suites:
+        key = "objective_curve" if suite == "tabular" else "train_return_curve"
+        panels.append((suite, key, {"tabular": "exact objective J (ExactMDP, tabular PPO)",
+                                    "exact": "training episode return (ExactMDP, Trainer)",
+                                    "seed": "training episode return (SeedLifecycleEnv, Trainer)"}[suite]))  # fmt: skip
+        panels.append((suite, "ev_curve", f"explained variance ({suite})"))
+    cols = 2
+    fig, axes = plt.subplots(len(suites), cols, figsize=(6.5 * cols, 3.4 * len(suites)), dpi=110, squeeze=False)
+    for i, (suite, key, title) in enumerate(panels):
+        ax = axes[i // cols][i % cols]
+        for mode in MODES:
+            curves = [r[key] for r in results if r["suite"] == suite and r["mode"] == mode]
+            if not curves:
+                continue
+            n = min(len(c) for c in curves)
+            xs, means, lo, hi = [], [], [], []
+            for j in range(n):
+                vals = [c[j] for c in curves if c[j] is not None]
+                if not vals:
+                    continue
+                m, h = t_interval(vals)
+                h = 0.0 if math.isnan(h) else h
+                xs.append(j)
+                means.append(m)
+                lo.append(m - h)
+                hi.append(m + h)
+            ax.plot(xs, means, color=colors[mode], label=f"{mode} ({len(curves)} seeds)")
+            ax.fill_between(xs, lo, hi, color=colors[mode], alpha=0.15)
+        if key != "ev_curve":
+            for name, value in references.get(suite, {}).items():
+                ax.axhline(value, linestyle="--", color="gray", linewidth=0.8)
+                ax.annotate(name, (0, value), fontsize=7, color="gray", va="bottom")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("update")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _references() -> dict[str, dict[str, float]]:
+    mdp = ExactMDP(1)
+    q_star, v_star = mdp.optimal()
+    greedy = mdp.greedy_policy(q_star)
+    uniform = TabularPolicy.uniform()
+    return {
+        "tabular": {"optimal": float(mdp.rho0 @ v_star), "uniform": mdp.objective(uniform)},
+        "exact": {"optimal": mdp.expected_episode_return(greedy), "uniform": mdp.expected_episode_return(uniform)},
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m esper_fast.studies.learning", description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="docs/learning", help="output directory (default docs/learning)")
+    p.add_argument("--suites", default="tabular,exact,seed", help="comma-separated subset of tabular,exact,seed")
+    p.add_argument("--tabular-seeds", type=int, default=10)
+    p.add_argument("--trainer-seeds", type=int, default=3)
+    p.add_argument("--exact-updates", type=int, default=120)
+    p.add_argument("--seed-updates", type=int, default=50)
+    p.add_argument("--summarize-only", action="store_true", help="only aggregate the cached runs")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    results: list[dict[str, Any]] = []
+    for suite in [s for s in args.suites.split(",") if s]:
+        if args.summarize_only:
+            results += [json.loads(f.read_text()) for f in sorted((out / "runs").glob(f"{suite}_*.json"))]
+            continue
+        if suite == "tabular":
+            results += run_suite("tabular", range(args.tabular_seeds), out, log=log)
+        elif suite == "exact":
+            results += run_suite("exact", range(args.trainer_seeds), out, log=log, updates=args.exact_updates)
+        elif suite == "seed":
+            results += run_suite("seed", range(args.trainer_seeds), out, log=log, updates=args.seed_updates)
+        else:
+            raise SystemExit(f"unknown suite {suite!r}: expected tabular, exact or seed")
+    summary = summarize(results)
+    refs = _references()
+    table = format_summary(summary)
+    print(table)
+    (out / "learning_summary.md").write_text(table + "\n")
+    (out / "learning_summary.json").write_text(json.dumps({"summary": summary, "references": refs}, indent=2))
+    try:
+        log(f"plot: {plot_learning(results, out / 'learning_curves.png', refs)}")
+    except ImportError:
+        log("matplotlib not installed: no PNG")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
