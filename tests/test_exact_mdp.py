@@ -172,3 +172,9 @@ def test_step_rejects_out_of_range_actions(bad):
     mdp = ExactMDP(2)
     with pytest.raises(ValueError, match="actions"):
         mdp.step({k: torch.full((2,), v) for k, v in bad.items()})
+
+
+def test_exported_from_envs():
+    import esper_fast.envs
+
+    assert esper_fast.envs.ExactMDP is ExactMDP
