@@ -28,6 +28,10 @@ def unit_cols(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
 
 
+def _ptr_stride(t: Tensor | None) -> tuple[int, int]:
+    return (0, 0) if t is None else (t.data_ptr(), t.stride(0))
+
+
 def _ptr(t: Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
 
@@ -52,12 +56,10 @@ def run_native(
         noise = unit_cols(noise.float())
     args = (
         logits.data_ptr(), DTYPE_CODES[logits.dtype], logits.stride(0),
-        _ptr(q), 0 if q is None else DTYPE_CODES[q.dtype], 0 if q is None else q.stride(0),
-        _ptr(mask), 0 if mask is None else mask.stride(0),
-        _ptr(noise), 0 if noise is None else noise.stride(0),
-        _ptr(key), n, a, deterministic,
-        out.op.data_ptr(), out.log_prob.data_ptr(), out.entropy.data_ptr(),
-        out.q_op.data_ptr(), out.value.data_ptr(),
+        *_ptr_stride(q)[:1], 0 if q is None else DTYPE_CODES[q.dtype], *_ptr_stride(q)[1:],
+        *_ptr_stride(mask), *_ptr_stride(noise),
+        0 if key is None else key.data_ptr(), n, a, deterministic,
+        *[t.data_ptr() for t in out],
     )  # fmt: skip
     if stream is None:
         return module.select_op(*args)

@@ -35,7 +35,7 @@ def draw_key(device: torch.device, generator: torch.Generator | None = None) -> 
 def empty_selection(n: int, device: torch.device) -> OpSelection:
     """Uninitialised output tensors for ``n`` rows (floats share one ``[4, n]`` allocation)."""
     f = torch.empty(4, n, dtype=torch.float32, device=device)
-    return OpSelection(torch.empty(n, dtype=torch.int64, device=device), f[0], f[1], f[2], f[3])
+    return OpSelection(torch.empty(n, dtype=torch.int64, device=device), *f.unbind(0))
 
 
 def _check_float(name: str, t: object, shape: tuple[int, ...] | None = None) -> None:
