@@ -9,13 +9,20 @@ import torch
 import esper_fast.ppo.trainer as trainer_module
 from esper_fast.constants import HEAD_NAMES
 from esper_fast.ppo import Trainer, make_config
-from esper_fast.ppo.agent import effective_masks
+from esper_fast.ppo.agent import cpu_threads, effective_masks
 from esper_fast.ppo.gae import compute_gae, normalize_advantages
 from esper_fast.ppo.update import evaluate_sequences, ppo_update
 
 # Short episodes (6) inside longer rollouts (10) put a truncation and an auto-reset mid-sequence.
 TINY = dict(num_envs=4, rollout_steps=10, episode_length=6, feature_dim=16, lstm_hidden_dim=16,
             total_timesteps=80, eval_episodes=0)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tests drive rollout() directly, outside train()'s thread setting."""
+    with cpu_threads(1, "cpu"):
+        yield
 
 
 def tiny_trainer(**overrides) -> Trainer:

@@ -27,7 +27,8 @@ from esper_fast.ppo.normalize import ObsNormalizer
 from esper_fast.reference.policy import ReferencePolicy
 from esper_fast.types import GetActionResult, Hidden
 
-__all__ = ["build_policy", "env_config", "architecture", "act", "effective_masks", "PolicyActor", "validation_off"]
+__all__ = ["build_policy", "env_config", "architecture", "act", "effective_masks", "PolicyActor", "validation_off",
+           "cpu_threads"]
 
 _EPOCH_FRAC = BASE_FEATURES.index("epoch_frac")  # 0 exactly on the first observation of an episode
 
@@ -57,6 +58,22 @@ def env_config(config: PPOConfig, validate_actions: bool = False) -> EnvConfig:
     """The env of a run: EnvConfig's dynamics, with the run's layout fields."""
     return EnvConfig(num_slots=config.num_slots, episode_length=config.episode_length, topology=config.topology,
                      max_seeds=config.max_seeds, validate_actions=validate_actions)  # fmt: skip
+
+
+@contextmanager
+def cpu_threads(n: int, device: torch.device | str) -> Iterator[None]:
+    """``torch.set_num_threads(n)`` while inside, on CPU and for ``n > 0``; the old count afterwards.
+
+    Small recurrent nets run fastest on one thread, and on a busy machine extra OpenMP threads that
+    spin-wait can make every op several times slower.
+    """
+    old = torch.get_num_threads()
+    if n > 0 and torch.device(device).type == "cpu":
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 @contextmanager

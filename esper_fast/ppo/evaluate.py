@@ -8,7 +8,7 @@ import torch
 
 from esper_fast.envs import HeuristicPolicy, RandomMaskedPolicy, SeedLifecycleEnv, evaluate_policy
 from esper_fast.network import FactoredNetwork
-from esper_fast.ppo.agent import PolicyActor, env_config
+from esper_fast.ppo.agent import PolicyActor, cpu_threads, env_config
 from esper_fast.ppo.config import PPOConfig
 from esper_fast.ppo.normalize import ObsNormalizer
 
@@ -32,10 +32,11 @@ def compare_with_baselines(policy: FactoredNetwork | None, obs_normalizer: ObsNo
     controllers["heuristic"] = HeuristicPolicy(env.config)
     controllers["random"] = RandomMaskedPolicy(seed=seed, device=device)
     results = {}
-    for name, controller in controllers.items():
-        res = evaluate_policy(env, controller, num_episodes=episodes, seed=seed)
-        res.pop("returns", None)
-        results[name] = res
+    with cpu_threads(config.torch_threads, device):
+        for name, controller in controllers.items():
+            res = evaluate_policy(env, controller, num_episodes=episodes, seed=seed)
+            res.pop("returns", None)
+            results[name] = res
     return results
 
 

@@ -103,11 +103,10 @@ def plot_learning_curve(rows: Sequence[dict[str, Any]], png_path: str | os.PathL
     note = f", {eval_note}" if eval_note else ""
     for name, value in (baselines or {}).items():
         ax.axhline(value, linestyle="--", color=colors.get(name, "gray"), label=f"{name} ({value:.1f}{note})")
-    markers = iter(("o", "s", "^", "D"))
-    for name, value in (finals or {}).items():
-        x = pts[-1][0] if pts else 0
-        ax.plot([x], [value], marker=next(markers, "o"), linestyle="none", color="black",
-                label=f"{name} ({value:.1f}{note})")  # fmt: skip
+    markers, last_x = ("o", "s", "^", "D"), (pts[-1][0] if pts else 0)
+    for i, (name, value) in enumerate((finals or {}).items()):  # side by side at the last step
+        ax.plot([last_x * (1 + 0.015 * i)], [value], marker=markers[i % len(markers)], linestyle="none",
+                color="black", label=f"{name} ({value:.1f}{note})")  # fmt: skip
     ax.set_xlabel("env steps")
     ax.set_ylabel("episode return")
     ax.set_title(title or "esper-fast PPO on SeedLifecycleEnv")

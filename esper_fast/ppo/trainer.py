@@ -29,7 +29,7 @@ from torch import Tensor
 
 from esper_fast.constants import NUM_OPS, LifecycleOp
 from esper_fast.envs import SeedLifecycleEnv
-from esper_fast.ppo.agent import act, architecture, build_policy, effective_masks, env_config, validation_off
+from esper_fast.ppo.agent import act, architecture, build_policy, cpu_threads, effective_masks, env_config, validation_off
 from esper_fast.ppo.buffer import RolloutBuffer
 from esper_fast.ppo.checkpoint import CHECKPOINT_VERSION, check_architecture, load_network_state, save_checkpoint
 from esper_fast.ppo.config import PPOConfig
@@ -119,48 +119,49 @@ class Trainer:
         cfg = self.config
         start_time, start_step = time.perf_counter(), self.global_step
         interrupted = False
-        with self._signals(handle_signals), validation_off(self.policy), self._threads():
-            while self.train_steps < self.num_updates:
-                # ---- ROLLOUT: every env runs rollout_steps steps, LSTM state carried per env ----
-                rollout_stats = self.rollout()
+        with cpu_threads(cfg.torch_threads, self.device), validation_off(self.policy):
+            with self._signals(handle_signals):
+                while self.train_steps < self.num_updates:
+                    # ---- ROLLOUT: every env runs rollout_steps steps, LSTM state carried per env ----
+                    rollout_stats = self.rollout()
 
-                # ---- GAE: truncated episodes bootstrap, terminal ones do not --------------------
-                b = self.buffer
-                b_advantages, b_returns = compute_gae(b.rewards, b.values, b.dones, b.truncated,
-                                                      b.bootstrap_values, cfg.gamma, cfg.gae_lambda)  # fmt: skip
-                b_explained_var = explained_variance(b.values, b_returns)
-                if cfg.normalize_advantages:
-                    b_advantages = normalize_advantages(b_advantages)
+                    # ---- GAE: truncated episodes bootstrap, terminal ones do not --------------------
+                    b = self.buffer
+                    b_advantages, b_returns = compute_gae(b.rewards, b.values, b.dones, b.truncated,
+                                                          b.bootstrap_values, cfg.gamma, cfg.gae_lambda)  # fmt: skip
+                    b_explained_var = explained_variance(b.values, b_returns)
+                    if cfg.normalize_advantages:
+                        b_advantages = normalize_advantages(b_advantages)
 
-                # ---- OBS STATS: esper updates them with the batch's raw obs before the update ---
-                self._update_obs_normalizer(b.raw_obs)
+                    # ---- OBS STATS: esper updates them with the batch's raw obs before the update ---
+                    self._update_obs_normalizer(b.raw_obs)
 
-                # ---- UPDATE: per-head clipped PPO over whole env sequences -----------------------
-                lr = cfg.learning_rate_at(self.train_steps, self.num_updates)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                entropy_coef = cfg.entropy_coef_at(self.train_steps)
-                self.policy.train()
-                update_stats = ppo_update(self.policy, self.optimizer, b, b_advantages, b_returns, cfg, entropy_coef,
-                                          generator=self.update_generator, all_reduce_mean=self.ctx.all_reduce_mean,
-                                          all_reduce_grads=self.ctx.all_reduce_grads)  # fmt: skip
-                self.train_steps += 1
-                self.global_step += cfg.batch_size * self.ctx.world_size
+                    # ---- UPDATE: per-head clipped PPO over whole env sequences -----------------------
+                    lr = cfg.learning_rate_at(self.train_steps, self.num_updates)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+                    entropy_coef = cfg.entropy_coef_at(self.train_steps)
+                    self.policy.train()
+                    update_stats = ppo_update(self.policy, self.optimizer, b, b_advantages, b_returns, cfg, entropy_coef,
+                                              generator=self.update_generator, all_reduce_mean=self.ctx.all_reduce_mean,
+                                              all_reduce_grads=self.ctx.all_reduce_grads)  # fmt: skip
+                    self.train_steps += 1
+                    self.global_step += cfg.batch_size * self.ctx.world_size
 
-                # ---- METRICS: one host sync per update ------------------------------------------
-                row = self._metrics_row(rollout_stats, update_stats, b_explained_var, lr, entropy_coef,
-                                        sps=(self.global_step - start_step) / (time.perf_counter() - start_time))  # fmt: skip
-                self.last_row = row
-                if self.writer is not None:
-                    self.writer.write(row)
-                if on_update is not None and self.ctx.is_main:
-                    on_update(row)
-                if cfg.checkpoint_every and self.train_steps % cfg.checkpoint_every == 0:
-                    self.save(f"update_{self.train_steps:06d}.pt")
-                if self.ctx.any_flag(self._stop_requested):
-                    interrupted = True
-                    break
-        return self.finish(interrupted=interrupted)
+                    # ---- METRICS: one host sync per update ------------------------------------------
+                    row = self._metrics_row(rollout_stats, update_stats, b_explained_var, lr, entropy_coef,
+                                            sps=(self.global_step - start_step) / (time.perf_counter() - start_time))  # fmt: skip
+                    self.last_row = row
+                    if self.writer is not None:
+                        self.writer.write(row)
+                    if on_update is not None and self.ctx.is_main:
+                        on_update(row)
+                    if cfg.checkpoint_every and self.train_steps % cfg.checkpoint_every == 0:
+                        self.save(f"update_{self.train_steps:06d}.pt")
+                    if self.ctx.any_flag(self._stop_requested):
+                        interrupted = True
+                        break
+            return self.finish(interrupted=interrupted)
 
     # =============================================================================================
     # Rollout
@@ -385,17 +386,6 @@ class Trainer:
         (self.run_dir / "config.json").write_text(json.dumps(payload, indent=2))
         table = "\n".join(f"|{k}|{v}|" for k, v in {**payload["config"], **payload["derived"]}.items())
         self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)  # CleanRL-style
-
-    @contextmanager
-    def _threads(self) -> Iterator[None]:
-        """``torch.set_num_threads(config.torch_threads)`` on CPU for the run, restored afterwards."""
-        old = torch.get_num_threads()
-        if self.config.torch_threads and self.device.type == "cpu":
-            torch.set_num_threads(self.config.torch_threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(old)
 
     @contextmanager
     def _signals(self, enabled: bool) -> Iterator[None]:
