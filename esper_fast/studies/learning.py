@@ -36,7 +36,9 @@ import torch
 from torch import Tensor
 
 from esper_fast.constants import HEAD_NAMES, MASKED_LOGIT_VALUE, LifecycleOp
-from esper_fast.envs.exact_mdp import NUM_STATES, ExactMDP, ExactMDPConfig, ExactMDPEsperEnv, TabularPolicy
+from esper_fast.envs.exact_mdp import (
+    BLUEPRINT_IDS, NUM_STATES, ExactMDP, ExactMDPConfig, ExactMDPEsperEnv, TabularPolicy,
+)  # fmt: skip
 from esper_fast.network import normalized_entropy
 from esper_fast.ppo.config import ENTROPY_COEF_PER_HEAD
 from esper_fast.ppo.gae import compute_gae, explained_variance, normalize_advantages
@@ -44,6 +46,7 @@ from esper_fast.ppo.losses import approx_kl, entropy_loss, head_ratios, policy_l
 from esper_fast.studies.advantage_bias import MODES, rollout, single_thread
 
 __all__ = ["TabularPPOConfig", "train_tabular", "train_trainer_exact", "train_trainer_seed", "evaluate_on_exact",
+           "critic_diagnostics", "write_runs_csv",
            "t_interval", "SUITES", "run_suite", "summarize", "format_summary", "plot_learning", "main"]  # fmt: skip
 
 A, B = ExactMDP.num_ops, ExactMDP.num_sub
@@ -199,14 +202,49 @@ def evaluate_on_exact(policy, obs_normalizer, op_conditioned_slot: bool, episode
     return {"mean_return": float(ret.mean()), "return_se": se, "mean_discounted_return": float(disc_ret.mean())}
 
 
+def critic_diagnostics(policy, obs_normalizer, mdp_config: ExactMDPConfig | None = None) -> dict[str, float]:
+    """How much op signal the trained network's critic carries, against the exact values.
+
+    Reads the network at every ExactMDP state (episode start, zero LSTM state): its op and blueprint
+    probabilities define a tabular policy pi_hat, whose exact ``Q(s, op) - V(s)`` (DP) is the op
+    advantage the op head should see. Returns ``true_op_spread`` / ``critic_op_spread`` (mean over
+    states of ``sqrt(sum_op pi (Q(s, op) - V(s))^2)``, exact vs the critic's ``Q_hat``) and
+    ``critic_op_corr`` (pi-weighted correlation of the two op advantages over valid (s, op)) and
+    ``tabular_objective`` (the exact objective of pi_hat).
+    """
+    env = ExactMDPEsperEnv(NUM_STATES, mdp_config)
+    eo = env._view(env.mdp.set_state(torch.arange(NUM_STATES)))
+    device = next(policy.parameters()).device
+    with torch.no_grad():
+        out = policy.heads(obs_normalizer.normalize(eo.obs).unsqueeze(1), eo.blueprint_indices.unsqueeze(1),
+                           policy.get_initial_hidden(NUM_STATES, device))  # fmt: skip
+    op_logits = out.logits["op"][:, 0].double().cpu()
+    bp_logits = out.logits["blueprint"][:, 0].double().cpu()[:, list(BLUEPRINT_IDS)]
+    q_hat = out.q_values[:, 0].double().cpu()
+    mdp = env.mdp
+    tab = TabularPolicy(op_logits, bp_logits.unsqueeze(1).expand(-1, A, -1))
+    _, q, v = mdp.solve_full(tab)
+    pi_op, _ = tab.probs(mdp)
+    a_true = (q - v.unsqueeze(1)).masked_fill(~mdp.op_mask, 0.0)
+    a_hat = (q_hat - (pi_op * q_hat).sum(1, keepdim=True)).masked_fill(~mdp.op_mask, 0.0)
+    spread = lambda a: float((pi_op * a**2).sum(1).sqrt().mean())  # noqa: E731
+    cov = (pi_op * a_true * a_hat).sum()
+    corr = cov / ((pi_op * a_true**2).sum() * (pi_op * a_hat**2).sum()).sqrt().clamp(min=1e-12)
+    return {"true_op_spread": spread(a_true), "critic_op_spread": spread(a_hat), "critic_op_corr": float(corr),
+            "tabular_objective": mdp.objective(tab)}  # fmt: skip
+
+
 def _tail_mean(rows: list[dict[str, Any]], key: str, n: int) -> float | None:
     vals = [r[key] for r in rows[-n:] if r.get(key) is not None]
     return sum(vals) / len(vals) if vals else None
 
 
 def train_trainer_exact(mode: str, seed: int, updates: int = 120, num_envs: int = 16, rollout_steps: int = 40,
-                        hidden: int = 64, eval_episodes: int = 2048) -> dict[str, Any]:  # fmt: skip
-    """The real Trainer ("default" preset, ``hidden`` units, gamma = the MDP's) on ExactMDPEsperEnv."""
+                        hidden: int = 64, eval_episodes: int = 2048, diag_every: int = 10) -> dict[str, Any]:  # fmt: skip
+    """The real Trainer ("default" preset, ``hidden`` units, gamma = the MDP's) on ExactMDPEsperEnv.
+
+    Every ``diag_every`` updates :func:`critic_diagnostics` is recorded (``diag_curve``).
+    """
     from esper_fast.ppo import Trainer, make_config
 
     mdp_cfg = ExactMDPConfig()
@@ -218,17 +256,26 @@ def train_trainer_exact(mode: str, seed: int, updates: int = 120, num_envs: int 
     trainer.env = ExactMDPEsperEnv(num_envs, mdp_cfg, seed=seed)
     trainer.obs = trainer.env.observe()
     rows: list[dict[str, Any]] = []
+    diag_curve: list[dict[str, Any]] = []
+
+    def on_update(row: dict[str, Any]) -> None:
+        rows.append(row)
+        if diag_every and len(rows) % diag_every == 0:
+            diag_curve.append({"update": len(rows), **critic_diagnostics(trainer.policy, trainer.obs_normalizer, mdp_cfg)})
+
     t0 = time.perf_counter()
-    trainer.train(on_update=rows.append, handle_signals=False)
+    trainer.train(on_update=on_update, handle_signals=False)
     ev = evaluate_on_exact(trainer.policy, trainer.obs_normalizer, bool(cfg.op_conditioned_slot), eval_episodes)
+    diag = critic_diagnostics(trainer.policy, trainer.obs_normalizer, mdp_cfg)
     tail = max(1, updates // 5)
-    return {
+    return {**diag,
         "suite": "exact", "mode": mode, "seed": seed, "updates": updates, "env_steps": trainer.global_step,
         "final_episode_return": ev["mean_return"], "final_return_se": ev["return_se"],
         "final_discounted_return": ev["mean_discounted_return"],
         "explained_variance": _tail_mean(rows, "losses/explained_variance", tail),
         "train_return_curve": [r.get("charts/episode_return") for r in rows],
-        "ev_curve": [r.get("losses/explained_variance") for r in rows], "seconds": time.perf_counter() - t0,
+        "ev_curve": [r.get("losses/explained_variance") for r in rows], "diag_curve": diag_curve,
+        "seconds": time.perf_counter() - t0,
     }  # fmt: skip
 
 
@@ -317,8 +364,36 @@ def format_summary(summary: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot_learning(results: Sequence[dict[str, Any]], path: str | Path, references: dict[str, dict[str, float]]) -> Path:
-    """Per suite: mean learning curve with a 95% band per mode (tabular: exact objective J)."""
+def _smooth(curve: Sequence[float | None], k: int) -> list[float | None]:
+    """Trailing moving average over the last ``k`` non-missing points (``k`` = 1: unchanged)."""
+    out, window = [], []
+    for x in curve:
+        if x is not None:
+            window = (window + [x])[-k:]
+        out.append(sum(window) / len(window) if window else None)
+    return out
+
+
+def write_runs_csv(results: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """One row per run: suite, mode, seed and the final metrics."""
+    import csv
+
+    keys = ("suite", "mode", "seed", "final_objective", "final_episode_return", "final_greedy_return",
+            "explained_variance", "heuristic_return", "random_return", "critic_op_spread", "true_op_spread",
+            "critic_op_corr", "env_steps", "seconds")  # fmt: skip
+    path = Path(path)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(keys)
+        for r in results:
+            w.writerow(["" if r.get(k) is None else r[k] for k in keys])
+    return path
+
+
+def plot_learning(results: Sequence[dict[str, Any]], path: str | Path, references: dict[str, dict[str, float]],
+                  smooth: int = 5) -> Path:  # fmt: skip
+    """Per suite: mean learning curve with a 95% band per mode (tabular: exact objective J; the
+    trainers' noisy per-update training returns and explained variances: ``smooth``-update moving mean)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -330,15 +405,16 @@ def plot_learning(results: Sequence[dict[str, Any]], path: str | Path, reference
     for suite in suites:
         key = "objective_curve" if suite == "tabular" else "train_return_curve"
         panels.append((suite, key, {"tabular": "exact objective J (ExactMDP, tabular PPO)",
-                                    "exact": "training episode return (ExactMDP, Trainer)",
-                                    "seed": "training episode return (SeedLifecycleEnv, Trainer)"}[suite]))  # fmt: skip
-        panels.append((suite, "ev_curve", f"explained variance ({suite})"))
+                                    "exact": f"training episode return, {smooth}-update mean (ExactMDP, Trainer)",
+                                    "seed": f"training episode return, {smooth}-update mean (SeedLifecycleEnv, Trainer)"}[suite]))  # fmt: skip
+        panels.append((suite, "ev_curve", f"explained variance ({suite}{'' if suite == 'tabular' else f', {smooth}-update mean'})"))
     cols = 2
     fig, axes = plt.subplots(len(suites), cols, figsize=(6.5 * cols, 3.4 * len(suites)), dpi=110, squeeze=False)
     for i, (suite, key, title) in enumerate(panels):
         ax = axes[i // cols][i % cols]
         for mode in MODES:
-            curves = [r[key] for r in results if r["suite"] == suite and r["mode"] == mode]
+            k = 1 if key == "objective_curve" else smooth
+            curves = [_smooth(r[key], k) for r in results if r["suite"] == suite and r["mode"] == mode]
             if not curves:
                 continue
             n = min(len(c) for c in curves)
@@ -414,6 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table)
     (out / "learning_summary.md").write_text(table + "\n")
     (out / "learning_summary.json").write_text(json.dumps({"summary": summary, "references": refs}, indent=2))
+    write_runs_csv(results, out / "learning_runs.csv")
     try:
         log(f"plot: {plot_learning(results, out / 'learning_curves.png', refs)}")
     except ImportError:
