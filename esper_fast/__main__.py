@@ -2,4 +2,4 @@
 
 from esper_fast.cli import main
 
-main()
+raise SystemExit(main())
