@@ -169,7 +169,8 @@ class FactoredPolicy(FactoredNetwork):
         # inference_mode as esper; no_grad while torch.compile traces (inductor cannot take views of
         # parameters inside an inference-mode region).
         with torch.no_grad() if torch.compiler.is_compiling() else torch.inference_mode():
-            lstm_out, new_hidden = self.trunk(state, blueprint_indices, hidden)
+            # one step: explicit cells on CPU (oneDNN re-packs nn.LSTM's weights per call), cuDNN on GPU
+            lstm_out, new_hidden = self.trunk(state, blueprint_indices, hidden, explicit_cells=state.device.type == "cpu")
             logits, q = self.action_heads(lstm_out[:, 0])
             if self.validate:
                 validate_masks_and_logits(logits, masks)
