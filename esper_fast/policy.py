@@ -169,8 +169,10 @@ class FactoredPolicy(FactoredNetwork):
         # inference_mode as esper; no_grad while torch.compile traces (inductor cannot take views of
         # parameters inside an inference-mode region).
         with torch.no_grad() if torch.compiler.is_compiling() else torch.inference_mode():
-            # one step: explicit cells on CPU (oneDNN re-packs nn.LSTM's weights per call), cuDNN on GPU
-            lstm_out, new_hidden = self.trunk(state, blueprint_indices, hidden, explicit_cells=state.device.type == "cpu")
+            # One step on CPU at small batch: explicit cells (oneDNN re-packs nn.LSTM's weights per call:
+            # 4.5x at batch 1, still faster at 64, slower at 512 - bench_get_action_cpu); else nn.LSTM.
+            cells = state.device.type == "cpu" and state.shape[0] <= 128
+            lstm_out, new_hidden = self.trunk(state, blueprint_indices, hidden, explicit_cells=cells)
             logits, q = self.action_heads(lstm_out[:, 0])
             if self.validate:
                 validate_masks_and_logits(logits, masks)
