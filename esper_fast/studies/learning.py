@@ -11,6 +11,8 @@ Three suites, each run for every value mode and several seeds:
 * ``exact``   - the real :class:`esper_fast.ppo.Trainer` (LSTM FactoredPolicy / ReferencePolicy,
   esper's update) on ExactMDP through :class:`~esper_fast.envs.exact_mdp.ExactMDPEsperEnv`; scored
   by the mean return of 2048 fresh episodes (sampled actions).
+* ``exact300`` - the ``exact`` suite run for 300 updates (``q_op`` and ``expected``), with the critic
+  diagnostics (:func:`critic_diagnostics`) every 10 updates.
 * ``seed``    - the real Trainer on :class:`~esper_fast.envs.SeedLifecycleEnv` (the "default" preset
   at 64 hidden units), scored by the trainer's own evaluation (32 fixed episodes, sampled and greedy).
 
@@ -46,7 +48,7 @@ from esper_fast.ppo.losses import approx_kl, entropy_loss, head_ratios, policy_l
 from esper_fast.studies.advantage_bias import MODES, rollout, single_thread
 
 __all__ = ["TabularPPOConfig", "train_tabular", "train_trainer_exact", "train_trainer_seed", "evaluate_on_exact",
-           "critic_diagnostics", "write_runs_csv",
+           "critic_diagnostics", "write_runs_csv", "plot_diagnostics", "train_trainer_exact_long", "LONG_MODES",
            "t_interval", "SUITES", "run_suite", "summarize", "format_summary", "plot_learning", "main"]  # fmt: skip
 
 A, B = ExactMDP.num_ops, ExactMDP.num_sub
@@ -305,9 +307,17 @@ def train_trainer_seed(mode: str, seed: int, updates: int = 50, hidden: int = 64
     }  # fmt: skip
 
 
+def train_trainer_exact_long(mode: str, seed: int, updates: int = 300, **kwargs: Any) -> dict[str, Any]:
+    """:func:`train_trainer_exact` for 300 updates (suite ``exact300``)."""
+    return {**train_trainer_exact(mode, seed, updates=updates, **kwargs), "suite": "exact300"}
+
+
 SUITES: dict[str, Callable[..., dict[str, Any]]] = {
     "tabular": train_tabular, "exact": train_trainer_exact, "seed": train_trainer_seed,
+    "exact300": train_trainer_exact_long,
 }  # fmt: skip
+LONG_MODES: tuple[str, ...] = ("q_op", "expected")
+"""Modes of the ``exact300`` suite (legacy left out to save CPU: it matches expected elsewhere)."""
 
 
 def run_suite(suite: str, seeds: Sequence[int], out: Path, modes: Sequence[str] = MODES, log=print,
@@ -331,6 +341,14 @@ def run_suite(suite: str, seeds: Sequence[int], out: Path, modes: Sequence[str] 
     return results
 
 
+def _final(run: dict[str, Any], metric: str) -> float | None:
+    """A run's final metric; a trainer run on ExactMDP reports as ``final_objective`` the exact objective
+    of its network's policy read at episode start (:func:`critic_diagnostics`), when recorded."""
+    if metric == "final_objective" and run.get("final_objective") is None and run.get("diag_curve"):
+        return run["diag_curve"][-1]["tabular_objective"]
+    return run.get(metric)
+
+
 def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (suite, mode): mean and 95% t-interval of every final metric over seeds."""
     metrics = ("final_objective", "final_episode_return", "final_greedy_return", "explained_variance")
@@ -342,7 +360,7 @@ def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 continue
             row: dict[str, Any] = {"suite": suite, "mode": mode, "seeds": len(rs)}
             for m in metrics:
-                vals = [r[m] for r in rs if r.get(m) is not None]
+                vals = [_final(r, m) for r in rs if _final(r, m) is not None]
                 if vals:
                     row[m], row[m + "_ci"] = t_interval(vals)
             for m in ("heuristic_return", "random_return"):
@@ -392,8 +410,9 @@ def write_runs_csv(results: Sequence[dict[str, Any]], path: str | Path) -> Path:
 
 def plot_learning(results: Sequence[dict[str, Any]], path: str | Path, references: dict[str, dict[str, float]],
                   smooth: int = 5) -> Path:  # fmt: skip
-    """Per suite: mean learning curve with a 95% band per mode (tabular: exact objective J; the
-    trainers' noisy per-update training returns and explained variances: ``smooth``-update moving mean)."""
+    """Per suite: mean learning curve per mode with a 95% t-band (3+ seeds; the min-max range for 2)
+    (tabular: exact objective J; the trainers' noisy per-update training returns and explained
+    variances: ``smooth``-update moving mean)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -406,6 +425,7 @@ def plot_learning(results: Sequence[dict[str, Any]], path: str | Path, reference
         key = "objective_curve" if suite == "tabular" else "train_return_curve"
         panels.append((suite, key, {"tabular": "exact objective J (ExactMDP, tabular PPO)",
                                     "exact": f"training episode return, {smooth}-update mean (ExactMDP, Trainer)",
+                                    "exact300": f"training episode return, {smooth}-update mean (ExactMDP, Trainer, 300 updates)",
                                     "seed": f"training episode return, {smooth}-update mean (SeedLifecycleEnv, Trainer)"}[suite]))  # fmt: skip
         panels.append((suite, "ev_curve", f"explained variance ({suite}{'' if suite == 'tabular' else f', {smooth}-update mean'})"))
     cols = 2
@@ -424,21 +444,64 @@ def plot_learning(results: Sequence[dict[str, Any]], path: str | Path, reference
                 if not vals:
                     continue
                 m, h = t_interval(vals)
-                h = 0.0 if math.isnan(h) else h
                 xs.append(j)
                 means.append(m)
-                lo.append(m - h)
-                hi.append(m + h)
+                if len(vals) >= 3:
+                    lo.append(m - h)
+                    hi.append(m + h)
+                else:  # a t-interval from 2 seeds is uninformative (t = 12.7): show their range
+                    lo.append(min(vals))
+                    hi.append(max(vals))
             ax.plot(xs, means, color=colors[mode], label=f"{mode} ({len(curves)} seeds)")
             ax.fill_between(xs, lo, hi, color=colors[mode], alpha=0.15)
         if key != "ev_curve":
-            for name, value in references.get(suite, {}).items():
+            for name, value in references.get("exact" if suite == "exact300" else suite, {}).items():
                 ax.axhline(value, linestyle="--", color="gray", linewidth=0.8)
                 ax.annotate(name, (0, value), fontsize=7, color="gray", va="bottom")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("update")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_diagnostics(results: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Trainer runs on ExactMDP: the exact objective of the network's (tabularised) policy, and the op
+    advantage the critic carries against the exact one, per mode (mean over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"legacy": "tab:red", "q_op": "tab:orange", "expected": "tab:green"}
+    runs = [r for r in results if r.get("diag_curve")]
+    suites = list(dict.fromkeys(r["suite"] for r in runs))
+    fig, axes = plt.subplots(len(suites), 3, figsize=(15, 3.4 * len(suites)), dpi=110, squeeze=False)
+    for i, suite in enumerate(suites):
+        for mode in MODES:
+            rs = [r for r in runs if r["suite"] == suite and r["mode"] == mode]
+            if not rs:
+                continue
+            n = min(len(r["diag_curve"]) for r in rs)
+            xs = [rs[0]["diag_curve"][j]["update"] for j in range(n)]
+            mean = lambda key, j: sum(r["diag_curve"][j][key] for r in rs) / len(rs)  # noqa: E731
+            lab = f"{mode} ({len(rs)} seeds)"
+            axes[i][0].plot(xs, [mean("tabular_objective", j) for j in range(n)], color=colors[mode], label=lab)
+            axes[i][1].plot(xs, [mean("critic_op_spread", j) for j in range(n)], color=colors[mode], label=f"{lab}: critic")
+            axes[i][1].plot(xs, [mean("true_op_spread", j) for j in range(n)], color=colors[mode], linestyle="--",
+                            label=f"{lab}: exact")  # fmt: skip
+            axes[i][2].plot(xs, [mean("critic_op_corr", j) for j in range(n)], color=colors[mode], label=lab)
+        titles = (f"{suite}: exact objective J of the network's policy", f"{suite}: RMS op advantage (critic vs exact)",
+                  f"{suite}: corr(critic op advantage, exact)")  # fmt: skip
+        for ax, title in zip(axes[i], titles):
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("update")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)
@@ -460,11 +523,13 @@ def _references() -> dict[str, dict[str, float]]:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m esper_fast.studies.learning", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="docs/learning", help="output directory (default docs/learning)")
-    p.add_argument("--suites", default="tabular,exact,seed", help="comma-separated subset of tabular,exact,seed")
+    p.add_argument("--suites", default="tabular,exact,seed,exact300",
+                   help="comma-separated subset of tabular,exact,seed,exact300")
     p.add_argument("--tabular-seeds", type=int, default=10)
     p.add_argument("--trainer-seeds", type=int, default=3)
     p.add_argument("--exact-updates", type=int, default=120)
     p.add_argument("--seed-updates", type=int, default=50)
+    p.add_argument("--long-seeds", type=int, default=2, help="seeds of the exact300 suite (q_op and expected only)")
     p.add_argument("--summarize-only", action="store_true", help="only aggregate the cached runs")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -482,8 +547,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             results += run_suite("exact", range(args.trainer_seeds), out, log=log, updates=args.exact_updates)
         elif suite == "seed":
             results += run_suite("seed", range(args.trainer_seeds), out, log=log, updates=args.seed_updates)
+        elif suite == "exact300":
+            results += run_suite("exact300", range(args.long_seeds), out, modes=LONG_MODES, log=log)
         else:
-            raise SystemExit(f"unknown suite {suite!r}: expected tabular, exact or seed")
+            raise SystemExit(f"unknown suite {suite!r}: expected tabular, exact, seed or exact300")
     summary = summarize(results)
     refs = _references()
     table = format_summary(summary)
@@ -493,6 +560,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_runs_csv(results, out / "learning_runs.csv")
     try:
         log(f"plot: {plot_learning(results, out / 'learning_curves.png', refs)}")
+        if any(r.get("diag_curve") for r in results):
+            log(f"plot: {plot_diagnostics(results, out / 'learning_diagnostics.png')}")
     except ImportError:
         log("matplotlib not installed: no PNG")
     return 0
