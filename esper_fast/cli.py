@@ -302,10 +302,26 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_bench)
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from esper_fast.studies import advantage_bias
+
+    return int(advantage_bias.main(list(args.study_args)) or 0)
+
+
+def _add_study(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("study", help="run a study (esper_fast.studies): advantage-bias", add_help=False,
+                       description="esper-fast study advantage-bias [--out DIR ...]: the value-baseline study "
+                                   "(docs/value-baselines.md); --help after the name shows its options.")  # fmt: skip
+    p.add_argument("name", choices=["advantage-bias"], help="the study")
+    p.add_argument("study_args", nargs=argparse.REMAINDER, help="arguments for the study")
+    p.set_defaults(func=cmd_study)
+
+
 # =================================================================================================
 # entry point
 # =================================================================================================
-SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_train, _add_evaluate, _add_bench)
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_train, _add_evaluate, _add_bench,
+                                                                         _add_study)
 """Each registers one subcommand; add a ``study`` command by appending its ``_add_study``."""
 
 

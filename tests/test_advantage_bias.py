@@ -222,3 +222,13 @@ def test_critic_diagnostics_on_an_untrained_network():
     assert set(diag) == {"true_op_spread", "critic_op_spread", "critic_op_corr", "tabular_objective"}
     assert all(math.isfinite(v) for v in diag.values())
     assert diag["true_op_spread"] > 0.1  # a near-uniform policy still has op advantages to learn
+
+
+def test_cli_study_advantage_bias(tmp_path, capsys):
+    from esper_fast.cli import main
+
+    rc = main(["study", "advantage-bias", "--out", str(tmp_path), "--num-envs", "128", "--critic-updates", "",
+               "--no-plot"])  # fmt: skip
+    assert rc == 0
+    assert "| oracle | expected | 0.95 |" in capsys.readouterr().out
+    assert (tmp_path / "value_baselines_study.csv").is_file() and (tmp_path / "value_baselines_study.json").is_file()
