@@ -47,6 +47,7 @@ from torch import Tensor
 from esper_fast.constants import (
     HEAD_NAMES, NUM_OPS, BlueprintAction, GerminationStyle, LifecycleOp, get_action_head_sizes, get_feature_size,
 )  # fmt: skip
+from esper_fast.envs.seed_lifecycle import EnvObs, StepResult
 
 __all__ = [
     "ExactMDPConfig", "ExactMDP", "ExactObs", "ExactStep", "TabularPolicy", "ExactValues", "ExactMDPEsperEnv",
@@ -440,9 +441,7 @@ class ExactMDPEsperEnv:
         self._bp_to_sub[list(BLUEPRINT_IDS)] = torch.arange(NB, device=dev)
         self._sub_to_bp = torch.tensor(BLUEPRINT_IDS, device=dev)
 
-    def _view(self, o: ExactObs) -> "EnvObs":
-        from esper_fast.envs.seed_lifecycle import EnvObs
-
+    def _view(self, o: ExactObs) -> EnvObs:
         E = o.state.shape[0]
         obs = torch.zeros(E, self.obs_dim, device=self.device)
         obs[:, 0] = o.time.float() / self.mdp.horizon
@@ -457,19 +456,17 @@ class ExactMDPEsperEnv:
         slot_by_op[:, :, 0] = True
         return EnvObs(obs, bp_idx, {h: masks[h] for h in HEAD_NAMES}, slot_by_op)
 
-    def reset(self, seed: int | None = None) -> "EnvObs":
+    def reset(self, seed: int | None = None) -> EnvObs:
         return self._view(self.mdp.reset(seed))
 
-    def observe(self) -> "EnvObs":
+    def observe(self) -> EnvObs:
         return self._view(self.mdp.observe())
 
-    def state_index(self, env_obs: "EnvObs") -> Tensor:
+    def state_index(self, env_obs: EnvObs) -> Tensor:
         """The ExactMDP state of an observation of this view."""
         return env_obs.obs[:, 1 : 1 + NUM_STATES].argmax(1)
 
-    def step(self, actions: Mapping[str, Tensor]) -> "StepResult":
-        from esper_fast.envs.seed_lifecycle import StepResult
-
+    def step(self, actions: Mapping[str, Tensor]) -> StepResult:
         sub = self._bp_to_sub[actions["blueprint"].clamp(0, self.head_sizes["blueprint"] - 1)]
         r = self.mdp.step({"op": actions["op"], "blueprint": sub})
         return StepResult(self._view(r.next), r.reward, r.terminated, r.truncated, self._view(r.final),

@@ -168,7 +168,7 @@ def rollout(mdp: ExactMDP, policy: TabularPolicy, q_table: Tensor, mode: str, st
     op_logits, sub_logits = policy.op_logits.float(), policy.sub_logits.float()
     q_table = q_table.float()
     obs = mdp.observe()
-    E, T = mdp.num_envs, steps
+    T = steps
     cols: dict[str, list[Tensor]] = {k: [] for k in Rollout._fields}
     for t in range(T):
         s, mask = obs.state, obs.masks["op"]
@@ -198,7 +198,7 @@ def gae(roll: Rollout, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
 def steps_to_cut(roll: Rollout, horizon: int) -> Tensor:
     """``k_t`` ``[E, T]``: steps from t to the step where t's episode is cut (truncation or rollout end),
     if it does not die first - a function of (t, time in episode) only."""
-    E, T = roll.state.shape
+    T = roll.state.shape[1]
     t = torch.arange(T).unsqueeze(0)
     return torch.minimum(horizon - 1 - roll.time, T - 1 - t)
 

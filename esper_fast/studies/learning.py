@@ -1,6 +1,6 @@
 """Learning comparison of the value modes (``legacy`` / ``q_op`` / ``expected``): PPO, several seeds.
 
-Three suites, each run for every value mode and several seeds:
+Four suites, each run for every value mode (``exact300``: ``q_op`` and ``expected``) and several seeds:
 
 * ``tabular`` - tabular PPO on :class:`~esper_fast.envs.exact_mdp.ExactMDP`: per-state op logits,
   blueprint logits and an op-conditioned ``Q(s, op)`` table, trained with esper's loss terms
