@@ -9,12 +9,12 @@ Four suites, each run for every value mode (``exact300``: ``q_op`` and ``expecte
   value path is :func:`esper_fast.studies.advantage_bias.rollout` (``select_op``). The final policy
   is scored *exactly* (``sum_s rho0(s) V^pi(s)`` by DP).
 * ``exact``   - the real :class:`esper_fast.ppo.Trainer` (LSTM FactoredPolicy / ReferencePolicy,
-  esper's update) on ExactMDP through :class:`~esper_fast.envs.exact_mdp.ExactMDPEsperEnv`; scored
+  esper's update, hyper-parameters :data:`STUDY_PPO`) on ExactMDP through :class:`~esper_fast.envs.exact_mdp.ExactMDPEsperEnv`; scored
   by the mean return of 2048 fresh episodes (sampled actions).
 * ``exact300`` - the ``exact`` suite run for 300 updates (``q_op`` and ``expected``), with the critic
   diagnostics (:func:`critic_diagnostics`) every 10 updates.
-* ``seed``    - the real Trainer on :class:`~esper_fast.envs.SeedLifecycleEnv` (the "default" preset
-  at 64 hidden units), scored by the trainer's own evaluation (32 fixed episodes, sampled and greedy).
+* ``seed``    - the real Trainer on :class:`~esper_fast.envs.SeedLifecycleEnv` (:data:`STUDY_PPO`,
+  64 hidden units), scored by the trainer's own evaluation (32 fixed episodes, sampled and greedy).
 
 Every run also reports the trainer's explained variance (``1 - Var(R - v) / Var(R)`` of the stored
 values; mean over the last updates). Results: mean and a 95% t-interval over seeds.
@@ -48,7 +48,7 @@ from esper_fast.ppo.losses import approx_kl, entropy_loss, head_ratios, policy_l
 from esper_fast.studies.advantage_bias import MODES, rollout, single_thread
 
 __all__ = ["TabularPPOConfig", "train_tabular", "train_trainer_exact", "train_trainer_seed", "evaluate_on_exact",
-           "critic_diagnostics", "write_runs_csv", "plot_diagnostics", "train_trainer_exact_long", "LONG_MODES",
+           "critic_diagnostics", "write_runs_csv", "STUDY_PPO", "EXACT300_PPO", "plot_diagnostics", "train_trainer_exact_long", "LONG_MODES",
            "t_interval", "SUITES", "run_suite", "summarize", "format_summary", "plot_learning", "main"]  # fmt: skip
 
 A, B = ExactMDP.num_ops, ExactMDP.num_sub
@@ -175,6 +175,17 @@ def _train_tabular(mode: str, seed: int, cfg: TabularPPOConfig, mdp_config: Exac
 # ======================================================================================================
 # The real trainer on ExactMDP and on SeedLifecycleEnv
 # ======================================================================================================
+STUDY_PPO: dict[str, Any] = dict(
+    num_envs=16, update_epochs=4, num_minibatches=4, learning_rate=1e-3, anneal_lr=True, target_kl=0.03,
+    gamma=0.99, gae_lambda=0.95, entropy_coef=0.01, entropy_coef_end=None, entropy_anneal_updates=0,
+    entropy_coef_min=0.0, op_conditioned_slot=True, torch_threads=1,
+)  # fmt: skip
+"""Trainer hyper-parameters of the ``exact`` and ``seed`` suites, pinned (the "default" preset of the
+time the study was run) so that later preset changes do not change the study. ``exact`` uses the
+MDP's gamma (0.95). Every mode samples the slot op-conditioned (``op_conditioned_slot``), so modes
+differ only in the value baseline."""
+EXACT300_PPO: dict[str, Any] = dict(entropy_coef=0.05, entropy_coef_end=0.0, entropy_anneal_updates=250)
+"""``exact300`` ran with the later "default" preset's entropy schedule (0.05 annealed to 0 over 250 updates)."""
 def evaluate_on_exact(policy, obs_normalizer, op_conditioned_slot: bool, episodes: int = 2048, seed: int = 12345,
                       mdp_config: ExactMDPConfig | None = None) -> dict[str, float]:  # fmt: skip
     """Mean undiscounted and discounted return of ``episodes`` fresh ExactMDP episodes (sampled actions)."""
@@ -242,18 +253,20 @@ def _tail_mean(rows: list[dict[str, Any]], key: str, n: int) -> float | None:
 
 
 def train_trainer_exact(mode: str, seed: int, updates: int = 120, num_envs: int = 16, rollout_steps: int = 40,
-                        hidden: int = 64, eval_episodes: int = 2048, diag_every: int = 10) -> dict[str, Any]:  # fmt: skip
-    """The real Trainer ("default" preset, ``hidden`` units, gamma = the MDP's) on ExactMDPEsperEnv.
+                        hidden: int = 64, eval_episodes: int = 2048, diag_every: int = 10,
+                        ppo_overrides: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The real Trainer (:data:`STUDY_PPO`, ``hidden`` units, gamma = the MDP's) on ExactMDPEsperEnv.
 
     Every ``diag_every`` updates :func:`critic_diagnostics` is recorded (``diag_curve``).
     """
     from esper_fast.ppo import Trainer, make_config
 
     mdp_cfg = ExactMDPConfig()
-    cfg = make_config("default", value_mode=mode, seed=seed, feature_dim=hidden, lstm_hidden_dim=hidden,
-                      num_envs=num_envs, episode_length=mdp_cfg.horizon, rollout_steps=rollout_steps,
-                      total_timesteps=num_envs * rollout_steps * updates, gamma=mdp_cfg.gamma, eval_episodes=0,
-                      torch_threads=1)  # fmt: skip
+    ppo = {**STUDY_PPO, **(ppo_overrides or {})}
+    cfg = make_config("esper", **{**ppo, "value_mode": mode, "seed": seed, "feature_dim": hidden,
+                                  "lstm_hidden_dim": hidden, "num_envs": num_envs, "episode_length": mdp_cfg.horizon,
+                                  "rollout_steps": rollout_steps, "total_timesteps": num_envs * rollout_steps * updates,
+                                  "gamma": mdp_cfg.gamma, "eval_episodes": 0})  # fmt: skip
     trainer = Trainer(cfg, run_dir=None, log=lambda _m: None, tensorboard=False)
     trainer.env = ExactMDPEsperEnv(num_envs, mdp_cfg, seed=seed)
     trainer.obs = trainer.env.observe()
@@ -283,12 +296,12 @@ def train_trainer_exact(mode: str, seed: int, updates: int = 120, num_envs: int 
 
 def train_trainer_seed(mode: str, seed: int, updates: int = 50, hidden: int = 64, eval_episodes: int = 32,
                        eval_seed: int = 777) -> dict[str, Any]:  # fmt: skip
-    """The real Trainer on SeedLifecycleEnv ("default" preset at ``hidden`` units, ``updates`` x 2400 steps)."""
+    """The real Trainer on SeedLifecycleEnv (:data:`STUDY_PPO` at ``hidden`` units, ``updates`` x 16 x 150 steps)."""
     from esper_fast.ppo import Trainer, make_config
 
-    cfg = make_config("default", value_mode=mode, seed=seed, feature_dim=hidden, lstm_hidden_dim=hidden,
-                      total_timesteps=16 * 150 * updates, eval_episodes=eval_episodes, eval_seed=eval_seed,
-                      torch_threads=1)  # fmt: skip
+    cfg = make_config("esper", **{**STUDY_PPO, "value_mode": mode, "seed": seed, "feature_dim": hidden,
+                                  "lstm_hidden_dim": hidden, "total_timesteps": 16 * 150 * updates,
+                                  "eval_episodes": eval_episodes, "eval_seed": eval_seed})  # fmt: skip
     trainer = Trainer(cfg, run_dir=None, log=lambda _m: None, tensorboard=False)
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
@@ -308,8 +321,8 @@ def train_trainer_seed(mode: str, seed: int, updates: int = 50, hidden: int = 64
 
 
 def train_trainer_exact_long(mode: str, seed: int, updates: int = 300, **kwargs: Any) -> dict[str, Any]:
-    """:func:`train_trainer_exact` for 300 updates (suite ``exact300``)."""
-    return {**train_trainer_exact(mode, seed, updates=updates, **kwargs), "suite": "exact300"}
+    """:func:`train_trainer_exact` for 300 updates with :data:`EXACT300_PPO` (suite ``exact300``)."""
+    return {**train_trainer_exact(mode, seed, updates=updates, ppo_overrides=EXACT300_PPO, **kwargs), "suite": "exact300"}
 
 
 SUITES: dict[str, Callable[..., dict[str, Any]]] = {
