@@ -77,8 +77,9 @@ def test_buffer_stores_exactly_what_the_policy_saw(monkeypatch, op_conditioned_s
         assert torch.equal(b.old_q[:, t], result.q_op)
 
 
-def test_bootstrap_uses_hidden_state_reached_at_truncation(monkeypatch):
-    tr = tiny_trainer()
+@pytest.mark.parametrize("value_mode", ["q_op", "expected"])
+def test_bootstrap_uses_hidden_state_reached_at_truncation(monkeypatch, value_mode):
+    tr = tiny_trainer(value_mode=value_mode)
     spy = ActSpy(monkeypatch)
     tr.rollout()
     b = tr.buffer
@@ -97,8 +98,10 @@ def test_bootstrap_uses_hidden_state_reached_at_truncation(monkeypatch):
         use = b.truncated[:, t] | ((~b.dones[:, t]) if t == TINY["rollout_steps"] - 1 else False)
         expected = torch.where(use, call["result"].values, torch.zeros_like(call["result"].values))
         assert torch.equal(b.bootstrap_values[:, t], expected)
-        # q_op: the bootstrap is Q(s', argmax op) from the same call that picked the op
-        assert torch.equal(call["result"].values, call["result"].q_op)
+        # q_op: the bootstrap is Q(s', argmax op) from the same call that picked the op;
+        # expected: V(s') = sum_a pi(a|s') Q(s', a) from that same call
+        field = "q_op" if value_mode == "q_op" else "expected_value"
+        assert torch.equal(call["result"].values, getattr(call["result"], field))
     bootstrapped_steps = {t for t in range(TINY["rollout_steps"]) if b.truncated[:, t].any()} | {TINY["rollout_steps"] - 1}
     assert sum(c["deterministic"] for c in spy.calls) == len(bootstrapped_steps)
     # After the truncation the LSTM state was reset: step 6's decision started from zeros.

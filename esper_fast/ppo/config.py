@@ -70,9 +70,11 @@ class PPOConfig:
     """LSTM hidden size H (esper DEFAULT_LSTM_HIDDEN_DIM); heads use H / 2."""
     lstm_layers: int = 1
     """LSTM layers."""
-    value_mode: str = "q_op"
-    """Value baseline: "q_op" (Q(s, chosen op); bootstrap Q(s', argmax op), esper's rule),
-    "expected" (V(s) = sum_a pi(a|s) Q(s, a)), or "legacy" (esper's double-draw bug, ablations only)."""
+    value_mode: str = "expected"
+    """Value baseline: "expected" (default: V(s) = sum_a pi(a|s) Q(s, a) from the same kernel pass;
+    unbiased, see docs/value-baselines.md), "q_op" (Q(s, chosen op), bootstrap Q(s', argmax op):
+    esper 0872525b's rule, which starves the op head of its advantage), or "legacy" (esper's
+    double-draw bug, ablations only). FactoredPolicy itself keeps esper's "q_op" default."""
     backend: str = "auto"
     """select_op backend for FactoredPolicy: "auto", "torch", "cpu", "cuda" or "triton"."""
     op_conditioned_slot: bool = True
@@ -238,9 +240,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         gamma=0.995, gae_lambda=0.95, entropy_coef=0.05, entropy_coef_end=0.0, entropy_anneal_updates=250,
         entropy_coef_min=0.0,
     ),
-    "esper": dict(op_conditioned_slot=False),
+    "esper": dict(op_conditioned_slot=False, value_mode="q_op"),
 }
-"""Named overrides of :class:`PPOConfig` (``esper``: esper's values, slot drawn without op-conditioning)."""
+"""Named overrides of :class:`PPOConfig` (``esper``: esper 0872525b's values: q_op baseline, slot drawn
+without op-conditioning)."""
 
 
 def make_config(preset: str = "default", **overrides: Any) -> PPOConfig:
