@@ -39,8 +39,14 @@ def _plot_get_action(data: dict, ax) -> None:
     ax.legend(fontsize=7)
 
 
+def _plot_train(data: dict, ax) -> None:
+    rows = data["rows"]
+    ax.bar([r["policy"] for r in rows], [r["env_steps_per_s"] for r in rows], color=["tab:gray", "tab:blue"])
+    ax.set(ylabel="env-steps/s", title=f"trainer throughput ({rows[0]['preset']} preset, {rows[0]['num_envs']} envs)")
+
+
 def plot_file(path: str | Path) -> Path:
-    """Writes ``<path>.png`` next to a bench_select / bench_get_action JSON file; returns its path."""
+    """Writes ``<path>.png`` next to a bench_select / bench_get_action / bench_train JSON file."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,7 +61,7 @@ def plot_file(path: str | Path) -> Path:
         _plot_select(data, axes[0], axes[1] if gpu else None)
     else:
         fig, ax = plt.subplots(figsize=(6, 4))
-        _plot_get_action(data, ax)
+        (_plot_train if "train" in path.name else _plot_get_action)(data, ax)
     fig.suptitle(f"{data['machine']['device_name']} - git {data['machine']['git_sha']}", fontsize=8)
     fig.tight_layout()
     out = path.with_suffix(".png")
