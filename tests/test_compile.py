@@ -70,16 +70,10 @@ def test_select_op_and_select_actions_compile_fullgraph():
 
 @requires_cuda
 def test_cuda_graph_replay_draws_fresh_actions(no_validation):
+    from esper_fast.bench.get_action import capture_get_action
+
     policy, state, bp, masks = policy_inputs(256, "cuda")
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            policy.get_action(state, bp, None, **masks)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static = policy.get_action(state, bp, None, **masks)
+    graph, static = capture_get_action(policy, state, bp, None, **masks)
     seen = []
     for _ in range(3):
         with torch.inference_mode():  # get_action's outputs are inference tensors

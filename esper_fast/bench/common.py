@@ -100,11 +100,17 @@ def default_out_dir() -> Path:
 
 
 def write_results(name: str, info: dict, rows: list[dict], columns: list[str], out_dir: Path, notes: str = "") -> Path:
-    """Writes ``<name>.json`` and ``<name>.md`` into ``out_dir``; returns the JSON path."""
+    """Writes ``<name>.json``, ``<name>.md`` and (with matplotlib) ``<name>.png``; returns the JSON path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps({"machine": info, "notes": notes, "rows": rows}, indent=1))
     header = f"# {name}\n\nMachine: {info['device_name']} ({info['device']}), torch {info['torch']}, " \
              f"triton {info['triton']}, git {info['git_sha']}, {info['date']}\n\n{notes}\n\n"  # fmt: skip
     (out_dir / f"{name}.md").write_text(header + markdown_table(rows, columns) + "\n")
+    try:  # PNG next to the JSON when matplotlib is installed
+        from esper_fast.bench.plots import plot_file
+
+        plot_file(path)
+    except ImportError:
+        pass
     return path

@@ -31,18 +31,19 @@ def _inputs(policy, batch, device):
     return state, bp, masks, hidden
 
 
-def _graphed(policy, state, bp, masks, hidden):
-    """get_action captured in a CUDA graph; returns a replay function."""
+def capture_get_action(policy, *args, **kwargs):
+    """``policy.get_action(*args, **kwargs)`` captured in a CUDA graph (after three warm-up calls on a
+    side stream); returns ``(graph, static_result)``: ``graph.replay()`` refills ``static_result``."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(3):
-            policy.get_action(state, bp, hidden, **masks)
+            policy.get_action(*args, **kwargs)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        policy.get_action(state, bp, hidden, **masks)
-    return graph.replay
+        static = policy.get_action(*args, **kwargs)
+    return graph, static
 
 
 def profile_table(policy, batch: int, device: torch.device, calls: int = 10) -> str:
@@ -79,8 +80,8 @@ def run(device: torch.device, batches, compile_batches, hidden_dim: int, budget_
             for name, pol in (("reference", ref), ("legacy", legacy), ("fused", fused)):
                 row[f"{name}_us"] = median_us(lambda: pol.get_action(state, bp, hidden, **masks), device, repeats=9)
             if device.type == "cuda":
-                replay = _graphed(fused, state, bp, masks, hidden)
-                row["fused_graph_us"] = median_us(replay, device)
+                graph, _ = capture_get_action(fused, state, bp, hidden, **masks)
+                row["fused_graph_us"] = median_us(graph.replay, device)
             rows.append(row)
             print({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
             if time.time() - start > budget_s:
@@ -135,12 +136,6 @@ def main(argv: list[str] | None = None) -> None:
     write_results(name, machine_info(device), rows, cols, out,
                   notes=f"esper default sizes (H={args.hidden_dim}), all-valid masks, validation off, stochastic; "
                         "median µs per call; speedup = reference_us / variant_us")  # fmt: skip
-    try:  # PNG next to the JSON when matplotlib is installed
-        from esper_fast.bench.plots import plot_file
-
-        plot_file(out / f"{name}.json")
-    except ImportError:
-        pass
     print(f"wrote {out / name}.json / .md / .png")
 
 

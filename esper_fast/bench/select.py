@@ -95,12 +95,6 @@ def main(argv: list[str] | None = None) -> None:
     name = f"bench_select_{'gpu' if on_gpu else 'cpu'}"
     write_results(name, machine_info(device), rows, cols, out,
                   notes="median µs per call (back-to-back calls between syncs); speedup = reference_us / backend_us; validate=False")  # fmt: skip
-    try:  # PNG next to the JSON when matplotlib is installed
-        from esper_fast.bench.plots import plot_file
-
-        plot_file(out / f"{name}.json")
-    except ImportError:
-        pass
     print(f"wrote {out / name}.json / .md / .png")
 
 

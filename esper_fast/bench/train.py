@@ -68,12 +68,6 @@ def main(argv: list[str] | None = None) -> None:
     write_results(name, machine_info(torch.device(args.device)), rows,
                   ["policy", "preset", "num_envs", "hidden", "timed_updates", "env_steps_per_s", "s_per_update", "speedup"],
                   out, notes="rollout + GAE + update per timed update; speedup = fused / reference env-steps/s")  # fmt: skip
-    try:  # PNG next to the JSON when matplotlib is installed
-        from esper_fast.bench.plots import plot_file
-
-        plot_file(out / f"{name}.json")
-    except ImportError:
-        pass
     print(f"wrote {out / name}.json / .md / .png")
 
 
