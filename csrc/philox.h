@@ -44,10 +44,17 @@ EF_HD uint32_t philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
   return c0;
 }
 
-// Uniform in the open interval (0, 1) from the top 24 bits: ((x >> 8) + 0.5) * 2^-24 is exact in
-// fp32, so every backend produces the same float, and -log(-log(u)) is always finite.
+// Largest fp32 below 1 (1 - 2^-24).
+constexpr float kUniformMax = 0.99999994039535522461f;
+
+// Uniform in the open interval (0, 1) from the top 24 bits: ((x >> 8) + 0.5) * 2^-24 in fp32,
+// clamped to 1 - 2^-24. Without the clamp, x >> 8 == 2^24 - 1 rounds (x >> 8) + 0.5 up to 2^24 and
+// u to exactly 1.0 (Gumbel noise +inf, probability 2^-24 per element). The clamp touches only that
+// value, so every other uniform is unchanged; the same map is written in Triton and torch, so every
+// backend produces the same float, and -log(-log(u)) is always finite.
 EF_HD float uint_to_open_uniform(uint32_t x) {
-  return (static_cast<float>(x >> 8) + 0.5f) * 5.9604644775390625e-08f;
+  const float u = (static_cast<float>(x >> 8) + 0.5f) * 5.9604644775390625e-08f;
+  return u < kUniformMax ? u : kUniformMax;
 }
 
 // Uniform for element `col` of row `row` in stream `stream` under the 64-bit key `key`.

@@ -32,6 +32,7 @@ def _philox_gumbel(key_ptr, rows, cols, STREAM: tl.constexpr):
     c2 = ((rows >> 32) & 0xFFFFFFFF).to(tl.uint32) + zero
     x, _, _, _ = tl.random.philox_impl(c0, c1, c2, zero + STREAM, k0, k1, 10)
     u = ((x >> 8).to(tl.float32) + 0.5) * 5.9604644775390625e-08
+    u = tl.minimum(u, 0.99999994039535522461)  # 1 - 2^-24: keeps u < 1 (csrc/philox.h)
     return -tl.log(-tl.log(u))
 
 

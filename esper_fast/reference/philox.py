@@ -9,7 +9,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["philox_uniform", "gumbel_from_uniform"]
+__all__ = ["philox_uniform", "gumbel_from_uniform", "UNIFORM_MAX"]
+
+# Largest fp32 below 1 (1 - 2^-24): the top of the open-interval uniform map (csrc/philox.h).
+UNIFORM_MAX = 1.0 - 2.0**-24
 
 _M32 = 0xFFFFFFFF
 _KEY_A, _KEY_B = 0x9E3779B9, 0xBB67AE85
@@ -27,7 +30,8 @@ def philox_uniform(key: Tensor, rows: Tensor, cols: Tensor, stream: int = 0) -> 
     """Open-interval uniforms ``u[row, col]`` for a 64-bit ``key`` (int64 tensor, one element).
 
     Counter = (col, row lo, row hi, stream); key = (key lo, key hi); the first Philox output x maps to
-    ``((x >> 8) + 0.5) * 2^-24``. ``rows`` and ``cols`` broadcast (int64 tensors).
+    ``min(((x >> 8) + 0.5) * 2^-24, 1 - 2^-24)`` in fp32 (the clamp only catches x >> 8 == 2^24 - 1,
+    which fp32 would round to exactly 1.0). ``rows`` and ``cols`` broadcast (int64 tensors).
     """
     key = key.reshape(()).to(torch.int64)
     k0, k1 = key & _M32, (key >> 32) & _M32
@@ -40,7 +44,8 @@ def philox_uniform(key: Tensor, rows: Tensor, cols: Tensor, stream: int = 0) -> 
         hi_a, lo_a = _mul_hi_lo(_ROUND_A, c0)
         c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
         k0, k1 = (k0 + _KEY_A) & _M32, (k1 + _KEY_B) & _M32
-    return ((c0 >> 8).to(torch.float32) + 0.5) * 2.0**-24
+    u = ((c0 >> 8).to(torch.float32) + 0.5) * 2.0**-24
+    return u.clamp_max(UNIFORM_MAX)
 
 
 def gumbel_from_uniform(u: Tensor) -> Tensor:
