@@ -149,8 +149,9 @@ def evaluate_policy(env: SeedLifecycleEnv | Callable[[], SeedLifecycleEnv], poli
     """Score ``policy`` on the first episodes of every env.
 
     Runs ``ceil(num_episodes / num_envs)`` episodes per env (default 1) from ``env.reset(seed)``
-    and returns ``mean_return``, ``std_return``, ``mean_length``, ``terminated_frac``,
-    ``num_episodes`` and ``returns`` (CPU float32, episode-major). No host sync inside the loop.
+    and returns ``mean_return``, ``std_return``, ``se_return`` (the standard error of the mean,
+    std / sqrt(n)), ``mean_length``, ``terminated_frac``, ``num_episodes`` and ``returns`` (CPU
+    float32, episode-major). No host sync inside the loop.
     """
     env = env if isinstance(env, SeedLifecycleEnv) else env()
     num_envs = env.num_envs
@@ -172,6 +173,7 @@ def evaluate_policy(env: SeedLifecycleEnv | Callable[[], SeedLifecycleEnv], poli
     n = num_episodes or num_envs
     flat = lambda t: t.t().reshape(-1)[:n].cpu()  # noqa: E731
     r = flat(returns)
-    return {"mean_return": float(r.mean()), "std_return": float(r.std()) if n > 1 else 0.0,
+    std = float(r.std()) if n > 1 else 0.0
+    return {"mean_return": float(r.mean()), "std_return": std, "se_return": std / math.sqrt(n),
             "mean_length": float(flat(lengths).mean()), "terminated_frac": float(flat(terminal).mean()),
             "num_episodes": n, "returns": r}

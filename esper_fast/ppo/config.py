@@ -134,8 +134,9 @@ class PPOConfig:
     # ---- outputs ---------------------------------------------------------------------------------
     checkpoint_every: int = 0
     """Save a checkpoint every this many updates (0 = only at the end and on Ctrl-C)."""
-    eval_episodes: int = 32
-    """Episodes of the final evaluation against the heuristic and random baselines (0 = skip)."""
+    eval_episodes: int = 256
+    """Episodes of the final evaluation against the heuristic and random baselines (0 = skip); at 256 the
+    standard error of a mean return is about 0.55 points, small enough to rank PPO and the heuristic."""
     eval_seed: int = 12345
     """Env seed of the final evaluation (the same episodes for every policy)."""
 
