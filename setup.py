@@ -154,7 +154,7 @@ if want_cuda():
         Extension(
             "esper_fast._C_cuda",
             sources=["csrc/select_cuda.cu", "csrc/bindings_cuda.cpp"],
-            depends=[str(p) for p in CSRC.glob("*.h")],
+            depends=[str(p.relative_to(ROOT)) for p in CSRC.glob("*.h")],
         )
     )
 

@@ -92,9 +92,22 @@ def ensure_project(python: Path, extras: str) -> None:
     stamp = stamp_of(extras)
     if stamp_file.is_file() and stamp_file.read_text() == stamp and can_import(python, "esper_fast._C"):
         return
-    say(f"installing esper_fast[{extras}] (editable; compiles the C++ extension, a minute or two)")
-    # -v shows setup.py's per-module build lines; pip hides a build's output otherwise.
-    check([str(python), "-m", "pip", "install", "-v", "--progress-bar", "off", "-e", f".[{extras}]"], cwd=ROOT)
+    log = python.parent.parent / "esper_fast-install.log"
+    say(f"installing esper_fast[{extras}] (editable; compiles the C++ extension, a few minutes; full log: {log})")
+    # pip -v passes setup.py's output through; show the build's own lines and pip's summary, log the rest.
+    cmd = [str(python), "-m", "pip", "install", "-v", "--progress-bar", "off", "-e", f".[{extras}]"]
+    say("$ " + " ".join(cmd))
+    with open(log, "w") as f, subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                text=True) as proc:  # fmt: skip
+        for line in proc.stdout:
+            f.write(line)
+            text = line.strip()
+            if "[esper_fast build]" in text or text.startswith(("Successfully installed", "ERROR", "error:")):
+                print("  " + text, flush=True)
+    if proc.returncode:
+        say(f"pip failed (exit {proc.returncode}); the end of {log}:")
+        print("".join(log.read_text().splitlines(keepends=True)[-40:]))
+        sys.exit(proc.returncode)
     stamp_file.write_text(stamp)
 
 
