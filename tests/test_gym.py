@@ -12,14 +12,18 @@ import torch
 gymnasium = pytest.importorskip("gymnasium")
 np = pytest.importorskip("numpy")
 
-import esper_fast  # noqa: E402,F401  (registers the ids)
-from esper_fast.constants import HEAD_NAMES  # noqa: E402
-from esper_fast.envs import EnvConfig, RandomMaskedPolicy, SeedLifecycleEnv  # noqa: E402
-from esper_fast.envs.exact_mdp import ExactMDPConfig, ExactMDPEsperEnv  # noqa: E402
-from esper_fast.envs.gym import (  # noqa: E402
-    ExactMDPGymEnv, ExactMDPVectorEnv, SeedLifecycleGymEnv, SeedLifecycleVectorEnv,
+from gymnasium.utils.env_checker import check_env
+
+import esper_fast  # noqa: F401  (registers the Gymnasium ids)
+from esper_fast.constants import HEAD_NAMES
+from esper_fast.envs import EnvConfig, RandomMaskedPolicy, SeedLifecycleEnv
+from esper_fast.envs.exact_mdp import ExactMDPConfig, ExactMDPEsperEnv
+from esper_fast.envs.gym import (
+    ExactMDPGymEnv,
+    ExactMDPVectorEnv,
+    SeedLifecycleGymEnv,
+    SeedLifecycleVectorEnv,
 )  # fmt: skip
-from gymnasium.utils.env_checker import check_env  # noqa: E402
 
 IDS = ("esper_fast/SeedLifecycle-v0", "esper_fast/ExactMDP-v0")
 # The features are unbounded, so the Box is (-inf, inf): the checker's two notes about that are expected.

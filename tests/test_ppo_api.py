@@ -88,7 +88,7 @@ def test_single_observation_gives_one_action_array(trained):
     model, _ = trained
     env = gym.SeedLifecycleGymEnv()
     obs, info = env.reset(seed=0)
-    action, state = model.predict(obs, None, episode_start=True, info=info)
+    action, _ = model.predict(obs, None, episode_start=True, info=info)
     assert action.shape == (8,) and env.action_space.contains(action)
     env.step(action)
 

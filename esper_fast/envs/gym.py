@@ -45,7 +45,12 @@ from torch import Tensor
 
 from esper_fast.constants import HEAD_NAMES
 from esper_fast.envs.exact_mdp import ExactMDPConfig, ExactMDPEsperEnv
-from esper_fast.envs.seed_lifecycle import EnvConfig, EnvObs, SeedLifecycleEnv, StepResult
+from esper_fast.envs.seed_lifecycle import (
+    EnvConfig,
+    EnvObs,
+    SeedLifecycleEnv,
+    StepResult,
+)
 
 __all__ = ["SeedLifecycleVectorEnv", "SeedLifecycleGymEnv", "ExactMDPVectorEnv", "ExactMDPGymEnv", "action_space_for",
            "observation_space_for"]  # fmt: skip
