@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 
 __all__ = ["main"]
 
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     """``esper-fast bench {select,get_action,train,all} [options]`` (other options go to the benchmark)."""
     from esper_fast.bench.common import committed_results_dir
 
-    argv = list(argv or [])
+    argv = sys.argv[1:] if argv is None else list(argv)
     p = _parser()
     if not argv or argv[0] in ("-h", "--help"):
         p.print_help()
