@@ -10,9 +10,9 @@
     torchrun --nproc_per_node 2 -m esper_fast.cli train ...   # data-parallel (gloo on CPU)
 
 Every ``PPOConfig`` field is a flag (``--lstm-hidden-dim 256``, ``--no-anneal-lr``); explicit flags
-override the preset. Nothing here imports torch before a command runs (``esper-fast --help`` stays
-fast): imports live inside the functions. To add a subcommand, write ``_add_<name>(subparsers)`` that registers a parser
-with ``func=...`` and list it in :data:`SUBCOMMANDS`.
+override the preset. Building the parsers imports no torch (``esper-fast --help`` stays fast):
+imports live inside the functions. To add a subcommand, write ``_add_<name>(subparsers)`` that
+registers a parser with ``func=...`` and list it in :data:`SUBCOMMANDS`.
 """
 
 from __future__ import annotations
@@ -306,7 +306,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                                    "random baseline; print a table.")  # fmt: skip
     p.add_argument("checkpoint", help="checkpoint file, or a run directory (uses checkpoints/latest.pt)")
     p.add_argument("--episodes", type=int, default=256,
-                   help="episodes per policy (default: 256; the standard error is about 0.55 return points there)")
+                   help="episodes per policy (default: 256, where the README's runs have standard errors of 0.4-0.9)")
     p.add_argument("--seed", type=int, default=12345, help="env seed: the same episodes for every policy")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--mode", choices=("both", "sampled", "greedy"), default="both",
