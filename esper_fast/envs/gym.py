@@ -182,7 +182,7 @@ class SeedLifecycleVectorEnv(_BatchedVectorEnv):
         num_envs: rows stepped together.
         config: :class:`EnvConfig` (default: esper's layout, 3 slots, 150-epoch episodes).
         device: where the torch env runs ("cpu" or "cuda"); observations come back as numpy.
-        seed: the env's seed until the first ``reset(seed=...)``.
+        seed: the torch env's seed until the first ``reset()`` (which reseeds it: with its ``seed``, else from ``np_random``).
     """
 
     def __init__(self, num_envs: int = 1, config: EnvConfig | None = None, device: str | torch.device = "cpu",
@@ -248,7 +248,7 @@ class SeedLifecycleGymEnv(_BatchedSingleEnv):
     Args:
         config: :class:`EnvConfig` (default: esper's layout, 3 slots, 150-epoch episodes).
         device: where the torch env runs; observations come back as numpy.
-        seed: the env's seed until the first ``reset(seed=...)``.
+        seed: the torch env's seed until the first ``reset()`` (which reseeds it: with its ``seed``, else from ``np_random``).
     """
 
     def __init__(self, config: EnvConfig | None = None, device: str | torch.device = "cpu", seed: int | None = 0) -> None:
