@@ -71,20 +71,25 @@ def gpu_visible() -> bool:
     return out.returncode == 0 and "GPU" in out.stdout
 
 
+CUDA_SKIPPED = ""
+"""Why esper_fast._C_cuda is not built (said once, when build_ext runs; setup.py is read several times)."""
+
+
 def want_cuda() -> bool:
-    """Whether to build ``esper_fast._C_cuda`` (see the module docstring); says why not."""
+    """Whether to build ``esper_fast._C_cuda`` (see the module docstring); sets :data:`CUDA_SKIPPED`."""
+    global CUDA_SKIPPED
     flag = os.environ.get("ESPER_FAST_CUDA", "auto").strip().lower()
     if flag in ("0", "false", "no", "off"):
-        say("skipping esper_fast._C_cuda: ESPER_FAST_CUDA=0")
+        CUDA_SKIPPED = "ESPER_FAST_CUDA=0"
         return False
     forced = flag in ("1", "true", "yes", "on")
     if find_nvcc() is None:
         if forced:
             raise RuntimeError("ESPER_FAST_CUDA=1 but nvcc was not found (set CUDA_HOME)")
-        say("skipping esper_fast._C_cuda: nvcc not found (CPU and Triton backends only)")
+        CUDA_SKIPPED = "nvcc not found (CPU and Triton backends only)"
         return False
     if not forced and not gpu_visible():
-        say("skipping esper_fast._C_cuda: nvcc found but no GPU visible (ESPER_FAST_CUDA=1 builds it anyway)")
+        CUDA_SKIPPED = "nvcc found but no GPU visible (ESPER_FAST_CUDA=1 builds it anyway)"
         return False
     return True
 
@@ -119,6 +124,8 @@ class BuildExt(build_ext):
     """Builds the CPU module with setuptools and the CUDA module with nvcc + ninja."""
 
     def build_extensions(self) -> None:
+        if CUDA_SKIPPED:
+            say(f"not building esper_fast._C_cuda: {CUDA_SKIPPED}")
         total = len(self.extensions)
         for i, ext in enumerate(self.extensions, 1):
             what = "CUDA kernels, nvcc for sm_" + "/sm_".join(CUDA_ARCHS) if ext.name.endswith("_cuda") else "CPU kernels"
