@@ -1,9 +1,14 @@
 """Builds esper_fast's two pybind11 modules.
 
 * ``esper_fast._C``      - CPU kernels (csrc/select_cpu.cpp), always built with the host compiler.
-* ``esper_fast._C_cuda`` - CUDA kernels (csrc/select_cuda.cu), built with nvcc through ninja when nvcc
-  is found (``$CUDA_HOME/bin/nvcc`` or ``nvcc`` on PATH) for sm_80 and sm_90 (+ compute_90 PTX).
-  Set ``ESPER_FAST_CUDA=0`` to skip it, ``ESPER_FAST_CUDA=1`` to fail when nvcc is missing.
+* ``esper_fast._C_cuda`` - CUDA kernels (csrc/select_cuda.cu), built with nvcc through ninja for sm_80
+  and sm_90 (+ compute_90 PTX) where it can be used: nvcc is found (``$CUDA_HOME/bin/nvcc`` or ``nvcc``
+  on PATH) *and* a GPU is visible (``/dev/nvidia0`` or ``nvidia-smi -L`` lists one).
+  ``ESPER_FAST_CUDA=1`` builds it whenever nvcc exists (a compile check; an error without nvcc),
+  ``ESPER_FAST_CUDA=0`` never builds it.
+
+Every module prints what it builds and how long it took (``pip install -v`` shows these lines; pip
+hides a build's output otherwise).
 
 Neither module links libtorch: they take raw pointers (and the caller's CUDA stream), so one build
 serves every torch version.
@@ -14,7 +19,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import sysconfig
+import time
 from pathlib import Path
 
 import pybind11
@@ -46,13 +53,43 @@ def find_ninja() -> str:
         return found
 
 
+def say(message: str) -> None:
+    print(f"[esper_fast build] {message}", file=sys.stderr, flush=True)
+
+
+def gpu_visible() -> bool:
+    """An NVIDIA GPU this machine can use: ``/dev/nvidia0`` exists or ``nvidia-smi -L`` lists one."""
+    if Path("/dev/nvidia0").exists():
+        return True
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return False
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0 and "GPU" in out.stdout
+
+
+CUDA_SKIPPED = ""
+"""Why esper_fast._C_cuda is not built (said once, when build_ext runs; setup.py is read several times)."""
+
+
 def want_cuda() -> bool:
+    """Whether to build ``esper_fast._C_cuda`` (see the module docstring); sets :data:`CUDA_SKIPPED`."""
+    global CUDA_SKIPPED
     flag = os.environ.get("ESPER_FAST_CUDA", "auto").strip().lower()
     if flag in ("0", "false", "no", "off"):
+        CUDA_SKIPPED = "ESPER_FAST_CUDA=0"
         return False
+    forced = flag in ("1", "true", "yes", "on")
     if find_nvcc() is None:
-        if flag in ("1", "true", "yes", "on"):
+        if forced:
             raise RuntimeError("ESPER_FAST_CUDA=1 but nvcc was not found (set CUDA_HOME)")
+        CUDA_SKIPPED = "nvcc not found (CPU and Triton backends only)"
+        return False
+    if not forced and not gpu_visible():
+        CUDA_SKIPPED = "nvcc found but no GPU visible (ESPER_FAST_CUDA=1 builds it anyway)"
         return False
     return True
 
@@ -86,6 +123,17 @@ def ninja_file(nvcc: str, build_dir: Path, target: Path) -> str:
 class BuildExt(build_ext):
     """Builds the CPU module with setuptools and the CUDA module with nvcc + ninja."""
 
+    def build_extensions(self) -> None:
+        if CUDA_SKIPPED:
+            say(f"not building esper_fast._C_cuda: {CUDA_SKIPPED}")
+        total = len(self.extensions)
+        for i, ext in enumerate(self.extensions, 1):
+            what = "CUDA kernels, nvcc for sm_" + "/sm_".join(CUDA_ARCHS) if ext.name.endswith("_cuda") else "CPU kernels"
+            say(f"[{i}/{total}] {ext.name} ({what}: {', '.join(ext.sources)}) ...")
+            t0 = time.perf_counter()
+            self.build_extension(ext)
+            say(f"[{i}/{total}] {ext.name} done in {time.perf_counter() - t0:.1f} s")
+
     def build_extension(self, ext: Extension) -> None:
         if ext.name != "esper_fast._C_cuda":
             super().build_extension(ext)
@@ -113,7 +161,7 @@ if want_cuda():
         Extension(
             "esper_fast._C_cuda",
             sources=["csrc/select_cuda.cu", "csrc/bindings_cuda.cpp"],
-            depends=[str(p) for p in CSRC.glob("*.h")],
+            depends=[str(p.relative_to(ROOT)) for p in CSRC.glob("*.h")],
         )
     )
 

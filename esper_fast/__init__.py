@@ -2,13 +2,26 @@
 
 The op is chosen exactly once per row, and the log-prob, entropy, Q(s, chosen op) and the
 policy-weighted value sum_a pi(a|s) Q(s, a) come from the same kernel pass (:func:`select_op`).
+
+The torch-based names are imported on first use (PEP 562), so ``import esper_fast`` (and
+``esper-fast --help``) does not pay for importing torch. When gymnasium is installed, importing
+the package registers ``esper_fast/SeedLifecycle-v0`` and ``esper_fast/ExactMDP-v0``
+(:mod:`esper_fast.registration`, adapters in :mod:`esper_fast.envs.gym`).
 """
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING, Any
 
 from esper_fast.constants import HEAD_NAMES, GerminationStyle, LifecycleOp
 from esper_fast.errors import BackendUnavailableError, InvalidActionMaskError, InvalidStateMachineError
-from esper_fast.ops import available_backends, select_op
-from esper_fast.policy import FactoredPolicy, GetActionResult
-from esper_fast.types import OpSelection
+
+if TYPE_CHECKING:  # the lazy names, for type checkers and IDEs
+    from esper_fast.ops import available_backends, select_op
+    from esper_fast.policy import FactoredPolicy, GetActionResult
+    from esper_fast.types import OpSelection
 
 __version__ = "0.1.0"
 
@@ -25,3 +38,36 @@ __all__ = [
     "LifecycleOp",
     "GerminationStyle",
 ]
+
+_LAZY = {
+    "select_op": "esper_fast.ops",
+    "available_backends": "esper_fast.ops",
+    "FactoredPolicy": "esper_fast.policy",
+    "GetActionResult": "esper_fast.policy",
+    "OpSelection": "esper_fast.types",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'esper_fast' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+def _register_gymnasium() -> None:
+    """Register the Gymnasium ids when gymnasium is installed (it is an optional dependency)."""
+    if importlib.util.find_spec("gymnasium") is None:
+        return
+    from esper_fast.registration import register_envs
+
+    register_envs()
+
+
+_register_gymnasium()

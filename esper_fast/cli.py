@@ -5,12 +5,14 @@
     esper-fast train --preset esper --device cuda --total-timesteps 60000
     esper-fast train --resume runs/<name>  # continue (also after Ctrl-C)
     esper-fast evaluate runs/<name>        # the checkpoint vs the heuristic and random baselines
+    esper-fast train --print-config        # the resolved configuration, then exit
     esper-fast bench ...                   # esper_fast.bench.main(...)
     torchrun --nproc_per_node 2 -m esper_fast.cli train ...   # data-parallel (gloo on CPU)
 
 Every ``PPOConfig`` field is a flag (``--lstm-hidden-dim 256``, ``--no-anneal-lr``); explicit flags
-override the preset. To add a subcommand, write ``_add_<name>(subparsers)`` that registers a parser
-with ``func=...`` and list it in :data:`SUBCOMMANDS`.
+override the preset. Building the parsers imports no torch (``esper-fast --help`` stays fast):
+imports live inside the functions. To add a subcommand, write ``_add_<name>(subparsers)`` that
+registers a parser with ``func=...`` and list it in :data:`SUBCOMMANDS`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import sys
 import time
 import typing
@@ -63,25 +66,41 @@ def _parse_head_coefs(text: str) -> dict[str, float]:
     return out
 
 
+TOPOLOGY_NAMES = ("cnn", "transformer")
+"""``esper_fast.envs.masks.TOPOLOGIES``' keys, written out so ``--help`` need not import torch (a test keeps them equal)."""
+BACKEND_CHOICES = ("auto", "torch", "cpu", "cuda", "triton")
+"""``("auto", *esper_fast.ops.backends.BACKEND_NAMES)``, written out for the same reason (tested)."""
+
+
 def _choices() -> dict[str, tuple[str, ...]]:
     """Fields whose values come from a fixed set (shown in --help, checked by argparse)."""
-    from esper_fast.envs.masks import TOPOLOGIES
-    from esper_fast.ops.backends import BACKEND_NAMES
     from esper_fast.ppo.config import VALUE_MODES
 
-    return {"value_mode": VALUE_MODES, "topology": tuple(TOPOLOGIES), "backend": ("auto", *BACKEND_NAMES)}
+    return {"value_mode": VALUE_MODES, "topology": TOPOLOGY_NAMES, "backend": BACKEND_CHOICES}
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    from esper_fast.ppo.config import PPOConfig, field_docs
+def _show(value: Any) -> str:
+    """A config value as a flag would take it (``none``, ``True``, ``op=1.0,slot=1.0``)."""
+    if value is None:
+        return "none"
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, shown_preset: str = "default") -> None:
+    from esper_fast.ppo.config import PPOConfig, field_docs, make_config
 
     choices = _choices()
     docs, hints = field_docs(), typing.get_type_hints(PPOConfig)
-    group = parser.add_argument_group("training configuration (override the preset; PPOConfig fields)")
+    shown = make_config(shown_preset)
+    group = parser.add_argument_group(f"training configuration (PPOConfig fields; override the preset; [brackets]: "
+                                      f"the {shown_preset!r} preset's value)")  # fmt: skip
     for f in dataclasses.fields(PPOConfig):
         if not f.init:
             continue
-        kind, help_text = hints[f.name], docs.get(f.name, "")
+        kind = hints[f.name]
+        help_text = f"{docs.get(f.name, '')} [{_show(getattr(shown, f.name))}]".replace("%", "%%")
         args = typing.get_args(kind)
         optional = type(None) in args
         base = next((a for a in args if a is not type(None)), kind) if optional else kind
@@ -184,6 +203,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise
     except ValueError as exc:  # PPOConfig validation: a bad flag value
         raise CLIError(str(exc), EXIT_USAGE) from exc
+    if args.print_config:
+        source = f"checkpoint {resume_ckpt['path']}" if resume_ckpt else f"preset {args.preset!r}"
+        print(json.dumps({"source": source, "config": config.to_dict(), "derived": config.derived()}, indent=2))
+        return 0
     _check_device(config.device)
     run_dir = _resolve_run(args, resume_ckpt, args.preset)
     if resume_ckpt is None and (run_dir / "checkpoints").exists():
@@ -220,7 +243,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"checkpoint:    {summary['checkpoint']}")
     if summary.get("plot"):
         print(f"learning curve: {summary['plot']}")
-    return 130 if summary.get("interrupted") else 0
+    if summary.get("interrupted"):
+        print(f"\ninterrupted after update {summary['updates']}; to continue:\n  {resume_command(run_dir, ctx.world_size)}")
+        return 130
+    return 0
+
+
+def resume_command(run_dir: Path, world_size: int = 1) -> str:
+    """The command that continues the run in ``run_dir`` (its checkpoint holds the config)."""
+    prefix = "esper-fast" if world_size == 1 else f"torchrun --nproc_per_node {world_size} -m esper_fast.cli"
+    return f"{prefix} train --resume {shlex.quote(str(run_dir))}"
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -230,7 +262,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                        description="Train recurrent PPO (esper's algorithm) on SeedLifecycleEnv. Writes "
                                    "runs/<name>/: config.json, metrics.csv, metrics.jsonl, TensorBoard events "
                                    "(if installed), checkpoints/, learning_curve.png, summary.json. Ctrl-C "
-                                   "finishes the current update and saves a checkpoint.")  # fmt: skip
+                                   "finishes the current update, saves a checkpoint and prints the --resume "
+                                   "command. The values in [brackets] below are the 'default' preset's "
+                                   "(--print-config shows a whole resolved configuration).")  # fmt: skip
     p.add_argument("--preset", choices=sorted(PRESETS), default="default",
                    help="starting configuration: smoke (seconds), default (minutes on CPU), esper (esper's sizes)")
     p.add_argument("--name", help="run name (default: <preset>-<date>-<time>)")
@@ -238,6 +272,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="PATH", help="continue from a checkpoint file or a run directory")
     p.add_argument("--no-progress", action="store_true", help="no progress line")
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved configuration (preset or checkpoint + flags) as JSON and exit")
     _add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
@@ -269,7 +305,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                        description="Play the same episodes with the checkpoint's policy, the heuristic and the "
                                    "random baseline; print a table.")  # fmt: skip
     p.add_argument("checkpoint", help="checkpoint file, or a run directory (uses checkpoints/latest.pt)")
-    p.add_argument("--episodes", type=int, default=64, help="episodes per policy (default: 64)")
+    p.add_argument("--episodes", type=int, default=256,
+                   help="episodes per policy (default: 256, where the README's runs have standard errors of 0.4-0.9)")
     p.add_argument("--seed", type=int, default=12345, help="env seed: the same episodes for every policy")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--mode", choices=("both", "sampled", "greedy"), default="both",
@@ -299,22 +336,32 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                        description="Runs esper_fast.bench.main with the remaining arguments "
                                    "(esper-fast bench --help shows its options).")  # fmt: skip
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for esper_fast.bench")
-    p.set_defaults(func=cmd_bench)
+    p.set_defaults(func=cmd_bench)  # main() hands everything after "bench" over unparsed, -h included
+
+
+STUDIES = ("advantage-bias",)
 
 
 def cmd_study(args: argparse.Namespace) -> int:
+    argv = list(args.study_args)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: esper-fast study NAME [options]\n\nstudies:\n  advantage-bias  which value baseline PPO "
+              "needs, measured exactly on ExactMDP (docs/value-baselines.md)\n\n"
+              "esper-fast study NAME -h shows the study's options.")  # fmt: skip
+        return 0 if argv else EXIT_USAGE
+    if argv[0] not in STUDIES:
+        raise CLIError(f"unknown study {argv[0]!r}; expected one of {list(STUDIES)}", EXIT_USAGE)
     from esper_fast.studies import advantage_bias
 
-    return int(advantage_bias.main(list(args.study_args)) or 0)
+    return int(advantage_bias.main(argv[1:]) or 0)
 
 
 def _add_study(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("study", help="run a study (esper_fast.studies): advantage-bias", add_help=False,
                        description="esper-fast study advantage-bias [--out DIR ...]: the value-baseline study "
                                    "(docs/value-baselines.md); --help after the name shows its options.")  # fmt: skip
-    p.add_argument("name", choices=["advantage-bias"], help="the study")
-    p.add_argument("study_args", nargs=argparse.REMAINDER, help="arguments for the study")
-    p.set_defaults(func=cmd_study)
+    p.add_argument("study_args", nargs=argparse.REMAINDER, help="the study's name (advantage-bias), then its arguments")
+    p.set_defaults(func=cmd_study)  # main() hands everything after "study" over unparsed, -h included
 
 
 # =================================================================================================
@@ -340,7 +387,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv:  # `esper-fast` alone: help, not an argparse error
         parser.print_help()
         return EXIT_USAGE
-    args = parser.parse_args(argv)
+    if argv[0] in ("bench", "study"):  # pass-through commands: their own parsers see every argument, -h too
+        args = argparse.Namespace(command=argv[0], bench_args=argv[1:], study_args=argv[1:],
+                                  func=cmd_bench if argv[0] == "bench" else cmd_study)  # fmt: skip
+    else:
+        args = parser.parse_args(argv)
     from esper_fast.ppo.checkpoint import CheckpointError
 
     try:

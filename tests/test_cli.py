@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -161,6 +162,7 @@ def test_ctrl_c_saves_a_checkpoint(tmp_path):
             proc.kill()
     assert proc.returncode == 130, err
     assert "saving a checkpoint" in err
+    assert f"esper-fast train --resume {run}" in out  # the exact command that continues the run
     ckpt = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
     rows = (run / "metrics.jsonl").read_text().splitlines()
     assert ckpt["train_steps"] == len(rows) >= 1
@@ -169,6 +171,119 @@ def test_ctrl_c_saves_a_checkpoint(tmp_path):
 
 def test_tensorboard_events_when_installed(tmp_path):
     pytest.importorskip("tensorboard")
-    assert main(["train", "--preset", "smoke", "--no-progress", "--eval-episodes", "0", "--runs-dir", str(tmp_path),
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert main(["train", "--preset", "smoke", "--no-progress", "--eval-episodes", "3", "--runs-dir", str(tmp_path),
                  "--name", "tb"]) == 0  # fmt: skip
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0, "tensors": 0}).Reload()
+    summary = json.loads((tmp_path / "tb" / "summary.json").read_text())
+    for name, tag in (("ppo (sampled)", "ppo_sampled"), ("ppo (greedy)", "ppo_greedy"), ("heuristic", "heuristic"),
+                      ("random", "random")):  # fmt: skip
+        logged = events.Scalars(f"eval/{tag}/mean_return")
+        assert len(logged) == 1 and logged[0].value == pytest.approx(summary["evaluation"][name]["mean_return"])
+        assert events.Scalars(f"eval/{tag}/se_return")
+    assert "losses/policy_loss" in events.Tags()["scalars"]
+    assert any(t.startswith("evaluation") for t in events.Tags()["tensors"])  # the table as text
+
+
+def test_help_imports_no_torch():
+    """``esper-fast --help`` and ``train -h`` build every parser without importing torch (fast help)."""
+    code = ("import sys, contextlib, io; from esper_fast.cli import main\n"
+            "for argv in (['--help'], ['train', '-h']):\n"
+            "    with contextlib.redirect_stdout(io.StringIO()):\n"
+            "        try: main(argv)\n"
+            "        except SystemExit: pass\n"
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_train_help_shows_the_default_presets_values(capsys):
+    from esper_fast.ppo.config import make_config
+
+    with pytest.raises(SystemExit):
+        main(["train", "-h"])
+    out = " ".join(capsys.readouterr().out.split())
+    default = make_config("default")
+    assert f"[{default.total_timesteps}]" in out and f"[{default.lstm_hidden_dim}]" in out
+    assert default.lstm_hidden_dim != make_config("esper").lstm_hidden_dim  # so the check above means something
+
+
+def test_print_config_prints_the_resolved_configuration(capsys):
+    assert main(["train", "--preset", "esper", "--lstm-hidden-dim", "64", "--print-config"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    from esper_fast.ppo.config import make_config
+
+    assert data["config"] == make_config("esper", lstm_hidden_dim=64).to_dict()
+    assert data["derived"]["batch_size"] == data["config"]["num_envs"] * 150
+
+
+def test_print_config_of_a_checkpoint(smoke_run, capsys):
+    assert main(["train", "--resume", str(smoke_run), "--print-config"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["config"]["lstm_hidden_dim"] == 32 and "checkpoint" in data["source"]
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["bench", "-h"], "esper-fast bench"),
+    (["bench", "--help"], "--update-results"),
+    (["study", "-h"], "advantage-bias"),
+])  # fmt: skip
+def test_help_of_pass_through_commands(argv, expect, capsys):
+    try:
+        rc = main(argv)
+    except SystemExit as exc:
+        rc = exc.code
+    assert rc == 0
+    assert expect in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,expect", [
+    (["bench", "train", "-h"], "bench_train"),
+    (["study", "advantage-bias", "-h"], "--critic-updates"),
+])  # fmt: skip
+def test_help_of_a_benchmark_or_study(argv, expect, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 0
+    assert expect in capsys.readouterr().out
+
+
+def test_unknown_study_is_a_clear_error(capsys):
+    assert main(["study", "nope"]) == 2
+    assert "unknown study 'nope'" in capsys.readouterr().err
+
+
+def test_written_out_choices_match_the_modules():
+    from esper_fast.cli import BACKEND_CHOICES, TOPOLOGY_NAMES
+    from esper_fast.envs.masks import TOPOLOGIES
+    from esper_fast.ops.backends import BACKEND_NAMES
+
+    assert TOPOLOGY_NAMES == tuple(TOPOLOGIES)
+    assert BACKEND_CHOICES == ("auto", *BACKEND_NAMES)
+
+
+def test_bench_writes_to_bench_results_by_default(tmp_path, monkeypatch):
+    from esper_fast.bench.common import committed_results_dir, default_out_dir
+
+    monkeypatch.delenv("OUT", raising=False)
+    assert default_out_dir() == Path("bench-results")
+    monkeypatch.setenv("OUT", str(tmp_path))
+    assert default_out_dir() == tmp_path
+    assert committed_results_dir().name == "results" and committed_results_dir().parent.name == "benchmarks"
+
+
+def test_bench_progress_lines_have_an_eta():
+    import io
+
+    from esper_fast.bench.common import CaseProgress
+
+    stream = io.StringIO()
+    progress = CaseProgress("bench_x", 3, stream=stream)
+    progress({"N": 64, "us": 1.5})
+    progress({"N": 128, "us": 2.5})
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("bench_x [  1/3]") and "eta" in lines[0] and "N=64" in lines[0]
+    assert lines[1].startswith("bench_x [  2/3]") and "us=2.5" in lines[1]

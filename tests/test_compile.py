@@ -40,6 +40,18 @@ def test_opcheck_registered_ops():
     torch.library.opcheck(select_actions_op, (heads, masks, masks, q, None, None, True, "cpu"))
 
 
+def test_explicit_schemas_match_the_python_signatures():
+    """The written-out schemas (kept for older torch releases) say what the annotations say."""
+    from esper_fast.ops import library
+
+    infer = getattr(torch.library, "infer_schema", None)
+    if infer is None:
+        pytest.skip("torch.library.infer_schema is not public in this torch")
+    assert infer(select_op_op._init_fn, mutates_args=()) == library.SELECT_OP_SCHEMA
+    assert infer(select_actions_op._init_fn, mutates_args=()) == library.SELECT_ACTIONS_SCHEMA
+    assert str(torch.ops.esper_fast.select_op.default._schema) == "esper_fast::select_op" + library.SELECT_OP_SCHEMA
+
+
 def test_get_action_compiles_fullgraph_and_matches_eager(no_validation):
     policy, state, bp, masks = policy_inputs(8)
     torch._dynamo.reset()

@@ -2,4 +2,4 @@
 
 from esper_fast.bench import main
 
-main()
+raise SystemExit(main())

@@ -13,7 +13,8 @@ from typing import Callable
 
 import torch
 
-__all__ = ["median_us", "machine_info", "write_results", "markdown_table", "default_out_dir"]
+__all__ = ["median_us", "machine_info", "write_results", "markdown_table", "default_out_dir", "committed_results_dir",
+           "CaseProgress"]
 
 
 def _sync(device: torch.device) -> None:
@@ -92,11 +93,54 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
 
 
 def default_out_dir() -> Path:
-    """``$OUT`` when set (the device machine), else ``benchmarks/results/``."""
+    """``$OUT`` when set (the device machine), else ``./bench-results`` (never the committed results)."""
     out = os.environ.get("OUT")
     if out:
         return Path(out)
-    return Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    return Path("bench-results")
+
+
+def committed_results_dir() -> Path:
+    """The checkout's ``benchmarks/results/`` (``esper-fast bench --update-results``).
+
+    Raises ``FileNotFoundError`` when esper_fast does not run from a checkout (a wheel install has none).
+    """
+    root = Path(__file__).resolve().parents[2]
+    results = root / "benchmarks" / "results"
+    if not (root / "pyproject.toml").is_file() or not results.is_dir():
+        raise FileNotFoundError(f"--update-results: {results} is not a checkout's benchmarks/results/ "
+                                "(esper_fast is not running from a source checkout); use --out DIR")
+    return results
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class CaseProgress:
+    """One line per finished benchmark case: ``[done/total] elapsed, ETA | the case's numbers``.
+
+    The ETA assumes the remaining cases cost the mean of those done so far (cases grow with N, so
+    early estimates are low); a time budget may stop a benchmark before ``total``.
+    """
+
+    def __init__(self, name: str, total: int, stream=None) -> None:
+        import sys
+
+        self.name, self.total, self.done = name, max(int(total), 1), 0
+        self.stream = stream if stream is not None else sys.stdout
+        self.t0 = time.perf_counter()
+
+    def __call__(self, row: dict) -> None:
+        self.done += 1
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / self.done * max(self.total - self.done, 0)
+        fields = "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+                           if v is not None)  # fmt: skip
+        self.stream.write(f"{self.name} [{self.done:>3}/{self.total}] {_clock(elapsed)} elapsed, eta {_clock(eta)} | "
+                          f"{fields}\n")  # fmt: skip
+        self.stream.flush()
 
 
 def write_results(name: str, info: dict, rows: list[dict], columns: list[str], out_dir: Path, notes: str = "") -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from esper_fast import FactoredPolicy
-from esper_fast.bench.common import default_out_dir, machine_info, median_us, write_results
+from esper_fast.bench.common import CaseProgress, default_out_dir, machine_info, median_us, write_results
 from esper_fast.reference import ReferencePolicy
 
 BATCHES = (1, 8, 64, 512, 4096)
@@ -73,6 +73,7 @@ def run(device: torch.device, batches, compile_batches, hidden_dim: int, budget_
     saved = FactoredPolicy.validate, ReferencePolicy.validate
     FactoredPolicy.validate = ReferencePolicy.validate = False
     rows, start = [], time.time()
+    progress = CaseProgress("bench_get_action", len(batches))
     try:
         for batch in batches:
             state, bp, masks, hidden = _inputs(fused, batch, device)
@@ -83,7 +84,7 @@ def run(device: torch.device, batches, compile_batches, hidden_dim: int, budget_
                 graph, _ = capture_get_action(fused, state, bp, hidden, **masks)
                 row["fused_graph_us"] = median_us(graph.replay, device)
             rows.append(row)
-            print({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+            progress(row)
             if time.time() - start > budget_s:
                 print(f"bench_get_action: time budget {budget_s}s reached, stopping early", flush=True)
                 break
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compile-batches", type=int, nargs="*", default=[64])
     p.add_argument("--hidden-dim", type=int, default=512, help="lstm_hidden_dim = feature_dim (esper: 512)")
     p.add_argument("--budget-s", type=float, default=1e9)
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default=None, help="output folder (default: $OUT when set, else ./bench-results)")
     p.add_argument("--profile-batch", type=int, default=0, help="also write a torch.profiler table at this batch")
     args = p.parse_args(argv)
     device = torch.device(args.device)

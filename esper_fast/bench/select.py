@@ -15,7 +15,7 @@ import time
 import torch
 
 from esper_fast import available_backends, select_op
-from esper_fast.bench.common import default_out_dir, machine_info, median_us, write_results
+from esper_fast.bench.common import CaseProgress, default_out_dir, machine_info, median_us, write_results
 from esper_fast.reference import select_op_reference
 
 GPU_NS = (64, 1024, 16384, 262144, 4194304)
@@ -47,6 +47,7 @@ def _copy_gbps(nbytes: int, device: torch.device) -> float:
 def run(device: torch.device, ns, as_, dtypes, budget_s: float = 1e9) -> list[dict]:
     rows, start = [], time.time()
     backends = [b for b in available_backends(device) if b != "torch"]
+    progress = CaseProgress("bench_select", len(ns) * len(as_) * len(dtypes) * 2)
     for n in ns:
         for a in as_:
             for dtype in dtypes:
@@ -66,7 +67,7 @@ def run(device: torch.device, ns, as_, dtypes, budget_s: float = 1e9) -> list[di
                         if device.type == "cuda":
                             row[f"{b}_GBps"] = nbytes / us / 1e3
                     rows.append(row)
-                    print({k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+                    progress(row)
                 if time.time() - start > budget_s:
                     print(f"bench_select: time budget {budget_s}s reached, stopping early", flush=True)
                     return rows
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="small sizes only (smoke run)")
     p.add_argument("--budget-s", type=float, default=1e9, help="stop after this many seconds")
-    p.add_argument("--out", default=None, help="output folder (default $OUT or benchmarks/results)")
+    p.add_argument("--out", default=None, help="output folder (default: $OUT when set, else ./bench-results)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from esper_fast.bench.common import default_out_dir, machine_info, write_results
+from esper_fast.bench.common import CaseProgress, default_out_dir, machine_info, write_results
 from esper_fast.reference import ReferencePolicy
 
 
@@ -39,6 +39,7 @@ def _trainer(preset: str, device: str, updates: int, num_envs: int | None, polic
 
 def run(preset: str, device: str, updates: int, num_envs: int | None) -> list[dict]:
     rows = []
+    progress = CaseProgress("bench_train", 2)
     for impl in ("reference", "fused"):
         trainer, cfg = _trainer(preset, device, updates, num_envs, impl)
         stamps = []
@@ -48,7 +49,7 @@ def run(preset: str, device: str, updates: int, num_envs: int | None) -> list[di
         rows.append({"policy": impl, "preset": preset, "num_envs": cfg.num_envs, "hidden": cfg.lstm_hidden_dim,
                      "timed_updates": len(stamps) - 1, "env_steps_per_s": sps,
                      "s_per_update": elapsed / (len(stamps) - 1)})  # fmt: skip
-        print(rows[-1], flush=True)
+        progress(rows[-1])
     rows[1]["speedup"] = rows[1]["env_steps_per_s"] / rows[0]["env_steps_per_s"]
     return rows
 
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--updates", type=int, default=3)
     p.add_argument("--num-envs", type=int, default=None)
     p.add_argument("--budget-s", type=float, default=None, help="accepted for symmetry; sizes are fixed")
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default=None, help="output folder (default: $OUT when set, else ./bench-results)")
     args = p.parse_args(argv)
     rows = run(args.preset, args.device, args.updates, args.num_envs)
     out = Path(args.out) if args.out else default_out_dir()

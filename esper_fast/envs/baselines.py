@@ -11,6 +11,7 @@ A policy is any callable ``EnvObs -> dict[head, (E,) int64]``.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping
 
@@ -144,13 +145,25 @@ class HeuristicPolicy:
         }
 
 
+def _takes_episode_start(policy: Policy) -> bool:
+    try:
+        return "episode_start" in inspect.signature(policy).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
+
+
 def evaluate_policy(env: SeedLifecycleEnv | Callable[[], SeedLifecycleEnv], policy: Policy,
                     num_episodes: int | None = None, seed: int | None = None) -> dict[str, object]:
     """Score ``policy`` on the first episodes of every env.
 
     Runs ``ceil(num_episodes / num_envs)`` episodes per env (default 1) from ``env.reset(seed)``
-    and returns ``mean_return``, ``std_return``, ``mean_length``, ``terminated_frac``,
-    ``num_episodes`` and ``returns`` (CPU float32, episode-major). No host sync inside the loop.
+    A ``policy`` whose call takes an ``episode_start`` keyword (a recurrent one, like
+    :class:`esper_fast.ppo.agent.PolicyActor`) is told, as an ``(E,)`` bool tensor, which rows start
+    an episode (all at the reset, then the rows that ended at the previous step).
+
+    Returns ``mean_return``, ``std_return``, ``se_return`` (the standard error of the mean,
+    std / sqrt(n)), ``mean_length``, ``terminated_frac``, ``num_episodes`` and ``returns`` (CPU
+    float32, episode-major). No host sync inside the loop.
     """
     env = env if isinstance(env, SeedLifecycleEnv) else env()
     num_envs = env.num_envs
@@ -160,9 +173,12 @@ def evaluate_policy(env: SeedLifecycleEnv | Callable[[], SeedLifecycleEnv], poli
     count = torch.zeros(num_envs, dtype=torch.long, device=env.device)
     obs = env.reset(seed)
     rows = torch.arange(num_envs, device=env.device)
+    tell_starts = _takes_episode_start(policy)
+    start = torch.ones(num_envs, dtype=torch.bool, device=env.device)
     for _ in range(per_env * env.config.episode_length):
-        res = env.step(policy(obs))
-        done = (res.terminated | res.truncated) & (count < per_env)
+        res = env.step(policy(obs, episode_start=start) if tell_starts else policy(obs))
+        start = res.terminated | res.truncated
+        done = start & (count < per_env)
         col = count.clamp(max=per_env - 1)
         for buf, value in ((returns, res.episode_return), (lengths, res.episode_length.float()),
                            (terminal, res.terminated.float())):
@@ -172,6 +188,7 @@ def evaluate_policy(env: SeedLifecycleEnv | Callable[[], SeedLifecycleEnv], poli
     n = num_episodes or num_envs
     flat = lambda t: t.t().reshape(-1)[:n].cpu()  # noqa: E731
     r = flat(returns)
-    return {"mean_return": float(r.mean()), "std_return": float(r.std()) if n > 1 else 0.0,
+    std = float(r.std()) if n > 1 else 0.0
+    return {"mean_return": float(r.mean()), "std_return": std, "se_return": std / math.sqrt(n),
             "mean_length": float(flat(lengths).mean()), "terminated_frac": float(flat(terminal).mean()),
             "num_episodes": n, "returns": r}

@@ -3,6 +3,11 @@
 Eager calls skip the dispatcher (it costs microseconds per call); ``select_op`` / ``select_actions``
 route through these ops only while ``torch.compiler.is_compiling()``. Each op has a fake (meta)
 implementation that gives output shapes without running a kernel.
+
+The schemas are written out rather than inferred from the annotations: schema inference of
+``list[Optional[Tensor]]`` and friends differs between torch releases (torch 2.6 rejects
+``list[Tensor]`` annotations here), while a schema string means the same to every release that
+has ``torch.library.custom_op``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,13 @@ from esper_fast.types import OpSelection
 __all__ = ["select_op_op", "select_actions_op"]
 
 
-@torch.library.custom_op("esper_fast::select_op", mutates_args=())
+SELECT_OP_SCHEMA = ("(Tensor logits, Tensor? q, Tensor? mask, Tensor? noise, Tensor? key, bool deterministic, "
+                    "str backend) -> (Tensor, Tensor)")
+SELECT_ACTIONS_SCHEMA = ("(Tensor[] logits, Tensor?[] masks, Tensor?[] noise, Tensor q, Tensor? slot_by_op, "
+                         "Tensor? key, bool deterministic, str backend) -> (Tensor, Tensor)")
+
+
+@torch.library.custom_op("esper_fast::select_op", mutates_args=(), schema=SELECT_OP_SCHEMA)
 def select_op_op(
     logits: Tensor, q: Optional[Tensor], mask: Optional[Tensor], noise: Optional[Tensor],
     key: Optional[Tensor], deterministic: bool, backend: str,
@@ -38,7 +49,7 @@ def _select_op_fake(logits, q, mask, noise, key, deterministic, backend):
     return logits.new_empty(n, dtype=torch.int64), logits.new_empty(4, n, dtype=torch.float32)
 
 
-@torch.library.custom_op("esper_fast::select_actions", mutates_args=())
+@torch.library.custom_op("esper_fast::select_actions", mutates_args=(), schema=SELECT_ACTIONS_SCHEMA)
 def select_actions_op(
     logits: list[Tensor], masks: list[Optional[Tensor]], noise: list[Optional[Tensor]], q: Tensor,
     slot_by_op: Optional[Tensor], key: Optional[Tensor], deterministic: bool, backend: str,

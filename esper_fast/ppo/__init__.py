@@ -3,13 +3,44 @@
 ``config`` (PPOConfig, presets) -> ``normalize`` -> ``buffer`` -> ``gae`` -> ``losses`` -> ``update``
 -> ``trainer``; ``agent`` builds the policy and acts, ``checkpoint`` saves/loads (esper-compatible
 network state), ``metrics`` writes CSV/JSONL/TensorBoard/PNG, ``distributed`` is torch.distributed
-data parallelism, ``evaluate`` compares with the baselines.
+data parallelism, ``evaluate`` compares with the baselines, ``api`` is the Stable-Baselines3-style
+``PPO`` (learn / save / load / predict).
+
+The names below are imported on first use, so ``esper_fast.ppo.config`` (which the CLI's ``--help``
+reads) does not import torch.
 """
 
-from esper_fast.ppo.checkpoint import CheckpointError, load_checkpoint, load_policy
-from esper_fast.ppo.config import PRESETS, PPOConfig, make_config
-from esper_fast.ppo.gae import compute_gae
-from esper_fast.ppo.trainer import Trainer
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from esper_fast.ppo.api import PPO
+    from esper_fast.ppo.checkpoint import CheckpointError, load_checkpoint, load_policy
+    from esper_fast.ppo.config import PRESETS, PPOConfig, make_config
+    from esper_fast.ppo.gae import compute_gae
+    from esper_fast.ppo.trainer import Trainer
 
 __all__ = ["PPOConfig", "PRESETS", "make_config", "Trainer", "compute_gae", "CheckpointError",
-           "load_checkpoint", "load_policy"]
+           "load_checkpoint", "load_policy", "PPO"]
+
+_LAZY = {
+    "CheckpointError": "esper_fast.ppo.checkpoint", "load_checkpoint": "esper_fast.ppo.checkpoint",
+    "load_policy": "esper_fast.ppo.checkpoint", "PRESETS": "esper_fast.ppo.config",
+    "PPOConfig": "esper_fast.ppo.config", "make_config": "esper_fast.ppo.config",
+    "compute_gae": "esper_fast.ppo.gae", "Trainer": "esper_fast.ppo.trainer", "PPO": "esper_fast.ppo.api",
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'esper_fast.ppo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

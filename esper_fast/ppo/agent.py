@@ -5,7 +5,8 @@
 * :func:`act` - one ``get_action`` call on an :class:`~esper_fast.envs.EnvObs`, plus the slot mask the
   slot was actually sampled under (the buffer stores it so the update scores the same distribution).
 * :class:`PolicyActor` - a stateful ``EnvObs -> actions`` controller for
-  :func:`esper_fast.envs.evaluate_policy`: normalises, keeps the LSTM state, zeroes it at episode starts.
+  :func:`esper_fast.envs.evaluate_policy`: normalises, keeps the LSTM state, zeroes it where the caller
+  says an episode starts (``episode_start``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from torch import Tensor
 
 from esper_fast.constants import HEAD_NAMES, get_feature_size
 from esper_fast.envs import EnvConfig, EnvObs
-from esper_fast.envs.seed_lifecycle import BASE_FEATURES
 from esper_fast.network import FactoredNetwork
 from esper_fast.reference.actions import op_dependent_masks
 from esper_fast.policy import FactoredPolicy
@@ -29,9 +29,6 @@ from esper_fast.types import GetActionResult, Hidden
 
 __all__ = ["build_policy", "env_config", "architecture", "act", "effective_masks", "PolicyActor", "validation_off",
            "cpu_threads"]
-
-_EPOCH_FRAC = BASE_FEATURES.index("epoch_frac")  # 0 exactly on the first observation of an episode
-
 
 def architecture(config: PPOConfig) -> dict[str, object]:
     """Constructor arguments that fix the parameter shapes (saved in checkpoints, esper-style)."""
@@ -113,8 +110,11 @@ def effective_masks(env_obs: EnvObs, op: Tensor, op_conditioned_slot: bool) -> d
 class PolicyActor:
     """``EnvObs -> actions`` controller around a trained policy (for ``evaluate_policy``).
 
-    Keeps one LSTM state per env row and zeroes it where the observation is an episode's first
-    (``epoch_frac == 0``), so it follows auto-resets without being told.
+    Keeps one LSTM state per env row. ``episode_start`` ``(E,)`` bool (True where the observation is
+    an episode's first, e.g. after an auto-reset) zeroes those rows' state; the first call (or a
+    change of batch size) starts from the initial state everywhere. Without ``episode_start`` every
+    row continues its episode: the caller, who sees ``terminated | truncated``, says where one starts
+    (:func:`esper_fast.envs.evaluate_policy` does).
     """
 
     def __init__(self, policy: FactoredNetwork, obs_normalizer: ObsNormalizer, *, deterministic: bool = False,
@@ -125,12 +125,14 @@ class PolicyActor:
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.hidden: Hidden | None = None
 
-    def __call__(self, env_obs: EnvObs) -> dict[str, Tensor]:
+    def __call__(self, env_obs: EnvObs, episode_start: Tensor | None = None) -> dict[str, Tensor]:
         E = env_obs.obs.shape[0]
         if self.hidden is None or self.hidden[0].shape[1] != E:
             self.hidden = self.policy.get_initial_hidden(E, env_obs.obs.device)
-        keep = (env_obs.obs[:, _EPOCH_FRAC] != 0).to(self.hidden[0].dtype).view(1, E, 1)
-        hidden = (self.hidden[0] * keep, self.hidden[1] * keep)
+        hidden = self.hidden
+        if episode_start is not None:
+            keep = (~episode_start.to(env_obs.obs.device, torch.bool)).to(hidden[0].dtype).view(1, E, 1)
+            hidden = (hidden[0] * keep, hidden[1] * keep)
         with validation_off(self.policy), torch.no_grad():
             result = act(self.policy, self.obs_normalizer.normalize(env_obs.obs), env_obs, hidden,
                          deterministic=self.deterministic, op_conditioned_slot=self.op_conditioned_slot,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -12,7 +13,7 @@ from esper_fast.ppo.agent import PolicyActor, cpu_threads, env_config
 from esper_fast.ppo.config import PPOConfig
 from esper_fast.ppo.normalize import ObsNormalizer
 
-__all__ = ["compare_with_baselines", "format_table"]
+__all__ = ["compare_with_baselines", "format_table", "evaluation_markdown"]
 
 
 def compare_with_baselines(policy: FactoredNetwork | None, obs_normalizer: ObsNormalizer | None, config: PPOConfig,
@@ -20,7 +21,11 @@ def compare_with_baselines(policy: FactoredNetwork | None, obs_normalizer: ObsNo
                            ppo_modes: tuple[str, ...] = ("sampled", "greedy")) -> dict[str, dict[str, Any]]:  # fmt: skip
     """``{name: evaluate_policy result}`` for the policy (each of ``ppo_modes``), heuristic and random.
 
-    Every entry plays the same ``episodes`` episodes (env seed ``seed``); ``returns`` tensors dropped.
+    Every entry plays the same ``episodes`` episodes (env seed ``seed``: the same host curves and
+    noise streams), so each entry but the heuristic also gets ``vs_heuristic`` / ``vs_heuristic_se``:
+    the mean per-episode difference of its return minus the heuristic's and the standard error of
+    that paired difference (smaller than either return's own, since the episodes are shared).
+    The ``returns`` tensors are dropped.
     """
     env = SeedLifecycleEnv(episodes, env_config(config), device=device, seed=seed)
     controllers: dict[str, Any] = {}
@@ -34,17 +39,39 @@ def compare_with_baselines(policy: FactoredNetwork | None, obs_normalizer: ObsNo
     results = {}
     with cpu_threads(config.torch_threads, device):
         for name, controller in controllers.items():
-            res = evaluate_policy(env, controller, num_episodes=episodes, seed=seed)
-            res.pop("returns", None)
-            results[name] = res
+            results[name] = evaluate_policy(env, controller, num_episodes=episodes, seed=seed)
+    base = results["heuristic"]["returns"]
+    for name, res in results.items():
+        if name != "heuristic":
+            diff = (res["returns"] - base).double()
+            res["vs_heuristic"] = float(diff.mean())
+            res["vs_heuristic_se"] = float(diff.std() / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
+    for res in results.values():
+        res.pop("returns", None)
     return results
 
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
-    """A plain-text table: policy, mean +- std return, mean length, terminated fraction, episodes."""
-    header = f"{'policy':<16} {'return':>16} {'length':>8} {'terminated':>11} {'episodes':>9}"
+    """A plain-text table: policy, mean return +- its standard error, std, the paired difference to the
+    heuristic +- its standard error, mean length, terminated fraction, episodes."""
+    header = (f"{'policy':<16} {'return +- se':>15} {'std':>6} {'vs heuristic +- se':>19} {'length':>7} "
+              f"{'terminated':>10} {'episodes':>8}")  # fmt: skip
     lines = [header, "-" * len(header)]
     for name, r in results.items():
-        ret = f"{r['mean_return']:.2f} +- {r['std_return']:.2f}"
-        lines.append(f"{name:<16} {ret:>16} {r['mean_length']:>8.1f} {r['terminated_frac']:>11.3f} {r['num_episodes']:>9d}")
+        se = r.get("se_return", float("nan"))
+        ret = f"{r['mean_return']:.2f} +- {se:.2f}"
+        diff = f"{r['vs_heuristic']:+.2f} +- {r['vs_heuristic_se']:.2f}" if "vs_heuristic" in r else "-"
+        lines.append(f"{name:<16} {ret:>15} {r['std_return']:>6.2f} {diff:>19} {r['mean_length']:>7.1f} "
+                     f"{r['terminated_frac']:>10.3f} {r['num_episodes']:>8d}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def evaluation_markdown(results: dict[str, dict[str, Any]], episodes: int, seed: int) -> str:
+    """The table of :func:`format_table` as markdown (TensorBoard's text tab renders it)."""
+    lines = [f"{episodes} episodes, env seed {seed}; +- is the standard error", "",
+             "| policy | return | se | std | vs heuristic | se (paired) | length | terminated |", "|---" * 8 + "|"]  # fmt: skip
+    for name, r in results.items():
+        diff = (f"{r['vs_heuristic']:+.2f} | {r['vs_heuristic_se']:.2f}") if "vs_heuristic" in r else "- | -"
+        lines.append(f"| {name} | {r['mean_return']:.2f} | {r['se_return']:.2f} | {r['std_return']:.2f} | {diff} | "
+                     f"{r['mean_length']:.1f} | {r['terminated_frac']:.3f} |")  # fmt: skip
     return "\n".join(lines)

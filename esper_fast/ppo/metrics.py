@@ -61,6 +61,19 @@ class MetricsWriter:
                 if key not in ("global_step", "update") and isinstance(value, (int, float)) and value is not None:
                     self._tb.add_scalar(key, value, step)
 
+    def write_evaluation(self, results: dict[str, dict[str, Any]], step: int, text: str = "") -> None:
+        """The final evaluation: ``eval/<policy>/<stat>`` scalars at ``step`` and the table as text."""
+        if self._tb is None:
+            return
+        for name, r in results.items():
+            tag = name.replace(" (", "_").replace(")", "").replace(" ", "_")  # "ppo (greedy)" -> "ppo_greedy"
+            for key in ("mean_return", "se_return", "std_return", "vs_heuristic", "vs_heuristic_se", "mean_length",
+                        "terminated_frac"):  # fmt: skip
+                if isinstance(r.get(key), (int, float)):
+                    self._tb.add_scalar(f"eval/{tag}/{key}", r[key], step)
+        if text:
+            self._tb.add_text("evaluation", text, step)
+
     def add_text(self, tag: str, text: str) -> None:
         if self._tb is not None:
             self._tb.add_text(tag, text)

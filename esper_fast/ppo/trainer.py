@@ -34,7 +34,7 @@ from esper_fast.ppo.buffer import RolloutBuffer
 from esper_fast.ppo.checkpoint import CHECKPOINT_VERSION, check_architecture, load_network_state, save_checkpoint
 from esper_fast.ppo.config import PPOConfig
 from esper_fast.ppo.distributed import DistContext
-from esper_fast.ppo.evaluate import compare_with_baselines
+from esper_fast.ppo.evaluate import compare_with_baselines, evaluation_markdown
 from esper_fast.ppo.gae import compute_gae, explained_variance, normalize_advantages
 from esper_fast.ppo.metrics import MetricsWriter, plot_learning_curve
 from esper_fast.ppo.normalize import ObsNormalizer, RewardNormalizer
@@ -358,6 +358,9 @@ class Trainer:
                     self.policy, self.obs_normalizer, self.config, self.config.eval_episodes,
                     self.config.eval_seed, self.device)  # fmt: skip
         if self.run_dir is not None and self.writer is not None:
+            if summary.get("evaluation"):
+                self.writer.write_evaluation(summary["evaluation"], self.global_step, evaluation_markdown(
+                    summary["evaluation"], self.config.eval_episodes, self.config.eval_seed))  # fmt: skip
             self.writer.close()
             summary["plot"] = str(self._plot(summary.get("evaluation")))
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -457,7 +457,9 @@ def plot_study(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="esper-fast study advantage-bias", description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="docs", help="directory for value_baselines_study.{md,csv,json,png} (default docs)")
+    p.add_argument("--out", default="study-results",
+                   help="directory for value_baselines_study.{md,csv,json,png} (default ./study-results; "
+                        "docs/ holds the committed results)")
     p.add_argument("--num-envs", type=int, default=4096, help="rollout rows per (critic, mode) (default 4096)")
     p.add_argument("--seed", type=int, default=0, help="seed of the policy, envs and samplers (default 0)")
     p.add_argument("--critic-updates", type=lambda t: tuple(int(x) for x in t.split(",") if x), default=CRITIC_UPDATES,
