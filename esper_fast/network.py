@@ -91,7 +91,7 @@ def validate_masks_and_logits(
     Raises :class:`InvalidStateMachineError` ("No valid actions available ...") for a mask row with no
     valid entry and ``ValueError`` for inf/nan logits, naming the head and the first rows.
     """
-    checks = [~torch.isfinite(l).any() for l in logits.values()]
+    checks = [torch.isfinite(l).all() for l in logits.values()]
     checks += [m.any(-1).all() for m in masks.values() if m is not None]
     if bool(torch.stack(checks).all()):
         return
