@@ -14,6 +14,8 @@ from torch import Tensor
 from esper_fast.constants import HEAD_NAMES
 from esper_fast.types import OpSelection
 
+_HEADS = frozenset(HEAD_NAMES)
+
 __all__ = [
     "byte_range",
     "check_action_dicts",
@@ -33,10 +35,12 @@ def check_action_dicts(
     Returns ``masks`` as a dict (``None`` means no mask on any head). Unknown keys (a typo such as
     ``"slots"``) raise instead of silently meaning "no mask".
     """
-    if not isinstance(logits, Mapping):
-        raise TypeError(f"logits must be a dict head -> [N, n_head] tensor, got {type(logits).__name__}")
     if masks is None:
         masks = {}
+    if _looks_fine(logits, masks, q, noise):  # the common case, in a few microseconds
+        return masks
+    if not isinstance(logits, Mapping):
+        raise TypeError(f"logits must be a dict head -> [N, n_head] tensor, got {type(logits).__name__}")
     for name, d in (("logits", logits), ("masks", masks), ("noise", noise)):
         if d is None:
             continue
@@ -57,6 +61,17 @@ def check_action_dicts(
     if not isinstance(q, Tensor):
         raise TypeError(f"q must be a float [N, num_ops] tensor of critic values, got {type(q).__name__}")
     return dict(masks)
+
+
+def _looks_fine(logits: object, masks: object, q: object, noise: object) -> bool:
+    try:
+        return (isinstance(q, Tensor) and _HEADS.issuperset(logits) and _HEADS.issuperset(masks)
+                and (noise is None or _HEADS.issuperset(noise))
+                and all(isinstance(t, Tensor) and t.dim() == 2 for t in logits.values())
+                and all(m is None or isinstance(m, Tensor) for m in masks.values())
+                and (noise is None or all(g is None or isinstance(g, Tensor) for g in noise.values())))  # fmt: skip
+    except (TypeError, AttributeError):  # not dicts: the slow path names the argument
+        return False
 
 
 def check_noise_finite(noise: Mapping[str, Tensor] | None) -> None:
