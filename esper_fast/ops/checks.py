@@ -6,7 +6,7 @@ none syncs with the host except :func:`check_noise_finite` (called only under ``
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import Tensor
