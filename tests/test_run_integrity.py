@@ -142,7 +142,7 @@ def test_flipped_bytes_in_the_file_are_refused(tmp_path):
     assert at > 0
     flipped = raw[:at] + bytes(b ^ 0xFF for b in raw[at : at + 64]) + raw[at + 64 :]
     path.write_bytes(flipped)
-    with pytest.raises(CheckpointError, match=r"corrupt|cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match=r"latest.pt is corrupt"):  # torch.load itself accepts the file
         load_checkpoint(path)
 
 
