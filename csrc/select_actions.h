@@ -51,7 +51,8 @@ EF_HD const T* offset_row(const T* base, int64_t stride_bytes, int64_t row) {
 // Whether head h depends on the chosen op (style: forced SIGMOID_ADD; slot: slot_by_op).
 EF_HD bool head_needs_op(int h) { return h == kStyleHead || h == kSlotHead; }
 
-// Head h of row `row` once the op is known (`op` is ignored by heads that do not need it).
+// Head h of row `row` once the op is known (`op` is ignored by heads that do not need it). A forced
+// style (SIGMOID_ADD) overrides the head's mask, as in the torch and triton backends.
 EF_HD RowResult select_head_row(const ActionArgs& a, int64_t row, int h, int op, uint64_t key) {
   int forced = -1;
   const uint8_t* mask2 = nullptr;
@@ -62,7 +63,7 @@ EF_HD RowResult select_head_row(const ActionArgs& a, int64_t row, int h, int op,
   return select_row(
       offset_row(a.logits[h], a.logits_stride[h] * dtype_size(a.logits_dtype[h]), row),
       a.logits_dtype[h], is_op ? offset_row(a.q, a.q_stride * dtype_size(a.q_dtype), row) : nullptr,
-      a.q_dtype, offset_row(a.mask[h], a.mask_stride[h], row), mask2, forced,
+      a.q_dtype, forced >= 0 ? nullptr : offset_row(a.mask[h], a.mask_stride[h], row), mask2, forced,
       offset_row(a.noise[h], a.noise_stride[h] * 4, row), a.size[h], a.deterministic, key, row,
       static_cast<uint32_t>(h + 1));
 }

@@ -125,7 +125,7 @@ EF_HD void sum_observe(SumState& st, float l, float q, float m) {
   const float d = l - m;
   const float e = expf(d);
   st.s += e;
-  st.sl += e * d;
+  st.sl += e > 0.0f ? e * d : 0.0f;  // e underflows to 0 where d = -inf (|logits| ~ 3e38): 0, not NaN
   st.sq += e * q;
 }
 

@@ -171,8 +171,12 @@ def _duration(seconds: float) -> str:
 
 
 def _check_device(device: str) -> None:
+    import re
+
     import torch
 
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise CLIError(f"--device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}", EXIT_USAGE)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise CLIError(f"device {device!r} requested, but CUDA is not available here (use --device cpu)", EXIT_USAGE)
 
@@ -183,7 +187,15 @@ def _resolve_run(args: argparse.Namespace, resume_ckpt: dict[str, Any] | None, p
     if resume_ckpt is not None:  # continue in the checkpoint's run directory
         path = Path(resume_ckpt["path"]).resolve()
         return path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    return Path(args.runs_dir) / f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    base = Path(args.runs_dir) / f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for k in range(1, 1000):  # two runs started in the same second get two directories
+        path = base if k == 1 else base.with_name(f"{base.name}-{k}")
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+            return path
+        except FileExistsError:
+            continue
+    raise CLIError(f"cannot find a free run directory name next to {base}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -201,8 +213,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             config = make_config(args.preset, **overrides)
     except CheckpointError:
         raise
-    except ValueError as exc:  # PPOConfig validation: a bad flag value
-        raise CLIError(str(exc), EXIT_USAGE) from exc
+    except (TypeError, ValueError) as exc:  # PPOConfig validation: a bad flag (or checkpoint config) value
+        source = f"checkpoint {resume_ckpt['path']} with these flags: " if resume_ckpt is not None else ""
+        raise CLIError(source + str(exc), EXIT_USAGE) from exc
     if args.print_config:
         source = f"checkpoint {resume_ckpt['path']}" if resume_ckpt else f"preset {args.preset!r}"
         print(json.dumps({"source": source, "config": config.to_dict(), "derived": config.derived()}, indent=2))
@@ -393,14 +406,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         args = parser.parse_args(argv)
     from esper_fast.ppo.checkpoint import CheckpointError
+    from esper_fast.ppo.runlock import RunDirInUseError
 
     try:
         return args.func(args)
     except CLIError as exc:
         print(f"esper-fast {args.command}: error: {exc}", file=sys.stderr)
         return exc.code
-    except CheckpointError as exc:
+    except (CheckpointError, RunDirInUseError) as exc:
         print(f"esper-fast {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as exc:  # a runs dir that is a file, a read-only dir, a full disk...
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"esper-fast {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print(f"esper-fast {args.command}: aborted", file=sys.stderr)

@@ -53,9 +53,14 @@ class BlueprintEmbedding(nn.Module):
         nn.init.normal_(self.embedding.weight, mean=0.0, std=0.02)
 
     def forward(self, blueprint_indices: Tensor) -> Tensor:
-        """``[..., S]`` int64 (values 0..12 or < 0 for empty) -> ``[..., S, embed_dim]``."""
-        idx = torch.where(blueprint_indices < 0, self._null_idx, blueprint_indices)
-        return self.embedding(idx)
+        """``[..., S]`` int64 (values 0..12 or < 0 for empty) -> ``[..., S, embed_dim]``.
+
+        An index >= num_blueprints gives NaN features (no sync, no out-of-range gather), so the row's
+        logits are NaN: validation names ``blueprint_indices``; without it the row is a bad row.
+        """
+        too_big = blueprint_indices >= self._null_idx
+        idx = torch.where((blueprint_indices < 0) | too_big, self._null_idx, blueprint_indices)
+        return self.embedding(idx).masked_fill(too_big.unsqueeze(-1), float("nan"))
 
 
 class HeadOutputs(NamedTuple):
@@ -84,17 +89,33 @@ def normalized_entropy(logits: Tensor, mask: Tensor) -> Tensor:
 
 
 def validate_masks_and_logits(
-    logits: dict[str, Tensor], masks: dict[str, Tensor | None], where: str = ""
+    logits: dict[str, Tensor],
+    masks: dict[str, Tensor | None],
+    where: str = "",
+    *,
+    indices: dict[str, tuple[Tensor, int | None, int]] | None = None,
 ) -> None:
     """esper's validation, folded into ONE host sync on the happy path.
 
     Raises :class:`InvalidStateMachineError` ("No valid actions available ...") for a mask row with no
     valid entry and ``ValueError`` for inf/nan logits, naming the head and the first rows.
+    ``indices`` (name -> (int tensor, low or None, high)) adds range checks ``low <= t < high`` to the
+    same sync (blueprint indices, stored actions); a value out of range raises ``ValueError`` naming it
+    (checked first: an out-of-range blueprint index is what makes its row's logits NaN).
     """
-    checks = [~torch.isfinite(l).any() for l in logits.values()]
+    indices = indices or {}
+    checks = [torch.isfinite(l).all() for l in logits.values()]
     checks += [m.any(-1).all() for m in masks.values() if m is not None]
+    checks += [_in_range(t, lo, hi).all() for t, lo, hi in indices.values()]
     if bool(torch.stack(checks).all()):
         return
+    for name, (t, lo, hi) in indices.items():
+        ok = _in_range(t, lo, hi)
+        if not bool(ok.all()):
+            pos = torch.nonzero(~ok.reshape(-1)).flatten()[:8]
+            expected = f"< {hi}" if lo is None else f"in [{lo}, {hi})"
+            raise ValueError(f"{name} must be {expected}; got {t.reshape(-1)[pos].tolist()} at (flattened) "
+                             f"positions {pos.tolist()}")  # fmt: skip
     for head, mask in masks.items():
         if mask is not None and not bool(mask.any(-1).all()):
             rows = torch.nonzero(~mask.any(-1).reshape(-1)).flatten()[:8].tolist()
@@ -108,8 +129,12 @@ def validate_masks_and_logits(
             raise ValueError(
                 f"MaskedCategorical received logits with inf/nan values (head {head!r}): "
                 f"nan_count={int(torch.isnan(l).sum())}, inf_count={int(torch.isinf(l).sum())}. "
-                "This indicates network instability."
+                "This indicates network instability (or a non-finite state / weight)."
             )
+
+
+def _in_range(t: Tensor, lo: int | None, hi: int) -> Tensor:
+    return t < hi if lo is None else (t >= lo) & (t < hi)
 
 
 class FactoredNetwork(nn.Module):
@@ -188,6 +213,14 @@ class FactoredNetwork(nn.Module):
                 for k in range(self.lstm_layers)]  # fmt: skip
         object.__setattr__(self, "_lstm_weights", refs)
 
+    def _sync_lstm_weights(self) -> None:
+        """Refreshes the references if nn.LSTM's parameters were replaced (e.g. ``load_state_dict(sd,
+        assign=True)`` or an assignment to ``lstm.weight_ih_l0``), which ``_apply`` does not see."""
+        flat = self.lstm._flat_weights
+        refs = [t for layer in self._lstm_weights for t in layer]
+        if len(flat) != len(refs) or any(a is not b for a, b in zip(flat, refs)):
+            self._refresh_lstm_weights()
+
     def _apply(self, fn, *args, **kwargs):  # .to() / .cuda() / .half() may replace parameters
         out = super()._apply(fn, *args, **kwargs)
         self._refresh_lstm_weights()
@@ -216,9 +249,41 @@ class FactoredNetwork(nn.Module):
 
     # ---- trunk and heads -----------------------------------------------------------------------
     def get_initial_hidden(self, batch_size: int, device: torch.device | str | None = None) -> Hidden:
-        """Zero LSTM state ``(h, c)``, each ``[L, batch_size, H]`` (default float dtype)."""
+        """Zero LSTM state ``(h, c)``, each ``[L, batch_size, H]``, in the parameters' dtype."""
         shape = (self.lstm_layers, batch_size, self.lstm_hidden_dim)
-        return torch.zeros(shape, device=device), torch.zeros(shape, device=device)
+        dtype = self.lstm_ln.weight.dtype
+        return torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
+
+    def check_trunk_inputs(self, state: object, blueprint_indices: object, hidden: object = None) -> None:
+        """Types, dtypes, batch size and ``hidden``'s shape, each error naming the argument (no sync).
+
+        ``hidden`` must be ``(h, c)``, each exactly ``[lstm_layers, B, lstm_hidden_dim]``: nothing is
+        broadcast, whichever LSTM path (explicit cells or nn.LSTM) the batch size selects.
+        """
+        for name, t in (("state", state), ("blueprint_indices", blueprint_indices)):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__} "
+                                "(convert with torch.as_tensor)")  # fmt: skip
+        dtype = self.lstm_ln.weight.dtype
+        if state.dtype != dtype:
+            raise TypeError(f"state must have the network's dtype {dtype}, got {state.dtype}")
+        if state.dim() >= 2 and state.shape[0] == 0:
+            raise ValueError(f"state must have at least one row (B >= 1), got shape {list(state.shape)}")
+        if blueprint_indices.device != state.device:
+            raise ValueError(f"blueprint_indices is on {blueprint_indices.device} but state is on {state.device}")
+        if hidden is None:
+            return
+        if not (isinstance(hidden, (tuple, list)) and len(hidden) == 2 and all(isinstance(t, Tensor) for t in hidden)):
+            raise TypeError(f"hidden must be a tuple (h, c) of two tensors or None, got {type(hidden).__name__}")
+        want = (self.lstm_layers, state.shape[0], self.lstm_hidden_dim)
+        for name, t in zip(("h", "c"), hidden):
+            if tuple(t.shape) != want:
+                raise ValueError(f"hidden {name} must have shape {list(want)} ([lstm_layers, B, lstm_hidden_dim]), "
+                                 f"got {list(t.shape)}")  # fmt: skip
+            if t.dtype != dtype:
+                raise TypeError(f"hidden {name} must have the network's dtype {dtype}, got {t.dtype}")
+            if t.device != state.device:
+                raise ValueError(f"hidden {name} is on {t.device} but state is on {state.device}")
 
     def trunk(self, state: Tensor, blueprint_indices: Tensor, hidden: Hidden | None,
               explicit_cells: bool = False) -> tuple[Tensor, Hidden]:  # fmt: skip
@@ -227,6 +292,7 @@ class FactoredNetwork(nn.Module):
         ``explicit_cells`` runs the LSTM as explicit cells (:meth:`_lstm_unrolled`, same parameters
         and math) instead of ``nn.LSTM``; always so under torch.compile, which cannot trace nn.LSTM.
         """
+        self.check_trunk_inputs(state, blueprint_indices, hidden)
         if hidden is None:
             hidden = self.get_initial_hidden(state.shape[0], state.device)
         bp = self.blueprint_embedding(blueprint_indices).flatten(-2)  # [B, T, 4S]
@@ -243,6 +309,8 @@ class FactoredNetwork(nn.Module):
         For torch.compile, and for single steps on CPU: oneDNN's LSTM re-packs its weights on every
         call (8.4 ms vs 0.43 ms per step at batch 1, H = 512, one thread on this project's CPU).
         """
+        if not torch.compiler.is_compiling():
+            self._sync_lstm_weights()
         h_all, c_all = hidden
         hs, cs = [], []
         for layer in range(self.lstm_layers):
@@ -289,34 +357,32 @@ class FactoredNetwork(nn.Module):
         """(W1, b1, W2, b2): the first Linear of the 7 small heads, blueprint_head and value_head's state
         part stacked, and the 7 small heads' output Linears as one block-diagonal matrix.
 
-        Cached in eager mode until a parameter changes (version counters); rebuilt from the live
-        parameters inside torch.compile and during CUDA-graph capture, so compiled and captured graphs
-        contain the concatenation and always read the current weights.
+        Built from the live parameters on every call (no cache): a cache keyed on version counters
+        goes stale when weights are written through ``p.data`` (target networks, soft updates, some
+        loaders), which bumps no counter. Under torch.compile and CUDA-graph capture the
+        concatenation is part of the graph either way.
         """
-        params = [self.head_module(h)[i].weight for h in SMALL_HEADS for i in (0, 2)]
-        params += [self.head_module(h)[i].bias for h in SMALL_HEADS for i in (0, 2)]
-        params += [self.blueprint_head[0].weight, self.blueprint_head[0].bias, self.value_head[0].weight,
-                   self.value_head[0].bias]  # fmt: skip
-        cacheable = not torch.compiler.is_compiling() and not (
-            params[0].is_cuda and torch.cuda.is_current_stream_capturing()
-        )
-        key = tuple((p.data_ptr(), p._version) for p in params) if cacheable else None
-        cached = self.__dict__.get("_fused_cache")
-        if key is not None and cached is not None and cached[0] == key:
-            return cached[1]
         H = self.lstm_hidden_dim
         first = [self.head_module(h)[0] for h in SMALL_HEADS]
         w1 = torch.cat([m.weight for m in first] + [self.blueprint_head[0].weight, self.value_head[0].weight[:, :H]])
         b1 = torch.cat([m.bias for m in first] + [self.blueprint_head[0].bias, self.value_head[0].bias])
         w2 = torch.block_diag(*[self.head_module(h)[2].weight for h in SMALL_HEADS])
         b2 = torch.cat([self.head_module(h)[2].bias for h in SMALL_HEADS])
-        weights = (w1, b1, w2, b2)
-        if key is not None:
-            self.__dict__["_fused_cache"] = (key, weights)
-        return weights
+        return w1, b1, w2, b2
 
     def action_heads(self, lstm_out: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        """Every head's logits and Q(s, .) for ``lstm_out [N, H]`` in four GEMMs (inference path).
+        """Every head's logits and Q(s, .) for ``lstm_out [N, H]`` (inference path).
+
+        Eager CPU runs the head modules themselves (as fast as the fused GEMMs there, and no weight
+        concatenation to keep fresh); CUDA and torch.compile run :meth:`fused_action_heads`.
+        Returns (head -> ``[N, n_head]`` logits; ``q [N, num_ops]``).
+        """
+        if lstm_out.device.type == "cpu" and not torch.compiler.is_compiling():
+            return {h: self.head_module(h)(lstm_out) for h in HEAD_NAMES}, self.q_values(lstm_out)
+        return self.fused_action_heads(lstm_out)
+
+    def fused_action_heads(self, lstm_out: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """:meth:`action_heads` in four GEMMs over concatenated weights, rebuilt from the live parameters.
 
         Same parameters and math as :meth:`heads` (floats differ only by GEMM rounding). Returns
         (head -> ``[N, n_head]`` logits, views into one buffer; ``q [N, num_ops]``).
@@ -359,12 +425,30 @@ class FactoredNetwork(nn.Module):
         """
         masks = dict(zip(HEAD_NAMES, (slot_mask, blueprint_mask, style_mask, tempo_mask,
                                       alpha_target_mask, alpha_speed_mask, alpha_curve_mask, op_mask)))  # fmt: skip
+        self.check_actions(actions, tuple(states.shape[:-1]) if isinstance(states, Tensor) else None)
         out = self.heads(states, blueprint_indices, hidden)
         if self.validate:
-            validate_masks_and_logits(out.logits, masks)
+            ranges = {f"actions[{h!r}]": (actions[h], 0, self.head_sizes[h]) for h in HEAD_NAMES}
+            validate_masks_and_logits(out.logits, masks, indices={
+                "blueprint_indices": (blueprint_indices, None, self.num_blueprints), **ranges})  # fmt: skip
         log_probs, entropy = self.score_actions(out.logits, masks, actions)
         value = out.q_values.gather(-1, actions["op"].unsqueeze(-1)).squeeze(-1)
         return log_probs, value, entropy, out.hidden
+
+    def check_actions(self, actions: object, lead: tuple[int, ...] | None) -> None:
+        """``actions``: head -> int64 tensor shaped like the inputs' leading dims (no sync)."""
+        if not isinstance(actions, dict):
+            raise TypeError(f"actions must be a dict head -> int64 tensor, got {type(actions).__name__}")
+        missing = [h for h in HEAD_NAMES if h not in actions]
+        if missing:
+            raise ValueError(f"actions must have every head {list(HEAD_NAMES)}; missing {missing}")
+        for h in HEAD_NAMES:
+            a = actions[h]
+            if not isinstance(a, Tensor) or a.dtype != torch.int64:
+                what = a.dtype if isinstance(a, Tensor) else type(a).__name__
+                raise TypeError(f"actions[{h!r}] must be an int64 tensor, got {what}")
+            if lead is not None and tuple(a.shape) != lead:
+                raise ValueError(f"actions[{h!r}] must have shape {list(lead)}, got {list(a.shape)}")
 
     def score_actions(
         self, logits: dict[str, Tensor], masks: dict[str, Tensor | None], actions: dict[str, Tensor]

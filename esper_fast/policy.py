@@ -68,6 +68,7 @@ class FactoredPolicy(FactoredNetwork):
     # ---- input handling ---------------------------------------------------------------------------
     def check_inputs(self, state: Tensor, blueprint_indices: Tensor, masks: dict[str, Tensor | None]) -> None:
         """Shape/dtype checks with messages naming the argument (no host sync)."""
+        self.check_trunk_inputs(state, blueprint_indices)
         if state.dim() not in (2, 3) or state.shape[-1] != self.state_dim:
             raise ValueError(f"state must be [B, {self.state_dim}] or [B, T, {self.state_dim}], got {list(state.shape)}")
         lead = tuple(state.shape[:-1])
@@ -113,7 +114,8 @@ class FactoredPolicy(FactoredNetwork):
         self.check_inputs(state, blueprint_indices, masks)
         out = self.heads(state, blueprint_indices, hidden)
         if self.validate:
-            validate_masks_and_logits({"op": out.logits["op"]}, {"op": op_mask}, where=" in forward()")
+            validate_masks_and_logits({"op": out.logits["op"]}, {"op": op_mask}, where=" in forward()",
+                                      indices={"blueprint_indices": (blueprint_indices, None, self.num_blueprints)})  # fmt: skip
         masked = self._masked_logits(out.logits, masks)
         B, T = state.shape[:2]
         flat_mask = None if op_mask is None else op_mask.reshape(B * T, -1)
@@ -175,10 +177,12 @@ class FactoredPolicy(FactoredNetwork):
             lstm_out, new_hidden = self.trunk(state, blueprint_indices, hidden, explicit_cells=cells)
             logits, q = self.action_heads(lstm_out[:, 0])
             if self.validate:
-                validate_masks_and_logits(logits, masks)
+                validate_masks_and_logits(logits, masks,
+                                          indices={"blueprint_indices": (blueprint_indices, None, self.num_blueprints)})  # fmt: skip
             sel = select_actions(logits, masks, q, deterministic=deterministic,
                                  noise=noise, generator=generator, slot_by_op=slot_by_op,
-                                 backend=self.backend)  # fmt: skip
+                                 backend=self.backend,
+                                 validate=self.validate and slot_by_op is not None)  # slot_by_op may empty a slot row
             values = sel.q_op if self.value_mode == "q_op" else sel.expected_value
             op_logits = None
             if return_op_logits:

@@ -15,6 +15,7 @@ from torch import Tensor
 from esper_fast.constants import HEAD_NAMES
 from esper_fast.errors import InvalidActionMaskError
 from esper_fast.ops.backends import resolve_backend
+from esper_fast.ops.checks import check_action_dicts, check_noise_finite
 from esper_fast.ops.select import FLOAT_DTYPES, draw_key, select_op
 from esper_fast.reference.actions import AFTER_OP, ActionSelection, compose_heads
 
@@ -85,7 +86,8 @@ def select_actions(
 
     Args:
         logits: head -> ``[N, n_head]`` raw logits, every head of ``HEAD_NAMES``.
-        masks: head -> ``[N, n_head]`` bool (True = valid) or None / absent (all valid).
+        masks: head -> ``[N, n_head]`` bool (True = valid) or None / absent (all valid); ``None``
+            for no masks at all. Keys must be head names (a typo raises).
         q: ``[N, num_ops]`` critic values Q(s, a) for every op.
         deterministic: argmax every head (ties to the lowest index) instead of sampling.
         noise: optional head -> ``[N, n_head]`` Gumbel noise (exact tests); other heads use Philox
@@ -100,7 +102,10 @@ def select_actions(
         :class:`ActionSelection` (dicts in esper's order: op, style, slot, blueprint, tempo,
         alpha_target, alpha_speed, alpha_curve); bad rows get action -1 and NaN.
     """
+    masks = check_action_dicts(logits, masks, q, noise)
     n, device = _check(logits, masks, q, noise, slot_by_op)
+    if validate:
+        check_noise_finite(noise)
     if not fused:
         sel = compose_heads(
             lambda l, q_, m, g, head: select_op(l, q_, m, deterministic=deterministic, noise=g,

@@ -20,6 +20,7 @@ nothing else can run. An explicitly named backend that cannot run raises
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from dataclasses import dataclass
@@ -62,12 +63,18 @@ def _per_head(d: dict, default=None) -> list:
 
 # ---- torch (reference) --------------------------------------------------------------------------
 def _run_torch(logits, q, mask, noise, key, deterministic, out) -> None:
-    res = select_op_reference(logits, q, mask, deterministic=deterministic, noise=noise, key=key)
-    for dst, src in zip(out, res):
-        dst.copy_(src)
+    with torch.no_grad():  # inputs that require grad: outputs are plain values on every backend
+        res = select_op_reference(logits, q, mask, deterministic=deterministic, noise=noise, key=key)
+        for dst, src in zip(out, res):
+            dst.copy_(src)
 
 
 def _run_actions_torch(logits, masks, q, noise, slot_by_op, key, deterministic, out) -> None:
+    with torch.no_grad():
+        _run_actions_torch_nograd(logits, masks, q, noise, slot_by_op, key, deterministic, out)
+
+
+def _run_actions_torch_nograd(logits, masks, q, noise, slot_by_op, key, deterministic, out) -> None:
     sel = select_actions_reference(logits, masks, q, deterministic=deterministic, noise=noise,
                                    key=key, slot_by_op=slot_by_op)  # fmt: skip
     for i, h in enumerate(HEAD_NAMES):
@@ -108,15 +115,35 @@ def _cuda_module():
     return mod, None
 
 
+def device_guard(device: torch.device) -> contextlib.AbstractContextManager:
+    """Makes ``device`` the current CUDA device for a launch (a no-op when it already is)."""
+    if device.type != "cuda" or device.index is None or device.index == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
+
+
+# Largest row width of the cuda select_op kernel (csrc/select_cuda.cu kMaxCudaActions).
+CUDA_MAX_ACTIONS = 1024
+
+
+def _shape_why_not(name: str, shape: tuple[int, int] | None) -> str | None:
+    """Why backend ``name`` cannot take a ``[rows, width]`` select_op, or None."""
+    if name == "cuda" and shape is not None and shape[1] > CUDA_MAX_ACTIONS:
+        return f"the cuda kernel takes rows of at most {CUDA_MAX_ACTIONS} actions, got A = {shape[1]}"
+    return None
+
+
 def _run_cuda(logits, q, mask, noise, key, deterministic, out) -> None:
-    stream = torch.cuda.current_stream(logits.device).cuda_stream
-    run_native(_cuda_module()[0], logits, q, mask, noise, key, deterministic, out, stream=stream)
+    with device_guard(logits.device):
+        stream = torch.cuda.current_stream(logits.device).cuda_stream
+        run_native(_cuda_module()[0], logits, q, mask, noise, key, deterministic, out, stream=stream)
 
 
 def _run_actions_cuda(logits, masks, q, noise, slot_by_op, key, deterministic, out) -> None:
-    stream = torch.cuda.current_stream(q.device).cuda_stream
-    run_native_actions(_cuda_module()[0], _per_head(logits), _per_head(masks), _per_head(noise),
-                       q, slot_by_op, key, deterministic, out, stream=stream)  # fmt: skip
+    with device_guard(q.device):
+        stream = torch.cuda.current_stream(q.device).cuda_stream
+        run_native_actions(_cuda_module()[0], _per_head(logits), _per_head(masks), _per_head(noise),
+                           q, slot_by_op, key, deterministic, out, stream=stream)  # fmt: skip
 
 
 def _cuda_why_not(device: torch.device) -> str | None:
@@ -142,13 +169,15 @@ def _triton_interpreting() -> bool:
 
 
 def _run_triton(logits, q, mask, noise, key, deterministic, out) -> None:
-    _triton_module()[0].select_op_triton(logits, q, mask, noise, key, deterministic, out)
+    with device_guard(logits.device):
+        _triton_module()[0].select_op_triton(logits, q, mask, noise, key, deterministic, out)
 
 
 def _run_actions_triton(logits, masks, q, noise, slot_by_op, key, deterministic, out) -> None:
-    _triton_module()[0].select_actions_triton(
-        _per_head(logits), _per_head(masks), _per_head(noise), q, slot_by_op, key, deterministic, out
-    )
+    with device_guard(q.device):
+        _triton_module()[0].select_actions_triton(
+            _per_head(logits), _per_head(masks), _per_head(noise), q, slot_by_op, key, deterministic, out
+        )
 
 
 def _triton_why_not(device: torch.device) -> str | None:
@@ -209,14 +238,14 @@ def resolve_backend(requested: str, device: torch.device, shape: tuple[int, int]
         if device.type == "cuda" and shape is not None and prefer_triton(*shape):
             order = ("triton", "cuda", "torch")
         for candidate in order:
-            if _BACKENDS[candidate].why_not(device) is None:
+            if _BACKENDS[candidate].why_not(device) is None and _shape_why_not(candidate, shape) is None:
                 return _BACKENDS[candidate]
     if name not in _BACKENDS:
         source = f" (from ${ENV_VAR})" if requested == "auto" else ""
         raise ValueError(
             f"backend must be one of {('auto',) + BACKEND_NAMES}, got {name!r}{source}"
         )
-    why = _BACKENDS[name].why_not(device)
+    why = _BACKENDS[name].why_not(device) or _shape_why_not(name, shape)
     if why is not None:
         raise BackendUnavailableError(f"backend {name!r} cannot run here: {why}")
     return _BACKENDS[name]

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from esper_fast.errors import InvalidActionMaskError
 from esper_fast.ops.backends import resolve_backend
+from esper_fast.ops.checks import check_out_not_aliased, normalize_out, out_overlaps_inputs
 from esper_fast.types import OpSelection
 
 __all__ = ["select_op", "draw_key", "empty_selection"]
@@ -148,7 +149,11 @@ def select_op(
         ValueError: ``validate`` and a non-finite logit at a valid entry.
         BackendUnavailableError: an explicitly requested backend cannot run on these tensors.
     """
+    if isinstance(logits, Tensor) and logits.dim() == 2:
+        out = normalize_out(out, logits.shape[0])
     _check_args(logits, q, mask, noise, out)
+    if not torch.compiler.is_compiling():  # reads storage pointers: eager only
+        check_out_not_aliased(out)
     if deterministic:
         noise = None  # unused: argmax ignores noise
     key = None if deterministic or noise is not None else draw_key(logits.device, generator)
@@ -163,9 +168,16 @@ def select_op(
             dst.copy_(src)
         return out
     impl = resolve_backend(backend, logits.device, tuple(logits.shape))
+    target = None
+    if out is not None and out_overlaps_inputs(out, (logits, q, mask, noise)):
+        target, out = out, None  # the kernel writes rows while it reads: compute aside, then copy
     if out is None:
         out = empty_selection(logits.shape[0], logits.device)
     bad_count = impl.run(logits, q, mask, noise, key, deterministic, out)
+    if target is not None:
+        for dst, src in zip(target, out):
+            dst.copy_(src)
+        out = target
     if validate:
         _raise_for_bad_rows(logits, mask, noise, out.op, bad_count)
     return out

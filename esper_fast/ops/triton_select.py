@@ -52,7 +52,7 @@ def _choose(l, q, valid, g, cols, DETERMINISTIC: tl.constexpr):
     e = tl.where(valid, tl.exp(d), 0.0)
     ok = (count > 0) & (bad == 0)
     s = tl.where(ok, tl.sum(e, axis=1), 1.0)  # bad / padded rows: keep the math finite
-    sl = tl.sum(e * d, axis=1)
+    sl = tl.sum(tl.where(e > 0.0, e * d, 0.0), axis=1)  # 0 * -inf where l - m overflows (csrc)
     sq = tl.sum(e * tl.where(valid, q, 0.0), axis=1)
     sel = cols == act[:, None]
     l_act = tl.sum(tl.where(sel, l, 0.0), axis=1)

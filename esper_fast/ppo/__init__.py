@@ -3,8 +3,8 @@
 ``config`` (PPOConfig, presets) -> ``normalize`` -> ``buffer`` -> ``gae`` -> ``losses`` -> ``update``
 -> ``trainer``; ``agent`` builds the policy and acts, ``checkpoint`` saves/loads (esper-compatible
 network state), ``metrics`` writes CSV/JSONL/TensorBoard/PNG, ``distributed`` is torch.distributed
-data parallelism, ``evaluate`` compares with the baselines, ``api`` is the Stable-Baselines3-style
-``PPO`` (learn / save / load / predict).
+data parallelism, ``evaluate`` compares with the baselines, ``runlock`` keeps one run per directory,
+``api`` is the Stable-Baselines3-style ``PPO`` (learn / save / load / predict).
 
 The names below are imported on first use, so ``esper_fast.ppo.config`` (which the CLI's ``--help``
 reads) does not import torch.
@@ -20,16 +20,17 @@ if TYPE_CHECKING:
     from esper_fast.ppo.checkpoint import CheckpointError, load_checkpoint, load_policy
     from esper_fast.ppo.config import PRESETS, PPOConfig, make_config
     from esper_fast.ppo.gae import compute_gae
+    from esper_fast.ppo.runlock import RunDirInUseError
     from esper_fast.ppo.trainer import Trainer
 
 __all__ = ["PPOConfig", "PRESETS", "make_config", "Trainer", "compute_gae", "CheckpointError",
-           "load_checkpoint", "load_policy", "PPO"]
+           "load_checkpoint", "load_policy", "PPO", "RunDirInUseError"]
 
 _LAZY = {
     "CheckpointError": "esper_fast.ppo.checkpoint", "load_checkpoint": "esper_fast.ppo.checkpoint",
     "load_policy": "esper_fast.ppo.checkpoint", "PRESETS": "esper_fast.ppo.config",
     "PPOConfig": "esper_fast.ppo.config", "make_config": "esper_fast.ppo.config",
-    "compute_gae": "esper_fast.ppo.gae", "Trainer": "esper_fast.ppo.trainer", "PPO": "esper_fast.ppo.api",
+    "compute_gae": "esper_fast.ppo.gae", "RunDirInUseError": "esper_fast.ppo.runlock", "Trainer": "esper_fast.ppo.trainer", "PPO": "esper_fast.ppo.api",
 }  # fmt: skip
 
 

@@ -17,7 +17,9 @@ import dataclasses
 import functools
 import inspect
 import math
+import re
 import textwrap
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +28,11 @@ from esper_fast.constants import HEAD_NAMES
 __all__ = ["PPOConfig", "PRESETS", "ENTROPY_COEF_PER_HEAD", "VALUE_MODES", "make_config", "field_docs"]
 
 VALUE_MODES = ("q_op", "expected", "legacy")
+SEED_LIMIT = 2**62  # seeds plus per-rank offsets stay inside torch.manual_seed's 64-bit range
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 # esper's per-head entropy multipliers (simic/agent/ppo.py ENTROPY_COEF_PER_HEAD).
 ENTROPY_COEF_PER_HEAD: dict[str, float] = {
@@ -133,7 +140,10 @@ class PPOConfig:
 
     # ---- outputs ---------------------------------------------------------------------------------
     checkpoint_every: int = 0
-    """Save a checkpoint every this many updates (0 = only at the end and on Ctrl-C)."""
+    """Save a numbered checkpoint every this many updates (0 = none; see checkpoint_interval_s)."""
+    checkpoint_interval_s: float = 120.0
+    """Refresh checkpoints/latest.pt after any update that ends this many seconds after the last save,
+    so a SIGKILL (OOM, preemption) loses at most about this much work; 0 = only at the end and on Ctrl-C."""
     eval_episodes: int = 256
     """Episodes of the final evaluation against the heuristic and random baselines (0 = skip); at 256 the
     README's runs have standard errors of 0.4-0.9 return points (less for paired differences)."""
@@ -175,7 +185,43 @@ class PPOConfig:
             return self.learning_rate
         return self.learning_rate * max(0.0, 1.0 - update / num_updates)
 
+    def _check_types(self) -> None:
+        """Every field holds a value of its annotated type (a checkpoint's ``num_envs: "4"`` is named)."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            if not f.init:
+                continue
+            value, kind = getattr(self, f.name), hints[f.name]
+            args = typing.get_args(kind)
+            if value is None and type(None) in args:
+                continue
+            base = next((a for a in args if a is not type(None)), kind) if args and type(None) in args else kind
+            if typing.get_origin(base) is dict:
+                ok = isinstance(value, dict) and all(isinstance(k, str) and _is_real(v) for k, v in value.items())
+                want = "a dict head -> number"
+            elif base is bool:
+                ok, want = isinstance(value, bool), "a bool"
+            elif base is int:
+                ok, want = isinstance(value, int) and not isinstance(value, bool), "an int"
+            elif base is float:
+                ok, want = _is_real(value), "a number"
+            elif base is str:
+                ok, want = isinstance(value, str), "a str"
+            else:
+                continue
+            if not ok:
+                raise TypeError(f"{f.name}: expected {want}, got {type(value).__name__} {value!r}")
+        for name, value in [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if f.init] + [
+            (f"entropy_coef_per_head[{h!r}]", v) for h, v in self.entropy_coef_per_head.items()
+        ]:  # fmt: skip
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{name}: expected a finite number, got {value}")
+
     def _validate(self) -> None:
+        self._check_types()
+        for name in ("seed", "eval_seed"):
+            if not 0 <= getattr(self, name) < SEED_LIMIT:
+                raise ValueError(f"{name}: expected an int in [0, 2**62), got {getattr(self, name)}")
         positive = ("total_timesteps", "num_envs", "episode_length", "rollout_steps", "num_slots",
                     "feature_dim", "lstm_hidden_dim", "lstm_layers", "update_epochs", "num_minibatches")  # fmt: skip
         for name in positive:
@@ -183,9 +229,10 @@ class PPOConfig:
                 raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
         non_negative = ("learning_rate", "clip_ratio", "value_clip", "value_coef", "entropy_coef",
                         "entropy_coef_min", "max_grad_norm", "reward_clip", "obs_clip", "max_seeds",
-                        "entropy_anneal_updates", "checkpoint_every", "eval_episodes", "torch_threads")  # fmt: skip
+                        "entropy_anneal_updates", "checkpoint_every", "checkpoint_interval_s", "eval_episodes",
+                        "torch_threads", "entropy_coef_end")  # fmt: skip
         for name in non_negative:
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
         for name in ("gamma", "gae_lambda", "obs_norm_momentum"):
             if not 0.0 <= getattr(self, name) <= 1.0:
@@ -206,10 +253,13 @@ class PPOConfig:
             raise ValueError(f"target_kl: expected > 0 or None, got {self.target_kl}")
         if self.adam_eps <= 0:
             raise ValueError(f"adam_eps: expected > 0, got {self.adam_eps}")
+        negative_heads = {h: v for h, v in self.entropy_coef_per_head.items() if v < 0}
+        if negative_heads:
+            raise ValueError(f"entropy_coef_per_head: expected >= 0, got {negative_heads}")
         unknown = sorted(set(self.entropy_coef_per_head) - set(HEAD_NAMES))
         if unknown:
             raise ValueError(f"entropy_coef_per_head: unknown heads {unknown}, expected a subset of {list(HEAD_NAMES)}")
-        if not (self.device == "cpu" or self.device.startswith("cuda")):
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
     # ---- conversions -------------------------------------------------------------------------------

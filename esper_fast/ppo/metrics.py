@@ -74,6 +74,36 @@ class MetricsWriter:
         if text:
             self._tb.add_text("evaluation", text, step)
 
+    def drop_rows_after(self, update: int) -> int:
+        """Keeps only rows with ``update <= update`` (and whole lines) in the CSV and JSONL; returns how
+        many rows were dropped. On resume, the rows a killed run wrote after its last checkpoint go,
+        so the files stay exactly one row per update."""
+        dropped = 0
+        if self.csv_path.is_file():
+            with open(self.csv_path, newline="") as f:
+                rows = list(csv.reader(f))
+            if rows:
+                header, body = rows[0], rows[1:]
+                col = header.index("update") if "update" in header else None
+                keep = [r for r in body if col is not None and len(r) == len(header) and _as_int(r[col]) is not None
+                        and _as_int(r[col]) <= update]  # fmt: skip
+                dropped = len(body) - len(keep)
+                if dropped:
+                    _rewrite(self.csv_path, lambda f: csv.writer(f).writerows([header, *keep]), newline="")
+        if self.jsonl_path.is_file():
+            lines = self.jsonl_path.read_text().splitlines()
+            keep_lines = []
+            for line in lines:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a kill
+                if isinstance(row, dict) and _as_int(row.get("update")) is not None and _as_int(row["update"]) <= update:
+                    keep_lines.append(line)
+            if len(keep_lines) != len(lines):
+                _rewrite(self.jsonl_path, lambda f: f.write("".join(ln + "\n" for ln in keep_lines)))
+        return dropped
+
     def add_text(self, tag: str, text: str) -> None:
         if self._tb is not None:
             self._tb.add_text(tag, text)
@@ -82,6 +112,21 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def _as_int(value: Any) -> int | None:
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def _rewrite(path: Path, write, newline: str | None = None) -> None:
+    """Replace ``path`` atomically with what ``write(file)`` writes."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline=newline) as f:
+        write(f)
+    os.replace(tmp, path)
 
 
 def read_metrics_csv(path: str | os.PathLike) -> list[dict[str, float | None]]:

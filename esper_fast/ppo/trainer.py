@@ -38,6 +38,7 @@ from esper_fast.ppo.evaluate import compare_with_baselines, evaluation_markdown
 from esper_fast.ppo.gae import compute_gae, explained_variance, normalize_advantages
 from esper_fast.ppo.metrics import MetricsWriter, plot_learning_curve
 from esper_fast.ppo.normalize import ObsNormalizer, RewardNormalizer
+from esper_fast.ppo.runlock import RunLock
 from esper_fast.ppo.update import ppo_update
 
 __all__ = ["Trainer", "rank_seed"]
@@ -95,6 +96,10 @@ class Trainer:
         self.train_steps, self.global_step = 0, 0
         self.last_row: dict[str, Any] = {}
         self._stop_requested = False
+        self._last_save = time.monotonic()
+        self._lock: RunLock | None = None
+        if self.run_dir is not None and self.ctx.is_main:  # one run per directory (RunDirInUseError)
+            self._lock = RunLock(self.run_dir)
         if resume is not None:
             self.load_state(resume)
 
@@ -103,6 +108,10 @@ class Trainer:
             self.writer = MetricsWriter(self.run_dir, tensorboard=tensorboard)
             if self.writer.tensorboard_note:
                 self.log(self.writer.tensorboard_note)
+            if resume is not None:  # rows written after the checkpoint by a killed run: exactly one per update
+                dropped = self.writer.drop_rows_after(self.train_steps)
+                if dropped:
+                    self.log(f"resume: dropped {dropped} metrics row(s) written after update {self.train_steps}")
             self._write_config()
 
     # =============================================================================================
@@ -156,8 +165,15 @@ class Trainer:
                         self.writer.write(row)
                     if on_update is not None and self.ctx.is_main:
                         on_update(row)
+                    skipped = int(row.get("losses/nonfinite_steps") or 0)
+                    if skipped:
+                        self.log(f"update {self.train_steps}: skipped {skipped} optimizer step(s) with non-finite "
+                                 "loss or gradients (the network was left as it was)")  # fmt: skip
                     if cfg.checkpoint_every and self.train_steps % cfg.checkpoint_every == 0:
                         self.save(f"update_{self.train_steps:06d}.pt")
+                    elif cfg.checkpoint_interval_s and self.ctx.any_flag(
+                            time.monotonic() - self._last_save >= cfg.checkpoint_interval_s):  # fmt: skip
+                        self.save("latest.pt")
                     if self.ctx.any_flag(self._stop_requested):
                         interrupted = True
                         break
@@ -257,7 +273,7 @@ class Trainer:
             row[f"charts/op_frac/{name}"] = count / decisions
         row["charts/learning_rate"], row["charts/entropy_coef"] = lr, entropy_coef
         for name in ("policy_loss", "value_loss", "entropy_loss", "approx_kl", "clip_fraction",
-                     "explained_variance", "grad_norm", "optimizer_steps", "early_stop"):  # fmt: skip
+                     "explained_variance", "grad_norm", "optimizer_steps", "early_stop", "nonfinite_steps"):  # fmt: skip
             row[f"losses/{name}"] = upd[name]
         for key in keys:
             if key.startswith("entropy/"):
@@ -303,6 +319,7 @@ class Trainer:
     def save(self, name: str = "latest.pt") -> Path | None:
         """Write ``run_dir/checkpoints/<name>`` (and ``latest.pt``) on rank 0. Collective."""
         payload = self.state_dict()
+        self._last_save = time.monotonic()
         if payload is None or self.run_dir is None:
             return None
         path = save_checkpoint(self.run_dir / "checkpoints" / name, payload)
@@ -364,7 +381,14 @@ class Trainer:
             self.writer.close()
             summary["plot"] = str(self._plot(summary.get("evaluation")))
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        self.release()
         return summary
+
+    def release(self) -> None:
+        """Give up the run directory's lock (done by :meth:`finish`; also when the process ends)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _plot(self, evaluation: dict[str, Any] | None) -> Path | None:
         from esper_fast.ppo.metrics import read_metrics_csv

@@ -5,7 +5,8 @@
 stored step-0 LSTM state. esper's update is the special case of one pass over one full batch.
 Before each optimiser step the causal-weighted KL is checked; above ``1.5 * target_kl`` the update
 stops *without* taking that step (esper). Gradients are averaged over processes (if any) before the
-global-norm clip, so every process takes the same step.
+global-norm clip, so every process takes the same step. A step whose gradient norm is NaN/inf is
+skipped (counted in ``nonfinite_steps``), so a bad batch never writes a NaN network.
 """
 
 from __future__ import annotations
@@ -73,13 +74,13 @@ def ppo_update(
     """Run one PPO update on ``buffer`` (advantages/returns ``[E, T]``); returns metric tensors.
 
     ``all_reduce_mean`` averages a tensor over processes (identity when None); ``all_reduce_grads``
-    averages the gradients in place. One host sync per minibatch (the KL early-stop decision).
+    averages the gradients in place. Two host syncs per minibatch (the KL early-stop decision, the finite-gradient check).
     """
     reduce = all_reduce_mean or (lambda x: x)
     params = [p for p in policy.parameters() if p.requires_grad]
     E = buffer.num_envs
     sums: dict[str, Tensor] = {}
-    steps_taken, first = 0, True
+    steps_taken, first, nonfinite_steps = 0, True, 0
     stopped = False
     for _epoch in range(config.update_epochs):
         if config.num_minibatches == 1:  # esper: the whole batch, in env order
@@ -111,6 +112,10 @@ def ppo_update(
             if all_reduce_grads is not None:
                 all_reduce_grads([p.grad for p in params if p.grad is not None])
             grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            if not bool(torch.isfinite(grad_norm)):  # NaN/inf loss or gradients: never step on them
+                optimizer.zero_grad(set_to_none=True)  # (identical on every rank: grads were averaged)
+                nonfinite_steps += 1
+                continue
             optimizer.step()
 
             steps_taken += 1
@@ -127,4 +132,5 @@ def ppo_update(
     metrics.setdefault("approx_kl", metrics.get("approx_kl_first", torch.tensor(float("nan"))))
     metrics["optimizer_steps"] = torch.tensor(float(steps_taken))
     metrics["early_stop"] = torch.tensor(float(stopped))
+    metrics["nonfinite_steps"] = torch.tensor(float(nonfinite_steps))
     return metrics

@@ -49,7 +49,7 @@ def select_op_reference(
     masked = lf.masked_fill(~valid, float("-inf"))
     logp = torch.log_softmax(masked, dim=-1)  # [N, A]; -inf at masked entries
     p = logp.exp()
-    entropy = -torch.where(valid, p * logp, 0.0).sum(-1)
+    entropy = -torch.where(valid & (p > 0), p * logp, 0.0).sum(-1)  # p = 0, logp = -inf: 0, not NaN
     value = torch.where(valid, p * qf, 0.0).sum(-1)
     if deterministic:
         score = masked

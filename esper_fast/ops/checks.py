@@ -1,0 +1,135 @@
+"""Argument checks of ``select_op`` / ``select_actions`` that need more than a dtype or shape test.
+
+Each function raises ``TypeError`` / ``ValueError`` naming the argument, or returns a normalised value;
+none syncs with the host except :func:`check_noise_finite` (called only under ``validate=True``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import Tensor
+
+from esper_fast.constants import HEAD_NAMES
+from esper_fast.types import OpSelection
+
+_HEADS = frozenset(HEAD_NAMES)
+
+__all__ = [
+    "byte_range",
+    "check_action_dicts",
+    "check_noise_finite",
+    "check_out_not_aliased",
+    "normalize_out",
+    "out_overlaps_inputs",
+    "overlaps",
+]
+
+
+def check_action_dicts(
+    logits: object, masks: object, q: object, noise: object
+) -> dict[str, Tensor | None]:
+    """``select_actions``' containers: dicts keyed by head names only, ``q`` a tensor, 2-D logits.
+
+    Returns ``masks`` as a dict (``None`` means no mask on any head). Unknown keys (a typo such as
+    ``"slots"``) raise instead of silently meaning "no mask".
+    """
+    if masks is None:
+        masks = {}
+    if _looks_fine(logits, masks, q, noise):  # the common case, in a few microseconds
+        return masks
+    if not isinstance(logits, Mapping):
+        raise TypeError(f"logits must be a dict head -> [N, n_head] tensor, got {type(logits).__name__}")
+    for name, d in (("logits", logits), ("masks", masks), ("noise", noise)):
+        if d is None:
+            continue
+        if not isinstance(d, Mapping):
+            raise TypeError(f"{name} must be a dict keyed by head name (or None), got {type(d).__name__}")
+        unknown = sorted(str(k) for k in d if k not in HEAD_NAMES)
+        if unknown:
+            raise ValueError(f"{name} has unknown heads {unknown}; expected keys from {list(HEAD_NAMES)}")
+    for h in HEAD_NAMES:
+        if h in logits and not isinstance(logits[h], Tensor):
+            raise TypeError(f"logits[{h!r}] must be a torch.Tensor, got {type(logits[h]).__name__}")
+        if h in logits and logits[h].dim() != 2:
+            raise ValueError(f"logits[{h!r}] must be 2-D [N, n_{h}], got shape {list(logits[h].shape)}")
+        for name, d in (("masks", masks), ("noise", noise or {})):
+            v = d.get(h)
+            if v is not None and not isinstance(v, Tensor):
+                raise TypeError(f"{name}[{h!r}] must be a torch.Tensor or None, got {type(v).__name__}")
+    if not isinstance(q, Tensor):
+        raise TypeError(f"q must be a float [N, num_ops] tensor of critic values, got {type(q).__name__}")
+    return dict(masks)
+
+
+def _looks_fine(logits: object, masks: object, q: object, noise: object) -> bool:
+    try:
+        return (isinstance(q, Tensor) and _HEADS.issuperset(logits) and _HEADS.issuperset(masks)
+                and (noise is None or _HEADS.issuperset(noise))
+                and all(isinstance(t, Tensor) and t.dim() == 2 for t in logits.values())
+                and all(m is None or isinstance(m, Tensor) for m in masks.values())
+                and (noise is None or all(g is None or isinstance(g, Tensor) for g in noise.values())))  # fmt: skip
+    except (TypeError, AttributeError):  # not dicts: the slow path names the argument
+        return False
+
+
+def check_noise_finite(noise: Mapping[str, Tensor] | None) -> None:
+    """Explicit Gumbel noise must be finite (one host sync; only under ``validate``)."""
+    if not noise:
+        return
+    present = [(h, g) for h, g in noise.items() if g is not None]
+    if not present or bool(torch.stack([torch.isfinite(g).all() for _, g in present]).all()):
+        return
+    bad = [h for h, g in present if not bool(torch.isfinite(g).all())]
+    raise ValueError(f"noise must be finite (standard Gumbel samples); non-finite values in heads {bad}")
+
+
+def byte_range(t: Tensor) -> tuple[int, int, int]:
+    """(storage pointer, first byte, one past the last byte) that ``t`` can touch."""
+    if t.numel() == 0:
+        return (t.untyped_storage().data_ptr(), 0, 0)
+    start = t.data_ptr()
+    span = sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride()))
+    return (t.untyped_storage().data_ptr(), start, start + (span + 1) * t.element_size())
+
+
+def overlaps(a: Tensor, b: Tensor) -> bool:
+    """Whether two tensors' memory ranges intersect (conservative for interleaved strides)."""
+    if a.device != b.device:
+        return False
+    sa, a0, a1 = byte_range(a)
+    sb, b0, b1 = byte_range(b)
+    return sa == sb and a0 < b1 and b0 < a1
+
+
+def normalize_out(out: object, n: int) -> OpSelection | None:
+    """``out=`` as an :class:`OpSelection` (a plain 5-tuple of tensors is accepted).
+
+    Checked before any kernel runs, so a bad ``out`` never leaves a half-written buffer.
+    """
+    if out is None or isinstance(out, OpSelection):
+        sel = out
+    elif isinstance(out, (tuple, list)) and len(out) == len(OpSelection._fields):
+        sel = OpSelection(*out)
+    else:
+        raise TypeError(f"out must be an OpSelection {OpSelection._fields} of [{n}] tensors or None, "
+                        f"got {type(out).__name__}")  # fmt: skip
+    return sel
+
+
+def check_out_not_aliased(out: OpSelection | None) -> None:
+    """Every ``out`` field needs its own memory (``log_prob is entropy`` would mix two results)."""
+    if out is None:
+        return
+    fields = list(zip(OpSelection._fields, out))
+    for i, (fa, ta) in enumerate(fields):
+        for fb, tb in fields[i + 1 :]:
+            if overlaps(ta, tb):
+                raise ValueError(f"out.{fa} and out.{fb} share memory; every out field needs its own buffer")
+
+
+def out_overlaps_inputs(out: Iterable[Tensor], inputs: Iterable[Tensor | None]) -> bool:
+    """Whether any output buffer shares memory with an input (then the kernel must not write in place)."""
+    ins = [t for t in inputs if t is not None]
+    return any(overlaps(o, t) for o in out for t in ins)
