@@ -9,11 +9,14 @@ from esper_fast.errors import BackendUnavailableError, InvalidActionMaskError, I
 from esper_fast.ops import available_backends, select_op
 from esper_fast.policy import FactoredPolicy, GetActionResult
 from esper_fast.types import OpSelection
+from esper_fast.integrations.esper import patch_esper, unpatch_esper  # noqa: E402 (after policy: import order)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "select_op",
+    "patch_esper",
+    "unpatch_esper",
     "FactoredPolicy",
     "GetActionResult",
     "available_backends",
