@@ -57,7 +57,12 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read and sanity-check a checkpoint (a file, or a run directory holding checkpoints/latest.pt)."""
+    """Read and sanity-check a checkpoint (a file, or a run directory holding checkpoints/latest.pt).
+
+    An esper ``PPOAgent.save()`` file is converted to this layout
+    (:func:`esper_fast.integrations.esper_checkpoint.from_esper_checkpoint`: weights as they are, esper's
+    config fields mapped or listed as ignored in a logged warning and in ``ckpt["esper_import"]``).
+    """
     path = Path(path)
     if path.is_dir():
         candidate = path / "checkpoints" / "latest.pt"
@@ -79,6 +84,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"checkpoint {path}: expected checkpoint_version {CHECKPOINT_VERSION}, "
                               f"got {ckpt['checkpoint_version']}")  # fmt: skip
     ckpt["path"] = str(path)
+    from esper_fast.integrations.esper_checkpoint import from_esper_checkpoint, is_esper_checkpoint
+
+    if is_esper_checkpoint(ckpt):  # esper's PPOAgent.save() file: mapped field by field, the rest logged
+        ckpt = from_esper_checkpoint(ckpt)
     return ckpt
 
 
