@@ -34,6 +34,7 @@ __all__ = [
     "from_esper_checkpoint",
     "to_esper_checkpoint",
     "export_esper_checkpoint",
+    "warm_start_from_esper",
 ]
 
 logger = logging.getLogger(__name__)
@@ -288,3 +289,18 @@ def export_esper_checkpoint(src: str | os.PathLike, dst: str | os.PathLike | Non
     payload = to_esper_checkpoint(ckpt, log=log)
     out = Path(dst) if dst is not None else Path(ckpt["path"]).with_name("esper.pt")
     return save_checkpoint(out, payload)
+
+
+def warm_start_from_esper(trainer: Any, ckpt: dict[str, Any], log: Callable[[str], None] | None = None) -> None:
+    """Load an imported esper checkpoint's network weights (strictly) into a fresh ``Trainer``.
+
+    A warm start: the optimizer, step counters, env, normalisers and RNG streams stay the trainer's
+    own (esper's Adam moments and ``train_steps`` are not carried over); ``trainer.config`` should come
+    from ``ckpt["config"]`` (the mapped esper config) plus any overrides.
+    """
+    from esper_fast.ppo.checkpoint import check_architecture, load_network_state
+
+    check_architecture(ckpt, trainer.config)
+    load_network_state(trainer.policy, ckpt["network_state_dict"], source=f"esper checkpoint {ckpt.get('path', '')}")
+    (log or trainer.log)(f"warm start: network weights from esper checkpoint {ckpt.get('path', '')} "
+                         f"(esper update {ckpt.get('train_steps')}); optimizer state and counters start afresh")
