@@ -17,13 +17,14 @@ with ``func=...`` and list it in :data:`SUBCOMMANDS`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
 import time
 import typing
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 __all__ = ["main", "build_parser", "SUBCOMMANDS"]
 
@@ -168,6 +169,23 @@ def _resolve_run(args: argparse.Namespace, resume_ckpt: dict[str, Any] | None, p
     return Path(args.runs_dir) / f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+@contextlib.contextmanager
+def _integration_log_to_stderr() -> Iterator[None]:
+    """Show esper_fast.integrations' warnings (e.g. the esper config fields ignored on import) on stderr."""
+    import logging
+
+    log = logging.getLogger("esper_fast.integrations")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    old_propagate, log.propagate = log.propagate, False
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.propagate = old_propagate
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from esper_fast.ppo import CheckpointError, PPOConfig, Trainer, load_checkpoint, make_config
     from esper_fast.ppo.distributed import init_distributed, shutdown_distributed
@@ -177,7 +195,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     resume_ckpt = warm_start = None
     try:
         if args.resume:
-            resume_ckpt = load_checkpoint(args.resume)
+            with _integration_log_to_stderr():
+                resume_ckpt = load_checkpoint(args.resume)
             config = PPOConfig.from_dict({**resume_ckpt["config"], **overrides})
             if "esper_import" in resume_ckpt:  # an esper PPOAgent checkpoint: a warm start, not a resume
                 warm_start, resume_ckpt = resume_ckpt, None
@@ -262,7 +281,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         raise CLIError(f"--episodes: expected >= 1, got {args.episodes}", EXIT_USAGE)
     _check_device(args.device)
-    policy, obs_norm, config, ckpt = load_policy(args.checkpoint, device=args.device)
+    with _integration_log_to_stderr():
+        policy, obs_norm, config, ckpt = load_policy(args.checkpoint, device=args.device)
     modes = {"both": ("sampled", "greedy"), "sampled": ("sampled",), "greedy": ("greedy",)}[args.mode]
     results = compare_with_baselines(policy, obs_norm, config, args.episodes, args.seed, args.device, modes)
     if args.json:
