@@ -99,11 +99,15 @@ def main() -> int:
         for k, v in net.state_dict().items():
             assert torch.equal(v, again.policy.network.state_dict()[k]), k
         print("esper_fast export -> esper PPOAgent.load: weights identical")
-    esper_fast.unpatch_esper()
-    import esper.tamiyo.networks as networks
+        esper_fast.unpatch_esper()
+        import esper.tamiyo.networks as networks
 
-    assert networks.FactoredRecurrentActorCritic is patch.original
-    print("unpatch_esper: esper's class restored")
+        assert networks.FactoredRecurrentActorCritic is patch.original
+        print("unpatch_esper: esper's class restored")
+        own = networks.FactoredRecurrentActorCritic(state_dim=state_dim, num_slots=slot_config.num_slots,
+                                                     lstm_hidden_dim=64)
+        own.load_state_dict(torch.load(exported, weights_only=True)["network_state_dict"], strict=True)
+        print("esper_fast export -> esper's own (unpatched) FactoredRecurrentActorCritic: load_state_dict(strict=True) ok")
     return 0
 
 
