@@ -18,8 +18,14 @@ from esper_fast.integrations.esper_checkpoint import (
     to_esper_checkpoint,
     warm_start_from_esper,
 )
-from esper_fast.ppo import CheckpointError, PPOConfig, Trainer, load_checkpoint, load_policy, make_config
-from tests.esper_standin import esper_standin  # noqa: F401
+from esper_fast.ppo import (
+    CheckpointError,
+    PPOConfig,
+    Trainer,
+    load_checkpoint,
+    load_policy,
+    make_config,
+)
 
 # esper 0872525b's save() config keys, written out here from the contract (section 5.2 / ppo.py::save),
 # independently of the module's constant.

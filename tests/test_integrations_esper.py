@@ -13,11 +13,11 @@ import pytest
 import torch
 
 import esper_fast
-from esper_fast import FactoredPolicy, HEAD_NAMES
+from esper_fast import HEAD_NAMES, FactoredPolicy
 from esper_fast.errors import InvalidActionMaskError
 from esper_fast.integrations import esper as integration
 from esper_fast.ppo.agent import validation_off
-from tests.esper_standin import drop_esper_modules, esper_standin, esper_standin_extra, esper_standin_head  # noqa: F401
+from tests.esper_standin import drop_esper_modules
 
 SMALL = dict(state_dim=114, num_slots=3, feature_dim=16, lstm_hidden_dim=16)
 
@@ -56,9 +56,9 @@ def test_patch_rebinds_everywhere_and_passes_esper_isinstance_checks(esper_stand
     rng = torch.get_rng_state()
     patch = esper_fast.patch_esper()
     assert torch.equal(rng, torch.get_rng_state()), "layout probing moved the caller's RNG"
-    import esper.tamiyo.networks as networks
-    import esper.tamiyo.networks.factored_lstm as factored_lstm
     from esper.simic.agent import PPOAgent
+    from esper.tamiyo import networks
+    from esper.tamiyo.networks import factored_lstm
     from esper.tamiyo.policy.factory import create_policy
 
     assert patch.layout == "0872525b"
@@ -113,8 +113,8 @@ def test_agent_load_fails_without_the_load_fix(esper_standin, tmp_path):
 
 
 def test_unpatch_restores_everything(esper_standin):
-    import esper.tamiyo.networks as networks
     from esper.simic.agent.ppo import PPOAgent
+    from esper.tamiyo import networks
 
     original, load = networks.FactoredRecurrentActorCritic, PPOAgent.__dict__["load"]
     patch = esper_fast.patch_esper()
@@ -163,7 +163,7 @@ def test_a_second_layout_is_one_table_entry(esper_standin_head, monkeypatch):
         name="head", description="esper HEAD (test entry)", make_class=make_class,
         detect=lambda cls: None if integration.constructor_signature(cls) == head_signature else "not HEAD"))
     patch = esper_fast.patch_esper()
-    import esper.tamiyo.networks as networks
+    from esper.tamiyo import networks
 
     assert patch.layout == "head" and networks.FactoredRecurrentActorCritic.made_for == "head"
     assert patch.wrapped == []  # the load fix belongs to the 0872525b entry only
@@ -192,7 +192,8 @@ def test_invalid_mask_raises_esper_and_esper_fast_class(esper_standin):
 
 def test_patched_network_follows_masked_categorical_validate(esper_standin, monkeypatch):
     patch = esper_fast.patch_esper()
-    from esper.tamiyo.policy.action_masks import InvalidStateMachineError as EsperError, MaskedCategorical
+    from esper.tamiyo.policy.action_masks import InvalidStateMachineError as EsperError
+    from esper.tamiyo.policy.action_masks import MaskedCategorical
 
     net = patch.cls(**SMALL)
     monkeypatch.setattr(MaskedCategorical, "validate", True)

@@ -6,6 +6,11 @@
   esper_fast's format and back.
 """
 
-from esper_fast.integrations.esper import EsperPatch, UnsupportedEsperError, patch_esper, unpatch_esper
+from esper_fast.integrations.esper import (
+    EsperPatch,
+    UnsupportedEsperError,
+    patch_esper,
+    unpatch_esper,
+)
 
-__all__ = ["patch_esper", "unpatch_esper", "EsperPatch", "UnsupportedEsperError"]
+__all__ = ["EsperPatch", "UnsupportedEsperError", "patch_esper", "unpatch_esper"]

@@ -30,9 +30,10 @@ import importlib.util
 import inspect
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,15 +43,15 @@ from esper_fast.errors import InvalidStateMachineError as _OwnStateMachineError
 from esper_fast.policy import FactoredPolicy
 
 __all__ = [
-    "patch_esper",
-    "unpatch_esper",
-    "EsperPatch",
-    "EsperLayout",
+    "ESPER_NETWORK_MODULE",
     "LAYOUTS",
-    "register_layout",
+    "EsperLayout",
+    "EsperPatch",
     "UnsupportedEsperError",
     "esper_error_class",
-    "ESPER_NETWORK_MODULE",
+    "patch_esper",
+    "register_layout",
+    "unpatch_esper",
 ]
 
 logger = logging.getLogger(__name__)

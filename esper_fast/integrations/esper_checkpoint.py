@@ -21,19 +21,20 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from esper_fast.constants import HEAD_NAMES, get_feature_size
 
 __all__ = [
-    "ESPER_CONFIG_FIELDS",
     "DIRECT_FIELDS",
+    "ESPER_CONFIG_FIELDS",
     "ESPER_FEATURE_DIM",
-    "is_esper_checkpoint",
-    "from_esper_checkpoint",
-    "to_esper_checkpoint",
     "export_esper_checkpoint",
+    "from_esper_checkpoint",
+    "is_esper_checkpoint",
+    "to_esper_checkpoint",
     "warm_start_from_esper",
 ]
 

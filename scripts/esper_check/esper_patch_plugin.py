@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 
-def pytest_configure(config):  # noqa: D103 - pytest hook
+def pytest_configure(config):
     if os.environ.get("ESPER_FAST_PATCH", "1") == "0":
         print("esper_patch_plugin: ESPER_FAST_PATCH=0, esper left unpatched")
         return
@@ -21,7 +21,7 @@ def pytest_configure(config):  # noqa: D103 - pytest hook
           f"call-time importers {patch.resolved_at_call}; skipped {sorted(patch.skipped)}")
 
 
-def pytest_report_header(config):  # noqa: D103 - pytest hook
+def pytest_report_header(config):
     import esper_fast.integrations.esper as integration
 
     patch = integration.active_patch()

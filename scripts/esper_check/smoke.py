@@ -38,7 +38,7 @@ def main() -> int:
     assert type(net) is patch.cls and isinstance(net, patch.original) and isinstance(net, FactoredRecurrentActorCritic)
     agent = PPOAgent(policy=policy, slot_config=slot_config, device="cpu", num_envs=n_envs, max_steps_per_env=steps,
                      chunk_length=steps)
-    sizes = {h: getattr(net, "head_sizes")[h] for h in HEAD_NAMES}
+    sizes = {h: net.head_sizes[h] for h in HEAD_NAMES}
     hidden = policy.initial_hidden(n_envs)
     t0 = time.perf_counter()
     for env in range(n_envs):
@@ -85,8 +85,8 @@ def main() -> int:
             assert torch.equal(v, loaded.policy.network.state_dict()[k]), k
         print("PPOAgent.save -> PPOAgent.load (patched): weights identical")
 
-        from esper_fast.ppo.checkpoint import load_policy
         from esper_fast.integrations.esper_checkpoint import to_esper_checkpoint
+        from esper_fast.ppo.checkpoint import load_policy
 
         ours, _, config, ckpt = load_policy(path)
         for k, v in net.state_dict().items():
@@ -100,7 +100,7 @@ def main() -> int:
             assert torch.equal(v, again.policy.network.state_dict()[k]), k
         print("esper_fast export -> esper PPOAgent.load: weights identical")
         esper_fast.unpatch_esper()
-        import esper.tamiyo.networks as networks
+        from esper.tamiyo import networks
 
         assert networks.FactoredRecurrentActorCritic is patch.original
         print("unpatch_esper: esper's class restored")
