@@ -6,6 +6,7 @@ touches it; the real esper is checked outside CI (scripts/check_esper.sh, README
 
 from __future__ import annotations
 
+import pickle
 import sys
 from types import SimpleNamespace
 
@@ -188,6 +189,8 @@ def test_invalid_mask_raises_esper_and_esper_fast_class(esper_standin):
         net.get_action(*_inputs(), op_mask=_empty_op_mask())
     except EsperError as exc:
         assert "Kasmina state machine" in str(exc)
+        again = pickle.loads(pickle.dumps(exc))  # e.g. across processes
+        assert type(again) is type(exc) and again.args == exc.args
 
 
 def test_patched_network_follows_masked_categorical_validate(esper_standin, monkeypatch):
@@ -235,3 +238,12 @@ def test_slot_config_sizes_the_slot_head_as_in_esper():
     assert FactoredPolicy(114, num_slots=2, feature_dim=16, lstm_hidden_dim=16, slot_config=five).num_slots == 2
     with pytest.raises(TypeError, match="slot_config must have an int num_slots"):
         FactoredPolicy(114, feature_dim=16, lstm_hidden_dim=16, slot_config=object())
+
+
+def test_patch_after_esper_was_reimported_patches_the_new_modules(esper_standin):
+    first = esper_fast.patch_esper()
+    drop_esper_modules()  # e.g. importlib.reload / a test harness: fresh esper module objects
+    second = esper_fast.patch_esper()
+    import esper.tamiyo.networks as networks
+
+    assert second is not first and networks.FactoredRecurrentActorCritic is second.cls

@@ -105,6 +105,8 @@ def esper_error_class() -> type | None:
             "__module__": __name__,
             "__doc__": "esper_fast's InvalidStateMachineError that is also esper's "
                        f"{base.__module__}.InvalidStateMachineError (same message).",
+            # pickles as esper_fast's class, which rebuilds this combined class where esper is importable
+            "__reduce__": lambda self: (_OwnStateMachineError, self.args),
         })  # fmt: skip
         _COMBINED_ERRORS[base] = combined
     return combined
@@ -408,7 +410,10 @@ def patch_esper(*, fix_agent_load: bool = True) -> EsperPatch:
     """
     global _ACTIVE
     if _ACTIVE is not None:
-        return _ACTIVE
+        current = getattr(sys.modules.get(ESPER_NETWORK_MODULE), "FactoredRecurrentActorCritic", None)
+        if current is _ACTIVE.cls:
+            return _ACTIVE
+        _ACTIVE = None  # esper was re-imported since (fresh module objects): patch the new ones
     _import_esper()
     skipped: dict[str, str] = {}
     for name in ESPER_MODULES:

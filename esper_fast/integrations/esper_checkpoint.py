@@ -215,7 +215,10 @@ def to_esper_checkpoint(ckpt: dict[str, Any], log: Callable[[str], None] | None 
 
     log = log or logger.warning
     source = ckpt.get("path", "checkpoint")
-    cfg = PPOConfig.from_dict(ckpt["config"])
+    try:
+        cfg = PPOConfig.from_dict(ckpt["config"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source}: bad config: {exc}") from exc
     arch = ckpt["architecture"]
     if cfg.feature_dim != ESPER_FEATURE_DIM or cfg.lstm_layers != 1:
         raise CheckpointError(
