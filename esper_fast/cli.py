@@ -327,7 +327,9 @@ def _add_export_esper(sub: argparse._SubParsersAction) -> None:
                        description="Convert an esper-fast checkpoint to esper's PPOAgent.save() layout (esper's "
                                    "config keys only; what esper cannot represent is printed and kept in "
                                    "metadata['not_representable']). esper's bundle always builds feature_dim 512 "
-                                   "and one LSTM layer, so other runs are refused.")  # fmt: skip
+                                   "and one LSTM layer, so other runs are refused. esper 0872525b's own load() "
+                                   "cannot open any checkpoint (its own included: it rebuilds the network with "
+                                   "the wrong state_dim); load under esper_fast.patch_esper(), which fixes that.")  # fmt: skip
     p.add_argument("run", help="checkpoint file, or a run directory (uses checkpoints/latest.pt)")
     p.add_argument("-o", "--output", help="output file (default: esper.pt beside the checkpoint)")
     p.set_defaults(func=cmd_export_esper)
