@@ -99,6 +99,17 @@ def main() -> int:
         for k, v in net.state_dict().items():
             assert torch.equal(v, again.policy.network.state_dict()[k]), k
         print("esper_fast export -> esper PPOAgent.load: weights identical")
+        from esper_fast.integrations.esper_checkpoint import export_esper_checkpoint
+        from esper_fast.ppo import Trainer, make_config
+
+        run = Trainer(make_config("smoke", feature_dim=512, lstm_hidden_dim=32, total_timesteps=600, eval_episodes=0),
+                      Path(tmp) / "run", tensorboard=False, log=lambda m: None)  # fmt: skip
+        run.train()
+        trained = PPOAgent.load(export_esper_checkpoint(Path(tmp) / "run", log=lambda m: None), device="cpu")
+        for k, v in run.policy.state_dict().items():
+            assert torch.equal(v, trained.policy.network.state_dict()[k]), k
+        print(f"esper_fast training run ({run.train_steps} update(s)) -> export-esper -> esper PPOAgent.load: "
+              f"weights identical, train_steps {trained.train_steps}")
         esper_fast.unpatch_esper()
         from esper.tamiyo import networks
 
