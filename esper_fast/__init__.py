@@ -22,11 +22,14 @@ if TYPE_CHECKING:  # the lazy names, for type checkers and IDEs
     from esper_fast.ops import available_backends, select_op
     from esper_fast.policy import FactoredPolicy, GetActionResult
     from esper_fast.types import OpSelection
+    from esper_fast.integrations.esper import patch_esper, unpatch_esper
 
 __version__ = "0.1.0"
 
 __all__ = [
     "select_op",
+    "patch_esper",
+    "unpatch_esper",
     "FactoredPolicy",
     "GetActionResult",
     "available_backends",
@@ -45,6 +48,8 @@ _LAZY = {
     "FactoredPolicy": "esper_fast.policy",
     "GetActionResult": "esper_fast.policy",
     "OpSelection": "esper_fast.types",
+    "patch_esper": "esper_fast.integrations.esper",
+    "unpatch_esper": "esper_fast.integrations.esper",
 }
 
 

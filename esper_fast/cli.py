@@ -6,6 +6,7 @@
     esper-fast train --resume runs/<name>  # continue (also after Ctrl-C)
     esper-fast evaluate runs/<name>        # the checkpoint vs the heuristic and random baselines
     esper-fast train --print-config        # the resolved configuration, then exit
+    esper-fast export-esper runs/<name>    # a checkpoint esper's PPOAgent.load() opens
     esper-fast bench ...                   # esper_fast.bench.main(...)
     torchrun --nproc_per_node 2 -m esper_fast.cli train ...   # data-parallel (gloo on CPU)
 
@@ -18,6 +19,7 @@ registers a parser with ``func=...`` and list it in :data:`SUBCOMMANDS`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import shlex
@@ -25,7 +27,7 @@ import sys
 import time
 import typing
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 __all__ = ["main", "build_parser", "SUBCOMMANDS"]
 
@@ -198,17 +200,37 @@ def _resolve_run(args: argparse.Namespace, resume_ckpt: dict[str, Any] | None, p
     raise CLIError(f"cannot find a free run directory name next to {base}")
 
 
+@contextlib.contextmanager
+def _integration_log_to_stderr() -> Iterator[None]:
+    """Show esper_fast.integrations' warnings (e.g. the esper config fields ignored on import) on stderr."""
+    import logging
+
+    log = logging.getLogger("esper_fast.integrations")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    old_propagate, log.propagate = log.propagate, False
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.propagate = old_propagate
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from esper_fast.ppo import CheckpointError, PPOConfig, Trainer, load_checkpoint, make_config
     from esper_fast.ppo.distributed import init_distributed, shutdown_distributed
     from esper_fast.ppo.evaluate import format_table
 
     overrides = _config_overrides(args)
-    resume_ckpt = None
+    resume_ckpt = warm_start = None
     try:
         if args.resume:
-            resume_ckpt = load_checkpoint(args.resume)
+            with _integration_log_to_stderr():
+                resume_ckpt = load_checkpoint(args.resume)
             config = PPOConfig.from_dict({**resume_ckpt["config"], **overrides})
+            if "esper_import" in resume_ckpt:  # an esper PPOAgent checkpoint: a warm start, not a resume
+                warm_start, resume_ckpt = resume_ckpt, None
         else:
             config = make_config(args.preset, **overrides)
     except CheckpointError:
@@ -221,7 +243,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(json.dumps({"source": source, "config": config.to_dict(), "derived": config.derived()}, indent=2))
         return 0
     _check_device(config.device)
-    run_dir = _resolve_run(args, resume_ckpt, args.preset)
+    run_dir = _resolve_run(args, resume_ckpt, "esper-warmstart" if warm_start else args.preset)
     if resume_ckpt is None and (run_dir / "checkpoints").exists():
         raise CLIError(f"run directory {run_dir} already has checkpoints: pass --resume {run_dir} to continue, "
                        "or choose another --name", EXIT_USAGE)  # fmt: skip
@@ -231,8 +253,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         log = (lambda msg: print(msg, file=sys.stderr)) if ctx.is_main else (lambda _m: None)
         trainer = Trainer(config, run_dir if ctx.is_main else None, dist=ctx, resume=resume_ckpt, log=log,
                           tensorboard=not args.no_tensorboard)  # fmt: skip
+        if warm_start is not None:
+            from esper_fast.integrations.esper_checkpoint import warm_start_from_esper
+
+            warm_start_from_esper(trainer, warm_start)
         if ctx.is_main:
             what = f"resuming {resume_ckpt['path']} at update {trainer.train_steps}" if resume_ckpt else f"preset {args.preset!r}"
+            if warm_start is not None:
+                what = f"warm start from esper checkpoint {warm_start['path']} (weights only)"
             log(f"esper-fast train: {what} -> {run_dir}  ({trainer.num_updates} updates of "
                 f"{config.num_envs} envs x {config.rollout_steps} steps x {ctx.world_size} process(es), "
                 f"H={config.lstm_hidden_dim}, value_mode={config.value_mode}, device={ctx.device})")  # fmt: skip
@@ -282,7 +310,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="starting configuration: smoke (seconds), default (minutes on CPU), esper (esper's sizes)")
     p.add_argument("--name", help="run name (default: <preset>-<date>-<time>)")
     p.add_argument("--runs-dir", default="runs", help="parent directory of run directories (default: runs)")
-    p.add_argument("--resume", metavar="PATH", help="continue from a checkpoint file or a run directory")
+    p.add_argument("--resume", metavar="PATH", help="continue from a checkpoint file or a run directory; an esper "
+                   "PPOAgent.save() file is a warm start (its weights, its mapped config, fresh optimizer and counters)")
     p.add_argument("--no-progress", action="store_true", help="no progress line")
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
     p.add_argument("--print-config", action="store_true",
@@ -301,7 +330,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         raise CLIError(f"--episodes: expected >= 1, got {args.episodes}", EXIT_USAGE)
     _check_device(args.device)
-    policy, obs_norm, config, ckpt = load_policy(args.checkpoint, device=args.device)
+    with _integration_log_to_stderr():
+        policy, obs_norm, config, ckpt = load_policy(args.checkpoint, device=args.device)
     modes = {"both": ("sampled", "greedy"), "sampled": ("sampled",), "greedy": ("greedy",)}[args.mode]
     results = compare_with_baselines(policy, obs_norm, config, args.episodes, args.seed, args.device, modes)
     if args.json:
@@ -326,6 +356,33 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                    help="PPO actions sampled, greedy (argmax), or both rows (default)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_evaluate)
+
+
+# =================================================================================================
+# export-esper
+# =================================================================================================
+def cmd_export_esper(args: argparse.Namespace) -> int:
+    from esper_fast.integrations.esper_checkpoint import export_esper_checkpoint
+
+    lines: list[str] = []
+    path = export_esper_checkpoint(args.run, args.output, log=lines.append)
+    for line in lines:
+        print(line, file=sys.stderr)
+    print(f"esper checkpoint: {path}  (open with esper's PPOAgent.load(path); see README 'Using esper_fast inside esper')")
+    return 0
+
+
+def _add_export_esper(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export-esper", help="write a checkpoint that esper's PPOAgent.load() opens",
+                       description="Convert an esper-fast checkpoint to esper's PPOAgent.save() layout (esper's "
+                                   "config keys only; what esper cannot represent is printed and kept in "
+                                   "metadata['not_representable']). esper's bundle always builds feature_dim 512 "
+                                   "and one LSTM layer, so other runs are refused. esper 0872525b's own load() "
+                                   "cannot open any checkpoint (its own included: it rebuilds the network with "
+                                   "the wrong state_dim); load under esper_fast.patch_esper(), which fixes that.")  # fmt: skip
+    p.add_argument("run", help="checkpoint file, or a run directory (uses checkpoints/latest.pt)")
+    p.add_argument("-o", "--output", help="output file (default: esper.pt beside the checkpoint)")
+    p.set_defaults(func=cmd_export_esper)
 
 
 # =================================================================================================
@@ -381,7 +438,7 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
 # entry point
 # =================================================================================================
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_train, _add_evaluate, _add_bench,
-                                                                         _add_study)
+                                                                         _add_study, _add_export_esper)
 """Each registers one subcommand; add a ``study`` command by appending its ``_add_study``."""
 
 

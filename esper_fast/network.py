@@ -10,7 +10,7 @@ and :class:`esper_fast.reference.ReferencePolicy` (esper's torch ops, optionally
 from __future__ import annotations
 
 import math
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -144,11 +144,17 @@ class FactoredNetwork(nn.Module):
     (esper sizes the blueprint embedding and the value head's one-hot from its global constants; here
     they follow ``num_blueprints`` / ``num_ops``, which is identical for the defaults.)
 
-    ``validate`` (class-level, like esper's ``MaskedCategorical.validate``) turns the empty-mask and
-    non-finite-logit checks on or off; with it off nothing on the action path syncs with the host.
+    ``validate`` turns the empty-mask and non-finite-logit checks on or off; with it off nothing on the
+    action path syncs with the host. It is an instance setting: the ``validate=`` constructor keyword
+    (or ``policy.validate = False``) stores it on the instance; an instance without its own setting
+    follows the class flag at call time, so ``FactoredPolicy.validate = False`` (the class-level
+    switch of earlier versions, like esper's ``MaskedCategorical.validate``) keeps working for every
+    instance constructed without the keyword. ``slot_config`` is esper's last constructor argument:
+    any object with ``num_slots`` (esper's ``SlotConfig``); it sizes the slot head when ``num_slots``
+    is None, as in esper.
     """
 
-    validate: ClassVar[bool] = True
+    validate: ClassVar[bool] = True  # the default for instances without their own setting
 
     def __init__(
         self,
@@ -164,8 +170,17 @@ class FactoredNetwork(nn.Module):
         feature_dim: int = DEFAULT_FEATURE_DIM,
         lstm_hidden_dim: int = DEFAULT_LSTM_HIDDEN_DIM,
         lstm_layers: int = 1,
+        slot_config: Any | None = None,
+        *,
+        validate: bool | None = None,
     ) -> None:
         super().__init__()
+        if validate is not None:
+            self.validate = bool(validate)
+        if num_slots is None and slot_config is not None:
+            if not isinstance(getattr(slot_config, "num_slots", None), int):
+                raise TypeError(f"slot_config must have an int num_slots (esper's SlotConfig), got {slot_config!r}")
+            num_slots = slot_config.num_slots
         defaults = get_action_head_sizes(3 if num_slots is None else num_slots)
         given = {
             "blueprint": num_blueprints, "style": num_styles, "tempo": num_tempo,

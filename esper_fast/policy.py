@@ -9,6 +9,8 @@ be conditioned on another op (esper's double-draw bug).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -31,12 +33,15 @@ class FactoredPolicy(FactoredNetwork):
     """esper's ``FactoredRecurrentActorCritic`` with fused, single-draw op selection.
 
     Args:
-        state_dim ... lstm_layers: esper's constructor arguments and defaults.
+        state_dim ... lstm_layers, slot_config: esper's constructor arguments and defaults
+            (``slot_config``: esper's ``SlotConfig`` or any object with ``num_slots``; sizes the slot
+            head when ``num_slots`` is None).
         value_mode: ``"q_op"`` (esper's contract: value = Q(s, chosen op)) or ``"expected"``
             (value = V(s) = sum_a pi(a|s) Q(s, a) from the same kernel pass; op-independent).
         backend: select_op backend ("auto" picks the fastest available for the tensors' device).
 
-    Set ``FactoredPolicy.validate = False`` to skip the (one-sync) mask/logit validation.
+        validate: this instance's mask/logit validation (one host sync) on or off; None (default)
+            follows the class flag ``FactoredPolicy.validate`` at call time (kept for compatibility).
     """
 
     def __init__(
@@ -53,15 +58,17 @@ class FactoredPolicy(FactoredNetwork):
         feature_dim: int = 512,
         lstm_hidden_dim: int = 512,
         lstm_layers: int = 1,
+        slot_config: Any | None = None,
         *,
         value_mode: str = "q_op",
         backend: str = "auto",
+        validate: bool | None = None,
     ) -> None:
         if value_mode not in VALUE_MODES:
             raise ValueError(f"value_mode must be one of {VALUE_MODES}, got {value_mode!r}")
         super().__init__(state_dim, num_slots, num_blueprints, num_styles, num_tempo,
                          num_alpha_targets, num_alpha_speeds, num_alpha_curves, num_ops,
-                         feature_dim, lstm_hidden_dim, lstm_layers)  # fmt: skip
+                         feature_dim, lstm_hidden_dim, lstm_layers, slot_config, validate=validate)  # fmt: skip
         self.value_mode = value_mode
         self.backend = backend
 

@@ -30,3 +30,7 @@ def small_n(backend: str, device: str, n: int) -> int:
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+# The stand-in esper package (tests/esper_standin.py) as fixtures: esper_standin, esper_standin_head, ...
+from tests.esper_standin import esper_standin, esper_standin_extra, esper_standin_head  # noqa: E402, F401

@@ -75,18 +75,17 @@ def cpu_threads(n: int, device: torch.device | str) -> Iterator[None]:
 
 @contextmanager
 def validation_off(policy: FactoredNetwork) -> Iterator[None]:
-    """Set the policy class's ``validate`` flag to False (no host syncs), restore it afterwards."""
-    cls = type(policy)
-    had_own = "validate" in cls.__dict__
-    old = cls.__dict__.get("validate")
-    cls.validate = False
+    """Turn this policy instance's ``validate`` setting off (no host syncs), restore it afterwards."""
+    own = vars(policy)
+    had_own, old = "validate" in own, own.get("validate")
+    policy.validate = False
     try:
         yield
     finally:
         if had_own:
-            cls.validate = old
+            policy.validate = old
         else:
-            del cls.validate
+            own.pop("validate", None)
 
 
 def act(policy: FactoredNetwork, obs: Tensor, env_obs: EnvObs, hidden: Hidden | None, *, deterministic: bool,

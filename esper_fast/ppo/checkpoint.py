@@ -193,6 +193,11 @@ def _verify(ckpt: dict[str, Any], path: Path) -> None:
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read and verify a checkpoint (a file, or a run directory: its newest complete checkpoint).
 
+    An esper ``PPOAgent.save()`` file is converted to this layout
+    (:func:`esper_fast.integrations.esper_checkpoint.from_esper_checkpoint`: weights as they are, esper's
+    config fields mapped or listed as ignored in a logged warning and in ``ckpt["esper_import"]``), then
+    verified like any other.
+
     Raises :class:`CheckpointError` naming the file for: unreadable or non-plain content, missing keys,
     another version, a digest mismatch, a config field of the wrong type or range, NaN/inf weights or
     optimiser state.
@@ -203,6 +208,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     ckpt = _read(path, map_location)
+    from esper_fast.integrations.esper_checkpoint import from_esper_checkpoint, is_esper_checkpoint
+
+    if is_esper_checkpoint(ckpt):  # esper's PPOAgent.save() file: mapped field by field, the rest logged
+        ckpt["path"] = str(path)
+        ckpt = from_esper_checkpoint(ckpt)  # carries no digest: the rest of _verify applies to the result
+        _verify(ckpt, path)
+        return ckpt
     _verify(ckpt, path)
     ckpt["path"] = str(path)
     return ckpt

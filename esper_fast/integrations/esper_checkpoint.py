@@ -1,0 +1,310 @@
+"""esper ``PPOAgent.save()`` checkpoints <-> esper_fast checkpoints (no esper import needed).
+
+esper's file (``simic/agent/ppo.py::save`` at 0872525b, contract section 5.2) is one ``torch.save``
+dict: ``checkpoint_version`` (1), ``network_state_dict``, ``optimizer_state_dict``, ``train_steps``,
+``config`` (the agent's hyperparameters, :data:`ESPER_CONFIG_FIELDS`), ``architecture``
+(``state_dim``, ``slot_ids``, ``num_slots``) and optional ``metadata``. esper_fast's adds resume state
+and keeps its :class:`~esper_fast.ppo.config.PPOConfig` in ``config``.
+
+* :func:`from_esper_checkpoint` turns esper's dict into esper_fast's (``load_checkpoint`` calls it for
+  every file that :func:`is_esper_checkpoint`): the network weights are loaded strictly as they are;
+  every esper config field is either mapped to a PPOConfig field (:data:`DIRECT_FIELDS`, the entropy
+  schedule, the optimizer's ``lr`` / ``eps``) or listed as ignored with the reason, and the list is
+  logged (``logging`` warning) and kept in ``ckpt["esper_import"]``. Nothing is changed silently.
+* :func:`to_esper_checkpoint` / :func:`export_esper_checkpoint` write esper's layout from an esper_fast
+  checkpoint, with exactly esper's config keys, so esper's ``PPOAgent.load()`` can rebuild the agent;
+  what esper cannot represent is listed in ``metadata["not_representable"]`` and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from esper_fast.constants import HEAD_NAMES, get_feature_size
+
+__all__ = [
+    "DIRECT_FIELDS",
+    "ESPER_CONFIG_FIELDS",
+    "ESPER_FEATURE_DIM",
+    "export_esper_checkpoint",
+    "from_esper_checkpoint",
+    "is_esper_checkpoint",
+    "to_esper_checkpoint",
+    "warm_start_from_esper",
+]
+
+logger = logging.getLogger(__name__)
+
+# The keys of esper's saved ``config`` (0872525b), i.e. PPOAgent.__init__ keywords PPOAgent.load() passes back.
+ESPER_CONFIG_FIELDS = (
+    "gamma", "gae_lambda", "clip_ratio", "entropy_coef", "entropy_coef_start", "entropy_coef_end",
+    "entropy_coef_min", "adaptive_entropy_floor", "entropy_anneal_steps", "entropy_coef_per_head",
+    "value_coef", "clip_value", "value_clip", "target_kl", "recurrent_n_epochs", "lstm_hidden_dim",
+    "chunk_length", "num_envs", "max_steps_per_env", "n_epochs", "batch_size", "max_grad_norm",
+    "weight_decay", "compile_mode",
+)  # fmt: skip
+# esper field -> PPOConfig field, same meaning and units.
+DIRECT_FIELDS = {
+    "gamma": "gamma", "gae_lambda": "gae_lambda", "clip_ratio": "clip_ratio",
+    "entropy_coef_min": "entropy_coef_min", "value_coef": "value_coef", "clip_value": "clip_value",
+    "value_clip": "value_clip", "target_kl": "target_kl", "max_grad_norm": "max_grad_norm",
+    "lstm_hidden_dim": "lstm_hidden_dim", "num_envs": "num_envs",
+    "max_steps_per_env": "episode_length",  # esper's buffer holds one episode of max_epochs steps per env
+}  # fmt: skip
+# Fields esper stores that have no meaning in esper_fast's trainer, with the reason.
+IGNORED_FIELDS = {
+    "n_epochs": "stored but unused by esper's update() (it runs recurrent_n_epochs passes)",
+    "batch_size": "stored but unused by esper's update() (one full batch)",
+    "chunk_length": "esper's BPTT chunk (= the episode); here every sequence is a whole rollout",
+    "compile_mode": "esper's torch.compile mode of the bundle; esper_fast's trainer does not compile",
+}
+ESPER_FEATURE_DIM = 512  # esper's LSTMPolicyBundle always builds feature_net with DEFAULT_FEATURE_DIM
+ESPER_DEFAULTS = {"n_epochs": 10, "batch_size": 64}  # esper's PPOAgent defaults (unused by its update)
+
+
+def is_esper_checkpoint(ckpt: dict[str, Any]) -> bool:
+    """True for an esper ``PPOAgent.save()`` dict: its config keys are esper's, not PPOConfig's."""
+    config = ckpt.get("config")
+    if not isinstance(config, dict) or "rank_states" in ckpt:
+        return False
+    keys = set(config)
+    return keys <= set(ESPER_CONFIG_FIELDS) and bool(keys & {"recurrent_n_epochs", "max_steps_per_env", "chunk_length"})
+
+
+def _lstm_layers(state_dict: dict[str, Any]) -> int:
+    return sum(1 for k in state_dict if re.fullmatch(r"lstm\.weight_ih_l\d+", k))
+
+
+def from_esper_checkpoint(ckpt: dict[str, Any], log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """esper's ``PPOAgent.save()`` dict -> an esper_fast checkpoint dict (see the module docstring).
+
+    The config starts from the ``esper`` preset (esper 0872525b's rules: ``value_mode="q_op"``, slot
+    drawn from the env mask alone), then takes every mappable esper field. Raises
+    :class:`~esper_fast.ppo.checkpoint.CheckpointError` when the weights and esper's architecture
+    disagree or the network cannot be built here.
+    """
+    from esper_fast.ppo.agent import architecture
+    from esper_fast.ppo.checkpoint import CheckpointError
+    from esper_fast.ppo.config import make_config
+
+    log = log or logger.warning
+    source = ckpt.get("path", "esper checkpoint")
+    config, arch, sd = dict(ckpt["config"]), dict(ckpt["architecture"]), ckpt["network_state_dict"]
+    for key in ("feature_net.0.weight", "lstm.weight_hh_l0", "slot_head.2.weight"):
+        if key not in sd:
+            raise CheckpointError(f"{source}: esper checkpoint without {key!r} in network_state_dict")
+    if "state_dim" not in arch or "num_slots" not in arch:
+        raise CheckpointError(f"{source}: esper checkpoint architecture needs state_dim and num_slots, got {sorted(arch)}")
+    num_slots, state_dim = int(arch["num_slots"]), int(arch["state_dim"])
+    hidden = int(sd["lstm.weight_hh_l0"].shape[1])
+    problems = []
+    if int(sd["slot_head.2.weight"].shape[0]) != num_slots:
+        problems.append(f"architecture num_slots {num_slots} but slot_head.2.weight has {sd['slot_head.2.weight'].shape[0]} rows")
+    if int(sd["feature_net.0.weight"].shape[1]) != state_dim + 4 * num_slots:
+        problems.append(f"architecture state_dim {state_dim} + 4 x {num_slots} slots != feature_net.0.weight "
+                        f"input width {sd['feature_net.0.weight'].shape[1]}")  # fmt: skip
+    if "lstm_hidden_dim" in config and int(config["lstm_hidden_dim"]) != hidden:
+        problems.append(f"config lstm_hidden_dim {config['lstm_hidden_dim']} but lstm.weight_hh_l0 says {hidden}")
+    if state_dim != get_feature_size(num_slots):
+        problems.append(f"state_dim {state_dim} is not esper_fast's observation size for {num_slots} slots "
+                        f"({get_feature_size(num_slots)} = 24 + 30 x slots)")  # fmt: skip
+    if problems:
+        raise CheckpointError(f"{source}: esper checkpoint cannot be used here: " + "; ".join(problems))
+
+    mapped: dict[str, str] = {}
+    ignored: dict[str, str] = {}
+    values: dict[str, Any] = {"num_slots": num_slots, "lstm_hidden_dim": hidden,
+                              "feature_dim": int(sd["feature_net.0.weight"].shape[0]),
+                              "lstm_layers": _lstm_layers(sd)}  # fmt: skip
+    for field, ours in DIRECT_FIELDS.items():
+        if field in config and config[field] is not None:
+            values[ours] = config[field]
+            mapped[field] = ours
+    if "target_kl" in config and config["target_kl"] is None:
+        values["target_kl"], mapped["target_kl"] = None, "target_kl"
+    if "recurrent_n_epochs" in config:
+        values["update_epochs"] = int(config["recurrent_n_epochs"] or 1)
+        mapped["recurrent_n_epochs"] = "update_epochs"
+    if "entropy_coef_per_head" in config and config["entropy_coef_per_head"] is not None:
+        per_head = dict(config["entropy_coef_per_head"])
+        extra = sorted(set(per_head) - set(HEAD_NAMES))
+        values["entropy_coef_per_head"] = {h: float(v) for h, v in per_head.items() if h in HEAD_NAMES}
+        mapped["entropy_coef_per_head"] = "entropy_coef_per_head"
+        if extra:
+            ignored["entropy_coef_per_head (heads " + ", ".join(extra) + ")"] = "not heads of this policy"
+    steps = int(config.get("entropy_anneal_steps") or 0)
+    if steps > 0:  # esper: linear entropy_coef_start -> entropy_coef_end over entropy_anneal_steps updates
+        values.update(entropy_coef=config.get("entropy_coef_start", config.get("entropy_coef")),
+                      entropy_coef_end=config.get("entropy_coef_end"), entropy_anneal_updates=steps)  # fmt: skip
+        mapped.update(entropy_coef_start="entropy_coef", entropy_coef_end="entropy_coef_end",
+                      entropy_anneal_steps="entropy_anneal_updates")  # fmt: skip
+        if "entropy_coef" in config:
+            ignored["entropy_coef"] = f"{config['entropy_coef']!r}: esper uses entropy_coef_start while annealing"
+    else:  # esper: max(entropy_coef, entropy_coef_min); start/end unused
+        if "entropy_coef" in config:
+            values["entropy_coef"], mapped["entropy_coef"] = config["entropy_coef"], "entropy_coef"
+        values.update(entropy_coef_end=None, entropy_anneal_updates=0)
+        for field in ("entropy_coef_start", "entropy_coef_end", "entropy_anneal_steps"):
+            if field in config:
+                ignored[field] = f"{config[field]!r}: unused by esper without annealing (entropy_anneal_steps = 0)"
+    if config.get("adaptive_entropy_floor"):
+        ignored["adaptive_entropy_floor"] = ("True: no effect in esper's update at 0872525b "
+                                             "(get_entropy_coef() is called without a mask)")  # fmt: skip
+    elif "adaptive_entropy_floor" in config:
+        mapped["adaptive_entropy_floor"] = "(False: esper_fast has no adaptive floor)"
+    wd = config.get("weight_decay", 0.0) or 0.0
+    if wd:
+        ignored["weight_decay"] = f"{wd!r}: esper's AdamW decay on the critic; esper_fast's Adam has none"
+    elif "weight_decay" in config:
+        mapped["weight_decay"] = "(0: esper_fast's Adam has no weight decay)"
+    for field, why in IGNORED_FIELDS.items():
+        if field in config:
+            ignored[field] = f"{config[field]!r}: {why}"
+    groups = (ckpt.get("optimizer_state_dict") or {}).get("param_groups") or []
+    if groups:
+        for key, ours in (("lr", "learning_rate"), ("eps", "adam_eps")):
+            if key in groups[0]:
+                values[ours], mapped[f"optimizer {key}"] = float(groups[0][key]), ours
+    unknown = sorted(set(config) - set(mapped) - set(ignored) - {"entropy_coef_start", "entropy_coef_end",
+                                                                   "entropy_anneal_steps"})  # fmt: skip
+    for field in unknown:
+        ignored[field] = f"{config[field]!r}: not an esper 0872525b field esper_fast knows"
+    try:
+        ppo_config = make_config("esper", **values)
+    except ValueError as exc:
+        raise CheckpointError(f"{source}: esper config does not map to a valid PPOConfig: {exc}") from exc
+
+    notes = ["observation normaliser statistics are not in esper's checkpoint (esper keeps them in its "
+             "training loop): they start at mean 0, var 1",
+             "value_mode 'q_op' and op_conditioned_slot False (the 'esper' preset: esper 0872525b's rules)"]  # fmt: skip
+    ours_arch = architecture(ppo_config)
+    if "slot_ids" in arch and list(arch["slot_ids"]) != ours_arch["slot_ids"]:
+        notes.append(f"esper slot_ids {list(arch['slot_ids'])} are used in their order as slots 0..{num_slots - 1}")
+    log(f"{source}: esper PPOAgent checkpoint (update {ckpt.get('train_steps')}); mapped "
+        + ", ".join(f"{k}->{v}" for k, v in mapped.items())
+        + "; ignored: " + ("; ".join(f"{k} = {v}" for k, v in ignored.items()) or "nothing")
+        + "; notes: " + "; ".join(notes))  # fmt: skip
+    out = {
+        "checkpoint_version": ckpt["checkpoint_version"], "network_state_dict": sd,
+        "optimizer_state_dict": ckpt["optimizer_state_dict"], "train_steps": int(ckpt["train_steps"]),
+        "config": ppo_config.to_dict(), "architecture": ours_arch,
+        "esper_import": {"source_config": config, "source_architecture": arch, "mapped": mapped,
+                         "ignored": ignored, "notes": notes},
+    }  # fmt: skip
+    if "metadata" in ckpt:
+        out["metadata"] = ckpt["metadata"]
+    if "path" in ckpt:
+        out["path"] = ckpt["path"]
+    return out
+
+
+def to_esper_checkpoint(ckpt: dict[str, Any], log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """An esper_fast checkpoint dict -> esper's ``PPOAgent.save()`` layout (see the module docstring).
+
+    Raises :class:`~esper_fast.ppo.checkpoint.CheckpointError` if esper's ``PPOAgent.load()`` could not
+    rebuild the network (esper's bundle always builds ``feature_dim`` 512 and one LSTM layer).
+    """
+    import esper_fast
+    from esper_fast.ppo.checkpoint import CheckpointError
+    from esper_fast.ppo.config import PPOConfig
+
+    log = log or logger.warning
+    source = ckpt.get("path", "checkpoint")
+    try:
+        cfg = PPOConfig.from_dict(ckpt["config"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source}: bad config: {exc}") from exc
+    arch = ckpt["architecture"]
+    if cfg.feature_dim != ESPER_FEATURE_DIM or cfg.lstm_layers != 1:
+        raise CheckpointError(
+            f"{source}: esper's PPOAgent.load() rebuilds the network through LSTMPolicyBundle, which always has "
+            f"feature_dim {ESPER_FEATURE_DIM} and 1 LSTM layer; this run has feature_dim {cfg.feature_dim}, "
+            f"lstm_layers {cfg.lstm_layers} (train with --feature-dim {ESPER_FEATURE_DIM} --lstm-layers 1)"
+        )
+    annealed = cfg.entropy_anneal_updates > 0 and cfg.entropy_coef_end is not None
+    imported = ckpt.get("esper_import") or {}
+    src_config = imported.get("source_config", {})
+    config = {
+        "gamma": cfg.gamma, "gae_lambda": cfg.gae_lambda, "clip_ratio": cfg.clip_ratio,
+        "entropy_coef": cfg.entropy_coef, "entropy_coef_start": cfg.entropy_coef,
+        "entropy_coef_end": cfg.entropy_coef_end if annealed else cfg.entropy_coef,
+        "entropy_coef_min": cfg.entropy_coef_min, "adaptive_entropy_floor": False,
+        "entropy_anneal_steps": cfg.entropy_anneal_updates if annealed else 0,
+        "entropy_coef_per_head": {h: float(cfg.entropy_coef_per_head.get(h, 1.0)) for h in HEAD_NAMES},
+        "value_coef": cfg.value_coef, "clip_value": cfg.clip_value, "value_clip": cfg.value_clip,
+        "target_kl": cfg.target_kl, "recurrent_n_epochs": cfg.update_epochs, "lstm_hidden_dim": cfg.lstm_hidden_dim,
+        "chunk_length": cfg.episode_length, "num_envs": cfg.num_envs, "max_steps_per_env": cfg.episode_length,
+        "n_epochs": src_config.get("n_epochs", ESPER_DEFAULTS["n_epochs"]),
+        "batch_size": src_config.get("batch_size", ESPER_DEFAULTS["batch_size"]),
+        "max_grad_norm": cfg.max_grad_norm, "weight_decay": 0.0, "compile_mode": "off",
+    }  # fmt: skip
+    assert tuple(config) == ESPER_CONFIG_FIELDS
+    lost: dict[str, str] = {}
+    if cfg.num_minibatches != 1:
+        lost["num_minibatches"] = f"{cfg.num_minibatches}: esper's update uses one full batch"
+    if cfg.anneal_lr:
+        lost["anneal_lr"] = "True: esper has no learning-rate schedule (the optimizer state keeps the last lr)"
+    if cfg.value_mode != "q_op":
+        lost["value_mode"] = f"{cfg.value_mode!r}: esper 0872525b's value is Q(s, op) (the weights load all the same)"
+    if cfg.op_conditioned_slot:
+        lost["op_conditioned_slot"] = "True: esper 0872525b draws the slot from the env mask alone"
+    for field, esper_value in (("normalize_advantages", True), ("normalize_obs", True), ("normalize_rewards", True),
+                               ("obs_norm_momentum", 0.99), ("reward_clip", 10.0)):  # fmt: skip
+        if getattr(cfg, field) != esper_value:
+            lost[field] = f"{getattr(cfg, field)!r}: esper always uses {esper_value!r}"
+    if cfg.rollout_steps != cfg.episode_length:
+        lost["rollout_steps"] = f"{cfg.rollout_steps}: esper collects one whole episode ({cfg.episode_length}) per update"
+    lost["obs_normalizer"] = "esper's checkpoint has no place for it: kept in metadata['esper_fast_obs_normalizer']"
+    lost["learning_rate / adam_eps"] = "carried by optimizer_state_dict (esper's load() restores them from it)"
+    metadata = dict(ckpt.get("metadata") or {})
+    metadata.update({
+        "exported_by": f"esper_fast {esper_fast.__version__}", "source_checkpoint": str(source),
+        "esper_fast_config": cfg.to_dict(), "not_representable": lost,
+    })  # fmt: skip
+    if "obs_normalizer" in ckpt:
+        metadata["esper_fast_obs_normalizer"] = ckpt["obs_normalizer"]
+    slot_ids = imported.get("source_architecture", {}).get("slot_ids", arch["slot_ids"])
+    log(f"{source}: export for esper's PPOAgent.load(); not representable in esper's checkpoint: "
+        + "; ".join(f"{k} = {v}" for k, v in lost.items()))  # fmt: skip
+    return {
+        "checkpoint_version": 1, "network_state_dict": ckpt["network_state_dict"],
+        "optimizer_state_dict": ckpt["optimizer_state_dict"], "train_steps": int(ckpt["train_steps"]),
+        "config": config,
+        "architecture": {"state_dim": int(arch["state_dim"]), "slot_ids": list(slot_ids),
+                         "num_slots": int(arch["num_slots"])},
+        "metadata": metadata,
+    }  # fmt: skip
+
+
+def export_esper_checkpoint(src: str | os.PathLike, dst: str | os.PathLike | None = None,
+                            log: Callable[[str], None] | None = None) -> Path:  # fmt: skip
+    """Write esper's layout of the checkpoint ``src`` (a file or a run directory) to ``dst``.
+
+    ``dst`` defaults to ``esper.pt`` beside the source checkpoint. Returns the path written.
+    """
+    from esper_fast.ppo.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(src)
+    payload = to_esper_checkpoint(ckpt, log=log)
+    out = Path(dst) if dst is not None else Path(ckpt["path"]).with_name("esper.pt")
+    return save_checkpoint(out, payload)
+
+
+def warm_start_from_esper(trainer: Any, ckpt: dict[str, Any], log: Callable[[str], None] | None = None) -> None:
+    """Load an imported esper checkpoint's network weights (strictly) into a fresh ``Trainer``.
+
+    A warm start: the optimizer, step counters, env, normalisers and RNG streams stay the trainer's
+    own (esper's Adam moments and ``train_steps`` are not carried over); ``trainer.config`` should come
+    from ``ckpt["config"]`` (the mapped esper config) plus any overrides.
+    """
+    from esper_fast.ppo.checkpoint import check_architecture, load_network_state
+
+    check_architecture(ckpt, trainer.config)
+    load_network_state(trainer.policy, ckpt["network_state_dict"], source=f"esper checkpoint {ckpt.get('path', '')}")
+    (log or trainer.log)(f"warm start: network weights from esper checkpoint {ckpt.get('path', '')} "
+                         f"(esper update {ckpt.get('train_steps')}); optimizer state and counters start afresh")
