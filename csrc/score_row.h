@@ -6,7 +6,7 @@
 // Semantics are esper's evaluate_actions (FactoredNetwork.score_actions): logits outside the valid set
 // are replaced by -1e4 (not -inf, so an all-masked row scores log(1/A)), the softmax runs over all A
 // entries, and for head h with valid set V, stored action a:
-//   lse = log sum_j exp(x_j),  x_j = l_j if j in V else -1e4,  logp_j = x_j - lse,  p_j = exp(logp_j)
+//   logp_j = (x_j - m) - log sum_i exp(x_i - m),  x_j = l_j if j in V else -1e4,  m = max x,  p_j = exp(logp_j)
 //   log_prob = logp_a                      (NaN when a is outside [0, A))
 //   raw      = -sum_{j in V} p_j logp_j,   n = |V|
 //   entropy  = 0 if n <= 1 else raw / max(log n, 1e-8)
@@ -78,7 +78,8 @@ EF_HD bool score_valid(const ScoreArgs& a, int64_t row, int h, int j, int64_t op
 // Per-head softmax statistics (recomputed by the backward: a head has at most a few dozen entries).
 template <typename Acc>
 struct HeadScore {
-  Acc lse;       // log sum exp over all entries (masked ones at -1e4)
+  Acc m;         // max over all entries (masked ones at -1e4)
+  Acc log_s;     // log sum_j exp(x_j - m); logp_j = (x_j - m) - log_s (no cancellation at -1e4)
   Acc log_prob;  // logp of the stored action (NaN when out of range)
   Acc s1;        // sum_V p_j logp_j
   Acc pv;        // sum_V p_j
@@ -104,14 +105,15 @@ EF_HD HeadScore<Acc> score_head(const ScoreArgs& a, const void* row_logits, int6
   Acc s = 0;
   for (int j = 0; j < A; ++j) s += std::exp(head_logit<Acc>(a, row_logits, h, j, score_valid(a, row, h, j, op)) - m);
   HeadScore<Acc> r;
-  r.lse = m + std::log(s);
+  r.m = m;
+  r.log_s = std::log(s);
   r.s1 = 0;
   r.pv = 0;
   r.n_valid = 0;
   r.log_prob = acc_nan<Acc>();
   for (int j = 0; j < A; ++j) {
     const bool v = score_valid(a, row, h, j, op);
-    const Acc logp = head_logit<Acc>(a, row_logits, h, j, v) - r.lse;
+    const Acc logp = (head_logit<Acc>(a, row_logits, h, j, v) - r.m) - r.log_s;
     if (j == action) r.log_prob = logp;
     if (v) {
       const Acc p = std::exp(logp);
@@ -169,7 +171,7 @@ EF_HD void score_backward_row(const ScoreArgs& a, int64_t row) {
     const bool in_range = act[h] >= 0 && act[h] < a.size[h];
     for (int j = 0; j < a.size[h]; ++j) {
       if (!score_valid(a, row, h, j, op)) continue;
-      const Acc logp = load_acc<Acc>(rl, a.logits_dtype, a.offset[h] + j) - r.lse;
+      const Acc logp = (load_acc<Acc>(rl, a.logits_dtype, a.offset[h] + j) - r.m) - r.log_s;
       const Acc p = std::exp(logp);
       const Acc d_lp = in_range ? (static_cast<Acc>(j == act[h]) - p) : acc_nan<Acc>();
       const Acc d_raw = -p * (logp + static_cast<Acc>(1) - r.s1 - r.pv);

@@ -66,8 +66,8 @@ def _score_kernel(
         m = tl.max(tl.where(in_h, x, float("-inf")), axis=1)
         m = tl.where(rmask, m, 0.0)
         e = tl.where(in_h, tl.exp(x - m[:, None]), 0.0)
-        lse = m + tl.log(tl.where(rmask, tl.sum(e, axis=1), 1.0))
-        logp = x - lse[:, None]
+        log_s = tl.log(tl.where(rmask, tl.sum(e, axis=1), 1.0))
+        logp = (x - m[:, None]) - log_s[:, None]
         p = tl.where(in_h, tl.exp(logp), 0.0)
         is_a = in_h & (col_local[None, :] == a_h[:, None])
         a_ok = (a_h >= 0) & (a_h < size_h)
