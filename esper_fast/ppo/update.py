@@ -39,6 +39,8 @@ def evaluate_sequences(policy: FactoredNetwork, mb: RolloutBuffer) -> tuple[dict
     """
     B, T = mb.dones.shape
     cuts = [0, *_boundaries(mb.dones), T]
+    if getattr(policy, "fused_evaluate", False):
+        return _evaluate_sequences_fused(policy, mb, cuts)
     hidden = mb.initial_hidden
     pieces = []
     for start, end in zip(cuts, cuts[1:]):
@@ -55,6 +57,24 @@ def evaluate_sequences(policy: FactoredNetwork, mb: RolloutBuffer) -> tuple[dict
         return pieces[0]
     cat = lambda dicts: {h: torch.cat([d[h] for d in dicts], dim=1) for h in HEAD_NAMES}  # noqa: E731
     return (cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces], dim=1), cat([p[2] for p in pieces]))
+
+
+def _evaluate_sequences_fused(policy: FactoredNetwork, mb: RolloutBuffer, cuts: list[int]):
+    """The fused path: only the trunk runs piece by piece (the LSTM resets); heads, Q(s, stored op)
+    and the fused scoring op run once over the whole ``[B, T]`` minibatch
+    (:func:`esper_fast.fused_evaluate.score_lstm_out`, the math of ``evaluate_actions``)."""
+    from esper_fast.fused_evaluate import score_lstm_out
+
+    B = mb.dones.shape[0]
+    hidden, outs = mb.initial_hidden, []
+    for start, end in zip(cuts, cuts[1:]):
+        if start > 0:
+            keep = (~mb.dones[:, start - 1]).to(hidden[0].dtype).view(1, B, 1)
+            hidden = (hidden[0] * keep, hidden[1] * keep)
+        lstm_out, hidden = policy.trunk(mb.obs[:, start:end], mb.blueprint_indices[:, start:end], hidden)
+        outs.append(lstm_out)
+    lstm_out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+    return score_lstm_out(policy, lstm_out, mb.actions, dict(mb.masks))
 
 
 def ppo_update(
