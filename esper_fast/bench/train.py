@@ -1,73 +1,184 @@
-"""bench_train: PPO trainer throughput (env-steps/s) with FactoredPolicy vs ReferencePolicy.
+"""bench_train: where the trainer's time goes, fully fused vs every fused path switched off.
 
-Same config, same seed, same env; the only difference is the network class acting in the rollout
-(and being updated). Each variant runs one warm-up update, then ``--updates`` timed updates
-(rollout + GAE + PPO update); env-steps/s = steps / wall time of the timed updates.
+Two trainers per env count, same config and seed, built side by side:
+
+* ``fused``   - FactoredPolicy: fused ``select_actions`` in the rollout, the fused update path
+  (stacked-GEMM heads, Q only at the stored op, the fused scoring op; ``esper_fast.fused_evaluate``);
+* ``unfused`` - ReferencePolicy (esper's torch-op action selection) with ``fused_evaluate = False``
+  (esper's per-head ``evaluate_actions``). Same parameters (the fused trainer's initial weights).
+
+Each runs one warm-up update, then ``--repeats`` timed updates, alternating fused / unfused so that
+machine load hits both alike. Every update is rollout + GAE + PPO update; ``target_kl`` is off so both
+take the same number of optimiser steps. Reported per variant (medians over the repeats):
+env-steps/s, seconds per update, and the split: ``env`` (SeedLifecycleEnv.step), ``act``
+(get_action, rollout and bootstrap), ``rollout_other`` (normalisation, buffer writes, episode
+bookkeeping), ``update`` (ppo_update), ``other`` (GAE, normaliser update, metrics). On CUDA the split
+timers synchronise the device; the totals come from separate untimed updates.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
 from esper_fast.bench.common import default_out_dir, machine_info, write_results
-from esper_fast.reference import ReferencePolicy
+
+VARIANTS = ("unfused", "fused")
+SPLIT = ("env", "act", "rollout_other", "update", "other")
 
 
-def _trainer(preset: str, device: str, updates: int, num_envs: int | None, policy_impl: str):
+def _trainer(preset: str, device: str, num_envs: int, variant: str, threads: int):
     from esper_fast.ppo.config import make_config
     from esper_fast.ppo.trainer import Trainer
+    from esper_fast.reference import ReferencePolicy
 
-    overrides = {"device": device, "eval_episodes": 0}
-    if num_envs is not None:
-        overrides["num_envs"] = num_envs
-    cfg = make_config(preset, **overrides)
-    cfg = cfg.replace(total_timesteps=cfg.batch_size * (updates + 1))
+    cfg = make_config(preset, device=device, eval_episodes=0, num_envs=num_envs, target_kl=None,
+                      torch_threads=threads)  # fmt: skip
+    cfg = cfg.replace(total_timesteps=cfg.batch_size * 10_000)  # never the end of the schedule
     trainer = Trainer(cfg, None, log=lambda _m: None, tensorboard=False)
-    if policy_impl == "reference":  # same weights, esper's torch-op selection
+    if variant == "unfused":  # same weights, esper's torch-op selection and per-head evaluate_actions
         fused = trainer.policy
+        mode = cfg.value_mode if cfg.value_mode in ("q_op", "expected") else "q_op"
         ref = ReferencePolicy(fused.state_dim, fused.num_slots, feature_dim=cfg.feature_dim,
-                              lstm_hidden_dim=cfg.lstm_hidden_dim, lstm_layers=cfg.lstm_layers).to(device)  # fmt: skip
+                              lstm_hidden_dim=cfg.lstm_hidden_dim, lstm_layers=cfg.lstm_layers,
+                              value_mode=mode).to(device)  # fmt: skip
         ref.load_state_dict(fused.state_dict())
+        ref.fused_evaluate = False
         trainer.policy = ref
-        trainer.optimizer = torch.optim.Adam(ref.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
+        trainer.optimizer = type(trainer.optimizer)(ref.parameters(), **trainer.optimizer.defaults)
     return trainer, cfg
 
 
-def run(preset: str, device: str, updates: int, num_envs: int | None) -> list[dict]:
+class SplitTimer:
+    """Accumulates wall time of the wrapped calls (env.step, act, ppo_update, rollout)."""
+
+    def __init__(self, device: torch.device, sync: bool) -> None:
+        self.device, self.sync, self.t = device, sync, dict.fromkeys(("env", "act", "update", "rollout"), 0.0)
+
+    def wrap(self, name: str, fn):
+        def timed(*args, **kwargs):
+            if self.sync:
+                torch.cuda.synchronize(self.device)
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            if self.sync:
+                torch.cuda.synchronize(self.device)
+            self.t[name] += time.perf_counter() - t0
+            return out
+
+        return timed
+
+
+@contextmanager
+def _instrumented(trainer, timer: SplitTimer | None) -> Iterator[None]:
+    import esper_fast.ppo.trainer as trainer_module
+
+    if timer is None:
+        yield
+        return
+    saved = (trainer_module.act, trainer_module.ppo_update, trainer.env.step, trainer.rollout)
+    trainer_module.act = timer.wrap("act", saved[0])
+    trainer_module.ppo_update = timer.wrap("update", saved[1])
+    trainer.env.step = timer.wrap("env", saved[2])
+    trainer.rollout = timer.wrap("rollout", saved[3])
+    try:
+        yield
+    finally:
+        trainer_module.act, trainer_module.ppo_update = saved[0], saved[1]
+        del trainer.env.step, trainer.rollout  # back to the class methods
+
+
+def one_update(trainer, timer: SplitTimer | None) -> float:
+    """Runs exactly one update of ``trainer.train()``; returns its wall time (s)."""
+    trainer._stop_requested = False
+    stamps: list[float] = []
+    device = trainer.device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    with _instrumented(trainer, timer):
+        trainer.train(on_update=lambda _row: (stamps.append(time.perf_counter()), trainer.request_stop()),
+                      handle_signals=False)  # fmt: skip
+    return stamps[0] - t0
+
+
+def measure(preset: str, device: str, num_envs: int, repeats: int, threads: int) -> list[dict]:
+    dev = torch.device(device)
+    trainers = {v: _trainer(preset, device, num_envs, v, threads) for v in VARIANTS}
+    for trainer, _ in trainers.values():  # warm-up (allocations, caches, Triton compiles)
+        one_update(trainer, None)
+    samples: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+    for _ in range(repeats):
+        for v in VARIANTS:
+            trainer, cfg = trainers[v]
+            timer = SplitTimer(dev, sync=dev.type == "cuda")
+            split_total = one_update(trainer, timer)
+            total = one_update(trainer, None) if dev.type == "cuda" else split_total
+            t = timer.t
+            samples[v].append({
+                "total": total, "env": t["env"], "act": t["act"], "update": t["update"],
+                "rollout_other": t["rollout"] - t["env"] - t["act"],
+                "other": split_total - t["rollout"] - t["update"],
+                "steps": cfg.batch_size,
+            })  # fmt: skip
     rows = []
-    for impl in ("reference", "fused"):
-        trainer, cfg = _trainer(preset, device, updates, num_envs, impl)
-        stamps = []
-        trainer.train(on_update=lambda row: stamps.append(time.perf_counter()), handle_signals=False)
-        elapsed = stamps[-1] - stamps[0]
-        sps = cfg.batch_size * (len(stamps) - 1) / elapsed
-        rows.append({"policy": impl, "preset": preset, "num_envs": cfg.num_envs, "hidden": cfg.lstm_hidden_dim,
-                     "timed_updates": len(stamps) - 1, "env_steps_per_s": sps,
-                     "s_per_update": elapsed / (len(stamps) - 1)})  # fmt: skip
-        print(rows[-1], flush=True)
-    rows[1]["speedup"] = rows[1]["env_steps_per_s"] / rows[0]["env_steps_per_s"]
+    for v in VARIANTS:
+        s = samples[v]
+        med = {k: statistics.median(x[k] for x in s) for k in ("total", *SPLIT)}
+        row = {"variant": v, "preset": preset, "num_envs": num_envs, "hidden": trainers[v][1].lstm_hidden_dim,
+               "threads": threads, "repeats": repeats, "env_steps_per_s": s[0]["steps"] / med["total"],
+               "s_per_update": med["total"], **{f"{k}_s": med[k] for k in SPLIT}}  # fmt: skip
+        rows.append(row)
+    fused, unfused = rows[1], rows[0]
+    ratios = [u["total"] / f["total"] for u, f in zip(samples["unfused"], samples["fused"])]
+    upd = [u["update"] / f["update"] for u, f in zip(samples["unfused"], samples["fused"])]
+    fused["speedup"] = statistics.median(ratios)
+    fused["update_speedup"] = statistics.median(upd)
+    fused["rollout_speedup"] = (unfused["env_s"] + unfused["act_s"] + unfused["rollout_other_s"]) / max(
+        fused["env_s"] + fused["act_s"] + fused["rollout_other_s"], 1e-12)
     return rows
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="bench_train", description=__doc__)
+    p = argparse.ArgumentParser(prog="bench_train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--device", default="cpu")
     p.add_argument("--preset", default="default")
-    p.add_argument("--updates", type=int, default=3)
-    p.add_argument("--num-envs", type=int, default=None)
-    p.add_argument("--budget-s", type=float, default=None, help="accepted for symmetry; sizes are fixed")
+    p.add_argument("--num-envs", default=None, help="comma-separated env counts (default: CPU 16,256; GPU 16,1024,4096)")
+    p.add_argument("--repeats", type=int, default=3, help="timed updates per variant (medians reported)")
+    p.add_argument("--updates", type=int, default=None, help="alias of --repeats (older scripts)")
+    p.add_argument("--threads", default="1", help="comma-separated torch thread counts (CPU)")
+    p.add_argument("--budget-s", type=float, default=None, help="skip the remaining sizes once this many seconds have passed")
     p.add_argument("--out", default=None)
+    p.add_argument("--name", default=None, help="result file name (default bench_train_<cpu|gpu>)")
     args = p.parse_args(argv)
-    rows = run(args.preset, args.device, args.updates, args.num_envs)
+    gpu = args.device.startswith("cuda")
+    sizes = [int(x) for x in (args.num_envs or ("16,1024,4096" if gpu else "16,256")).split(",")]
+    repeats = args.updates if args.updates is not None else args.repeats
+    start, rows, skipped = time.perf_counter(), [], []
+    for threads in [int(x) for x in args.threads.split(",")]:
+        for n in sizes:
+            if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
+                skipped.append(f"{n} envs x {threads} threads")
+                continue
+            for row in measure(args.preset, args.device, n, repeats, threads):
+                rows.append(row)
+                print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
     out = Path(args.out) if args.out else default_out_dir()
-    name = f"bench_train_{'gpu' if args.device.startswith('cuda') else 'cpu'}"
-    write_results(name, machine_info(torch.device(args.device)), rows,
-                  ["policy", "preset", "num_envs", "hidden", "timed_updates", "env_steps_per_s", "s_per_update", "speedup"],
-                  out, notes="rollout + GAE + update per timed update; speedup = fused / reference env-steps/s")  # fmt: skip
+    name = args.name or f"bench_train_{'gpu' if gpu else 'cpu'}"
+    notes = ("One update = rollout + GAE + PPO update (default preset: 150 steps per env, 4 epochs x 4 minibatches, "
+             "target_kl off). Medians over the repeats, fused/unfused alternating. speedup = median over repeats of "
+             "unfused/fused update time; update_speedup = the same for ppo_update alone. Split columns are seconds "
+             "per update.") + (f" Skipped (budget): {', '.join(skipped)}." if skipped else "")  # fmt: skip
+    columns = ["variant", "num_envs", "hidden", "threads", "env_steps_per_s", "s_per_update", *[f"{k}_s" for k in SPLIT],
+               "speedup", "update_speedup", "rollout_speedup"]  # fmt: skip
+    write_results(name, machine_info(torch.device(args.device)), rows, columns, out, notes=notes)
     print(f"wrote {out / name}.json / .md / .png")
 
 
