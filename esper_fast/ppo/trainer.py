@@ -77,8 +77,9 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.policy = build_policy(config.replace(device=str(self.device)))
         self.ctx.broadcast_module(self.policy)
-        fused = {"fused": True} if self.device.type == "cuda" else {}
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=config.adam_eps, **fused)
+        fused = config.fused_adam if config.fused_adam is not None else self.device.type == "cuda"
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=config.adam_eps,
+                                          **({"fused": True} if fused else {}))  # fmt: skip
         self.env = SeedLifecycleEnv(config.num_envs, env_config(config), device=self.device, seed=seed)
         self.action_generator = torch.Generator(device=self.device).manual_seed(seed)
         self.update_generator = torch.Generator().manual_seed(seed)
