@@ -374,7 +374,7 @@ class Trainer:
             return None
         rows = read_metrics_csv(self.writer.csv_path) if self.writer.csv_path.is_file() else []
         evaluation = evaluation or {}
-        baselines = {k: v["mean_return"] for k, v in evaluation.items() if k in ("heuristic", "random")}
+        baselines = {k: v["mean_return"] for k, v in evaluation.items() if k in ("oracle", "heuristic", "random")}
         finals = {k: v["mean_return"] for k, v in evaluation.items() if k.startswith("ppo")}
         title = f"PPO ({self.config.value_mode}, H={self.config.lstm_hidden_dim}, {self.config.num_envs} envs x {self.ctx.world_size})"
         return plot_learning_curve(rows, self.run_dir / "learning_curve.png", baselines, title=title, finals=finals,
