@@ -17,7 +17,7 @@ using Ints = std::vector<int64_t>;
 ScoreArgs make_score_args(uintptr_t logits, int logits_dtype, int64_t logits_stride, uintptr_t mask,
                           int64_t mask_stride, uintptr_t actions, int64_t actions_stride,
                           uintptr_t slot_by_op, int64_t slot_by_op_stride, const Ints& offset,
-                          const Ints& size, int a_total, int64_t n) {
+                          const Ints& size, int a_total, int64_t n, int num_threads) {
   if (offset.size() != kScoreHeads || size.size() != kScoreHeads)
     throw std::invalid_argument("score_actions: offsets and sizes need 8 entries (HEAD_NAMES order)");
   if (logits_dtype < 0 || logits_dtype > kFloat64)
@@ -40,6 +40,7 @@ ScoreArgs make_score_args(uintptr_t logits, int logits_dtype, int64_t logits_str
   }
   a.a_total = a_total;
   a.n = n;
+  a.num_threads = num_threads;
   return a;
 }
 
@@ -51,10 +52,10 @@ PYBIND11_MODULE(_C_score, m) {
         [](uintptr_t logits, int logits_dtype, int64_t logits_stride, uintptr_t mask,
            int64_t mask_stride, uintptr_t actions, int64_t actions_stride, uintptr_t slot_by_op,
            int64_t slot_by_op_stride, const Ints& offset, const Ints& size, int a_total, int64_t n,
-           uintptr_t out_log_prob, uintptr_t out_entropy) {
+           int num_threads, uintptr_t out_log_prob, uintptr_t out_entropy) {
           ScoreArgs a = make_score_args(logits, logits_dtype, logits_stride, mask, mask_stride,
                                         actions, actions_stride, slot_by_op, slot_by_op_stride,
-                                        offset, size, a_total, n);
+                                        offset, size, a_total, n, num_threads);
           a.out_log_prob = reinterpret_cast<void*>(out_log_prob);
           a.out_entropy = reinterpret_cast<void*>(out_entropy);
           py::gil_scoped_release release;
@@ -64,10 +65,10 @@ PYBIND11_MODULE(_C_score, m) {
         [](uintptr_t logits, int logits_dtype, int64_t logits_stride, uintptr_t mask,
            int64_t mask_stride, uintptr_t actions, int64_t actions_stride, uintptr_t slot_by_op,
            int64_t slot_by_op_stride, const Ints& offset, const Ints& size, int a_total, int64_t n,
-           uintptr_t grad_log_prob, uintptr_t grad_entropy, uintptr_t grad_logits) {
+           int num_threads, uintptr_t grad_log_prob, uintptr_t grad_entropy, uintptr_t grad_logits) {
           ScoreArgs a = make_score_args(logits, logits_dtype, logits_stride, mask, mask_stride,
                                         actions, actions_stride, slot_by_op, slot_by_op_stride,
-                                        offset, size, a_total, n);
+                                        offset, size, a_total, n, num_threads);
           a.grad_log_prob = reinterpret_cast<const void*>(grad_log_prob);
           a.grad_entropy = reinterpret_cast<const void*>(grad_entropy);
           a.grad_logits = reinterpret_cast<void*>(grad_logits);

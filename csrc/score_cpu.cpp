@@ -12,13 +12,13 @@ constexpr int64_t kScoreParallelElements = 1 << 15;
 
 template <typename Acc, bool kBackward>
 void run_rows(const ScoreArgs& a) {
-  if (a.n * a.a_total < kScoreParallelElements) {
+  if (a.num_threads <= 1 || a.n * a.a_total < kScoreParallelElements) {
     for (int64_t row = 0; row < a.n; ++row) {
       if (kBackward) score_backward_row<Acc>(a, row); else score_forward_row<Acc>(a, row);
     }
     return;
   }
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(a.num_threads)
   for (int64_t row = 0; row < a.n; ++row) {
     if (kBackward) score_backward_row<Acc>(a, row); else score_forward_row<Acc>(a, row);
   }

@@ -46,6 +46,7 @@ struct ScoreArgs {
   int size[kScoreHeads];    // head h's number of actions
   int a_total;              // packed row width A
   int64_t n;
+  int num_threads;  // OpenMP threads for large inputs (the caller passes torch.get_num_threads())
   // forward outputs: [8, N] in the accumulation type (fp64 for fp64 logits, else fp32)
   void* out_log_prob;
   void* out_entropy;

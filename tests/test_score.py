@@ -185,6 +185,9 @@ def test_non_contiguous_inputs(backend, device):
     torch.testing.assert_close(lp3, lp3_ref, atol=1e-5, rtol=1e-5)
 
 
+TRITON_DEVICE = next((d for b, d in KERNELS if b == "triton"), None)
+
+
 def test_poisoned_outputs_are_fully_written():
     """Native and Triton entry points called with NaN-filled output buffers (gaps in the layout too)."""
     n = 19
@@ -207,11 +210,15 @@ def test_poisoned_outputs_are_fully_written():
                 lambda *a: score_mod._NATIVE.score_backward(*score_mod._native_args(*a[:6]), a[6].data_ptr(), a[7].data_ptr(), a[8].data_ptr())),
                ("triton", score_forward_triton, score_backward_triton)]  # fmt: skip
     for name, fwd, bwd in runners:
-        out_lp, out_ent = torch.full((8, n), float("nan")), torch.full((8, n), float("nan"))
-        grad = torch.full((n, layout.width), float("nan"))
-        args = (packed, mask, acts, sbo, list(layout.offsets), list(layout.sizes))
+        dev = "cpu" if name == "cpu" else TRITON_DEVICE
+        if dev is None:
+            continue
+        out_lp, out_ent = torch.full((8, n), float("nan"), device=dev), torch.full((8, n), float("nan"), device=dev)
+        grad = torch.full((n, layout.width), float("nan"), device=dev)
+        args = (packed.to(dev), mask.to(dev), acts.to(dev), sbo.to(dev), list(layout.offsets), list(layout.sizes))
         fwd(*args, out_lp, out_ent)
-        bwd(*args, g_lp, g_ent, grad)
+        bwd(*args, g_lp.to(dev), g_ent.to(dev), grad)
+        out_lp, out_ent, grad = out_lp.cpu(), out_ent.cpu(), grad.cpu()
         assert torch.isfinite(out_lp).all() and torch.isfinite(out_ent).all() and torch.isfinite(grad).all(), name
         assert torch.all(grad[:, 6:8] == 0), name  # the gap columns
         torch.testing.assert_close(out_lp, torch.stack([lp_r[h] for h in HEAD_NAMES]).detach(), atol=1e-3, rtol=1e-5)

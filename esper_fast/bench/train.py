@@ -12,8 +12,13 @@ machine load hits both alike. Every update is rollout + GAE + PPO update; ``targ
 take the same number of optimiser steps. Reported per variant (medians over the repeats):
 env-steps/s, seconds per update, and the split: ``env`` (SeedLifecycleEnv.step), ``act``
 (get_action, rollout and bootstrap), ``rollout_other`` (normalisation, buffer writes, episode
-bookkeeping), ``update`` (ppo_update), ``other`` (GAE, normaliser update, metrics). On CUDA the split
-timers synchronise the device; the totals come from separate untimed updates.
+bookkeeping), ``update`` (ppo_update), ``other`` (GAE, normaliser update, metrics).
+
+On CPU every figure is also taken in process CPU time (``time.process_time``): on a shared machine
+other processes stretch the wall clock but not the CPU time a one-thread run consumes, so the CPU-time
+ratios (``speedup``, ``update_speedup``) are the ones to read there; wall-clock env-steps/s are kept
+beside them. On CUDA the split timers synchronise the device and the totals come from separate
+untimed updates (wall clock).
 """
 
 from __future__ import annotations
@@ -56,20 +61,21 @@ def _trainer(preset: str, device: str, num_envs: int, variant: str, threads: int
 
 
 class SplitTimer:
-    """Accumulates wall time of the wrapped calls (env.step, act, ppo_update, rollout)."""
+    """Accumulates the time of the wrapped calls (env.step, act, ppo_update, rollout) on ``clock``."""
 
-    def __init__(self, device: torch.device, sync: bool) -> None:
-        self.device, self.sync, self.t = device, sync, dict.fromkeys(("env", "act", "update", "rollout"), 0.0)
+    def __init__(self, device: torch.device, sync: bool, clock=time.perf_counter) -> None:
+        self.device, self.sync, self.clock = device, sync, clock
+        self.t = dict.fromkeys(("env", "act", "update", "rollout"), 0.0)
 
     def wrap(self, name: str, fn):
         def timed(*args, **kwargs):
             if self.sync:
                 torch.cuda.synchronize(self.device)
-            t0 = time.perf_counter()
+            t0 = self.clock()
             out = fn(*args, **kwargs)
             if self.sync:
                 torch.cuda.synchronize(self.device)
-            self.t[name] += time.perf_counter() - t0
+            self.t[name] += self.clock() - t0
             return out
 
         return timed
@@ -94,18 +100,18 @@ def _instrumented(trainer, timer: SplitTimer | None) -> Iterator[None]:
         del trainer.env.step, trainer.rollout  # back to the class methods
 
 
-def one_update(trainer, timer: SplitTimer | None) -> float:
-    """Runs exactly one update of ``trainer.train()``; returns its wall time (s)."""
+def one_update(trainer, timer: SplitTimer | None) -> tuple[float, float]:
+    """Runs exactly one update of ``trainer.train()``; returns its (wall, process CPU) time in s."""
     trainer._stop_requested = False
-    stamps: list[float] = []
+    stamps: list[tuple[float, float]] = []
     device = trainer.device
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with _instrumented(trainer, timer):
-        trainer.train(on_update=lambda _row: (stamps.append(time.perf_counter()), trainer.request_stop()),
-                      handle_signals=False)  # fmt: skip
-    return stamps[0] - t0
+        trainer.train(on_update=lambda _row: (stamps.append((time.perf_counter(), time.process_time())),
+                                              trainer.request_stop()), handle_signals=False)  # fmt: skip
+    return stamps[0][0] - t0, stamps[0][1] - c0
 
 
 def measure(preset: str, device: str, num_envs: int, repeats: int, threads: int) -> list[dict]:
@@ -117,29 +123,33 @@ def measure(preset: str, device: str, num_envs: int, repeats: int, threads: int)
     for _ in range(repeats):
         for v in VARIANTS:
             trainer, cfg = trainers[v]
-            timer = SplitTimer(dev, sync=dev.type == "cuda")
-            split_total = one_update(trainer, timer)
-            total = one_update(trainer, None) if dev.type == "cuda" else split_total
+            cpu = dev.type == "cpu"
+            timer = SplitTimer(dev, sync=not cpu, clock=time.process_time if cpu else time.perf_counter)
+            wall, cpu_s = one_update(trainer, timer)
+            split_total = cpu_s if cpu else wall
+            if not cpu:
+                wall, _ = one_update(trainer, None)
             t = timer.t
             samples[v].append({
-                "total": total, "env": t["env"], "act": t["act"], "update": t["update"],
-                "rollout_other": t["rollout"] - t["env"] - t["act"],
-                "other": split_total - t["rollout"] - t["update"],
-                "steps": cfg.batch_size,
+                "total": split_total if cpu else wall, "wall": wall, "env": t["env"], "act": t["act"],
+                "update": t["update"], "rollout_other": t["rollout"] - t["env"] - t["act"],
+                "other": split_total - t["rollout"] - t["update"], "steps": cfg.batch_size,
             })  # fmt: skip
     rows = []
     for v in VARIANTS:
         s = samples[v]
-        med = {k: statistics.median(x[k] for x in s) for k in ("total", *SPLIT)}
+        med = {k: statistics.median(x[k] for x in s) for k in ("total", "wall", *SPLIT)}
         row = {"variant": v, "preset": preset, "num_envs": num_envs, "hidden": trainers[v][1].lstm_hidden_dim,
-               "threads": threads, "repeats": repeats, "env_steps_per_s": s[0]["steps"] / med["total"],
-               "s_per_update": med["total"], **{f"{k}_s": med[k] for k in SPLIT}}  # fmt: skip
+               "threads": threads, "repeats": repeats, "clock": "cpu" if dev.type == "cpu" else "wall",
+               "env_steps_per_s": s[0]["steps"] / med["total"], "s_per_update": med["total"],
+               "wall_env_steps_per_s": s[0]["steps"] / med["wall"], **{f"{k}_s": med[k] for k in SPLIT}}  # fmt: skip
         rows.append(row)
     fused, unfused = rows[1], rows[0]
     ratios = [u["total"] / f["total"] for u, f in zip(samples["unfused"], samples["fused"])]
     upd = [u["update"] / f["update"] for u, f in zip(samples["unfused"], samples["fused"])]
     fused["speedup"] = statistics.median(ratios)
     fused["update_speedup"] = statistics.median(upd)
+    fused["wall_speedup"] = statistics.median(u["wall"] / f["wall"] for u, f in zip(samples["unfused"], samples["fused"]))
     fused["rollout_speedup"] = (unfused["env_s"] + unfused["act_s"] + unfused["rollout_other_s"]) / max(
         fused["env_s"] + fused["act_s"] + fused["rollout_other_s"], 1e-12)
     return rows
@@ -173,11 +183,14 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out) if args.out else default_out_dir()
     name = args.name or f"bench_train_{'gpu' if gpu else 'cpu'}"
     notes = ("One update = rollout + GAE + PPO update (default preset: 150 steps per env, 4 epochs x 4 minibatches, "
-             "target_kl off). Medians over the repeats, fused/unfused alternating. speedup = median over repeats of "
-             "unfused/fused update time; update_speedup = the same for ppo_update alone. Split columns are seconds "
-             "per update.") + (f" Skipped (budget): {', '.join(skipped)}." if skipped else "")  # fmt: skip
-    columns = ["variant", "num_envs", "hidden", "threads", "env_steps_per_s", "s_per_update", *[f"{k}_s" for k in SPLIT],
-               "speedup", "update_speedup", "rollout_speedup"]  # fmt: skip
+             "target_kl off). Medians over the repeats, fused/unfused alternating. `clock`: cpu = process CPU time "
+             "(robust to other processes on a shared machine), wall = wall clock. env_steps_per_s, s_per_update, "
+             "the split columns (seconds per update) and speedup / update_speedup (median over repeats of "
+             "unfused/fused, whole update and ppo_update alone) use that clock; wall_* are wall clock.") + (
+             f" Skipped (budget): {', '.join(skipped)}." if skipped else "")  # fmt: skip
+    columns = ["variant", "num_envs", "hidden", "threads", "clock", "env_steps_per_s", "wall_env_steps_per_s",
+               "s_per_update", *[f"{k}_s" for k in SPLIT], "speedup", "update_speedup", "rollout_speedup",
+               "wall_speedup"]  # fmt: skip
     write_results(name, machine_info(torch.device(args.device)), rows, columns, out, notes=notes)
     print(f"wrote {out / name}.json / .md / .png")
 

@@ -155,7 +155,7 @@ def _native_args(logits, mask, actions, slot_by_op, offsets, sizes):
         0 if mask is None else mask.data_ptr(), 0 if mask is None else mask.stride(0),
         actions.data_ptr(), actions.stride(0),
         0 if slot_by_op is None else slot_by_op.data_ptr(), 0 if slot_by_op is None else slot_by_op.stride(0),
-        list(offsets), list(sizes), logits.shape[1], logits.shape[0],
+        list(offsets), list(sizes), logits.shape[1], logits.shape[0], torch.get_num_threads(),
     )  # fmt: skip
 
 
