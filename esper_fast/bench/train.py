@@ -155,6 +155,45 @@ def measure(preset: str, device: str, num_envs: int, repeats: int, threads: int)
     return rows
 
 
+_GROUPS = (("LSTM (oneDNN/cuDNN kernel)", ("rnn", "lstm")), ("GEMM (mm / addmm)", ("aten::mm", "aten::addmm", "aten::bmm")),
+           ("fused scoring op", ("esper_fast::score", "esper_fast_score")))  # fmt: skip
+
+
+def profile_update(preset: str, device: str, num_envs: int, threads: int) -> str:
+    """Markdown: torch.profiler of one ``ppo_update`` epoch per variant after one rollout (same buffer),
+    self time grouped into LSTM / GEMM / scoring op / everything else, plus the top ops."""
+    from esper_fast.ppo.agent import cpu_threads, validation_off
+    from esper_fast.ppo.gae import compute_gae
+    from esper_fast.ppo.update import ppo_update
+
+    lines = [f"# bench_train profile: one ppo_update epoch, {preset} preset, {num_envs} envs, {threads} thread(s)", ""]
+    for v in VARIANTS:
+        trainer, cfg = _trainer(preset, device, num_envs, v, threads)
+        with cpu_threads(threads, device), validation_off(trainer.policy):
+            trainer.rollout()
+            b = trainer.buffer
+            adv, ret = compute_gae(b.rewards, b.values, b.dones, b.truncated, b.bootstrap_values, cfg.gamma, cfg.gae_lambda)
+            one = cfg.replace(update_epochs=1)
+            trainer.policy.train()
+            ppo_update(trainer.policy, trainer.optimizer, b, adv, ret, one, 0.0)  # warm-up
+            with torch.profiler.profile() as prof:
+                ppo_update(trainer.policy, trainer.optimizer, b, adv, ret, one, 0.0)
+        events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+        total = sum(e.self_cpu_time_total for e in events)
+        groups = dict.fromkeys([g for g, _ in _GROUPS] + ["everything else"], 0.0)
+        for e in events:
+            name = next((g for g, keys in _GROUPS if any(k in e.key for k in keys)), "everything else")
+            groups[name] += e.self_cpu_time_total
+        calls = sum(e.count for e in events)
+        lines += [f"## {v}: {total / 1e6:.2f} s self CPU, {calls} op calls", "", "| group | s | share |", "|---|---|---|"]
+        lines += [f"| {g} | {t / 1e6:.3f} | {t / total:.0%} |" for g, t in groups.items()]
+        top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]
+        lines += ["", "| op | calls | self s |", "|---|---|---|"]
+        lines += [f"| `{e.key[:60]}` | {e.count} | {e.self_cpu_time_total / 1e6:.3f} |" for e in top]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="bench_train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -167,10 +206,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budget-s", type=float, default=None, help="skip the remaining sizes once this many seconds have passed")
     p.add_argument("--out", default=None)
     p.add_argument("--name", default=None, help="result file name (default bench_train_<cpu|gpu>)")
+    p.add_argument("--profile", action="store_true", help="only write <name>_profile.md: the update's op profile "
+                   "at the largest size (torch.profiler, one epoch per variant)")
     args = p.parse_args(argv)
     gpu = args.device.startswith("cuda")
     sizes = [int(x) for x in (args.num_envs or ("16,1024,4096" if gpu else "16,256")).split(",")]
     repeats = args.updates if args.updates is not None else args.repeats
+    out = Path(args.out) if args.out else default_out_dir()
+    name = args.name or f"bench_train_{'gpu' if gpu else 'cpu'}"
+    if args.profile:
+        text = profile_update(args.preset, args.device, max(sizes), int(args.threads.split(",")[0]))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{name}_profile.md").write_text(text + "\n")
+        print(text)
+        return
     start, rows, skipped = time.perf_counter(), [], []
     for threads in [int(x) for x in args.threads.split(",")]:
         for n in sizes:
@@ -180,8 +229,6 @@ def main(argv: list[str] | None = None) -> None:
             for row in measure(args.preset, args.device, n, repeats, threads):
                 rows.append(row)
                 print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
-    out = Path(args.out) if args.out else default_out_dir()
-    name = args.name or f"bench_train_{'gpu' if gpu else 'cpu'}"
     notes = ("One update = rollout + GAE + PPO update (default preset: 150 steps per env, 4 epochs x 4 minibatches, "
              "target_kl off). Medians over the repeats, fused/unfused alternating. `clock`: cpu = process CPU time "
              "(robust to other processes on a shared machine), wall = wall clock. env_steps_per_s, s_per_update, "
