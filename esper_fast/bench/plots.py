@@ -42,6 +42,10 @@ def _plot_get_action(data: dict, ax) -> None:
 def _plot_train(data: dict, ax) -> None:
     """Stacked seconds per update (env / act / rollout_other / update / other) per variant and size."""
     rows = data["rows"]
+    if "speedup_vs_first" in rows[0]:  # thread comparison
+        ax.bar([f"{r['threads']} thread(s)" for r in rows], [r["wall_env_steps_per_s"] for r in rows])
+        ax.set(ylabel="env-steps/s (wall)", title=f"fused trainer, {rows[0]['num_envs']} envs")
+        return
     if "variant" not in rows[0]:  # older files: one bar per policy
         ax.bar([r["policy"] for r in rows], [r["env_steps_per_s"] for r in rows], color=["tab:gray", "tab:blue"])
         ax.set(ylabel="env-steps/s", title=f"trainer throughput ({rows[0]['preset']} preset, {rows[0]['num_envs']} envs)")

@@ -194,6 +194,21 @@ def profile_update(preset: str, device: str, num_envs: int, threads: int) -> str
     return "\n".join(lines)
 
 
+def threads_compare(preset: str, device: str, num_envs: int, counts: list[int], repeats: int) -> list[dict]:
+    """Wall clock of the fused trainer with each torch thread count, one trainer, counts alternating."""
+    trainer, cfg = _trainer(preset, device, num_envs, "fused", counts[0])
+    one_update(trainer, None)
+    walls: dict[int, list[float]] = {k: [] for k in counts}
+    for _ in range(repeats):
+        for k in counts:
+            trainer.config = trainer.config.replace(torch_threads=k)
+            walls[k].append(one_update(trainer, None)[0])
+    base = statistics.median(walls[counts[0]])
+    return [{"variant": "fused", "num_envs": num_envs, "threads": k, "repeats": repeats, "clock": "wall",
+             "wall_env_steps_per_s": cfg.batch_size / statistics.median(w), "s_per_update": statistics.median(w),
+             "speedup_vs_first": base / statistics.median(w)} for k, w in walls.items()]  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="bench_train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -206,6 +221,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budget-s", type=float, default=None, help="skip the remaining sizes once this many seconds have passed")
     p.add_argument("--out", default=None)
     p.add_argument("--name", default=None, help="result file name (default bench_train_<cpu|gpu>)")
+    p.add_argument("--threads-compare", action="store_true", help="only the fused trainer at the largest size with each "
+                   "--threads count, alternating (wall clock): <name>_threads.*")
     p.add_argument("--profile", action="store_true", help="only write <name>_profile.md: the update's op profile "
                    "at the largest size (torch.profiler, one epoch per variant)")
     args = p.parse_args(argv)
@@ -214,6 +231,17 @@ def main(argv: list[str] | None = None) -> None:
     repeats = args.updates if args.updates is not None else args.repeats
     out = Path(args.out) if args.out else default_out_dir()
     name = args.name or f"bench_train_{'gpu' if gpu else 'cpu'}"
+    if args.threads_compare:
+        counts = [int(x) for x in args.threads.split(",")]
+        rows = threads_compare(args.preset, args.device, max(sizes), counts, repeats)
+        for row in rows:
+            print(row, flush=True)
+        write_results(f"{name}_threads", machine_info(torch.device(args.device)), rows,
+                      ["variant", "num_envs", "threads", "repeats", "clock", "wall_env_steps_per_s", "s_per_update",
+                       "speedup_vs_first"], out,
+                      notes="Fused trainer, one trainer, thread counts alternating update by update; wall clock "
+                            "(more threads only pay in wall time).")  # fmt: skip
+        return
     if args.profile:
         text = profile_update(args.preset, args.device, max(sizes), int(args.threads.split(",")[0]))
         out.mkdir(parents=True, exist_ok=True)
