@@ -1,6 +1,7 @@
 """Builds esper_fast's two pybind11 modules.
 
 * ``esper_fast._C``      - CPU kernels (csrc/select_cpu.cpp), always built with the host compiler.
+* ``esper_fast._C_score`` - the CPU scoring op of the PPO update (csrc/score_cpu.cpp), always built.
 * ``esper_fast._C_cuda`` - CUDA kernels (csrc/select_cuda.cu), built with nvcc through ninja for sm_80
   and sm_90 (+ compute_90 PTX) where it can be used: nvcc is found (``$CUDA_HOME/bin/nvcc`` or ``nvcc``
   on PATH) *and* a GPU is visible (``/dev/nvidia0`` or ``nvidia-smi -L`` lists one).
@@ -154,7 +155,16 @@ extensions = [
         extra_compile_args=CXX_FLAGS + ["-fopenmp"],
         extra_link_args=["-fopenmp"],
         language="c++",
-    )
+    ),
+    Extension(  # the PPO update's scoring op (csrc/score_row.h), a module of its own
+        "esper_fast._C_score",
+        sources=["csrc/score_cpu.cpp", "csrc/bindings_score.cpp"],
+        include_dirs=[str(CSRC), pybind11.get_include()],
+        depends=[str(CSRC / n) for n in ("score_row.h", "select_row.h", "philox.h")],
+        extra_compile_args=CXX_FLAGS + ["-fopenmp"],
+        extra_link_args=["-fopenmp"],
+        language="c++",
+    ),
 ]
 if want_cuda():
     extensions.append(

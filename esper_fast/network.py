@@ -154,7 +154,10 @@ class FactoredNetwork(nn.Module):
     is None, as in esper.
     """
 
-    validate: ClassVar[bool] = True  # the default for instances without their own setting
+    validate: ClassVar[bool] = True
+    # evaluate_actions through esper_fast.fused_evaluate (stacked-GEMM heads, Q only at the stored op,
+    # the fused scoring op); False = esper's per-head path (heads + score_actions). Same parameters.
+    fused_evaluate: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -437,10 +440,17 @@ class FactoredNetwork(nn.Module):
 
         Inputs are ``[B, T, ...]``; ``actions`` maps head -> ``[B, T]`` int64; masks ``[B, T, n]`` bool.
         The style mask follows the stored op (esper's causal rule). Differentiable everywhere.
+        With ``fused_evaluate`` (class or instance flag) the same math runs fused
+        (:mod:`esper_fast.fused_evaluate`); log-probs/entropies come back float32 (float64 for a float64
+        network) and equal the per-head path up to GEMM rounding.
         """
         masks = dict(zip(HEAD_NAMES, (slot_mask, blueprint_mask, style_mask, tempo_mask,
                                       alpha_target_mask, alpha_speed_mask, alpha_curve_mask, op_mask)))  # fmt: skip
         self.check_actions(actions, tuple(states.shape[:-1]) if isinstance(states, Tensor) else None)
+        if self.fused_evaluate:
+            from esper_fast.fused_evaluate import evaluate_actions_fused
+
+            return evaluate_actions_fused(self, states, blueprint_indices, actions, masks, hidden)
         out = self.heads(states, blueprint_indices, hidden)
         if self.validate:
             ranges = {f"actions[{h!r}]": (actions[h], 0, self.head_sizes[h]) for h in HEAD_NAMES}

@@ -46,18 +46,18 @@ def test_train_smoke_writes_every_output(smoke_run):
     ckpt = torch.load(smoke_run / "checkpoints" / "latest.pt", weights_only=True)
     assert ckpt["train_steps"] == 2
     summary = json.loads((smoke_run / "summary.json").read_text())
-    assert set(summary["evaluation"]) == {"ppo (sampled)", "ppo (greedy)", "heuristic", "random"}
+    assert set(summary["evaluation"]) == {"ppo (sampled)", "ppo (greedy)", "oracle", "heuristic", "random"}
 
 
 def test_evaluate_prints_a_table(smoke_run, capsys):
     assert main(["evaluate", str(smoke_run), "--episodes", "3"]) == 0
     out = capsys.readouterr().out
-    for name in ("ppo (sampled)", "ppo (greedy)", "heuristic", "random", "return", "terminated"):
+    for name in ("ppo (sampled)", "ppo (greedy)", "oracle", "heuristic", "random", "return", "terminated"):
         assert name in out
     assert main(["evaluate", str(smoke_run / "checkpoints" / "latest.pt"), "--episodes", "2", "--json",
                  "--mode", "greedy"]) == 0  # fmt: skip
     data = json.loads(capsys.readouterr().out)
-    assert set(data["results"]) == {"ppo (greedy)", "heuristic", "random"}
+    assert set(data["results"]) == {"ppo (greedy)", "oracle", "heuristic", "random"}
 
 
 def test_resume_continues_the_run(smoke_run, tmp_path, capsys):

@@ -40,9 +40,30 @@ def _plot_get_action(data: dict, ax) -> None:
 
 
 def _plot_train(data: dict, ax) -> None:
+    """Stacked seconds per update (env / act / rollout_other / update / other) per variant and size."""
     rows = data["rows"]
-    ax.bar([r["policy"] for r in rows], [r["env_steps_per_s"] for r in rows], color=["tab:gray", "tab:blue"])
-    ax.set(ylabel="env-steps/s", title=f"trainer throughput ({rows[0]['preset']} preset, {rows[0]['num_envs']} envs)")
+    if "speedup_vs_first" in rows[0]:  # thread comparison
+        ax.bar([f"{r['threads']} thread(s)" for r in rows], [r["wall_env_steps_per_s"] for r in rows])
+        ax.set(ylabel="env-steps/s (wall)", title=f"fused trainer, {rows[0]['num_envs']} envs")
+        return
+    if "variant" not in rows[0]:  # older files: one bar per policy
+        ax.bar([r["policy"] for r in rows], [r["env_steps_per_s"] for r in rows], color=["tab:gray", "tab:blue"])
+        ax.set(ylabel="env-steps/s", title=f"trainer throughput ({rows[0]['preset']} preset, {rows[0]['num_envs']} envs)")
+        return
+    parts = ("env_s", "act_s", "rollout_other_s", "update_s", "other_s")
+    labels = [f"{r['variant']}\n{r['num_envs']} envs" + (f" {r['threads']}t" if r.get("threads", 1) != 1 else "")
+              for r in rows]  # fmt: skip
+    bottom = [0.0] * len(rows)
+    for part in parts:
+        vals = [r[part] for r in rows]
+        ax.bar(labels, vals, bottom=bottom, label=part[:-2])
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    for i, r in enumerate(rows):
+        ax.text(i, bottom[i], f"{r['env_steps_per_s']:.0f}/s" + (f"\n{r['speedup']:.2f}x" if r.get("speedup") else ""),
+                ha="center", va="bottom", fontsize=6)  # fmt: skip
+    ax.set(ylabel="seconds per update", title=f"trainer time split ({rows[0]['preset']} preset)")
+    ax.tick_params(axis="x", labelsize=6)
+    ax.legend(fontsize=6)
 
 
 def plot_file(path: str | Path) -> Path:

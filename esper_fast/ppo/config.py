@@ -88,6 +88,18 @@ class PPOConfig:
     """Sample the slot among the slots where the chosen op is valid (env ``slot_by_op``; esper HEAD).
     Off = esper 0872525b: the slot is drawn from the env's slot mask alone (many actions become WAIT)."""
 
+    # ---- speed of the update (issue 9; none changes the math) -------------------------------------
+    compile: bool = False
+    """Compile the update's heads + fused scoring op with torch.compile (the LSTM trunk stays eager:
+    nn.LSTM's oneDNN/cuDNN kernel beats an unrolled graph); needs the fused update path (FactoredPolicy)."""
+    compile_backend: str = "inductor"
+    """torch.compile backend used by ``compile`` ("inductor"; "aot_eager" traces without code generation)."""
+    amp: bool = False
+    """bf16 autocast around the update's forward pass (meant for GPU; also runs on CPU). Parameters, Adam
+    state and the scoring op's outputs stay fp32."""
+    fused_adam: bool | None = None
+    """Adam's fused (one-kernel) implementation: None = on CUDA only, True = always, False = never."""
+
     # ---- PPO -----------------------------------------------------------------------------------
     learning_rate: float = 3e-4
     """Adam learning rate (esper DEFAULT_LEARNING_RATE)."""

@@ -1,4 +1,4 @@
-"""Score a trained policy against esper_fast's heuristic and random baselines on the same episodes."""
+"""Score a trained policy against esper_fast's oracle, heuristic and random baselines on the same episodes."""
 
 from __future__ import annotations
 
@@ -7,19 +7,20 @@ from typing import Any
 
 import torch
 
-from esper_fast.envs import HeuristicPolicy, RandomMaskedPolicy, SeedLifecycleEnv, evaluate_policy
+from esper_fast.envs import HeuristicPolicy, OraclePolicy, RandomMaskedPolicy, SeedLifecycleEnv, evaluate_policy
 from esper_fast.network import FactoredNetwork
 from esper_fast.ppo.agent import PolicyActor, cpu_threads, env_config
 from esper_fast.ppo.config import PPOConfig
 from esper_fast.ppo.normalize import ObsNormalizer
 
-__all__ = ["compare_with_baselines", "format_table", "evaluation_markdown"]
+__all__ = ["compare_with_baselines", "format_table", "evaluation_markdown", "gap_shares"]
 
 
 def compare_with_baselines(policy: FactoredNetwork | None, obs_normalizer: ObsNormalizer | None, config: PPOConfig,
                            episodes: int, seed: int, device: str | torch.device = "cpu",
                            ppo_modes: tuple[str, ...] = ("sampled", "greedy")) -> dict[str, dict[str, Any]]:  # fmt: skip
-    """``{name: evaluate_policy result}`` for the policy (each of ``ppo_modes``), heuristic and random.
+    """``{name: evaluate_policy result}`` for the policy (each of ``ppo_modes``), the privileged oracle
+    (reads the env's hidden true contributions), heuristic and random.
 
     Every entry plays the same ``episodes`` episodes (env seed ``seed``: the same host curves and
     noise streams), so each entry but the heuristic also gets ``vs_heuristic`` / ``vs_heuristic_se``:
@@ -34,6 +35,7 @@ def compare_with_baselines(policy: FactoredNetwork | None, obs_normalizer: ObsNo
             controllers[f"ppo ({mode})"] = PolicyActor(policy, obs_normalizer, deterministic=(mode == "greedy"),
                                                        op_conditioned_slot=config.op_conditioned_slot,
                                                        seed=seed)  # fmt: skip
+    controllers["oracle"] = OraclePolicy(env)
     controllers["heuristic"] = HeuristicPolicy(env.config)
     controllers["random"] = RandomMaskedPolicy(seed=seed, device=device)
     results = {}
@@ -63,6 +65,10 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
         diff = f"{r['vs_heuristic']:+.2f} +- {r['vs_heuristic_se']:.2f}" if "vs_heuristic" in r else "-"
         lines.append(f"{name:<16} {ret:>15} {r['std_return']:>6.2f} {diff:>19} {r['mean_length']:>7.1f} "
                      f"{r['terminated_frac']:>10.3f} {r['num_episodes']:>8d}")  # fmt: skip
+    gap = gap_shares(results)
+    if gap:
+        lines.append("share of the heuristic-to-oracle gap closed: "
+                     + ", ".join(f"{k} {v:+.1%}" for k, v in gap.items()))  # fmt: skip
     return "\n".join(lines)
 
 
@@ -75,3 +81,13 @@ def evaluation_markdown(results: dict[str, dict[str, Any]], episodes: int, seed:
         lines.append(f"| {name} | {r['mean_return']:.2f} | {r['se_return']:.2f} | {r['std_return']:.2f} | {diff} | "
                      f"{r['mean_length']:.1f} | {r['terminated_frac']:.3f} |")  # fmt: skip
     return "\n".join(lines)
+
+
+def gap_shares(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """``(ppo - heuristic) / (oracle - heuristic)`` of mean returns for every ppo entry (needs both)."""
+    if "oracle" not in results or "heuristic" not in results:
+        return {}
+    h, o = results["heuristic"]["mean_return"], results["oracle"]["mean_return"]
+    if o == h:
+        return {}
+    return {k: (v["mean_return"] - h) / (o - h) for k, v in results.items() if k.startswith("ppo")}

@@ -78,8 +78,9 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.policy = build_policy(config.replace(device=str(self.device)))
         self.ctx.broadcast_module(self.policy)
-        fused = {"fused": True} if self.device.type == "cuda" else {}
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=config.adam_eps, **fused)
+        fused = config.fused_adam if config.fused_adam is not None else self.device.type == "cuda"
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=config.adam_eps,
+                                          **({"fused": True} if fused else {}))  # fmt: skip
         self.env = SeedLifecycleEnv(config.num_envs, env_config(config), device=self.device, seed=seed)
         self.action_generator = torch.Generator(device=self.device).manual_seed(seed)
         self.update_generator = torch.Generator().manual_seed(seed)
@@ -400,7 +401,7 @@ class Trainer:
             return None
         rows = read_metrics_csv(self.writer.csv_path) if self.writer.csv_path.is_file() else []
         evaluation = evaluation or {}
-        baselines = {k: v["mean_return"] for k, v in evaluation.items() if k in ("heuristic", "random")}
+        baselines = {k: v["mean_return"] for k, v in evaluation.items() if k in ("oracle", "heuristic", "random")}
         finals = {k: v["mean_return"] for k, v in evaluation.items() if k.startswith("ppo")}
         title = f"PPO ({self.config.value_mode}, H={self.config.lstm_hidden_dim}, {self.config.num_envs} envs x {self.ctx.world_size})"
         return plot_learning_curve(rows, self.run_dir / "learning_curve.png", baselines, title=title, finals=finals,

@@ -22,7 +22,7 @@ from esper_fast.ppo.buffer import RolloutBuffer
 from esper_fast.ppo.config import PPOConfig
 from esper_fast.ppo.losses import approx_kl, clip_fraction, entropy_loss, head_ratios, masked_mean, policy_loss, value_loss
 
-__all__ = ["evaluate_sequences", "ppo_update"]
+__all__ = ["compiled_score_fn", "evaluate_sequences", "ppo_update"]
 
 
 def _boundaries(dones: Tensor) -> list[int]:
@@ -31,15 +31,21 @@ def _boundaries(dones: Tensor) -> list[int]:
     return starts.tolist()
 
 
-def evaluate_sequences(policy: FactoredNetwork, mb: RolloutBuffer) -> tuple[dict[str, Tensor], Tensor, dict[str, Tensor]]:
+def evaluate_sequences(policy: FactoredNetwork, mb: RolloutBuffer, score_fn: Callable | None = None,
+                       ) -> tuple[dict[str, Tensor], Tensor, dict[str, Tensor]]:  # fmt: skip
     """Replay ``mb``'s sequences: ``(log_probs head -> [B, T], Q(s, stored op) [B, T], entropy head -> [B, T])``.
 
     The LSTM starts from ``mb.initial_hidden`` and is zeroed before the first step of every episode
     that starts inside the rollout, exactly as in the rollout. The sequence is cut at those steps and
     each piece goes through esper's ``evaluate_actions`` with the carried (and reset) hidden state.
+    On the fused path (``policy.fused_evaluate``) only the trunk runs per piece and the heads run once,
+    through ``score_fn`` (default :func:`esper_fast.fused_evaluate.score_lstm_out`; the compiled one
+    with ``config.compile``).
     """
     B, T = mb.dones.shape
     cuts = [0, *_boundaries(mb.dones), T]
+    if getattr(policy, "fused_evaluate", False):
+        return _evaluate_sequences_fused(policy, mb, cuts, score_fn)
     hidden = mb.initial_hidden
     pieces = []
     for start, end in zip(cuts, cuts[1:]):
@@ -56,6 +62,36 @@ def evaluate_sequences(policy: FactoredNetwork, mb: RolloutBuffer) -> tuple[dict
         return pieces[0]
     cat = lambda dicts: {h: torch.cat([d[h] for d in dicts], dim=1) for h in HEAD_NAMES}  # noqa: E731
     return (cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces], dim=1), cat([p[2] for p in pieces]))
+
+
+def _evaluate_sequences_fused(policy: FactoredNetwork, mb: RolloutBuffer, cuts: list[int], score_fn: Callable | None):
+    """The fused path: only the trunk runs piece by piece (the LSTM resets); heads, Q(s, stored op)
+    and the fused scoring op run once over the whole ``[B, T]`` minibatch
+    (:func:`esper_fast.fused_evaluate.score_lstm_out`, the math of ``evaluate_actions``)."""
+    from esper_fast.fused_evaluate import score_lstm_out
+
+    B = mb.dones.shape[0]
+    hidden, outs = mb.initial_hidden, []
+    for start, end in zip(cuts, cuts[1:]):
+        if start > 0:
+            keep = (~mb.dones[:, start - 1]).to(hidden[0].dtype).view(1, B, 1)
+            hidden = (hidden[0] * keep, hidden[1] * keep)
+        lstm_out, hidden = policy.trunk(mb.obs[:, start:end], mb.blueprint_indices[:, start:end], hidden)
+        outs.append(lstm_out)
+    lstm_out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+    return (score_fn or score_lstm_out)(policy, lstm_out, mb.actions, dict(mb.masks))
+
+
+def compiled_score_fn(policy: FactoredNetwork, backend: str = "inductor") -> Callable:
+    """``score_lstm_out`` compiled once per policy and backend (heads, Q at the stored op, fused scoring)."""
+    from esper_fast.fused_evaluate import score_lstm_out
+
+    if not getattr(policy, "fused_evaluate", False):
+        raise ValueError("compile: the compiled update step needs the fused update path (policy.fused_evaluate)")
+    cache = policy.__dict__.setdefault("_compiled_score", {})
+    if backend not in cache:
+        cache[backend] = torch.compile(score_lstm_out, backend=backend, fullgraph=True, dynamic=False)
+    return cache[backend]
 
 
 def ppo_update(
@@ -79,6 +115,7 @@ def ppo_update(
     reduce = all_reduce_mean or (lambda x: x)
     params = [p for p in policy.parameters() if p.requires_grad]
     E = buffer.num_envs
+    score_fn = compiled_score_fn(policy, config.compile_backend) if config.compile else None
     sums: dict[str, Tensor] = {}
     steps_taken, first, nonfinite_steps = 0, True, 0
     stopped = False
@@ -90,7 +127,9 @@ def ppo_update(
         for mb_envs in order.split(config.minibatch_envs):
             mb = buffer.env_slice(mb_envs)
             mb_advantages, mb_returns = advantages[mb_envs], returns[mb_envs]
-            new_log_probs, new_q, entropy = evaluate_sequences(policy, mb)
+            with torch.autocast(buffer.obs.device.type, dtype=torch.bfloat16, enabled=config.amp):
+                new_log_probs, new_q, entropy = evaluate_sequences(policy, mb, score_fn)
+            new_q = new_q.float()
             causal = causal_masks(mb.actions["op"])
             ratios = head_ratios(new_log_probs, mb.log_probs)
             kl = reduce(approx_kl(new_log_probs, mb.log_probs, causal))

@@ -50,6 +50,8 @@ def _entropy_nats(masked: Tensor) -> Tensor:
 class ReferencePolicy(FactoredNetwork):
     """esper's ``FactoredRecurrentActorCritic`` selection path, verbatim in torch ops (slow, exact)."""
 
+    fused_evaluate = False  # esper's per-head evaluate_actions (the unfused update path)
+
     def __init__(self, *args, value_mode: str = "q_op", legacy: bool = False, **kwargs) -> None:
         if value_mode not in ("q_op", "expected"):
             raise ValueError(f"value_mode must be 'q_op' or 'expected', got {value_mode!r}")
