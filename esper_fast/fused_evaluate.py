@@ -108,7 +108,10 @@ def score_lstm_out(
     """
     from esper_fast.network import validate_masks_and_logits
 
-    packed, q_op = train_heads(net, lstm_out, actions["op"])
+    op = actions["op"]
+    if net.validate:  # validation below names an out-of-range op; until then keep the gather in range
+        op = op.clamp(0, net.head_sizes["op"] - 1)
+    packed, q_op = train_heads(net, lstm_out, op)
     layout, order = packed_layout(net)
     if net.validate:  # the same checks as the per-head path: masks, logits, stored-action and index ranges
         ranges = {f"actions[{h!r}]": (actions[h], 0, net.head_sizes[h]) for h in HEAD_NAMES}

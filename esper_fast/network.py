@@ -298,7 +298,8 @@ class FactoredNetwork(nn.Module):
             if tuple(t.shape) != want:
                 raise ValueError(f"hidden {name} must have shape {list(want)} ([lstm_layers, B, lstm_hidden_dim]), "
                                  f"got {list(t.shape)}")  # fmt: skip
-            if t.dtype != dtype:
+            # under autocast (the update's --amp) the carried state is in the autocast dtype
+            if t.dtype != dtype and not torch.is_autocast_enabled(state.device.type):
                 raise TypeError(f"hidden {name} must have the network's dtype {dtype}, got {t.dtype}")
             if t.device != state.device:
                 raise ValueError(f"hidden {name} is on {t.device} but state is on {state.device}")

@@ -26,7 +26,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 def test_learn_trains_and_evaluates(trained):
     model, _ = trained
     assert model.trainer.train_steps == model.config.num_updates == 2
-    assert set(model.last_summary["evaluation"]) == {"ppo (sampled)", "ppo (greedy)", "heuristic", "random"}
+    assert set(model.last_summary["evaluation"]) == {"ppo (sampled)", "ppo (greedy)", "heuristic", "random", "oracle"}
     assert "se_return" in model.last_summary["evaluation"]["heuristic"]
 
 
