@@ -8,6 +8,7 @@ from esper_fast.constants import HEAD_NAMES, GerminationStyle, LifecycleOp
 from esper_fast.errors import BackendUnavailableError, InvalidActionMaskError, InvalidStateMachineError
 from esper_fast.ops import available_backends, select_op
 from esper_fast.policy import FactoredPolicy, GetActionResult
+from esper_fast.policy_v2 import FactoredPolicyV2
 from esper_fast.types import OpSelection
 
 __version__ = "0.1.0"
@@ -15,6 +16,7 @@ __version__ = "0.1.0"
 __all__ = [
     "select_op",
     "FactoredPolicy",
+    "FactoredPolicyV2",
     "GetActionResult",
     "available_backends",
     "OpSelection",
