@@ -222,7 +222,8 @@ def test_v2_sampling_fits_floored_softmax(backend, device):
     op_masks = torch.ones(n, 6, dtype=torch.bool, device=device)
     gen = torch.Generator(device).manual_seed(0)
     counts, op_counts, draws = torch.zeros(13, dtype=torch.int64), torch.zeros(6, dtype=torch.int64), 0
-    while draws < 100_000:
+    target = 20_000 if n < 20_000 else 100_000  # Triton's CPU interpreter: fewer draws (still ~2000/cell)
+    while draws < target:
         sel = select_actions_v2(logits, masks, q, value, floors=FLOORS, backend=backend, generator=gen)
         counts += torch.bincount(sel.actions["blueprint"].cpu(), minlength=13)
         sel_op = select_actions_v2(logits, {**masks, "op": op_masks}, q, value, floors=FLOORS, backend=backend,
