@@ -174,8 +174,15 @@ class NetworkV2Mixin:
     def head_module(self, head: str) -> nn.Sequential:
         return getattr(self, f"{head}_head")
 
+    _SIZE_ATTR: ClassVar[dict[str, str]] = {
+        "slot": "num_slots", "blueprint": "num_blueprints", "style": "num_styles", "tempo": "num_tempo",
+        "alpha_target": "num_alpha_targets", "alpha_speed": "num_alpha_speeds",
+        "alpha_curve": "num_alpha_curves", "op": "num_ops",
+    }  # fmt: skip
+
     def head_size(self, head: str) -> int:
-        return self.head_module(head)[-1].out_features
+        """Actions of ``head`` (HEAD's ``num_*`` attributes)."""
+        return int(getattr(self, self._SIZE_ATTR[head]))
 
     # ---- trunk --------------------------------------------------------------------------------------
     def get_initial_hidden(self, batch_size: int, device: torch.device | str | None = None) -> Hidden:
@@ -222,6 +229,9 @@ class NetworkV2Mixin:
         the state part, then the rest of q_head on ``[..., num_ops, H/2]``.
         """
         x = lstm_out.detach()
+        if not (isinstance(self.q_head, nn.Sequential) and isinstance(self.q_head[0], nn.Linear)):
+            ops = torch.arange(self.num_ops, device=x.device).expand(*x.shape[:-1], self.num_ops)
+            return self._compute_q(x.unsqueeze(-2).expand(*x.shape[:-1], self.num_ops, x.shape[-1]), ops)
         first = self.q_head[0]
         H = x.shape[-1]
         pre = F.linear(x, first.weight[:, :H], first.bias).unsqueeze(-2) + first.weight[:, H:].t()
@@ -231,6 +241,15 @@ class NetworkV2Mixin:
     def head_logits(self, lstm_out: Tensor) -> dict[str, Tensor]:
         """Raw logits of every head, HEAD_NAMES order: ``[..., H] -> [..., n_head]``."""
         return {h: self.head_module(h)(lstm_out) for h in HEAD_NAMES}
+
+    def _fusable(self) -> bool:
+        """Whether every head has HEAD's layout (what :meth:`action_heads`' stacked GEMMs assume)."""
+        def seq(m, n):
+            return isinstance(m, nn.Sequential) and len(m) == n and isinstance(m[0], nn.Linear)
+        small = all(seq(self.head_module(h), 3) and isinstance(self.head_module(h)[2], nn.Linear) for h in SMALL_HEADS)
+        return (small and seq(self.blueprint_head, 5) and isinstance(self.blueprint_head[2], nn.Linear)
+                and isinstance(self.blueprint_head[4], nn.Linear) and seq(self.state_value_head, 9)
+                and seq(self.q_head, 9))  # fmt: skip
 
     def _fused_first_layers(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(W1, b1, W2, b2): first Linears of the 7 small heads, blueprint_head, state_value_head and
@@ -262,6 +281,8 @@ class NetworkV2Mixin:
         Same parameters and math as :meth:`head_logits` / :meth:`_compute_state_value` /
         :meth:`q_values`, with every first layer in one GEMM (floats differ only by GEMM rounding).
         """
+        if not self._fusable():  # a head was replaced by a custom module: the plain path, same results
+            return self.head_logits(lstm_out), self._compute_state_value(lstm_out), self.q_values(lstm_out)
         w1, b1, w2, b2 = self._fused_first_layers()
         half = self.state_value_head[0].out_features
         widths = [self.head_module(h)[0].out_features for h in SMALL_HEADS]

@@ -326,3 +326,22 @@ def test_forward_keys_and_predict_contributions():
     hidden = p.get_initial_hidden(3)
     pred = p.predict_contributions(state[:, 0], bp[:, 0], hidden)
     torch.testing.assert_close(pred, p.contribution_predictor(out["lstm_out"][:, 0]))
+
+
+def test_custom_head_module_takes_the_plain_path():
+    """HEAD's own tests swap a head for a custom module; get_action must still work (and agree)."""
+    p = small_policy()
+    state, bp, masks, _ = inputs(8)
+    before = p.get_action(state, bp, **mask_kwargs(masks), deterministic=True)
+    inner = p.op_head
+
+    class Wrapped(torch.nn.Module):
+        def forward(self, x):
+            return inner(x)
+
+    p.op_head = Wrapped()
+    after = p.get_action(state, bp, **mask_kwargs(masks), deterministic=True)
+    for h in HEAD_NAMES:
+        assert torch.equal(before.actions[h], after.actions[h]), h
+    torch.testing.assert_close(before.values, after.values, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(before.q_op, after.q_op, atol=1e-5, rtol=1e-5)
