@@ -39,11 +39,16 @@ from esper_fast.constants import (
 )
 from esper_fast.constants_v2 import VALUE_HEAD_SCHEMA_VERSION
 from esper_fast.errors import InvalidStateMachineError
-from esper_fast.network import SMALL_HEADS, BlueprintEmbedding, _mlp_head, validate_masks_and_logits
+from esper_fast.network import (
+    SMALL_HEADS,
+    BlueprintEmbedding,
+    _mlp_head,
+    validate_masks_and_logits,
+)
 from esper_fast.reference.actions_v2 import apply_probability_floor, effective_mask
 from esper_fast.types import Hidden
 
-__all__ = ["BlueprintEmbeddingV2", "ResidualLSTM", "FactoredNetworkV2", "NetworkV2Mixin", "slot_count"]
+__all__ = ["BlueprintEmbeddingV2", "FactoredNetworkV2", "NetworkV2Mixin", "ResidualLSTM", "slot_count"]
 
 
 class BlueprintEmbeddingV2(BlueprintEmbedding):

@@ -13,7 +13,10 @@ from esper_fast.constants import HEAD_NAMES, LifecycleOp, get_action_head_sizes
 from esper_fast.constants_v2 import PROBABILITY_FLOOR_PER_HEAD
 from esper_fast.ops.actions_v2 import empty_action_outputs_v2, select_actions_v2
 from esper_fast.ops.select import draw_key
-from esper_fast.reference.actions_v2 import apply_probability_floor, select_actions_v2_reference
+from esper_fast.reference.actions_v2 import (
+    apply_probability_floor,
+    select_actions_v2_reference,
+)
 from tests.conftest import BACKEND_DEVICES, NATIVE_BACKEND_DEVICES, small_n
 
 SIZES = get_action_head_sizes(3)

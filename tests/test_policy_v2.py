@@ -300,7 +300,7 @@ def test_evaluate_actions_gradients():
     p.train()
     state, bp, masks, _ = inputs(4, T=5)
     acts = {h: torch.randint(0, k, (4, 5)) for h, k in SIZES.items()}
-    lp, value, ent, hidden, contrib, q = p.evaluate_actions(state, bp, acts, **mask_kwargs(masks),
+    lp, value, _ent, hidden, contrib, q = p.evaluate_actions(state, bp, acts, **mask_kwargs(masks),
                                                             probability_floor=FLOORS)  # fmt: skip
     assert value.shape == q.shape == (4, 5) and contrib.shape == (4, 5, 3) and hidden[0].shape == (2, 4, 32)
     p.zero_grad()

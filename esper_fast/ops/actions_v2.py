@@ -22,12 +22,20 @@ from esper_fast.constants import HEAD_NAMES
 from esper_fast.errors import InvalidActionMaskError
 from esper_fast.ops._native import DTYPE_CODES, unit_cols
 from esper_fast.ops.actions import _check
-from esper_fast.ops.backends import _cpu_module, _cuda_module, _triton_module, resolve_backend
+from esper_fast.ops.backends import (
+    _cpu_module,
+    _cuda_module,
+    _triton_module,
+    resolve_backend,
+)
 from esper_fast.ops.select import FLOAT_DTYPES, draw_key
 from esper_fast.reference.actions import AFTER_OP
-from esper_fast.reference.actions_v2 import ActionSelectionV2, select_actions_v2_reference
+from esper_fast.reference.actions_v2 import (
+    ActionSelectionV2,
+    select_actions_v2_reference,
+)
 
-__all__ = ["ActionSelectionV2", "select_actions_v2", "empty_action_outputs_v2", "unpack_action_outputs_v2"]
+__all__ = ["ActionSelectionV2", "empty_action_outputs_v2", "select_actions_v2", "unpack_action_outputs_v2"]
 
 _ORDER = ("op",) + AFTER_OP
 N_FLOAT_ROWS = 19  # log_prob x8, entropy x8, q_op, expected value, value
@@ -81,14 +89,14 @@ def _run_torch(logits, masks, q, value, floors, noise, slot_by_op, key, determin
 
 
 def _native_args(logits, masks, q, value, floors, noise, slot_by_op, key, deterministic, out) -> tuple:
-    per_head = lambda d: [d.get(h) for h in HEAD_NAMES]  # noqa: E731
+    per_head = lambda d: [d.get(h) for h in HEAD_NAMES]
     ls = [unit_cols(logits[h]) for h in HEAD_NAMES]
     ms = [None if m is None else unit_cols(m) for m in per_head(masks)]
     gs = [None if g is None else unit_cols(g.float()) for g in per_head(noise)]
     q = unit_cols(q)
     sbo = None if slot_by_op is None else slot_by_op.contiguous()
-    ptr = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
-    stride = lambda t: 0 if t is None else t.stride(0)  # noqa: E731
+    ptr = lambda t: 0 if t is None else t.data_ptr()
+    stride = lambda t: 0 if t is None else t.stride(0)
     return (
         [t.data_ptr() for t in ls], [DTYPE_CODES[t.dtype] for t in ls], [t.stride(0) for t in ls],
         [ptr(m) for m in ms], [stride(m) for m in ms], [ptr(g) for g in gs], [stride(g) for g in gs],
@@ -112,7 +120,7 @@ def _run_triton(logits, masks, q, value, floors, noise, slot_by_op, key, determi
     from esper_fast.ops.triton_actions_v2 import select_actions_v2_triton
 
     _triton_module()  # raises nothing; availability was checked by resolve_backend
-    per_head = lambda d: [d.get(h) for h in HEAD_NAMES]  # noqa: E731
+    per_head = lambda d: [d.get(h) for h in HEAD_NAMES]
     select_actions_v2_triton([logits[h] for h in HEAD_NAMES], per_head(masks), per_head(noise), q, value,
                              floors, slot_by_op, key, deterministic, out)  # fmt: skip
 

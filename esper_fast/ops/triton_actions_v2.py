@@ -46,7 +46,7 @@ def _floor_tile(l, valid, floor):
 def _normalize(ent, valid):
     count = tl.sum(valid.to(tl.int32), axis=1)
     norm = ent / tl.log(tl.maximum(count, 2).to(tl.float32))
-    return tl.where((count == 1) & (ent == ent), 0.0, norm)
+    return tl.where((count == 1) & (ent == ent), 0.0, norm)  # noqa: PLR0124 (ent == ent: not NaN)
 
 
 @triton.jit
@@ -182,7 +182,7 @@ def select_actions_v2_triton(
     sizes = [t.shape[1] for t in logits]
     block_n, _ = block_sizes(n, max(sizes), _TILE // 2)
     dummy = q
-    flags = lambda ts: sum(1 << i for i, t in enumerate(ts) if t is not None)  # noqa: E731
+    flags = lambda ts: sum(1 << i for i, t in enumerate(ts) if t is not None)
     _select_actions_v2_kernel[(triton.cdiv(n, block_n),)](
         *logits, *[t.stride(0) for t in logits],
         *[dummy if m is None else m for m in masks], *[0 if m is None else m.stride(0) for m in masks],
