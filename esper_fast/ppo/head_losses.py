@@ -167,9 +167,9 @@ def entropy_loss_head(entropy: dict[str, Tensor], causal: dict[str, Tensor], coe
                       actor_weight: Tensor | None = None) -> Tensor:  # fmt: skip
     """``-sum_h coef_h * mean of entropy_h over causal & unforced steps``."""
     total = next(iter(entropy.values())).new_zeros(())
-    for h in entropy:
+    for h, ent in entropy.items():
         mask = causal[h].float() if actor_weight is None else causal[h].float() * actor_weight
-        total = total - coef_per_head.get(h, 1.0) * (entropy[h] * mask).sum() / mask.sum().clamp(min=1)
+        total = total - coef_per_head.get(h, 1.0) * (ent * mask).sum() / mask.sum().clamp(min=1)
     return total
 
 
