@@ -115,3 +115,14 @@ def test_entropy_floor_penalty_and_contribution_loss():
     fresh = torch.tensor([True, False])
     torch.testing.assert_close(contribution_aux_loss(pred, target, active, fresh), torch.tensor((100.0 + 1.0) / 2))
     assert math.isclose(contribution_aux_loss(pred, target, active, torch.tensor([False, False])).item(), 0.0)
+
+
+def test_entropy_loss_excludes_forced_and_irrelevant_steps():
+    from esper_fast.ppo.head_losses import entropy_loss_head
+
+    ent = {h: torch.tensor([0.5, 1.0, 0.25]) for h in HEAD_NAMES}
+    causal = {h: torch.tensor([True, False, True]) for h in HEAD_NAMES}
+    actor_w, _ = forced_weights(torch.tensor([False, False, True]))
+    coefs = {"blueprint": 2.0}
+    # per head: only step 0 counts (step 1 irrelevant, step 2 forced) -> 0.5; blueprint x2
+    torch.testing.assert_close(entropy_loss_head(ent, causal, coefs, actor_w), torch.tensor(-(7 * 0.5 + 2 * 0.5)))
