@@ -115,7 +115,9 @@ def ninja_file(nvcc: str, build_dir: Path, target: Path) -> str:
             "  description = LINK $out",
             f"build {build_dir}/select_cuda.o: compile {CSRC}/select_cuda.cu",
             f"build {build_dir}/bindings_cuda.o: compile {CSRC}/bindings_cuda.cpp",
-            f"build {target}: link {build_dir}/select_cuda.o {build_dir}/bindings_cuda.o",
+            f"build {build_dir}/select_actions_v2_cuda.o: compile {CSRC}/select_actions_v2_cuda.cu",
+            f"build {target}: link {build_dir}/select_cuda.o {build_dir}/bindings_cuda.o"
+            f" {build_dir}/select_actions_v2_cuda.o",
             "",
         ]
     )
@@ -150,7 +152,7 @@ class BuildExt(build_ext):
 extensions = [
     Extension(
         "esper_fast._C",
-        sources=["csrc/select_cpu.cpp", "csrc/bindings_cpu.cpp"],
+        sources=["csrc/select_cpu.cpp", "csrc/bindings_cpu.cpp", "csrc/select_actions_v2_cpu.cpp"],
         include_dirs=[str(CSRC), pybind11.get_include()],
         extra_compile_args=CXX_FLAGS + ["-fopenmp"],
         extra_link_args=["-fopenmp"],
@@ -170,7 +172,7 @@ if want_cuda():
     extensions.append(
         Extension(
             "esper_fast._C_cuda",
-            sources=["csrc/select_cuda.cu", "csrc/bindings_cuda.cpp"],
+            sources=["csrc/select_cuda.cu", "csrc/bindings_cuda.cpp", "csrc/select_actions_v2_cuda.cu"],
             depends=[str(p.relative_to(ROOT)) for p in CSRC.glob("*.h")],
         )
     )

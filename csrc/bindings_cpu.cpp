@@ -3,6 +3,7 @@
 #include <pybind11/stl.h>
 
 #include "bindings_common.h"
+#include "bindings_v2.h"
 #include "philox.h"
 #include "select_args.h"
 
@@ -43,4 +44,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("philox_uniform", [](uint64_t key, int64_t row, uint32_t col, uint32_t stream) {
     return philox_uniform(key, row, col, stream);
   });
+  bind_select_actions_v2<false>(m);  // schema-v2 fused selection (bindings_v2.h)
 }

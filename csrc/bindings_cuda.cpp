@@ -7,6 +7,7 @@
 #include <string>
 
 #include "bindings_common.h"
+#include "bindings_v2.h"
 #include "select_args.h"
 
 namespace py = pybind11;
@@ -42,4 +43,5 @@ PYBIND11_MODULE(_C_cuda, m) {
             throw std::runtime_error(std::string("esper_fast cuda select_actions: ") + err);
         });
   m.def("device_count", &cuda_device_count);
+  bind_select_actions_v2<true>(m);  // schema-v2 fused selection (bindings_v2.h)
 }

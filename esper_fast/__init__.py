@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # the lazy names, for type checkers and IDEs
     from esper_fast.policy import FactoredPolicy, GetActionResult
     from esper_fast.types import OpSelection
     from esper_fast.integrations.esper import patch_esper, unpatch_esper
+    from esper_fast.policy_v2 import FactoredPolicyV2
 
 __version__ = "0.1.0"
 
@@ -31,6 +32,7 @@ __all__ = [
     "patch_esper",
     "unpatch_esper",
     "FactoredPolicy",
+    "FactoredPolicyV2",
     "GetActionResult",
     "available_backends",
     "OpSelection",
@@ -48,6 +50,7 @@ _LAZY = {
     "FactoredPolicy": "esper_fast.policy",
     "GetActionResult": "esper_fast.policy",
     "OpSelection": "esper_fast.types",
+    "FactoredPolicyV2": "esper_fast.policy_v2",
     "patch_esper": "esper_fast.integrations.esper",
     "unpatch_esper": "esper_fast.integrations.esper",
 }

@@ -24,6 +24,26 @@ __all__ = ["FactoredPolicy", "GetActionResult", "VALUE_MODES"]
 
 VALUE_MODES = ("q_op", "expected")
 
+# No esper head has more actions than this; a larger size almost surely comes from esper HEAD's
+# positional constructor (state_dim, feature_dim, lstm_hidden_dim, lstm_layers, slot_config).
+MAX_PLAUSIBLE_HEAD_SIZE = 64
+
+
+def reject_head_style_call(**sizes: object) -> None:
+    """Refuses head sizes that only a HEAD-style positional call produces, e.g. ``FactoredPolicy(116, 512, 512, 1)``
+    (512 slots, 512 blueprints, 1 style) or a ``SlotConfig`` in a size slot, pointing to FactoredPolicyV2."""
+    hint = ("esper HEAD's constructor is (state_dim, feature_dim, lstm_hidden_dim, lstm_layers, slot_config): "
+            "use esper_fast.FactoredPolicyV2 for HEAD's network (schema v2); FactoredPolicy is esper 0872525b's "
+            "(state_dim, num_slots, num_blueprints, num_styles, ...)")  # fmt: skip
+    for name, value in sizes.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"FactoredPolicy: {name} must be an int or None, got {type(value).__name__}. {hint}")
+        if value > MAX_PLAUSIBLE_HEAD_SIZE:
+            raise ValueError(f"FactoredPolicy: {name}={value} is implausible (esper heads have at most "
+                             f"{MAX_PLAUSIBLE_HEAD_SIZE} actions). {hint}")  # fmt: skip
+
 
 def _mask_dict(*masks: Tensor | None) -> dict[str, Tensor | None]:
     return dict(zip(HEAD_NAMES, masks))
@@ -66,6 +86,10 @@ class FactoredPolicy(FactoredNetwork):
     ) -> None:
         if value_mode not in VALUE_MODES:
             raise ValueError(f"value_mode must be one of {VALUE_MODES}, got {value_mode!r}")
+        reject_head_style_call(num_slots=num_slots, num_blueprints=num_blueprints, num_styles=num_styles,
+                               num_tempo=num_tempo, num_alpha_targets=num_alpha_targets,
+                               num_alpha_speeds=num_alpha_speeds, num_alpha_curves=num_alpha_curves,
+                               num_ops=num_ops)  # fmt: skip
         super().__init__(state_dim, num_slots, num_blueprints, num_styles, num_tempo,
                          num_alpha_targets, num_alpha_speeds, num_alpha_curves, num_ops,
                          feature_dim, lstm_hidden_dim, lstm_layers, slot_config, validate=validate)  # fmt: skip
@@ -164,6 +188,8 @@ class FactoredPolicy(FactoredNetwork):
         Runs under ``torch.inference_mode()``. The op is chosen once (argmax if ``deterministic``);
         its log-prob, Q(s, op) and sum_a pi(a|s) Q(s, a) come from the same kernel; then style
         (forced to SIGMOID_ADD unless op is GERMINATE/SET_ALPHA_TARGET) and the other heads.
+        ``head_entropies`` are in nats over the valid entries (esper 0872525b's GetActionResult had no
+        such field; esper HEAD's, and :class:`esper_fast.FactoredPolicyV2`'s, are normalised by log #valid).
         Extras: ``noise`` (head -> ``[B, n]`` Gumbel noise, for exact tests), ``generator``,
         ``slot_by_op [B, num_ops, S]`` (slots valid per op). No host sync when validation is off.
         """

@@ -39,7 +39,9 @@ class GetActionResult:
         values: ``[B]`` - Q(s, actions["op"]) in ``value_mode="q_op"``, sum_a pi(a|s) Q(s, a) in
             ``"expected"``. hidden: ``(h, c)`` each ``[L, B, H]``. sampled_op: ``[B]`` == actions["op"].
         op_logits: ``[B, num_ops]`` masked (-1e4) op logits when ``return_op_logits``.
-        head_entropies: head -> ``[B]`` entropy in nats over the valid entries (free from the kernel).
+        head_entropies: head -> ``[B]`` entropy over the valid entries (free from the kernel): in nats from
+            :class:`esper_fast.FactoredPolicy`; normalised by log(#valid) (esper HEAD's unit, 0 with one
+            valid action) from :class:`esper_fast.FactoredPolicyV2`, whose ``values`` are V(s).
         q_op: ``[B]`` Q(s, chosen op). expected_value: ``[B]`` sum_a pi(a|s) Q(s, a).
     """
 

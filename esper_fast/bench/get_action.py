@@ -5,6 +5,12 @@ Variants (same weights, esper's default sizes, all-valid masks, validation off a
 ``fused`` (FactoredPolicy eager), and on GPU ``fused_graph`` (get_action captured in a CUDA graph and
 replayed) and ``fused_compiled`` (torch.compile(fullgraph=True), default mode; only at the batch sizes
 in --compile-batches since each compile takes tens of seconds). Median µs per call.
+
+``--network head`` (or ``both``) also times esper HEAD's network (schema v2, state_dim 116, HEAD's
+probability floors as its trainer passes them): ``head_reference`` (esper HEAD's get_action composed
+head by head in plain torch, :func:`esper_fast.reference.policy_v2.reference_get_action_v2`) against
+``head_fused`` (:class:`esper_fast.FactoredPolicyV2`, one select_actions_v2 launch), side by side at
+each batch, same weights; on GPU also ``head_fused_graph`` (CUDA graph replay).
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ from pathlib import Path
 
 import torch
 
-from esper_fast import FactoredPolicy
+from esper_fast import FactoredPolicy, FactoredPolicyV2
+from esper_fast.constants_v2 import OBS_V3_NON_BLUEPRINT_DIM, PROBABILITY_FLOOR_PER_HEAD
+from esper_fast.reference.policy_v2 import reference_get_action_v2
 from esper_fast.bench.common import CaseProgress, default_out_dir, machine_info, median_us, write_results
 from esper_fast.reference import ReferencePolicy
 
@@ -106,6 +114,40 @@ def run(device: torch.device, batches, compile_batches, hidden_dim: int, budget_
     return rows
 
 
+def run_head(device: torch.device, batches, hidden_dim: int, budget_s: float) -> list[dict]:
+    """esper HEAD's network: plain-torch HEAD get_action vs FactoredPolicyV2 (fused), side by side."""
+    torch.manual_seed(0)
+    fused = FactoredPolicyV2(OBS_V3_NON_BLUEPRINT_DIM, hidden_dim, hidden_dim).to(device).eval()
+    floors = dict(PROBABILITY_FLOOR_PER_HEAD)
+    saved = FactoredPolicyV2.validate
+    FactoredPolicyV2.validate = False
+    rows, start = [], time.time()
+    try:
+        for batch in batches:
+            state, bp, masks, hidden = _inputs(fused, batch, device)
+            plain_masks = {k[: -len("_mask")]: m for k, m in masks.items()}
+            row = {"batch": batch}
+            row["head_reference_us"] = median_us(
+                lambda: reference_get_action_v2(fused, state, bp, hidden, plain_masks, probability_floor=floors),
+                device, repeats=9)  # fmt: skip
+            row["head_fused_us"] = median_us(
+                lambda: fused.get_action(state, bp, hidden, **masks, probability_floor=floors), device, repeats=9)
+            if device.type == "cuda":
+                graph, _ = capture_get_action(fused, state, bp, hidden, **masks, probability_floor=floors)
+                row["head_fused_graph_us"] = median_us(graph.replay, device)
+            for k in ("head_fused", "head_fused_graph"):
+                if f"{k}_us" in row:
+                    row[f"{k}_speedup"] = row["head_reference_us"] / row[f"{k}_us"]
+            rows.append(row)
+            print({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+            if time.time() - start > budget_s:
+                print(f"bench_get_action (head): time budget {budget_s}s reached, stopping early", flush=True)
+                break
+    finally:
+        FactoredPolicyV2.validate = saved
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="bench_get_action", description=__doc__)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -115,10 +157,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budget-s", type=float, default=1e9)
     p.add_argument("--out", default=None, help="output folder (default: $OUT when set, else ./bench-results)")
     p.add_argument("--profile-batch", type=int, default=0, help="also write a torch.profiler table at this batch")
+    p.add_argument("--network", choices=("0872525b", "head", "both"), default="0872525b",
+                   help="which esper network: 0872525b (FactoredPolicy), head (FactoredPolicyV2, schema v2), both")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    rows = run(device, args.batches, set(args.compile_batches), args.hidden_dim, args.budget_s)
     out = Path(args.out) if args.out else default_out_dir()
+    kind = "gpu" if device.type == "cuda" else "cpu"
+    if args.network in ("head", "both"):
+        head_rows = run_head(device, args.batches, args.hidden_dim, args.budget_s)
+        cols = ["batch", "head_reference_us", "head_fused_us", "head_fused_speedup"]
+        if device.type == "cuda":
+            cols += ["head_fused_graph_us", "head_fused_graph_speedup"]
+        write_results(f"bench_get_action_head_{kind}", machine_info(device), head_rows, cols, out,
+                      notes=f"esper HEAD network (schema v2, state_dim 116, H={args.hidden_dim}), all-valid masks, "
+                            "HEAD's probability floors, validation off, stochastic; median µs per call; "
+                            "speedup = head_reference_us / variant_us")  # fmt: skip
+        print(f"wrote {out / f'bench_get_action_head_{kind}'}.json / .md / .png")
+        if args.network == "head":
+            return
+    rows = run(device, args.batches, set(args.compile_batches), args.hidden_dim, args.budget_s)
     if args.profile_batch:
         torch.manual_seed(0)
         pol = FactoredPolicy(114, feature_dim=args.hidden_dim, lstm_hidden_dim=args.hidden_dim).to(device).eval()

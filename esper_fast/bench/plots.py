@@ -31,7 +31,8 @@ def _plot_select(data: dict, ax_speed, ax_bw) -> None:
 
 def _plot_get_action(data: dict, ax) -> None:
     rows = data["rows"]
-    for key in ("reference", "legacy", "fused", "fused_graph", "fused_compiled"):
+    for key in ("reference", "legacy", "fused", "fused_graph", "fused_compiled",
+                "head_reference", "head_fused", "head_fused_graph"):  # fmt: skip
         pts = [(r["batch"], r[f"{key}_us"]) for r in rows if r.get(f"{key}_us") is not None]
         if pts:
             ax.plot(*zip(*pts), marker="o", label=key)
