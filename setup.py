@@ -1,6 +1,9 @@
 """Builds esper_fast's two pybind11 modules.
 
-* ``esper_fast._C``      - CPU kernels (csrc/select_cpu.cpp), always built with the host compiler.
+* ``esper_fast._C``      - CPU kernels (csrc/select_cpu.cpp + the SIMD builds of
+  csrc/select_cpu_simd.cpp), always built with the host compiler. select_cpu_simd.cpp is compiled
+  once per instruction set (:data:`SIMD_BUILDS`, x86-64: AVX-512 and AVX2 next to the generic one),
+  each with its own ``-march`` and namespace; select_cpu.cpp picks one at run time.
 * ``esper_fast._C_cuda`` - CUDA kernels (csrc/select_cuda.cu), built with nvcc through ninja when nvcc
   is found (``$CUDA_HOME/bin/nvcc`` or ``nvcc`` on PATH) for sm_80 and sm_90 (+ compute_90 PTX).
   Set ``ESPER_FAST_CUDA=0`` to skip it, ``ESPER_FAST_CUDA=1`` to fail when nvcc is missing.
@@ -12,6 +15,7 @@ serves every torch version.
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 import sysconfig
@@ -25,6 +29,20 @@ ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "csrc"
 CUDA_ARCHS = ("80", "90")
 CXX_FLAGS = ["-O3", "-std=c++17", "-fvisibility=hidden"]
+HEADERS = sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*.h"))
+SIMD_SOURCE = "csrc/select_cpu_simd.cpp"
+# name -> (lanes, extra flags). -ffp-contract=off: no FMA contraction, so every build rounds alike.
+SIMD_BUILDS = {
+    "avx512": (16, ["-march=x86-64-v4", "-mtune=generic"]),
+    "avx2": (8, ["-march=x86-64-v3", "-mtune=generic"]),
+    "generic": (4, []),
+}
+IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
+
+
+def simd_builds() -> dict[str, tuple[int, list[str]]]:
+    """The SIMD builds for this machine's architecture (only the generic one off x86-64)."""
+    return SIMD_BUILDS if IS_X86_64 else {"generic": SIMD_BUILDS["generic"]}
 
 
 def find_nvcc() -> str | None:
@@ -87,6 +105,8 @@ class BuildExt(build_ext):
     """Builds the CPU module with setuptools and the CUDA module with nvcc + ninja."""
 
     def build_extension(self, ext: Extension) -> None:
+        if ext.name == "esper_fast._C":
+            self.build_simd_objects(ext)
         if ext.name != "esper_fast._C_cuda":
             super().build_extension(ext)
             return
@@ -97,12 +117,27 @@ class BuildExt(build_ext):
         (build_dir / "build.ninja").write_text(ninja_file(find_nvcc(), build_dir, target))
         subprocess.run([find_ninja(), "-C", str(build_dir)], check=True)
 
+    def build_simd_objects(self, ext: Extension) -> None:
+        """Compiles SIMD_SOURCE once per ISA build (own flags, namespace) into ext.extra_objects."""
+        objects = []
+        for name, (width, flags) in simd_builds().items():
+            macros = [("EF_SIMD_NS", f"simd_{name}"), ("EF_SIMD_WIDTH", str(width)),
+                      ("EF_SIMD_NAME", f'"{name}"')]  # fmt: skip
+            objects += self.compiler.compile(
+                [SIMD_SOURCE], output_dir=str(Path(self.build_temp) / f"simd_{name}"), macros=macros,
+                include_dirs=ext.include_dirs, depends=HEADERS,
+                extra_postargs=CXX_FLAGS + ["-ffp-contract=off", "-Wno-maybe-uninitialized"] + flags,
+            )  # fmt: skip
+        ext.extra_objects = list(ext.extra_objects or []) + objects
+
 
 extensions = [
     Extension(
         "esper_fast._C",
         sources=["csrc/select_cpu.cpp", "csrc/bindings_cpu.cpp"],
+        depends=HEADERS + [SIMD_SOURCE],
         include_dirs=[str(CSRC), pybind11.get_include()],
+        define_macros=[("EF_X86_SIMD", "1")] if IS_X86_64 else [],
         extra_compile_args=CXX_FLAGS + ["-fopenmp"],
         extra_link_args=["-fopenmp"],
         language="c++",
