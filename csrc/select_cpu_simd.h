@@ -25,8 +25,8 @@ using SelectRowsFn = int64_t (*)(const SelectArgs& a, uint64_t key, int64_t begi
 using ActionRowsFn = int64_t (*)(const ActionArgs& a, uint64_t key, int64_t begin, int64_t end,
                                  float* scratch);
 
-// Scratch for one thread: logits, q, mask and noise of one block of up to 16 rows x `a` columns.
-static constexpr int64_t simd_scratch_floats(int64_t a) { return 4 * a * 16; }
+// Scratch for one thread: logits, q, mask, noise and slot mask of one block of up to 16 rows x `a` columns.
+static constexpr int64_t simd_scratch_floats(int64_t a) { return 5 * a * 16; }
 
 // Test hooks (tests/test_simd_math.py): the lane math on n values.
 using MathFn = void (*)(int what, const float* in, float* out, int64_t n);
