@@ -242,3 +242,19 @@ def test_simd_fused_kernels_apply_op_rules_as_the_scalar_kernel():
     _C.set_cpu_kernel("auto")
     for name in SIMD_KERNELS:
         assert_same(outs[name], outs["scalar"])
+
+
+# ---- the lean call path -------------------------------------------------------------------------
+def test_lean_entry_declines_non_unit_columns_and_select_op_falls_back():
+    n, a = 21, 5
+    logits, q, mask = make_inputs(n, a, seed=31)
+    lt = logits.t().contiguous().t()  # column stride n
+    noise64 = -torch.log(-torch.log(torch.rand(n, a, dtype=torch.float64, generator=torch.Generator().manual_seed(2))))
+    op, f = torch.empty(n, dtype=torch.int64), torch.empty(4, n)
+    assert _C.select_op_tensors(lt, q, mask, None, None, True, op, f) == -1
+    assert _C.select_op_tensors(logits, q, mask, noise64, None, False, op, f) == -1
+    assert _C.select_op_tensors(logits, q, mask, None, None, True, op, f) == 0
+    assert_matches(select_op(lt, q, mask, deterministic=True, backend="cpu"),
+                   select_op_reference(logits, q, mask, deterministic=True))  # fmt: skip
+    assert_matches(select_op(logits, q, mask, noise=noise64, backend="cpu"),
+                   select_op_reference(logits, q, mask, deterministic=False, noise=noise64.float()))  # fmt: skip

@@ -118,7 +118,9 @@ def select_actions(
                                     q, slot_by_op, key, deterministic, backend)  # fmt: skip
         else:
             out = empty_action_outputs(n, device)
-            resolve_backend(backend, device).run_actions(logits, masks, q, noise or {}, slot_by_op, key, deterministic, out)
+            impl = resolve_backend(backend, device)
+            run = impl.run_actions_lean or impl.run_actions  # lean: the tensors into one C++ entry
+            run(logits, masks, q, noise or {}, slot_by_op, key, deterministic, out)
         sel = unpack_action_outputs(*out)
     if validate:
         _raise_for_bad_rows(sel, logits, masks)

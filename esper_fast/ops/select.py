@@ -162,10 +162,16 @@ def select_op(
         for dst, src in zip(out, res):
             dst.copy_(src)
         return out
-    impl = resolve_backend(backend, logits.device, tuple(logits.shape))
-    if out is None:
-        out = empty_selection(logits.shape[0], logits.device)
-    bad_count = impl.run(logits, q, mask, noise, key, deterministic, out)
+    impl = resolve_backend(backend, logits.device, logits.shape)
+    if out is None and impl.run_lean is not None:  # the lean path: outputs [N] + [4, N], one C++ entry
+        op = torch.empty(logits.shape[0], dtype=torch.int64, device=logits.device)
+        f = torch.empty(4, logits.shape[0], dtype=torch.float32, device=logits.device)
+        bad_count = impl.run_lean(logits, q, mask, noise, key, deterministic, op, f)
+        out = OpSelection(op, *f.unbind(0))
+    else:
+        if out is None:
+            out = empty_selection(logits.shape[0], logits.device)
+        bad_count = impl.run(logits, q, mask, noise, key, deterministic, out)
     if validate:
         _raise_for_bad_rows(logits, mask, noise, out.op, bad_count)
     return out
