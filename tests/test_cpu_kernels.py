@@ -249,12 +249,12 @@ def test_lean_entry_declines_non_unit_columns_and_select_op_falls_back():
     n, a = 21, 5
     logits, q, mask = make_inputs(n, a, seed=31)
     lt = logits.t().contiguous().t()  # column stride n
-    noise64 = -torch.log(-torch.log(torch.rand(n, a, dtype=torch.float64, generator=torch.Generator().manual_seed(2))))
+    noise16 = (-torch.log(-torch.log(torch.rand(n, a, generator=torch.Generator().manual_seed(2))))).half()
     op, f = torch.empty(n, dtype=torch.int64), torch.empty(4, n)
     assert _C.select_op_tensors(lt, q, mask, None, None, True, op, f) == -1
-    assert _C.select_op_tensors(logits, q, mask, noise64, None, False, op, f) == -1
+    assert _C.select_op_tensors(logits, q, mask, noise16, None, False, op, f) == -1
     assert _C.select_op_tensors(logits, q, mask, None, None, True, op, f) == 0
     assert_matches(select_op(lt, q, mask, deterministic=True, backend="cpu"),
                    select_op_reference(logits, q, mask, deterministic=True))  # fmt: skip
-    assert_matches(select_op(logits, q, mask, noise=noise64, backend="cpu"),
-                   select_op_reference(logits, q, mask, deterministic=False, noise=noise64.float()))  # fmt: skip
+    assert_matches(select_op(logits, q, mask, noise=noise16, backend="cpu"),
+                   select_op_reference(logits, q, mask, deterministic=False, noise=noise16.float()))  # fmt: skip
