@@ -26,25 +26,65 @@ struct View {
   bool unit_cols = true;
 };
 
-// data_ptr, row stride, dtype code and whether the columns are unit-stride of a 2-D tensor or None.
+// Interned attribute names (created once, with the GIL held at module import).
+PyObject* g_data_ptr = nullptr;
+PyObject* g_stride = nullptr;
+PyObject* g_shape = nullptr;
+PyObject* g_dtype = nullptr;
+
+// Owned reference or throw the pending Python error.
+py::object steal_or_throw(PyObject* o) {
+  if (o == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(o);
+}
+
+int64_t as_int(PyObject* o) {
+  const int64_t v = PyLong_AsLongLong(o);
+  if (v == -1 && PyErr_Occurred()) throw py::error_already_set();
+  return v;
+}
+
+uintptr_t data_ptr(py::handle t) {
+  const py::object p = steal_or_throw(PyObject_CallMethodNoArgs(t.ptr(), g_data_ptr));
+  return static_cast<uintptr_t>(PyLong_AsUnsignedLongLong(p.ptr()));
+}
+
+// data_ptr, row stride, dtype code and whether the columns are unit-stride of a 2-D tensor or None
+// (raw Python C API calls with interned names: cheaper than pybind11's attribute accessors).
 View view_of(py::handle t) {
   View v;
   if (t.is_none()) return v;
-  v.ptr = t.attr("data_ptr")().cast<uintptr_t>();
-  const py::tuple stride = t.attr("stride")();
-  const py::tuple shape = t.attr("shape");
-  v.row_stride = stride[0].cast<int64_t>();
-  v.unit_cols = stride[1].cast<int64_t>() == 1 || shape[1].cast<int64_t>() == 1;
-  const py::object dtype = t.attr("dtype");
+  v.ptr = data_ptr(t);
+  const py::object stride = steal_or_throw(PyObject_CallMethodNoArgs(t.ptr(), g_stride));
+  const py::object shape = steal_or_throw(PyObject_GetAttr(t.ptr(), g_shape));
+  if (!PyTuple_Check(stride.ptr()) || PyTuple_GET_SIZE(stride.ptr()) != 2 ||
+      !PyTuple_Check(shape.ptr()) || PyTuple_GET_SIZE(shape.ptr()) != 2)
+    throw std::invalid_argument("select_op_tensors: 2-D tensors expected");
+  v.row_stride = as_int(PyTuple_GET_ITEM(stride.ptr(), 0));
+  v.unit_cols = as_int(PyTuple_GET_ITEM(stride.ptr(), 1)) == 1 ||
+                as_int(PyTuple_GET_ITEM(shape.ptr(), 1)) == 1;
+  const py::object dtype = steal_or_throw(PyObject_GetAttr(t.ptr(), g_dtype));
   for (int k = 0; k < 3; ++k)
     if (dtype.ptr() == g_dtypes[k]) v.dtype = k;
   return v;
+}
+
+// (rows, columns) of a 2-D tensor.
+std::pair<int64_t, int64_t> shape2(py::handle t) {
+  const py::object shape = steal_or_throw(PyObject_GetAttr(t.ptr(), g_shape));
+  if (!PyTuple_Check(shape.ptr()) || PyTuple_GET_SIZE(shape.ptr()) != 2)
+    throw std::invalid_argument("select_op_tensors: 2-D tensors expected");
+  return {as_int(PyTuple_GET_ITEM(shape.ptr(), 0)), as_int(PyTuple_GET_ITEM(shape.ptr(), 1))};
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "esper_fast CPU kernels (raw pointers; called from esper_fast.ops)";
+  g_data_ptr = PyUnicode_InternFromString("data_ptr");
+  g_stride = PyUnicode_InternFromString("stride");
+  g_shape = PyUnicode_InternFromString("shape");
+  g_dtype = PyUnicode_InternFromString("dtype");
   // select_op over host memory; returns the number of bad rows (no valid entry / non-finite logit).
   m.def(
       "select_op",
@@ -75,14 +115,13 @@ PYBIND11_MODULE(_C, m) {
     if (!l.unit_cols || !qv.unit_cols || !mv.unit_cols || !nv.unit_cols || l.dtype < 0 ||
         (qv.ptr && qv.dtype < 0) || (nv.ptr && nv.dtype != kFloat32))
       return -1;
-    const py::tuple shape = logits.attr("shape");
-    const int64_t n = shape[0].cast<int64_t>();
-    const int a = shape[1].cast<int>();
-    const uintptr_t f = out_f.attr("data_ptr")().cast<uintptr_t>();
+    const auto [n, a64] = shape2(logits);
+    const int a = static_cast<int>(a64);
+    const uintptr_t f = data_ptr(out_f);
     const SelectArgs args = make_args(
         l.ptr, l.dtype, l.row_stride, qv.ptr, qv.dtype, qv.row_stride, mv.ptr, mv.row_stride, nv.ptr,
-        nv.row_stride, key.is_none() ? 0 : key.attr("data_ptr")().cast<uintptr_t>(), n, a,
-        deterministic, out_op.attr("data_ptr")().cast<uintptr_t>(), f, f + 4 * n, f + 8 * n,
+        nv.row_stride, key.is_none() ? 0 : data_ptr(key), n, a, deterministic, data_ptr(out_op), f,
+        f + 4 * n, f + 8 * n,
         f + 12 * n);
     if (n * a < 4096) return select_op_cpu(args);  // releasing the GIL costs more than these take
     py::gil_scoped_release release;
@@ -111,9 +150,9 @@ PYBIND11_MODULE(_C, m) {
       a.mask_stride[h] = mv.row_stride;
       a.noise[h] = reinterpret_cast<const float*>(nv.ptr);
       a.noise_stride[h] = nv.row_stride;
-      const py::tuple shape = logits[h].attr("shape");
-      a.size[h] = shape[1].cast<int>();
-      a.n = shape[0].cast<int64_t>();
+      const auto [rows, cols] = shape2(logits[h]);
+      a.size[h] = static_cast<int>(cols);
+      a.n = rows;
       width += a.size[h];
     }
     const View qv = view_of(q);
@@ -123,14 +162,13 @@ PYBIND11_MODULE(_C, m) {
     a.q_stride = qv.row_stride;
     if (!slot_by_op.is_none()) {
       if (!slot_by_op.attr("is_contiguous")().cast<bool>()) return -1;
-      a.slot_by_op = reinterpret_cast<const uint8_t*>(slot_by_op.attr("data_ptr")().cast<uintptr_t>());
+      a.slot_by_op = reinterpret_cast<const uint8_t*>(data_ptr(slot_by_op));
       a.slot_by_op_stride = static_cast<int64_t>(a.size[kOpHead]) * a.size[kSlotHead];
     }
-    a.key = key.is_none() ? nullptr
-                          : reinterpret_cast<const int64_t*>(key.attr("data_ptr")().cast<uintptr_t>());
+    a.key = key.is_none() ? nullptr : reinterpret_cast<const int64_t*>(data_ptr(key));
     a.deterministic = deterministic;
-    a.out_actions = reinterpret_cast<int64_t*>(out_actions.attr("data_ptr")().cast<uintptr_t>());
-    a.out_f = reinterpret_cast<float*>(out_f.attr("data_ptr")().cast<uintptr_t>());
+    a.out_actions = reinterpret_cast<int64_t*>(data_ptr(out_actions));
+    a.out_f = reinterpret_cast<float*>(data_ptr(out_f));
     if (a.n * width < 4096) return select_actions_cpu(a);
     py::gil_scoped_release release;
     return select_actions_cpu(a);
@@ -162,6 +200,9 @@ PYBIND11_MODULE(_C, m) {
   // OpenMP threads of this module (its own runtime: torch.set_num_threads does not reach it).
   m.def("set_num_threads", [](int n) { omp_set_num_threads(n); });
   m.def("get_num_threads", [] { return omp_get_max_threads(); });
+  // Elements (n * width) from which a call uses the threads (default: the measured crossover).
+  m.def("parallel_threshold", [] { return parallel_threshold(); });
+  m.def("set_parallel_threshold", [](int64_t elements) { set_parallel_threshold(elements); });
   // The current kernel's lane math on n floats (what: 0 exp, 1 log, 2 gumbel); tests only.
   m.def("kernel_math", [](int what, uintptr_t in, uintptr_t out, int64_t n) {
     if (what < 0 || what > 2) throw std::invalid_argument("what must be 0 (exp), 1 (log) or 2 (gumbel)");

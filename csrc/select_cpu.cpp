@@ -5,7 +5,7 @@
 // row by row (glibc expf/logf), kept as the portable reference path. ESPER_FAST_CPU_KERNEL chooses
 // one at load time, set_cpu_kernel at run time (tests compare them).
 //
-// Threads: one thread below kParallelElements elements (n * a for select_op, n * sum of head sizes
+// Threads: one thread below parallel_threshold() elements (n * a for select_op, n * sum of head sizes
 // for select_actions): the fork/join of an OpenMP region costs more than it saves there (measured,
 // see README "CPU threads"). Above it, rows are split in contiguous chunks of whole vector blocks.
 #include <omp.h>
@@ -105,13 +105,14 @@ const SimdKernel* initial_kernel() {
 
 const SimdKernel* g_kernel = initial_kernel();
 
-// Below this many elements one thread runs the whole call (see README "CPU threads").
-constexpr int64_t kParallelElements = int64_t{1} << 16;
+// Below this many elements one thread runs the whole call (see README "CPU threads"; the bench
+// moves it with set_parallel_threshold to measure the crossover).
+int64_t g_parallel_elements = int64_t{1} << 16;
 
 // Runs rows [0, n) with fn(begin, end, scratch), on one thread or split over the OpenMP team.
 template <typename Fn>
 int64_t run_split(int64_t n, int64_t elements, int64_t scratch_floats, const Fn& fn) {
-  const int threads = elements < kParallelElements ? 1 : omp_get_max_threads();
+  const int threads = elements < g_parallel_elements ? 1 : omp_get_max_threads();
   if (threads <= 1 || n <= 16) {
     if (scratch_floats <= 4096) {
       alignas(64) float stack[4096];
@@ -149,6 +150,10 @@ std::vector<const SimdKernel*> all_cpu_kernels() {
 }
 
 const SimdKernel& cpu_kernel() { return *g_kernel; }
+
+int64_t parallel_threshold() { return g_parallel_elements; }
+
+void set_parallel_threshold(int64_t elements) { g_parallel_elements = elements < 0 ? 0 : elements; }
 
 bool cpu_kernel_supported(const std::string& name) {
   const SimdKernel* k = by_name(name);

@@ -60,6 +60,9 @@ const SimdKernel& cpu_kernel();
 bool cpu_kernel_supported(const std::string& name);
 // Chooses the kernel by name ("auto" = the best supported); throws std::invalid_argument.
 void set_cpu_kernel(const std::string& name);
+// Elements (n * width) from which a call is split over the OpenMP threads.
+int64_t parallel_threshold();
+void set_parallel_threshold(int64_t elements);
 #endif
 
 }  // namespace esper_fast

@@ -228,11 +228,12 @@ def resolve_backend(requested: str, device: torch.device, shape: tuple[int, int]
     ``shape`` (rows, width) lets ``auto`` pick by size on CUDA (see :func:`prefer_triton`).
     """
     env = os.environ.get(ENV_VAR)
-    if device.type == "cpu" and requested in _CPU_CACHED:  # depends only on (requested, env): cached
+    if device == _CPU and requested in _CPU_CACHED:  # depends only on (requested, env): cached
         return _resolve_cpu(requested, env)
     return _resolve(requested, env, device, shape)
 
 
+_CPU = torch.device("cpu")  # compared with ==: cheaper than device.type on the hot path
 _CPU_CACHED = ("auto", "cpu", "torch")  # not triton: its availability on CPU follows TRITON_INTERPRET
 
 

@@ -43,7 +43,7 @@ def _check_float(name: str, t: object, shape: tuple[int, ...] | None = None) -> 
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
-    if shape is not None and tuple(t.shape) != shape:
+    if shape is not None and t.shape != shape:
         raise ValueError(f"{name} must have shape {list(shape)} (like logits), got {list(t.shape)}")
 
 
@@ -64,7 +64,7 @@ def _check_args(
         if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
             what = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
             raise TypeError(f"mask must be a bool tensor (True = valid), got {what}")
-        if tuple(mask.shape) != (n, a):
+        if mask.shape != (n, a):
             raise ValueError(f"mask must have shape {[n, a]} (like logits), got {list(mask.shape)}")
         tensors["mask"] = mask
     if noise is not None:
