@@ -214,6 +214,11 @@ struct HeadOut {
 // select_row (select_row.h) on W rows: the two passes and finalize, on lanes.
 EF_SI HeadOut head_block(const Block& b, int a, bool has_q, bool has_noise, bool deterministic,
                          uint64_t key, vu row_lo, vu row_hi, uint32_t stream) {
+  if (!deterministic && !has_noise) {  // all columns' Gumbel noise first: independent, overlaps
+    for (int j = 0; j < a; ++j)
+      vstore(b.G + j * W, gumbel_lanes<W>(philox_uniform_lanes<W>(key, row_lo, row_hi,
+                                                                  static_cast<uint32_t>(j), stream)));
+  }
   const float inf = __builtin_inff();
   vf m = splat<vf>(-inf), best_score = splat<vf>(-inf), best_l = {}, best_q = {};
   vi best = splat<vi>(-1), count = {}, bad = {};
@@ -222,11 +227,7 @@ EF_SI HeadOut head_block(const Block& b, int a, bool has_q, bool has_noise, bool
     const vi v = vload<vi>(b.M + j * W);
     const vf qv = has_q ? vload<vf>(b.Q + j * W) : vf{};
     vf score = l;
-    if (!deterministic) {
-      score += has_noise ? vload<vf>(b.G + j * W)
-                         : gumbel_lanes<W>(philox_uniform_lanes<W>(key, row_lo, row_hi,
-                                                                   static_cast<uint32_t>(j), stream));
-    }
+    if (!deterministic) score += vload<vf>(b.G + j * W);
     count -= v;
     bad |= v & ~finite<W>(l);
     m = (v & (l > m)) ? l : m;
