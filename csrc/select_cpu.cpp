@@ -105,9 +105,12 @@ const SimdKernel* initial_kernel() {
 
 const SimdKernel* g_kernel = initial_kernel();
 
-// Below this many elements one thread runs the whole call (see README "CPU threads"; the bench
-// moves it with set_parallel_threshold to measure the crossover).
-int64_t g_parallel_elements = int64_t{1} << 16;
+// Below this many elements one thread runs the whole call. Measured on the shared 2-core VM this
+// was tuned on (bench_select's threads table, README "CPU threads"): two threads never paid at any
+// size up to 4M x 6 (scaling 0.01 - 1.01: the second core is busy with other jobs and every wake-up
+// of the OpenMP worker waits for a scheduler slice, ~8 ms), so the default is above every measured
+// size (2^25 elements). Re-measure on a dedicated machine and move it with set_parallel_threshold.
+int64_t g_parallel_elements = int64_t{1} << 25;
 
 // Runs rows [0, n) with fn(begin, end, scratch), on one thread or split over the OpenMP team.
 template <typename Fn>

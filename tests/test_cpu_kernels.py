@@ -200,12 +200,23 @@ def test_threads_split_rows_without_changing_results():
     """Above the parallel threshold the rows are split over threads: same bits as one thread."""
     n, a = 40_000, 6
     logits, q, mask = make_inputs(n, a, seed=12)
-    before = _C.get_num_threads()
+    before, threshold = _C.get_num_threads(), _C.parallel_threshold()
+    _C.set_parallel_threshold(n * a // 2)
     res = []
-    for threads in (1, 2):
-        _C.set_num_threads(threads)
-        res.append(select_op(logits, q, mask, backend="cpu", generator=torch.Generator().manual_seed(3)))
-    _C.set_num_threads(before)
+    try:
+        for threads in (1, 2):
+            _C.set_num_threads(threads)
+            res.append(select_op(logits, q, mask, backend="cpu", generator=torch.Generator().manual_seed(3)))
+        logits_, masks, q_, sbo = make_heads(3000, seed=4)
+        fused = []
+        for threads in (1, 2):
+            _C.set_num_threads(threads)
+            fused.append(select_actions(logits_, masks, q_, slot_by_op=sbo, backend="cpu",
+                                        generator=torch.Generator().manual_seed(5)))  # fmt: skip
+        assert_same(fused[0], fused[1], atol=0)
+    finally:
+        _C.set_num_threads(before)
+        _C.set_parallel_threshold(threshold)
     for x, y in zip(*res):
         assert torch.equal(x, y)
 

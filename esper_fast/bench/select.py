@@ -8,7 +8,7 @@ Main table, per N x A x dtype x mode (argmax / sample): median µs per call of
   ``torch.rand`` Gumbel noise, so it pays for its random numbers like eager);
 * each native backend (``<b>_us``, ``<b>_vs_eager``, ``<b>_speedup`` = vs the reference);
   on CPU also the scalar kernel (``cpu_scalar_us``: the pre-SIMD path, same call) and the call on
-  2 OpenMP threads (``cpu_2t_us``, large N only);
+  2 OpenMP threads (``cpu_2t_us``, n * A >= 2^18 only, parallel threshold forced to 0);
 * ``<b>_GBps``: bytes / time, bytes = logits + q + mask read once, op + 4 floats written once
   (sampled mode reads no noise), next to ``copy_GBps``: a single-thread memcpy (CPU: torch copy with
   one thread) of the same byte count measured in the same run, counted as read + write.
@@ -118,12 +118,14 @@ def run(device: torch.device, ns, as_, dtypes, budget_s: float = 1e9) -> list[di
                         row["cpu_scalar_us"] = median_us(
                             lambda: select_op(logits, q, mask, deterministic=det, backend="cpu", validate=False), device, **t)
                         C.set_cpu_kernel(default)
-                        if n * a >= C.parallel_threshold():
-                            threads = C.get_num_threads()
+                        if n * a >= 1 << 18:  # two threads, whatever the default threshold
+                            threads, threshold = C.get_num_threads(), C.parallel_threshold()
                             C.set_num_threads(2)
+                            C.set_parallel_threshold(0)
                             row["cpu_2t_us"] = median_us(
                                 lambda: select_op(logits, q, mask, deterministic=det, backend="cpu", validate=False), device, **t)
                             C.set_num_threads(threads)
+                            C.set_parallel_threshold(threshold)
                             row["cpu_2t_scaling"] = row["cpu_us"] / row["cpu_2t_us"]
                     rows.append(row)
                     print({k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)

@@ -13,6 +13,8 @@ __all__ = ["select_op", "draw_key", "empty_selection"]
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _KEY_HIGH = 2**63 - 1
+_KEY_SHAPE = (1,)
+_INT64, _FLOAT32 = torch.int64, torch.float32
 
 
 def draw_key(device: torch.device, generator: torch.Generator | None = None) -> Tensor:
@@ -29,7 +31,7 @@ def draw_key(device: torch.device, generator: torch.Generator | None = None) -> 
             f"generator is on {generator.device} but the inputs are on {device}; "
             f"pass a torch.Generator(device={str(device)!r})"
         )
-    return torch.randint(0, _KEY_HIGH, (1,), dtype=torch.int64, device=device, generator=generator)
+    return torch.randint(0, _KEY_HIGH, _KEY_SHAPE, dtype=_INT64, device=device, generator=generator)
 
 
 def empty_selection(n: int, device: torch.device) -> OpSelection:
@@ -162,10 +164,12 @@ def select_op(
         for dst, src in zip(out, res):
             dst.copy_(src)
         return out
-    impl = resolve_backend(backend, logits.device, logits.shape)
+    device = logits.device
+    impl = resolve_backend(backend, device, logits.shape)
     if out is None and impl.run_lean is not None:  # the lean path: outputs [N] + [4, N], one C++ entry
-        op = torch.empty(logits.shape[0], dtype=torch.int64, device=logits.device)
-        f = torch.empty(4, logits.shape[0], dtype=torch.float32, device=logits.device)
+        n = logits.shape[0]
+        op = torch.empty(n, dtype=_INT64, device=device)
+        f = torch.empty(4, n, dtype=_FLOAT32, device=device)
         bad_count = impl.run_lean(logits, q, mask, noise, key, deterministic, op, f)
         out = OpSelection(op, *f.unbind(0))
     else:
