@@ -193,8 +193,60 @@ def threads_table(ns=(4096, 16384, 65536, 262144, 1048576, 4194304)) -> list[dic
     return out
 
 
+def merge_runs(paths: list[Path], out: Path, name: str) -> Path:
+    """Per-cell medians of several bench_select JSON runs (same rows) into ``<out>/<name>.json/.md``."""
+    import json
+    import statistics
+
+    from esper_fast.bench.common import markdown_table
+
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+
+    def merge(tables: list[list[dict]]) -> list[dict]:
+        merged = []
+        for cells in zip(*tables):
+            row = {}
+            for k, v in cells[0].items():
+                vals = [c.get(k) for c in cells]
+                row[k] = statistics.median(vals) if isinstance(v, float) and None not in vals else v
+            merged.append(row)
+        return merged
+
+    first = runs[0]
+    rows = merge([r["rows"] for r in runs])
+    for r in rows:  # ratios of the medians (consistent with the µs columns shown)
+        for b in first.get("backends", []):
+            if f"{b}_us" in r:
+                r[f"{b}_vs_eager"] = r["eager_us"] / r[f"{b}_us"]
+                r[f"{b}_speedup"] = r["reference_us"] / r[f"{b}_us"]
+                r[f"{b}_of_copy"] = r[f"{b}_GBps"] / r["copy_GBps"]
+        if "cpu_2t_us" in r:
+            r["cpu_2t_scaling"] = r["cpu_us"] / r["cpu_2t_us"]
+    overhead, threads = merge([r["overhead"] for r in runs]), merge([r["threads"] for r in runs])
+    for r in threads:
+        r["scaling"] = r["t1_us"] / r["t2_us"]
+    notes = first["notes"] + f" Medians over {len(runs)} runs of the whole benchmark (git " + \
+        ", ".join(sorted({r["machine"]["git_sha"] for r in runs})) + ")."  # fmt: skip
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    path = write_results(name, first["machine"], rows, cols, out, notes=notes)
+    data = json.loads(path.read_text())
+    data.update(backends=first.get("backends", []), overhead=overhead, threads=threads,
+                runs=[r["machine"] for r in runs])  # fmt: skip
+    path.write_text(json.dumps(data, indent=1))
+    md = out / f"{name}.md"
+    extra = "\n## Call overhead (N = 0: no rows; N = 64 for scale)\n\n"
+    extra += markdown_table(overhead, list(overhead[0].keys()) if overhead else [])
+    if threads:
+        extra += "\n\n## Threads (cpu backend, parallel threshold forced to 0)\n\n"
+        extra += markdown_table(threads, ["N", "A", "mode", "t1_us", "t2_us", "scaling"])
+    md.write_text(md.read_text() + extra + "\n")
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="bench_select", description=__doc__)
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="only merge these runs' JSON files (per-cell medians) into --out/--name")  # fmt: skip
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="small sizes only (smoke run)")
     p.add_argument("--budget-s", type=float, default=1e9, help="stop after this many seconds")
@@ -202,6 +254,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--name", default=None, help="result file name (default bench_select_<cpu|gpu>)")
     p.add_argument("--note", default="", help="appended to the notes (e.g. the machine's load)")
     args = p.parse_args(argv)
+    if args.merge:
+        out = Path(args.out) if args.out else default_out_dir()
+        print(merge_runs([Path(m) for m in args.merge], out, args.name or "bench_select_cpu"))
+        return
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"
     if not on_gpu:
