@@ -106,11 +106,12 @@ const SimdKernel* initial_kernel() {
 const SimdKernel* g_kernel = initial_kernel();
 
 // Below this many elements one thread runs the whole call. Measured on the shared 2-core VM this
-// was tuned on (bench_select's threads table, README "CPU threads"): two threads never paid at any
-// size up to 4M x 6 (scaling 0.01 - 1.01: the second core is busy with other jobs and every wake-up
-// of the OpenMP worker waits for a scheduler slice, ~8 ms), so the default is above every measured
-// size (2^25 elements). Re-measure on a dedicated machine and move it with set_parallel_threshold.
-int64_t g_parallel_elements = int64_t{1} << 25;
+// was tuned on (bench_select: threads table and cpu_2t column, README "CPU threads"): with the second
+// core free, two threads gave 1.4-1.7x from 64K x 6 (393K elements) up to 4M x 6, and lost below
+// ~100K elements; whenever another job holds the second core, every wake-up of the OpenMP worker
+// waits up to a scheduler slice (~8 ms) and two threads lose at every size. 2^18 elements sits in
+// the measured crossover; move it with set_parallel_threshold (or OMP_NUM_THREADS=1).
+int64_t g_parallel_elements = int64_t{1} << 18;
 
 // Runs rows [0, n) with fn(begin, end, scratch), on one thread or split over the OpenMP team.
 template <typename Fn>
