@@ -9,6 +9,9 @@
 
 #include <omp.h>
 
+#include <cstdlib>
+#include <string>
+
 namespace py = pybind11;
 using namespace esper_fast;
 
@@ -81,6 +84,15 @@ std::pair<int64_t, int64_t> shape2(py::handle t) {
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "esper_fast CPU kernels (raw pointers; called from esper_fast.ops)";
+  // ESPER_FAST_CPU_KERNEL names the kernel; a name that is unknown or unsupported here fails the
+  // import with the reason (never a silent substitute).
+  if (const char* env = std::getenv("ESPER_FAST_CPU_KERNEL"); env != nullptr && *env != '\0') {
+    try {
+      set_cpu_kernel(env);
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument(std::string("ESPER_FAST_CPU_KERNEL: ") + e.what());
+    }
+  }
   g_data_ptr = PyUnicode_InternFromString("data_ptr");
   g_stride = PyUnicode_InternFromString("stride");
   g_shape = PyUnicode_InternFromString("shape");

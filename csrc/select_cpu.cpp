@@ -99,7 +99,7 @@ const SimdKernel* initial_kernel() {
   const char* env = std::getenv("ESPER_FAST_CPU_KERNEL");
   if (env == nullptr || *env == '\0' || std::string(env) == "auto") return best_kernel();
   const SimdKernel* k = by_name(env);
-  if (k == nullptr || !supported(k)) return best_kernel();  // set_cpu_kernel reports the error
+  if (k == nullptr || !supported(k)) return best_kernel();  // the module's import then fails (bindings)
   return k;
 }
 

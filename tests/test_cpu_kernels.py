@@ -269,3 +269,17 @@ def test_lean_entry_declines_non_unit_columns_and_select_op_falls_back():
                    select_op_reference(logits, q, mask, deterministic=True))  # fmt: skip
     assert_matches(select_op(logits, q, mask, noise=noise16, backend="cpu"),
                    select_op_reference(logits, q, mask, deterministic=False, noise=noise16.float()))  # fmt: skip
+
+
+def test_env_var_kernel_choice_is_honoured_or_fails_loudly():
+    import os
+    import subprocess
+    import sys
+
+    code = "import esper_fast._C as C; print(C.cpu_kernel())"
+    env = {**os.environ, "ESPER_FAST_CPU_KERNEL": "generic"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "generic"
+    env["ESPER_FAST_CPU_KERNEL"] = "bogus"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "ESPER_FAST_CPU_KERNEL: cpu kernel must be one of" in out.stderr
