@@ -1,6 +1,9 @@
 """Builds esper_fast's two pybind11 modules.
 
-* ``esper_fast._C``      - CPU kernels (csrc/select_cpu.cpp), always built with the host compiler.
+* ``esper_fast._C``      - CPU kernels (csrc/select_cpu.cpp + the SIMD builds of
+  csrc/select_cpu_simd.cpp), always built with the host compiler. select_cpu_simd.cpp is compiled
+  once per instruction set (:data:`SIMD_BUILDS`, x86-64: AVX-512 and AVX2 next to the generic one),
+  each with its own ``-march`` and namespace; select_cpu.cpp picks one at run time.
 * ``esper_fast._C_score`` - the CPU scoring op of the PPO update (csrc/score_cpu.cpp), always built.
 * ``esper_fast._C_cuda`` - CUDA kernels (csrc/select_cuda.cu), built with nvcc through ninja for sm_80
   and sm_90 (+ compute_90 PTX) where it can be used: nvcc is found (``$CUDA_HOME/bin/nvcc`` or ``nvcc``
@@ -18,6 +21,7 @@ serves every torch version.
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -33,6 +37,20 @@ ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "csrc"
 CUDA_ARCHS = ("80", "90")
 CXX_FLAGS = ["-O3", "-std=c++17", "-fvisibility=hidden"]
+HEADERS = sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*.h"))
+SIMD_SOURCE = "csrc/select_cpu_simd.cpp"
+# name -> (lanes, extra flags). -ffp-contract=off: no FMA contraction, so every build rounds alike.
+SIMD_BUILDS = {
+    "avx512": (16, ["-march=x86-64-v4", "-mtune=generic"]),
+    "avx2": (8, ["-march=x86-64-v3", "-mtune=generic"]),
+    "generic": (4, []),
+}
+IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
+
+
+def simd_builds() -> dict[str, tuple[int, list[str]]]:
+    """The SIMD builds for this machine's architecture (only the generic one off x86-64)."""
+    return SIMD_BUILDS if IS_X86_64 else {"generic": SIMD_BUILDS["generic"]}
 
 
 def find_nvcc() -> str | None:
@@ -138,6 +156,8 @@ class BuildExt(build_ext):
             say(f"[{i}/{total}] {ext.name} done in {time.perf_counter() - t0:.1f} s")
 
     def build_extension(self, ext: Extension) -> None:
+        if ext.name == "esper_fast._C":
+            self.build_simd_objects(ext)
         if ext.name != "esper_fast._C_cuda":
             super().build_extension(ext)
             return
@@ -148,12 +168,27 @@ class BuildExt(build_ext):
         (build_dir / "build.ninja").write_text(ninja_file(find_nvcc(), build_dir, target))
         subprocess.run([find_ninja(), "-C", str(build_dir)], check=True)
 
+    def build_simd_objects(self, ext: Extension) -> None:
+        """Compiles SIMD_SOURCE once per ISA build (own flags, namespace) into ext.extra_objects."""
+        objects = []
+        for name, (width, flags) in simd_builds().items():
+            macros = [("EF_SIMD_NS", f"simd_{name}"), ("EF_SIMD_WIDTH", str(width)),
+                      ("EF_SIMD_NAME", f'"{name}"')]  # fmt: skip
+            objects += self.compiler.compile(
+                [SIMD_SOURCE], output_dir=str(Path(self.build_temp) / f"simd_{name}"), macros=macros,
+                include_dirs=ext.include_dirs, depends=HEADERS,
+                extra_postargs=CXX_FLAGS + ["-ffp-contract=off", "-Wno-maybe-uninitialized"] + flags,
+            )  # fmt: skip
+        ext.extra_objects = list(ext.extra_objects or []) + objects
+
 
 extensions = [
     Extension(
         "esper_fast._C",
         sources=["csrc/select_cpu.cpp", "csrc/bindings_cpu.cpp", "csrc/select_actions_v2_cpu.cpp"],
+        depends=HEADERS + [SIMD_SOURCE],
         include_dirs=[str(CSRC), pybind11.get_include()],
+        define_macros=[("EF_X86_SIMD", "1")] if IS_X86_64 else [],
         extra_compile_args=CXX_FLAGS + ["-fopenmp"],
         extra_link_args=["-fopenmp"],
         language="c++",

@@ -10,6 +10,11 @@
 
 #if defined(__CUDACC__)
 #define EF_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+// always_inline: an out-of-line copy of a shared helper is never emitted, so the per-ISA SIMD
+// translation units (select_cpu_simd.cpp, built with -mavx2 / -mavx512f) cannot leak an AVX-512
+// copy into code that runs on a CPU without it (no ODR mixing of ISA-specific inline functions).
+#define EF_HD inline __attribute__((always_inline))
 #else
 #define EF_HD inline
 #endif

@@ -20,6 +20,12 @@ EF_HD int head_after_op(int k) {
   return k == 0 ? kStyleHead : (k == 1 ? kSlotHead : (k == 2 ? 1 : k));
 }
 
+// The style index the op forces (-1 = free): SIGMOID_ADD unless the op is GERMINATE or
+// SET_ALPHA_TARGET (also for op -1, a bad op row). Shared by the scalar and SIMD kernels.
+EF_HD int style_forced(int op) {
+  return (op != kGerminate && op != kSetAlphaTarget) ? kSigmoidAdd : -1;
+}
+
 struct ActionArgs {
   const void* logits[kNumHeads];   // per head [N, size] with row stride, unit column stride
   int logits_dtype[kNumHeads];
@@ -56,7 +62,7 @@ EF_HD bool head_needs_op(int h) { return h == kStyleHead || h == kSlotHead; }
 EF_HD RowResult select_head_row(const ActionArgs& a, int64_t row, int h, int op, uint64_t key) {
   int forced = -1;
   const uint8_t* mask2 = nullptr;
-  if (h == kStyleHead && op != kGerminate && op != kSetAlphaTarget) forced = kSigmoidAdd;
+  if (h == kStyleHead) forced = style_forced(op);
   if (h == kSlotHead && a.slot_by_op != nullptr && op >= 0)
     mask2 = a.slot_by_op + row * a.slot_by_op_stride + op * a.size[kSlotHead];
   const bool is_op = h == kOpHead;

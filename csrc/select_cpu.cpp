@@ -1,7 +1,25 @@
-// CPU backend of select_op: the per-row math of select_row.h over all rows.
-#include <cstdint>
+// CPU backend of select_op and select_actions: picks a kernel, splits rows over OpenMP threads.
+//
+// Kernels (cpu_kernel): "avx512" / "avx2" / "generic" are the SIMD builds of select_cpu_simd.cpp
+// (W rows per vector step; the best one the CPU supports is the default); "scalar" is select_row.h
+// row by row (glibc expf/logf), kept as the portable reference path. ESPER_FAST_CPU_KERNEL chooses
+// one at load time, set_cpu_kernel at run time (tests compare them).
+//
+// Threads: one thread below parallel_threshold() elements (n * a for select_op, n * sum of head sizes
+// for select_actions): the fork/join of an OpenMP region costs more than it saves there (measured,
+// see README "CPU threads"). Above it, rows are split in contiguous chunks of whole vector blocks.
+#include <omp.h>
 
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "select_actions.h"
 #include "select_args.h"
+#include "select_cpu_simd.h"
 #include "select_row.h"
 
 namespace esper_fast {
@@ -30,41 +48,159 @@ int64_t run_row(const SelectArgs& a, uint64_t key, int64_t row) {
   return r.action < 0 ? 1 : 0;
 }
 
-// Below this many elements the OpenMP fork/join costs more than it saves.
-constexpr int64_t kParallelElements = 1 << 15;
+// The scalar kernels as SimdKernel-shaped functions (rows one at a time).
+int64_t scalar_select_rows(const SelectArgs& a, uint64_t key, int64_t begin, int64_t end, float*) {
+  int64_t bad = 0;
+  for (int64_t row = begin; row < end; ++row) bad += run_row(a, key, row);
+  return bad;
+}
+
+int64_t scalar_action_rows(const ActionArgs& a, uint64_t key, int64_t begin, int64_t end, float*) {
+  int64_t bad = 0;
+  for (int64_t row = begin; row < end; ++row) bad += select_action_row(a, row, key);
+  return bad;
+}
+
+void scalar_math(int what, const float* in, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    out[i] = what == 0 ? expf(in[i]) : (what == 1 ? logf(in[i]) : gumbel(in[i]));
+}
+
+void scalar_philox(uint64_t key, int64_t row0, int64_t n, uint32_t col, uint32_t stream,
+                   float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = philox_uniform(key, row0 + i, col, stream);
+}
+
+const SimdKernel kScalar{"scalar", 1, scalar_select_rows, scalar_action_rows, scalar_math,
+                         scalar_philox};
+
+bool supported(const SimdKernel* k) {
+#if defined(EF_X86_SIMD)
+  __builtin_cpu_init();
+  if (k == &simd_avx512::kKernel) return __builtin_cpu_supports("x86-64-v4");
+  if (k == &simd_avx2::kKernel) return __builtin_cpu_supports("x86-64-v3");
+#endif
+  return k == &simd_generic::kKernel || k == &kScalar;
+}
+
+const SimdKernel* by_name(const std::string& name) {
+  for (const SimdKernel* k : all_cpu_kernels())
+    if (name == k->name) return k;
+  return nullptr;
+}
+
+const SimdKernel* best_kernel() {
+  for (const SimdKernel* k : all_cpu_kernels())
+    if (supported(k)) return k;
+  return &kScalar;
+}
+
+const SimdKernel* initial_kernel() {
+  const char* env = std::getenv("ESPER_FAST_CPU_KERNEL");
+  if (env == nullptr || *env == '\0' || std::string(env) == "auto") return best_kernel();
+  const SimdKernel* k = by_name(env);
+  if (k == nullptr || !supported(k)) return best_kernel();  // the module's import then fails (bindings)
+  return k;
+}
+
+const SimdKernel* g_kernel = initial_kernel();
+
+// Below this many elements one thread runs the whole call. Measured on the shared 2-core VM this
+// was tuned on (bench_select: threads table and cpu_2t column, README "CPU threads"): with the second
+// core free, two threads gave 1.4-1.7x from 64K x 6 (393K elements) up to 4M x 6, and lost below
+// ~100K elements; whenever another job holds the second core, every wake-up of the OpenMP worker
+// waits up to a scheduler slice (~8 ms) and two threads lose at every size. 2^18 elements sits in
+// the measured crossover; move it with set_parallel_threshold (or OMP_NUM_THREADS=1).
+int64_t g_parallel_elements = int64_t{1} << 18;
+
+// Runs rows [0, n) with fn(begin, end, scratch), on one thread or split over the OpenMP team.
+template <typename Fn>
+int64_t run_split(int64_t n, int64_t elements, int64_t scratch_floats, const Fn& fn) {
+  const int threads = elements < g_parallel_elements ? 1 : omp_get_max_threads();
+  if (threads <= 1 || n <= 16) {
+    if (scratch_floats <= 4096) {
+      alignas(64) float stack[4096];
+      return fn(0, n, stack);
+    }
+    std::vector<float> scratch(static_cast<size_t>(scratch_floats));
+    return fn(0, n, scratch.data());
+  }
+  int64_t bad = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : bad)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t blocks = (n + 15) / 16;
+    const int64_t b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
+    const int64_t begin = b0 * 16, end = b1 * 16 < n ? b1 * 16 : n;
+    if (begin < end) {
+      std::vector<float> scratch(static_cast<size_t>(scratch_floats));
+      bad += fn(begin, end, scratch.data());
+    }
+  }
+  return bad;
+}
 
 }  // namespace
+
+std::vector<const SimdKernel*> all_cpu_kernels() {
+  std::vector<const SimdKernel*> ks;
+#if defined(EF_X86_SIMD)
+  ks.push_back(&simd_avx512::kKernel);
+  ks.push_back(&simd_avx2::kKernel);
+#endif
+  ks.push_back(&simd_generic::kKernel);
+  ks.push_back(&kScalar);
+  return ks;
+}
+
+const SimdKernel& cpu_kernel() { return *g_kernel; }
+
+int64_t parallel_threshold() { return g_parallel_elements; }
+
+void set_parallel_threshold(int64_t elements) { g_parallel_elements = elements < 0 ? 0 : elements; }
+
+bool cpu_kernel_supported(const std::string& name) {
+  const SimdKernel* k = by_name(name);
+  return k != nullptr && supported(k);
+}
+
+void set_cpu_kernel(const std::string& name) {
+  if (name == "auto") {
+    g_kernel = best_kernel();
+    return;
+  }
+  const SimdKernel* k = by_name(name);
+  if (k == nullptr)
+    throw std::invalid_argument("cpu kernel must be one of auto, avx512, avx2, generic, scalar; got '" +
+                                name + "'");
+  if (!supported(k))
+    throw std::invalid_argument("cpu kernel '" + name + "' is not supported by this CPU");
+  g_kernel = k;
+}
 
 int64_t select_op_cpu(const SelectArgs& a) {
   const uint64_t key =
       (a.key != nullptr) ? static_cast<uint64_t>(*a.key) : 0u;  // read once, host memory
-  int64_t bad = 0;
-  if (a.n * a.a < kParallelElements) {
-    for (int64_t row = 0; row < a.n; ++row) bad += run_row(a, key, row);
-    return bad;
-  }
-#pragma omp parallel for schedule(static) reduction(+ : bad)
-  for (int64_t row = 0; row < a.n; ++row) bad += run_row(a, key, row);
-  return bad;
+  const SimdKernel& k = *g_kernel;
+  return run_split(a.n, a.n * a.a, simd_scratch_floats(a.a),
+                   [&](int64_t begin, int64_t end, float* scratch) {
+                     return k.select_rows(a, key, begin, end, scratch);
+                   });
 }
-
-}  // namespace esper_fast
-
-#include "select_actions.h"
-
-namespace esper_fast {
 
 int64_t select_actions_cpu(const ActionArgs& a) {
   const bool needs_key = !a.deterministic && a.key != nullptr;
   const uint64_t key = needs_key ? static_cast<uint64_t>(*a.key) : 0u;
-  int64_t bad = 0;
-  if (a.n < 2048) {
-    for (int64_t row = 0; row < a.n; ++row) bad += select_action_row(a, row, key);
-    return bad;
+  int64_t width = 0, max_a = 1;
+  for (int h = 0; h < kNumHeads; ++h) {
+    width += a.size[h];
+    max_a = a.size[h] > max_a ? a.size[h] : max_a;
   }
-#pragma omp parallel for schedule(static) reduction(+ : bad)
-  for (int64_t row = 0; row < a.n; ++row) bad += select_action_row(a, row, key);
-  return bad;
+  const SimdKernel& k = *g_kernel;
+  return run_split(a.n, a.n * width, simd_scratch_floats(max_a),
+                   [&](int64_t begin, int64_t end, float* scratch) {
+                     return k.action_rows(a, key, begin, end, scratch);
+                   });
 }
 
 }  // namespace esper_fast

@@ -69,6 +69,15 @@ EF_HD float nan_value() { return bits_to_float(0x7fc00000u); }
 // Standard Gumbel from an open-interval uniform (see philox.h): finite for every u in (0, 1).
 EF_HD float gumbel(float u) { return -logf(-logf(u)); }
 
+// Whether entry j of a row is a candidate, from its mask bits (nonzero = valid) and the index the
+// op-dependent rules force (-1 = none). Written once for scalars (select_row below) and for the SIMD
+// kernels' lane vectors (select_cpu_simd.h passes int32 lane masks, -1 = true), so both apply the
+// same rule.
+template <typename M, typename F>
+EF_HD M entry_valid(M mask_bit, M mask2_bit, F forced, int j) {
+  return mask_bit & mask2_bit & ((forced < 0) | (forced == j));
+}
+
 // ---- pass 1: validity, max and the chosen index ----------------------------------------------
 struct PickState {
   float m;           // max valid logit
@@ -161,8 +170,7 @@ EF_HD RowResult select_row(const void* logits, int logits_dtype, const void* q, 
                            int64_t row, uint32_t stream) {
   PickState p = pick_init();
   for (int j = 0; j < A; ++j) {
-    if ((mask != nullptr && !mask[j]) || (mask2 != nullptr && !mask2[j]) ||
-        (forced >= 0 && j != forced))
+    if (!entry_valid<int, int>(mask == nullptr || mask[j], mask2 == nullptr || mask2[j], forced, j))
       continue;
     const float l = load_float(logits, logits_dtype, j);
     const float qv = q != nullptr ? load_float(q, q_dtype, j) : 0.0f;
@@ -177,8 +185,7 @@ EF_HD RowResult select_row(const void* logits, int logits_dtype, const void* q, 
   SumState s = sum_init();
   if (p.count > 0 && !p.bad) {
     for (int j = 0; j < A; ++j) {
-      if ((mask != nullptr && !mask[j]) || (mask2 != nullptr && !mask2[j]) ||
-          (forced >= 0 && j != forced))
+      if (!entry_valid<int, int>(mask == nullptr || mask[j], mask2 == nullptr || mask2[j], forced, j))
         continue;
       sum_observe(s, load_float(logits, logits_dtype, j),
                   q != nullptr ? load_float(q, q_dtype, j) : 0.0f, p.m);

@@ -11,21 +11,25 @@ __all__ = ["plot_file"]
 
 def _plot_select(data: dict, ax_speed, ax_bw) -> None:
     rows = data["rows"]
-    backends = sorted({k[: -len("_us")] for r in rows for k in r if k.endswith("_us") and k != "reference_us"})
+    backends = data.get("backends") or sorted(
+        {k[: -len("_speedup")] for r in rows for k in r if k.endswith("_speedup")}
+    )
+    metric = "vs_eager" if any("cpu_vs_eager" in r or "cuda_vs_eager" in r for r in rows) else "speedup"
     for a in sorted({r["A"] for r in rows}):
+        sel = [r for r in rows if r["A"] == a and r["mode"] == "argmax" and r["dtype"] == rows[0]["dtype"]]
+        ns = [r["N"] for r in sel]
         for b in backends:
-            sel = [r for r in rows if r["A"] == a and r["mode"] == "argmax" and r["dtype"] == rows[0]["dtype"]]
-            ns = [r["N"] for r in sel]
-            ax_speed.plot(ns, [r.get(f"{b}_speedup") for r in sel], marker="o", label=f"{b} A={a}")
+            ax_speed.plot(ns, [r.get(f"{b}_{metric}", float("nan")) for r in sel], marker="o", label=f"{b} A={a}")
             if ax_bw is not None and sel and sel[0].get(f"{b}_GBps") is not None:
                 ax_bw.plot(ns, [r[f"{b}_GBps"] for r in sel], marker="o", label=f"{b} A={a}")
         if ax_bw is not None and sel and sel[0].get("copy_GBps"):
             ax_bw.plot(ns, [r["copy_GBps"] for r in sel], "k--", alpha=0.3)
-    ax_speed.set(xscale="log", yscale="log", xlabel="rows N", ylabel="speed-up over eager reference",
+    base = "eager torch" if metric == "vs_eager" else "eager reference"
+    ax_speed.set(xscale="log", yscale="log", xlabel="rows N", ylabel=f"speed-up over {base}",
                  title=f"select_op argmax, {rows[0]['dtype']}")  # fmt: skip
     ax_speed.legend(fontsize=6)
     if ax_bw is not None:
-        ax_bw.set(xscale="log", xlabel="rows N", ylabel="GB/s (dashed: D2D copy)", title="achieved bandwidth")
+        ax_bw.set(xscale="log", xlabel="rows N", ylabel="GB/s (dashed: copy)", title="achieved bandwidth")
         ax_bw.legend(fontsize=6)
 
 
@@ -76,11 +80,9 @@ def plot_file(path: str | Path) -> Path:
 
     path = Path(path)
     data = json.loads(path.read_text())
-    gpu = data["machine"]["device"].startswith("cuda")
     if "select" in path.name:
-        fig, axes = plt.subplots(1, 2 if gpu else 1, figsize=(11 if gpu else 6, 4))
-        axes = axes if gpu else [axes]
-        _plot_select(data, axes[0], axes[1] if gpu else None)
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        _plot_select(data, axes[0], axes[1])
     else:
         fig, ax = plt.subplots(figsize=(6, 4))
         (_plot_train if "train" in path.name else _plot_get_action)(data, ax)

@@ -22,6 +22,7 @@ from esper_fast.reference.actions import AFTER_OP, ActionSelection, compose_head
 __all__ = ["ActionSelection", "select_actions", "empty_action_outputs", "unpack_action_outputs"]
 
 _ORDER = ("op",) + AFTER_OP  # dict order of every ActionSelection (esper's get_action order)
+_IDX = {h: i for i, h in enumerate(HEAD_NAMES)}
 
 
 def empty_action_outputs(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -32,13 +33,13 @@ def empty_action_outputs(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
 
 def unpack_action_outputs(actions: Tensor, floats: Tensor) -> ActionSelection:
     """Views of the fused kernel's outputs (rows in HEAD_NAMES order) as an ActionSelection."""
-    idx = {h: i for i, h in enumerate(HEAD_NAMES)}
+    acts, fl = actions.unbind(0), floats.unbind(0)  # one call each: cheaper than 26 indexings
     return ActionSelection(
-        {h: actions[idx[h]] for h in _ORDER},
-        {h: floats[idx[h]] for h in _ORDER},
-        {h: floats[8 + idx[h]] for h in _ORDER},
-        floats[16],
-        floats[17],
+        {h: acts[_IDX[h]] for h in _ORDER},
+        {h: fl[_IDX[h]] for h in _ORDER},
+        {h: fl[8 + _IDX[h]] for h in _ORDER},
+        fl[16],
+        fl[17],
     )
 
 
@@ -123,7 +124,9 @@ def select_actions(
                                     q, slot_by_op, key, deterministic, backend)  # fmt: skip
         else:
             out = empty_action_outputs(n, device)
-            resolve_backend(backend, device).run_actions(logits, masks, q, noise or {}, slot_by_op, key, deterministic, out)
+            impl = resolve_backend(backend, device)
+            run = impl.run_actions_lean or impl.run_actions  # lean: the tensors into one C++ entry
+            run(logits, masks, q, noise or {}, slot_by_op, key, deterministic, out)
         sel = unpack_action_outputs(*out)
     if validate:
         _raise_for_bad_rows(sel, logits, masks)

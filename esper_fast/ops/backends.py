@@ -55,6 +55,11 @@ class Backend:
     run: RunFn
     run_actions: RunActionsFn
     why_not: Callable[[torch.device], "str | None"]
+    # The lean call path (cpu): run_lean(logits, q, mask, noise, key, deterministic, op [N], floats
+    # [4, N]) and run_actions_lean(..., (actions [8, N], floats [18, N])) take the tensors straight
+    # into one C++ entry. None: select_op / select_actions use run / run_actions.
+    run_lean: "Callable[..., int | None] | None" = None
+    run_actions_lean: "Callable[..., int | None] | None" = None
 
 
 def _per_head(d: dict, default=None) -> list:
@@ -88,7 +93,10 @@ def _run_actions_torch_nograd(logits, masks, q, noise, slot_by_op, key, determin
 # ---- cpu (esper_fast._C) --------------------------------------------------------------------------
 @functools.cache
 def _cpu_module():
-    return load_module("_C")
+    mod, why = load_module("_C")
+    if mod is not None:
+        mod.register_dtypes(torch.float32, torch.float16, torch.bfloat16)  # for the lean entries
+    return mod, why
 
 
 def _run_cpu(logits, q, mask, noise, key, deterministic, out) -> int:
@@ -98,6 +106,24 @@ def _run_cpu(logits, q, mask, noise, key, deterministic, out) -> int:
 def _run_actions_cpu(logits, masks, q, noise, slot_by_op, key, deterministic, out) -> int:
     return run_native_actions(_cpu_module()[0], _per_head(logits), _per_head(masks), _per_head(noise),
                               q, slot_by_op, key, deterministic, out)  # fmt: skip
+
+
+def _run_cpu_lean(logits, q, mask, noise, key, deterministic, op, f) -> int:
+    mod = _cpu_module()[0]
+    bad = mod.select_op_tensors(logits, q, mask, noise, key, deterministic, op, f)
+    if bad < 0:  # columns not unit-stride (or noise not fp32): the copying pointer path
+        bad = run_native(mod, logits, q, mask, noise, key, deterministic, OpSelection(op, *f.unbind(0)))
+    return bad
+
+
+def _run_actions_cpu_lean(logits, masks, q, noise, slot_by_op, key, deterministic, out) -> int:
+    mod = _cpu_module()[0]
+    bad = mod.select_actions_tensors([logits[h] for h in HEAD_NAMES], [masks.get(h) for h in HEAD_NAMES],
+                                     [noise.get(h) for h in HEAD_NAMES], q, slot_by_op, key, deterministic,
+                                     out[0], out[1])  # fmt: skip
+    if bad < 0:
+        bad = _run_actions_cpu(logits, masks, q, noise, slot_by_op, key, deterministic, out)
+    return bad
 
 
 def _cpu_why_not(device: torch.device) -> str | None:
@@ -192,7 +218,7 @@ def _triton_why_not(device: torch.device) -> str | None:
 
 _BACKENDS = {
     "torch": Backend("torch", _run_torch, _run_actions_torch, lambda device: None),
-    "cpu": Backend("cpu", _run_cpu, _run_actions_cpu, _cpu_why_not),
+    "cpu": Backend("cpu", _run_cpu, _run_actions_cpu, _cpu_why_not, _run_cpu_lean, _run_actions_cpu_lean),
     "cuda": Backend("cuda", _run_cuda, _run_actions_cuda, _cuda_why_not),
     "triton": Backend("triton", _run_triton, _run_actions_triton, _triton_why_not),
 }
@@ -230,9 +256,25 @@ def resolve_backend(requested: str, device: torch.device, shape: tuple[int, int]
 
     ``shape`` (rows, width) lets ``auto`` pick by size on CUDA (see :func:`prefer_triton`).
     """
+    env = os.environ.get(ENV_VAR)
+    if device == _CPU and requested in _CPU_CACHED:  # depends only on (requested, env): cached
+        return _resolve_cpu(requested, env)
+    return _resolve(requested, env, device, shape)
+
+
+_CPU = torch.device("cpu")  # compared with ==: cheaper than device.type on the hot path
+_CPU_CACHED = ("auto", "cpu", "torch")  # not triton: its availability on CPU follows TRITON_INTERPRET
+
+
+@functools.lru_cache(maxsize=64)
+def _resolve_cpu(requested: str, env: str | None) -> Backend:
+    return _resolve(requested, env, torch.device("cpu"), None)
+
+
+def _resolve(requested: str, env: str | None, device: torch.device, shape: tuple[int, int] | None) -> Backend:
     name = requested
     if name == "auto":
-        name = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+        name = (env or "auto").strip().lower() or "auto"
     if name == "auto":
         order = _AUTO_ORDER.get(device.type, ("torch",))
         if device.type == "cuda" and shape is not None and prefer_triton(*shape):

@@ -14,6 +14,8 @@ __all__ = ["select_op", "draw_key", "empty_selection"]
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _KEY_HIGH = 2**63 - 1
+_KEY_SHAPE = (1,)
+_INT64, _FLOAT32 = torch.int64, torch.float32
 
 
 def draw_key(device: torch.device, generator: torch.Generator | None = None) -> Tensor:
@@ -30,7 +32,7 @@ def draw_key(device: torch.device, generator: torch.Generator | None = None) -> 
             f"generator is on {generator.device} but the inputs are on {device}; "
             f"pass a torch.Generator(device={str(device)!r})"
         )
-    return torch.randint(0, _KEY_HIGH, (1,), dtype=torch.int64, device=device, generator=generator)
+    return torch.randint(0, _KEY_HIGH, _KEY_SHAPE, dtype=_INT64, device=device, generator=generator)
 
 
 def empty_selection(n: int, device: torch.device) -> OpSelection:
@@ -44,7 +46,7 @@ def _check_float(name: str, t: object, shape: tuple[int, ...] | None = None) -> 
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
-    if shape is not None and tuple(t.shape) != shape:
+    if shape is not None and t.shape != shape:
         raise ValueError(f"{name} must have shape {list(shape)} (like logits), got {list(t.shape)}")
 
 
@@ -65,7 +67,7 @@ def _check_args(
         if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
             what = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
             raise TypeError(f"mask must be a bool tensor (True = valid), got {what}")
-        if tuple(mask.shape) != (n, a):
+        if mask.shape != (n, a):
             raise ValueError(f"mask must have shape {[n, a]} (like logits), got {list(mask.shape)}")
         tensors["mask"] = mask
     if noise is not None:
@@ -167,13 +169,21 @@ def select_op(
         for dst, src in zip(out, res):
             dst.copy_(src)
         return out
-    impl = resolve_backend(backend, logits.device, tuple(logits.shape))
+    device = logits.device
+    impl = resolve_backend(backend, device, tuple(logits.shape))
     target = None
     if out is not None and out_overlaps_inputs(out, (logits, q, mask, noise)):
         target, out = out, None  # the kernel writes rows while it reads: compute aside, then copy
-    if out is None:
-        out = empty_selection(logits.shape[0], logits.device)
-    bad_count = impl.run(logits, q, mask, noise, key, deterministic, out)
+    if out is None and impl.run_lean is not None:  # the lean path: outputs [N] + [4, N], one C++ entry
+        n = logits.shape[0]
+        op = torch.empty(n, dtype=_INT64, device=device)
+        f = torch.empty(4, n, dtype=_FLOAT32, device=device)
+        bad_count = impl.run_lean(logits, q, mask, noise, key, deterministic, op, f)
+        out = OpSelection(op, *f.unbind(0))
+    else:
+        if out is None:
+            out = empty_selection(logits.shape[0], logits.device)
+        bad_count = impl.run(logits, q, mask, noise, key, deterministic, out)
     if target is not None:
         for dst, src in zip(target, out):
             dst.copy_(src)
