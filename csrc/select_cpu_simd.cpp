@@ -243,7 +243,7 @@ EF_SI HeadOut head_block(const Block& b, int a, bool has_q, bool has_noise, bool
     const vf d = v ? vload<vf>(b.L + j * W) - m : vf{};
     const vf e = v ? vexp<W>(d) : vf{};
     s += e;
-    sl += e * d;
+    sl += e > 0.0f ? e * d : vf{};  // e underflows to 0 where d = -inf (|logits| ~ 3e38): 0, not NaN (sum_observe)
     if (has_q) sq += e * (v ? vload<vf>(b.Q + j * W) : vf{});
   }
   const vi ok = (count > 0) & ~bad;

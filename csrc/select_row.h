@@ -70,12 +70,13 @@ EF_HD float nan_value() { return bits_to_float(0x7fc00000u); }
 EF_HD float gumbel(float u) { return -logf(-logf(u)); }
 
 // Whether entry j of a row is a candidate, from its mask bits (nonzero = valid) and the index the
-// op-dependent rules force (-1 = none). Written once for scalars (select_row below) and for the SIMD
-// kernels' lane vectors (select_cpu_simd.h passes int32 lane masks, -1 = true), so both apply the
-// same rule.
+// op-dependent rules force (-1 = none). A forced index wins over the masks (the style head: SIGMOID_ADD
+// is forced even where the env's style mask excludes it, as the torch and Triton backends do); without
+// one, both masks must allow j. Written once for scalars (select_row below) and for the SIMD kernels'
+// lane vectors (select_cpu_simd.h passes int32 lane masks, -1 = true), so both apply the same rule.
 template <typename M, typename F>
 EF_HD M entry_valid(M mask_bit, M mask2_bit, F forced, int j) {
-  return mask_bit & mask2_bit & ((forced < 0) | (forced == j));
+  return ((forced < 0) & mask_bit & mask2_bit) | (forced == j);
 }
 
 // ---- pass 1: validity, max and the chosen index ----------------------------------------------
