@@ -16,6 +16,7 @@ from esper_fast.constants import HEAD_NAMES
 from esper_fast.errors import InvalidActionMaskError
 from esper_fast.ops.backends import resolve_backend
 from esper_fast.ops.checks import check_action_dicts, check_noise_finite
+from esper_fast.ops.layout import ACTION_ROWS, ENTROPY_ROW, FLOAT_ROWS, LOG_PROB_ROW, Q_OP_ROW, VALUE_ROW
 from esper_fast.ops.select import FLOAT_DTYPES, draw_key, select_op
 from esper_fast.reference.actions import AFTER_OP, ActionSelection, compose_heads
 
@@ -26,9 +27,9 @@ _IDX = {h: i for i, h in enumerate(HEAD_NAMES)}
 
 
 def empty_action_outputs(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """(actions ``[8, n]`` int64, floats ``[18, n]`` float32: log_prob x8, entropy x8, q_op, value)."""
-    return (torch.empty(8, n, dtype=torch.int64, device=device),
-            torch.empty(18, n, dtype=torch.float32, device=device))  # fmt: skip
+    """(actions ``[ACTION_ROWS, n]`` int64, floats ``[FLOAT_ROWS, n]`` float32), see :mod:`esper_fast.ops.layout`."""
+    return (torch.empty(ACTION_ROWS, n, dtype=torch.int64, device=device),
+            torch.empty(FLOAT_ROWS, n, dtype=torch.float32, device=device))  # fmt: skip
 
 
 def unpack_action_outputs(actions: Tensor, floats: Tensor) -> ActionSelection:
@@ -36,10 +37,10 @@ def unpack_action_outputs(actions: Tensor, floats: Tensor) -> ActionSelection:
     acts, fl = actions.unbind(0), floats.unbind(0)  # one call each: cheaper than 26 indexings
     return ActionSelection(
         {h: acts[_IDX[h]] for h in _ORDER},
-        {h: fl[_IDX[h]] for h in _ORDER},
-        {h: fl[8 + _IDX[h]] for h in _ORDER},
-        fl[16],
-        fl[17],
+        {h: fl[LOG_PROB_ROW + _IDX[h]] for h in _ORDER},
+        {h: fl[ENTROPY_ROW + _IDX[h]] for h in _ORDER},
+        fl[Q_OP_ROW],
+        fl[VALUE_ROW],
     )
 
 
