@@ -2,7 +2,7 @@
 
 Everything here is plain, differentiable torch. The module names, registration order, shapes, the
 ``blueprint_embedding._null_idx`` buffer and the init scheme are esper's ``FactoredRecurrentActorCritic``
-at commit 0872525b (``../shared/esper_contract.md`` section 1), so state_dicts load strictly both ways.
+at commit 0872525b (esper-lite's ``tamiyo`` network at that commit), so state_dicts load strictly both ways.
 How an action is *chosen* lives in the subclasses: :class:`esper_fast.FactoredPolicy` (fused kernel)
 and :class:`esper_fast.reference.ReferencePolicy` (esper's torch ops, optionally with the legacy bug).
 """

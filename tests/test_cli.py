@@ -136,15 +136,6 @@ def test_bench_delegates_to_esper_fast_bench(monkeypatch):
     assert seen == [["select", "--quick"]]
 
 
-def test_bench_missing_is_a_clear_error(monkeypatch, capsys):
-    import esper_fast
-
-    monkeypatch.setitem(sys.modules, "esper_fast.bench", None)
-    monkeypatch.delattr(esper_fast, "bench", raising=False)
-    assert main(["bench", "select"]) == 1
-    assert "esper_fast.bench" in capsys.readouterr().err
-
-
 def test_ctrl_c_saves_a_checkpoint(tmp_path):
     run = tmp_path / "c"
     cmd = [sys.executable, "-m", "esper_fast.cli", *SMOKE, "--runs-dir", str(tmp_path), "--name", "c",

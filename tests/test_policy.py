@@ -19,7 +19,7 @@ CPU_BACKENDS = ["torch", "cpu"]  # triton-interpreter policy paths are covered i
 
 
 def esper_state_dict_shapes(state_dim=114, S=3, H=512, F=512, L=1) -> dict[str, tuple[int, ...]]:
-    """esper's documented key list and shapes (esper_contract.md section 1.2), written out by hand."""
+    """esper 0872525b's state_dict keys and shapes, written out by hand."""
     half = H // 2
     shapes = {
         "feature_net.0.weight": (F, state_dim + 4 * S), "feature_net.0.bias": (F,),
@@ -254,7 +254,7 @@ def test_legacy_reference_mismatches_value_op_and_fixed_modes_never_do():
     assert rates["reference"] == (0.0, 0.0) and rates["fused"] == (0.0, 0.0), rates
 
 
-# ---- esper's contract tests, in spirit (esper_contract.md section 7) --------------------------------
+# ---- esper's own op/value contract tests, in spirit ----------------------------------------------
 @pytest.fixture
 def esper_net():
     torch.manual_seed(0)

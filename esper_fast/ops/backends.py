@@ -37,7 +37,7 @@ from esper_fast.reference.actions import select_actions_reference
 from esper_fast.reference.select import select_op_reference
 from esper_fast.types import OpSelection
 
-__all__ = ["BACKEND_NAMES", "available_backends", "resolve_backend", "get_backend", "Backend"]
+__all__ = ["BACKEND_NAMES", "available_backends", "resolve_backend", "Backend"]
 
 BACKEND_NAMES = ("torch", "cpu", "cuda", "triton")
 ENV_VAR = "ESPER_FAST_BACKEND"
@@ -237,10 +237,6 @@ def prefer_triton(n: int, a: int) -> bool:
     """Whether ``auto`` should take triton over cuda for an ``[n, a]`` select_op."""
     width = 1 << max(a - 1, 0).bit_length()
     return width >= TRITON_MIN_WIDTH and n * width >= TRITON_MIN_ELEMENTS
-
-
-def get_backend(name: str) -> Backend:
-    return _BACKENDS[name]
 
 
 def available_backends(device: torch.device | str | None = None) -> list[str]:
