@@ -9,15 +9,15 @@ from esper_fast import FactoredPolicy, select_op
 from esper_fast.constants import HEAD_NAMES, get_action_head_sizes
 from esper_fast.ops.actions import select_actions
 from esper_fast.ops.library import select_actions_op, select_op_op
+from esper_fast.ppo.agent import validation_off
 from tests.conftest import requires_cuda
 from tests.op_value import assert_value_read_at_returned_op
 
 
 @pytest.fixture
 def no_validation():
-    FactoredPolicy.validate = False
-    yield
-    FactoredPolicy.validate = True
+    with validation_off(FactoredPolicy):
+        yield
 
 
 def policy_inputs(B, device="cpu", seed=0):

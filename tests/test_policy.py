@@ -146,6 +146,17 @@ def test_init_scheme_is_esper_s():
     assert torch.equal(p.lstm_ln.weight.detach(), torch.ones(H))
 
 
+def test_one_definition_of_the_value_modes():
+    from esper_fast.constants import POLICY_VALUE_MODES, TRAINER_VALUE_MODES
+    from esper_fast.policy import VALUE_MODES
+    from esper_fast.ppo.config import VALUE_MODES as CONFIG_VALUE_MODES
+
+    assert VALUE_MODES is POLICY_VALUE_MODES
+    assert CONFIG_VALUE_MODES == TRAINER_VALUE_MODES  # ppo/config.py's own copy, until it imports this one
+    with pytest.raises(ValueError, match="value_mode must be one of"):
+        ReferencePolicy(STATE_DIM, value_mode="legacy")  # a trainer mode, not a policy's
+
+
 def test_constructor_errors_name_the_argument():
     with pytest.raises(ValueError, match="value_mode must be one of"):
         FactoredPolicy(STATE_DIM, value_mode="v")

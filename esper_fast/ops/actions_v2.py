@@ -19,9 +19,8 @@ import torch
 from torch import Tensor
 
 from esper_fast.constants import HEAD_NAMES
-from esper_fast.errors import InvalidActionMaskError
 from esper_fast.ops._native import DTYPE_CODES, unit_cols
-from esper_fast.ops.actions import _check
+from esper_fast.ops.actions import _check, raise_for_bad_rows
 from esper_fast.ops.layout import (
     ACTION_ROWS, ENTROPY_ROW, FLOAT_ROWS_V2, LOG_PROB_ROW, Q_OP_ROW, STATE_VALUE_ROW_V2, VALUE_ROW,
 )  # fmt: skip
@@ -192,23 +191,7 @@ def select_actions_v2(
 
 
 def _raise_for_bad_rows_v2(sel: ActionSelectionV2, logits, masks) -> None:
-    """One sync on the happy path; on failure names the head, the rows and the cause."""
-    if not bool(torch.stack([a < 0 for a in sel.actions.values()]).any()):
-        return
-    for head in _ORDER:
-        bad = torch.nonzero(sel.actions[head] < 0).flatten()
-        if bad.numel() == 0:
-            continue
-        rows = bad[:8].tolist()
-        if head != "op" and bool((sel.actions["op"][bad] < 0).all()):
-            continue  # reported under the op head
-        mask = masks.get(head)
-        if mask is not None and head == "op" and not bool(mask[bad].any(-1).all()):
-            raise InvalidActionMaskError(f"No valid actions available for head 'op' in {bad.numel()} row(s), first rows {rows}")
-        valid = torch.ones_like(logits[head][bad], dtype=torch.bool) if mask is None else mask[bad]
-        if not bool(torch.isfinite(logits[head][bad][valid]).all()):
-            raise ValueError(f"logits[{head!r}] contain inf/nan at valid entries in rows {rows}")
-        raise InvalidActionMaskError(
-            f"No valid actions available for head {head!r} once the op-dependent rules apply "
-            f"(canonicalisation / slot_by_op) in rows {rows}"
-        )
+    """:func:`esper_fast.ops.actions.raise_for_bad_rows` with v2's rules: only the op's mask is checked
+    as such (the other heads are canonicalised by the op), bad ops reported once, under the op."""
+    raise_for_bad_rows(sel.actions, logits, masks, rules="canonicalisation / slot_by_op", mask_heads=("op",),
+                       skip_rows_of_bad_op=True)  # fmt: skip
