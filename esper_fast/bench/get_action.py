@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from esper_fast import FactoredPolicy, FactoredPolicyV2
+from esper_fast.policy import FactoredPolicy
+from esper_fast.policy_v2 import FactoredPolicyV2
 from esper_fast.constants_v2 import OBS_V3_NON_BLUEPRINT_DIM, PROBABILITY_FLOOR_PER_HEAD
 from esper_fast.ppo.agent import validation_off
 from esper_fast.reference.policy_v2 import reference_get_action_v2
