@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from esper_fast.constants import HEAD_NAMES, GerminationStyle, LifecycleOp
 from esper_fast.errors import BackendUnavailableError, InvalidActionMaskError, InvalidStateMachineError
-from esper_fast.version import __version__
+from esper_fast.version import __version__ as __version__  # re-exported
 
 if TYPE_CHECKING:  # the lazy names, for type checkers and IDEs
     from esper_fast.ops import available_backends, select_op

@@ -6,18 +6,24 @@ import pytest
 import torch
 
 from esper_fast import FactoredPolicy
-from esper_fast.network import FactoredNetwork
 from esper_fast.ppo.agent import cpu_threads, validation_off
 
 
 def test_validation_off_on_instances_and_classes_restores_exactly():
-    own = FactoredPolicy(114, feature_dim=16, lstm_hidden_dim=16, validate=True)
-    follows = FactoredPolicy(114, feature_dim=16, lstm_hidden_dim=16)
-    assert "validate" in vars(own) and "validate" not in vars(follows) and "validate" not in vars(FactoredPolicy)
-    with validation_off(own, FactoredPolicy):
+    class Policy(FactoredPolicy):  # a class of its own: no class-level setting yet, whatever other tests did
+        pass
+
+    own = Policy(114, feature_dim=16, lstm_hidden_dim=16, validate=True)
+    follows = Policy(114, feature_dim=16, lstm_hidden_dim=16)
+    assert "validate" in vars(own) and "validate" not in vars(follows) and "validate" not in vars(Policy)
+    with validation_off(own, Policy):
         assert own.validate is False and follows.validate is False  # the class flag reaches `follows`
-    assert own.validate is True and "validate" not in vars(FactoredPolicy)  # no class attribute left behind
-    assert follows.validate is FactoredNetwork.validate is True
+    assert own.validate is True and "validate" not in vars(Policy)  # no class attribute left behind
+    assert follows.validate is FactoredPolicy.validate
+    Policy.validate = True  # a class with its own setting gets it back
+    with validation_off(Policy):
+        assert follows.validate is False
+    assert vars(Policy)["validate"] is True
 
 
 def test_validation_off_restores_on_error():
