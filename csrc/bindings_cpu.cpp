@@ -94,6 +94,18 @@ PYBIND11_MODULE(_C, m) {
       throw std::invalid_argument(std::string("ESPER_FAST_CPU_KERNEL: ") + e.what());
     }
   }
+  // The fused output layout (esper_fast/ops/layout.py is the Python twin; tests/test_layout.py).
+  py::dict layout;
+  layout["num_heads"] = kNumHeads;
+  layout["action_rows"] = kActionRows;
+  layout["log_prob_row"] = kLogProbRow;
+  layout["entropy_row"] = kEntropyRow;
+  layout["q_op_row"] = kQOpRow;
+  layout["value_row"] = kValueRow;
+  layout["float_rows"] = kFloatRows;
+  layout["state_value_row_v2"] = kStateValueRowV2;
+  layout["float_rows_v2"] = kFloatRowsV2;
+  m.attr("OUTPUT_LAYOUT") = layout;
   g_data_ptr = PyUnicode_InternFromString("data_ptr");
   g_stride = PyUnicode_InternFromString("stride");
   g_shape = PyUnicode_InternFromString("shape");

@@ -2,7 +2,7 @@
 // (same constants, same round function, key (k0, k1) = (seed lo, seed hi)).
 //
 // esper_fast draws one uniform per (key, column, row, stream) and the same mapping is written in
-// Triton (esper_fast/ops/triton_select.py) and in torch ops (esper_fast/reference.py), so a given
+// Triton (esper_fast/ops/triton_select.py) and in torch ops (esper_fast/reference/philox.py), so a given
 // key selects the same actions on every backend (up to the last-ulp rounding of log()).
 #pragma once
 

@@ -14,6 +14,18 @@ constexpr int kNumHeads = 8;
 constexpr int kSlotHead = 0, kStyleHead = 2, kOpHead = 7;
 constexpr int kSigmoidAdd = 2;                      // GerminationStyle.SIGMOID_ADD
 constexpr int kGerminate = 1, kSetAlphaTarget = 2;  // ops for which the style head is free
+// The fused output layout (Python twin: esper_fast/ops/layout.py; tests/test_layout.py checks that
+// they agree through _C.OUTPUT_LAYOUT): out_actions [kActionRows, N] (row h: head h's action);
+// out_f [kFloatRows, N]: row kLogProbRow + h head h's log-prob, kEntropyRow + h its entropy, kQOpRow
+// Q(s, chosen op), kValueRow sum_a pi(a) Q(s, a). select_actions_v2 appends kStateValueRowV2 (V(s)).
+constexpr int kActionRows = kNumHeads;
+constexpr int kLogProbRow = 0;          // + head
+constexpr int kEntropyRow = kNumHeads;  // + head
+constexpr int kQOpRow = 2 * kNumHeads;
+constexpr int kValueRow = kQOpRow + 1;
+constexpr int kFloatRows = kValueRow + 1;
+constexpr int kStateValueRowV2 = kFloatRows;
+constexpr int kFloatRowsV2 = kStateValueRowV2 + 1;
 // The k-th head chosen after the op, in esper's get_action order: style, slot, blueprint, tempo,
 // alpha_target, alpha_speed, alpha_curve.
 EF_HD int head_after_op(int k) {
@@ -43,8 +55,8 @@ struct ActionArgs {
   const int64_t* key;
   int64_t n;
   bool deterministic;
-  int64_t* out_actions;            // [8, N]
-  float* out_f;                    // [18, N]: log_prob x8, entropy x8, q_op, value
+  int64_t* out_actions;            // [kActionRows, N]
+  float* out_f;                    // [kFloatRows, N]: log_prob x8, entropy x8, q_op, value
 };
 
 template <typename T>
@@ -78,12 +90,12 @@ EF_HD RowResult select_head_row(const ActionArgs& a, int64_t row, int h, int op,
 EF_HD void write_head(const ActionArgs& a, int64_t row, int h, const RowResult& r) {
   const int64_t n = a.n;
   if (h == kOpHead) {
-    a.out_f[16 * n + row] = r.q_sel;
-    a.out_f[17 * n + row] = r.value;
+    a.out_f[kQOpRow * n + row] = r.q_sel;
+    a.out_f[kValueRow * n + row] = r.value;
   }
   a.out_actions[h * n + row] = r.action;
-  a.out_f[h * n + row] = r.log_prob;
-  a.out_f[(kNumHeads + h) * n + row] = r.entropy;
+  a.out_f[(kLogProbRow + h) * n + row] = r.log_prob;
+  a.out_f[(kEntropyRow + h) * n + row] = r.entropy;
 }
 
 // Chooses every head of row `row` in turn (the CPU kernel); returns 1 if any head came back bad.

@@ -23,7 +23,7 @@ struct ActionArgsV2 {
   const void* value;       // [N] V(s) (row stride value_stride elements) or null
   int value_dtype;
   int64_t value_stride;
-  // base.out_f is [19, N]: log_prob x8, entropy x8 (normalised), q_op, expected value, value
+  // base.out_f is [kFloatRowsV2, N]: log_prob x8, entropy x8 (normalised), q_op, expected value, value
 };
 
 // Canonical action of head h (HEAD_NAMES order) and the ops (bit o) for which h is relevant.
@@ -169,7 +169,7 @@ EF_HD void write_head_v2(const ActionArgsV2& a2, int64_t row, int h, const RowRe
       const void* vrow = offset_row(a2.value, a2.value_stride * dtype_size(a2.value_dtype), row);
       value = r.action < 0 ? nan_value() : load_float(vrow, a2.value_dtype, 0);
     }
-    a2.base.out_f[18 * n + row] = value;
+    a2.base.out_f[kStateValueRowV2 * n + row] = value;
   }
 }
 

@@ -310,12 +310,12 @@ int64_t select_rows(const SelectArgs& a, uint64_t key, int64_t begin, int64_t en
 EF_SI void write_head_block(const ActionArgs& a, int64_t row0, int nrows, int h, const HeadOut& r) {
   const int64_t n = a.n;
   if (h == kOpHead) {
-    store_f(a.out_f + 16 * n + row0, r.q_sel, nrows);
-    store_f(a.out_f + 17 * n + row0, r.value, nrows);
+    store_f(a.out_f + kQOpRow * n + row0, r.q_sel, nrows);
+    store_f(a.out_f + kValueRow * n + row0, r.value, nrows);
   }
   store_l(a.out_actions + h * n + row0, r.action, nrows);
-  store_f(a.out_f + h * n + row0, r.log_prob, nrows);
-  store_f(a.out_f + (kNumHeads + h) * n + row0, r.entropy, nrows);
+  store_f(a.out_f + (kLogProbRow + h) * n + row0, r.log_prob, nrows);
+  store_f(a.out_f + (kEntropyRow + h) * n + row0, r.entropy, nrows);
 }
 
 // The op-dependent rules (select_actions.h) on the block's mask lanes: style forced by the op

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from esper_fast.constants import HEAD_NAMES, GerminationStyle, LifecycleOp
 from esper_fast.errors import BackendUnavailableError, InvalidActionMaskError, InvalidStateMachineError
+from esper_fast.version import __version__ as __version__  # re-exported
 
 if TYPE_CHECKING:  # the lazy names, for type checkers and IDEs
     from esper_fast.ops import available_backends, select_op
@@ -24,8 +25,6 @@ if TYPE_CHECKING:  # the lazy names, for type checkers and IDEs
     from esper_fast.types import OpSelection
     from esper_fast.integrations.esper import patch_esper, unpatch_esper
     from esper_fast.policy_v2 import FactoredPolicyV2
-
-__version__ = "0.1.0"
 
 __all__ = [
     "select_op",

@@ -389,14 +389,8 @@ def _add_export_esper(sub: argparse._SubParsersAction) -> None:
 # bench
 # =================================================================================================
 def cmd_bench(args: argparse.Namespace) -> int:
-    try:
-        from esper_fast import bench
-    except ModuleNotFoundError as exc:
-        if exc.name in ("esper_fast.bench", "esper_fast"):
-            raise CLIError("the benchmarks (esper_fast.bench) are not part of this install") from exc
-        raise CLIError(f"the benchmarks need a missing module: {exc.name} ({exc})") from exc
-    if not hasattr(bench, "main"):
-        raise CLIError("esper_fast.bench has no main(argv) entry point")
+    from esper_fast import bench  # part of the package (esper_fast/bench/)
+
     result = bench.main(list(args.bench_args))
     return int(result or 0)
 

@@ -1,7 +1,7 @@
 """esper's action-space constants and enums (floor 1: imports nothing from esper_fast).
 
 Values match esper-lite at commit 0872525b (``leyline``), so actions, masks and checkpoints are
-interchangeable with esper. See ``../shared/esper_contract.md`` section 2.
+interchangeable with esper (esper-lite's ``leyline`` package at that commit is the source).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ __all__ = [
     "NUM_ALPHA_CURVES",
     "DEFAULT_NUM_SLOTS",
     "MASKED_LOGIT_VALUE",
-    "LOG_PROB_MIN",
+    "POLICY_VALUE_MODES",
+    "TRAINER_VALUE_MODES",
     "BLUEPRINT_NULL_INDEX",
     "DEFAULT_BLUEPRINT_EMBED_DIM",
     "DEFAULT_FEATURE_DIM",
@@ -150,7 +151,10 @@ NUM_ALPHA_CURVES = len(AlphaCurveAction)
 DEFAULT_NUM_SLOTS = 3
 
 MASKED_LOGIT_VALUE = -1e4  # esper's FP16/BF16-safe fill for masked logits
-LOG_PROB_MIN = -100.0  # defined upstream, unused there too
+# What the value of a decision is: Q(s, chosen op) ("q_op", esper's contract) or sum_a pi(a|s) Q(s, a)
+# ("expected"); the trainer adds "legacy" (esper's double draw, ReferencePolicy(legacy=True)).
+POLICY_VALUE_MODES: tuple[str, ...] = ("q_op", "expected")
+TRAINER_VALUE_MODES: tuple[str, ...] = (*POLICY_VALUE_MODES, "legacy")
 BLUEPRINT_NULL_INDEX = 13
 DEFAULT_BLUEPRINT_EMBED_DIM = 4
 DEFAULT_FEATURE_DIM = 512

@@ -2,7 +2,7 @@
 
 Everything here is plain, differentiable torch. The module names, registration order, shapes, the
 ``blueprint_embedding._null_idx`` buffer and the init scheme are esper's ``FactoredRecurrentActorCritic``
-at commit 0872525b (``../shared/esper_contract.md`` section 1), so state_dicts load strictly both ways.
+at commit 0872525b (esper-lite's ``tamiyo`` network at that commit), so state_dicts load strictly both ways.
 How an action is *chosen* lives in the subclasses: :class:`esper_fast.FactoredPolicy` (fused kernel)
 and :class:`esper_fast.reference.ReferencePolicy` (esper's torch ops, optionally with the legacy bug).
 """
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from esper_fast.errors import InvalidStateMachineError
-from esper_fast.reference.actions import style_override_mask
+from esper_fast.reference.actions import normalized_entropy, style_override_mask
 from esper_fast.types import Hidden
 from esper_fast.constants import (
     CAUSAL_HEAD_OPS,
@@ -74,18 +74,6 @@ class HeadOutputs(NamedTuple):
 
 def _mlp_head(hidden: int, width: int, out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(hidden, width), nn.ReLU(), nn.Linear(width, out))
-
-
-def normalized_entropy(logits: Tensor, mask: Tensor) -> Tensor:
-    """esper's ``MaskedCategorical.entropy()``: entropy / log(#valid), exactly 0 with one valid.
-
-    ``logits`` are already masked (-1e4); ``mask`` bool of the same shape. Returns ``logits.shape[:-1]``.
-    """
-    logp = torch.log_softmax(logits, dim=-1)
-    raw = -(logp.exp() * logp * mask).sum(-1)
-    n_valid = mask.sum(-1).clamp(min=1)
-    divisor = torch.where(n_valid > 1, torch.log(n_valid.to(raw.dtype)), torch.ones_like(raw))
-    return torch.where(n_valid == 1, torch.zeros_like(raw), raw / divisor.clamp(min=1e-8))
 
 
 def validate_masks_and_logits(

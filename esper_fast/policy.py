@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from esper_fast.constants import HEAD_NAMES, MASKED_LOGIT_VALUE
+from esper_fast.constants import HEAD_NAMES, MASKED_LOGIT_VALUE, POLICY_VALUE_MODES
 from esper_fast.network import FactoredNetwork, validate_masks_and_logits
 from esper_fast.ops.actions import select_actions
 from esper_fast.ops.select import select_op
@@ -22,7 +22,7 @@ from esper_fast.types import GetActionResult, Hidden
 
 __all__ = ["FactoredPolicy", "GetActionResult", "VALUE_MODES"]
 
-VALUE_MODES = ("q_op", "expected")
+VALUE_MODES = POLICY_VALUE_MODES  # the one definition lives in constants.py
 
 # No esper head has more actions than this; a larger size almost surely comes from esper HEAD's
 # positional constructor (state_dim, feature_dim, lstm_hidden_dim, lstm_layers, slot_config).

@@ -3,8 +3,8 @@
 CI has no esper. This builds a package laid out like esper-lite at 0872525b where esper_fast's
 integration touches it (module paths, class names, ``MaskedCategorical.validate``,
 ``InvalidStateMachineError``, the ``isinstance`` assertions of ``PPOAgent``, the bundle's call-time
-import, the save() layout and load()'s state_dim inference), written from the facts in
-``shared/esper_contract.md`` - not esper's code. ``layout`` picks the network:
+import, the save() layout and load()'s state_dim inference), written from facts about esper-lite at
+that commit - not esper's code. ``layout`` picks the network:
 
 * ``"0872525b"`` - esper 0872525b's constructor and state_dict layout;
 * ``"head"`` - esper HEAD's constructor (no head-size arguments) and an extra ``state_value_head``;

@@ -51,7 +51,7 @@ def assert_same(a, b, atol=2e-5):
     torch.testing.assert_close(a.expected_value.cpu(), b.expected_value.cpu(), atol=atol, rtol=1e-5)
 
 
-@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("backend,device", NATIVE_BACKEND_DEVICES)
 @pytest.mark.parametrize("n", [1, 7, 130])
 @pytest.mark.parametrize("with_sbo", [True, False])
 def test_fused_equals_head_by_head_under_injected_noise(backend, device, n, with_sbo):
@@ -64,7 +64,7 @@ def test_fused_equals_head_by_head_under_injected_noise(backend, device, n, with
     assert_same(fused, ref)
 
 
-@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("backend,device", NATIVE_BACKEND_DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_fused_deterministic_matches_reference(backend, device, dtype):
     logits, masks, q, sbo = make_heads(65, device, seed=3, dtype=dtype)

@@ -67,7 +67,7 @@ def assert_same(a, b, atol=3e-5):
         torch.testing.assert_close(getattr(a, f).cpu(), getattr(b, f).cpu(), atol=atol, rtol=1e-5, equal_nan=True)
 
 
-@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("backend,device", NATIVE_BACKEND_DEVICES)
 @pytest.mark.parametrize("n", [1, 7, 130])
 @pytest.mark.parametrize("with_sbo", [True, False])
 @pytest.mark.parametrize("floors,with_value", [(None, False), (FLOORS, True)])
@@ -84,7 +84,7 @@ def test_v2_equals_reference_under_injected_noise(backend, device, n, with_sbo, 
         assert (got.actions[h] >= 0).all()
 
 
-@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("backend,device", NATIVE_BACKEND_DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_v2_deterministic_matches_reference_all_dtypes(backend, device, dtype):
     logits, masks, q, value, sbo = make_inputs(65, device, seed=3, dtype=dtype)
@@ -95,7 +95,7 @@ def test_v2_deterministic_matches_reference_all_dtypes(backend, device, dtype):
     torch.testing.assert_close(got.values.cpu(), value.float().cpu())  # V(s) passes through
 
 
-@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("backend,device", NATIVE_BACKEND_DEVICES)
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_v2_odd_sizes(backend, device, deterministic):
     n = 33
@@ -107,7 +107,7 @@ def test_v2_odd_sizes(backend, device, deterministic):
                                                  noise=noise, slot_by_op=sbo))  # fmt: skip
 
 
-@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("backend,device", NATIVE_BACKEND_DEVICES)
 def test_v2_internal_rng_equals_reference_streams(backend, device):
     n = small_n(backend, device, 600)
     logits, masks, q, value, sbo = make_inputs(n, device, seed=4)

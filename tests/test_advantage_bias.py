@@ -26,10 +26,8 @@ from esper_fast.studies.advantage_bias import (
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Tiny tensors: intra-op threads only cost time (10x+ on a busy 2-core machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+    with single_thread():
+        yield
 
 
 N_ENVS = 4096

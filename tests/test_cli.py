@@ -40,7 +40,8 @@ def test_train_smoke_writes_every_output(smoke_run):
     assert len(lines) == 1 + 2
     rows = [json.loads(line) for line in (smoke_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["update"] for r in rows] == [1, 2]
-    assert all(r["charts/op_agreement"] == 1.0 for r in rows)
+    # charts/op_agreement is logged (column checked above) but compares sampled_op with actions["op"], the same
+    # tensor: not asserted here. The observable op/value checks are tests/op_value.py's (test_ppo_rollout, ...).
     assert rows[-1]["charts/episode_return"] is not None  # rollout = one 150-step episode per env
     assert (smoke_run / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ckpt = torch.load(smoke_run / "checkpoints" / "latest.pt", weights_only=True)
@@ -133,15 +134,6 @@ def test_bench_delegates_to_esper_fast_bench(monkeypatch):
     monkeypatch.setattr(esper_fast, "bench", fake, raising=False)
     assert main(["bench", "select", "--quick"]) == 0
     assert seen == [["select", "--quick"]]
-
-
-def test_bench_missing_is_a_clear_error(monkeypatch, capsys):
-    import esper_fast
-
-    monkeypatch.setitem(sys.modules, "esper_fast.bench", None)
-    monkeypatch.delattr(esper_fast, "bench", raising=False)
-    assert main(["bench", "select"]) == 1
-    assert "esper_fast.bench" in capsys.readouterr().err
 
 
 def test_ctrl_c_saves_a_checkpoint(tmp_path):

@@ -9,14 +9,15 @@ from esper_fast import FactoredPolicy, select_op
 from esper_fast.constants import HEAD_NAMES, get_action_head_sizes
 from esper_fast.ops.actions import select_actions
 from esper_fast.ops.library import select_actions_op, select_op_op
+from esper_fast.ppo.agent import validation_off
 from tests.conftest import requires_cuda
+from tests.op_value import assert_value_read_at_returned_op
 
 
 @pytest.fixture
 def no_validation():
-    FactoredPolicy.validate = False
-    yield
-    FactoredPolicy.validate = True
+    with validation_off(FactoredPolicy):
+        yield
 
 
 def policy_inputs(B, device="cpu", seed=0):
@@ -63,7 +64,7 @@ def test_get_action_compiles_fullgraph_and_matches_eager(no_validation):
         torch.testing.assert_close(got.log_probs[h], ref.log_probs[h], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got.values, ref.values, atol=1e-5, rtol=1e-5)
     sampled = compiled(state, bp, None, **masks, deterministic=False)
-    assert torch.equal(sampled.sampled_op, sampled.actions["op"])
+    assert_value_read_at_returned_op(policy, state, bp, sampled)
 
 
 def test_select_op_and_select_actions_compile_fullgraph():
@@ -96,7 +97,7 @@ def test_cuda_graph_replay_draws_fresh_actions(no_validation):
         torch.cuda.synchronize()
         assert all((t >= 0).all() for t in static.actions.values())
         assert torch.isfinite(static.values).all()
-        assert torch.equal(static.sampled_op, static.actions["op"])
+        assert_value_read_at_returned_op(policy, state, bp, static)
         seen.append(torch.stack([static.actions[h] for h in HEAD_NAMES]).clone())
     assert not torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2])
 

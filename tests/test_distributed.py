@@ -20,8 +20,8 @@ WORKER = textwrap.dedent("""
     cfg = make_config("smoke", num_envs=4, rollout_steps=20, episode_length=12, feature_dim=16, lstm_hidden_dim=16,
                       update_epochs=2, num_minibatches=2, total_timesteps=2 * 4 * 20 * 2, eval_episodes=0)
     ctx = init_distributed("cpu")
-    trainer = Trainer(cfg, os.path.join(out, "run") if ctx.is_main else None, dist=ctx, log=lambda m: None,
-                      tensorboard=False)
+    # Both ranks get the same run_dir: the trainer itself must keep rank 1 from writing (or locking) it.
+    trainer = Trainer(cfg, os.path.join(out, "run"), dist=ctx, log=lambda m: None, tensorboard=False)
     trainer.train(handle_signals=False)
     torch.save({"params": trainer.policy.state_dict(), "rewards": trainer.buffer.raw_rewards.clone(),
                 "obs_mean": trainer.obs_normalizer.mean.clone(), "updates": trainer.train_steps,
@@ -52,4 +52,6 @@ def test_two_ranks_keep_identical_parameters(tmp_path):
     assert [r["global_step"] for r in rows] == [160, 320]
     ckpt = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
     assert ckpt["world_size"] == 2 and len(ckpt["rank_states"]) == 2
-    assert not (tmp_path / "rank1").exists()
+    # rank 1 had the same run_dir: had it written, metrics.jsonl would hold 4 rows (checked above: 2) and
+    # its run lock would have refused the directory; nothing but rank 0's outputs is there.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rank0.pt", "rank1.pt", "run", "worker.py"]

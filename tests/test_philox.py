@@ -60,7 +60,7 @@ def test_small_edge_counters_hit_the_top_value():
 
 @pytest.mark.parametrize("backend", _cpu_backends())
 def test_select_op_never_picks_a_masked_entry_at_the_edge_counter(backend):
-    from esper_fast.ops.backends import get_backend
+    from esper_fast.ops.backends import resolve_backend
     from esper_fast.ops.select import empty_selection
 
     key, row, col = SELECT_EDGE
@@ -68,11 +68,11 @@ def test_select_op_never_picks_a_masked_entry_at_the_edge_counter(backend):
     mask = torch.ones_like(logits, dtype=torch.bool)
     mask[row, col] = False
     out = empty_selection(row + 1, torch.device("cpu"))
-    get_backend(backend).run(logits, None, mask, None, torch.tensor([key]), False, out)
+    resolve_backend(backend, torch.device("cpu")).run(logits, None, mask, None, torch.tensor([key]), False, out)
     assert out.op[row] not in (col, -1)
     assert torch.isfinite(out.log_prob).all()
     # unmasked, the edge entry carries the largest (finite) noise of its row and wins
-    get_backend(backend).run(logits, None, None, None, torch.tensor([key]), False, out)
+    resolve_backend(backend, torch.device("cpu")).run(logits, None, None, None, torch.tensor([key]), False, out)
     assert out.op[row] == col and torch.isfinite(out.log_prob).all()
 
 
@@ -80,7 +80,7 @@ def test_select_op_never_picks_a_masked_entry_at_the_edge_counter(backend):
 def test_select_actions_never_picks_a_masked_op_at_the_edge_counter(backend):
     from esper_fast.constants import get_action_head_sizes
     from esper_fast.ops.actions import empty_action_outputs, unpack_action_outputs
-    from esper_fast.ops.backends import get_backend
+    from esper_fast.ops.backends import resolve_backend
 
     key, row, col = ACTIONS_OP_EDGE
     sizes = get_action_head_sizes(3)
@@ -89,8 +89,8 @@ def test_select_actions_never_picks_a_masked_op_at_the_edge_counter(backend):
     op_mask = torch.ones(n, sizes["op"], dtype=torch.bool)
     op_mask[row, col] = False
     out = empty_action_outputs(n, torch.device("cpu"))
-    get_backend(backend).run_actions(logits, {"op": op_mask}, torch.zeros(n, sizes["op"]), {}, None,
-                                     torch.tensor([key]), False, out)  # fmt: skip
+    resolve_backend(backend, torch.device("cpu")).run_actions(logits, {"op": op_mask}, torch.zeros(n, sizes["op"]), {},
+                                                              None, torch.tensor([key]), False, out)  # fmt: skip
     sel = unpack_action_outputs(*out)
     assert sel.actions["op"][row] not in (col, -1)
     assert torch.isfinite(sel.log_probs["op"]).all()

@@ -12,13 +12,14 @@ from esper_fast.constants import HEAD_NAMES, GerminationStyle, LifecycleOp
 from esper_fast.network import FactoredNetwork
 from esper_fast.reference import ReferencePolicy
 from tests.conftest import requires_cuda
+from tests.op_value import assert_value_read_at_returned_op
 
 STATE_DIM = 114
 CPU_BACKENDS = ["torch", "cpu"]  # triton-interpreter policy paths are covered in test_actions.py
 
 
 def esper_state_dict_shapes(state_dim=114, S=3, H=512, F=512, L=1) -> dict[str, tuple[int, ...]]:
-    """esper's documented key list and shapes (esper_contract.md section 1.2), written out by hand."""
+    """esper 0872525b's state_dict keys and shapes, written out by hand."""
     half = H // 2
     shapes = {
         "feature_net.0.weight": (F, state_dim + 4 * S), "feature_net.0.bias": (F,),
@@ -145,6 +146,17 @@ def test_init_scheme_is_esper_s():
     assert torch.equal(p.lstm_ln.weight.detach(), torch.ones(H))
 
 
+def test_one_definition_of_the_value_modes():
+    from esper_fast.constants import POLICY_VALUE_MODES, TRAINER_VALUE_MODES
+    from esper_fast.policy import VALUE_MODES
+    from esper_fast.ppo.config import VALUE_MODES as CONFIG_VALUE_MODES
+
+    assert VALUE_MODES is POLICY_VALUE_MODES
+    assert CONFIG_VALUE_MODES == TRAINER_VALUE_MODES  # ppo/config.py's own copy, until it imports this one
+    with pytest.raises(ValueError, match="value_mode must be one of"):
+        ReferencePolicy(STATE_DIM, value_mode="legacy")  # a trainer mode, not a policy's
+
+
 def test_constructor_errors_name_the_argument():
     with pytest.raises(ValueError, match="value_mode must be one of"):
         FactoredPolicy(STATE_DIM, value_mode="v")
@@ -183,7 +195,7 @@ def test_value_is_q_of_the_returned_op(backend, deterministic):
     spread_op_distribution(policy)
     state, bp = inputs(256)
     res = policy.get_action(state, bp, **random_masks(256), deterministic=deterministic)
-    assert torch.equal(res.sampled_op, res.actions["op"])
+    assert_value_read_at_returned_op(policy, state, bp, res)
     lstm_out = policy.forward(state[:, None], bp[:, None])["lstm_out"]
     expected = policy._compute_value(lstm_out[:, 0:1], res.actions["op"][:, None]).squeeze(1)
     torch.testing.assert_close(res.values, expected, atol=1e-5, rtol=1e-5)
@@ -253,7 +265,7 @@ def test_legacy_reference_mismatches_value_op_and_fixed_modes_never_do():
     assert rates["reference"] == (0.0, 0.0) and rates["fused"] == (0.0, 0.0), rates
 
 
-# ---- esper's contract tests, in spirit (esper_contract.md section 7) --------------------------------
+# ---- esper's own op/value contract tests, in spirit ----------------------------------------------
 @pytest.fixture
 def esper_net():
     torch.manual_seed(0)
@@ -278,9 +290,38 @@ def test_deterministic_op_value_match(esper_net):
 
 def test_stochastic_op_value_match(esper_net):
     state, bp = esper_inputs()
+    spread_op_distribution(esper_net)
+    ops = []
     for _ in range(10):
         res = esper_net.get_action(state, bp, deterministic=False)
-        assert torch.equal(res.sampled_op, res.actions["op"])
+        assert_value_read_at_returned_op(esper_net, state, bp, res)
+        ops.append(res.actions["op"])
+    assert len({tuple(o.tolist()) for o in ops}) > 1  # the draws differ, so the check saw several ops
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_op_value_check_fails_on_a_value_read_at_another_rows_op(backend, monkeypatch):
+    """Mutant: the fused op reads Q(s_i, op_j) of another row j; the op/value check must catch it."""
+    import esper_fast.policy as policy_module
+
+    real = policy_module.select_actions
+
+    def mutant(logits, masks, q, **kw):
+        sel = real(logits, masks, q, **kw)
+        other_op = sel.actions["op"].roll(1)
+        wrong = q.float().gather(-1, other_op[:, None]).squeeze(-1)
+        return sel._replace(q_op=wrong)
+
+    policy = small_policy(backend=backend)
+    spread_op_distribution(policy)
+    state, bp = inputs(64)
+    res = policy.get_action(state, bp, **random_masks(64))
+    assert_value_read_at_returned_op(policy, state, bp, res)  # the real op passes
+    monkeypatch.setattr(policy_module, "select_actions", mutant)
+    bad = policy.get_action(state, bp, **random_masks(64))
+    assert torch.equal(bad.sampled_op, bad.actions["op"])  # the old identity check passes the mutant
+    with pytest.raises(AssertionError):
+        assert_value_read_at_returned_op(policy, state, bp, bad)
 
 
 @pytest.mark.parametrize("deterministic", [True, False])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from esper_fast.ppo import Trainer, make_config
 from esper_fast.ppo.evaluate import compare_with_baselines
+from tests.op_value import assert_stored_q_is_q_of_stored_op
 
 EPISODES, EVAL_SEED = 32, 777
 MARGIN = 5.0  # return points; random scores ~31 on these episodes, the heuristic ~53
@@ -20,7 +21,8 @@ def test_short_run_beats_random_clearly():
                       eval_episodes=0)  # fmt: skip
     trainer = Trainer(cfg, run_dir=None, log=lambda _m: None)
     trainer.train(handle_signals=False)
-    assert trainer.last_row["charts/op_agreement"] == 1.0
+    trainer.rollout()  # one more rollout with the trained policy (unchanged until the next update)
+    assert_stored_q_is_q_of_stored_op(trainer)  # observable; charts/op_agreement is sampled_op == op, an identity
     results = compare_with_baselines(trainer.policy, trainer.obs_normalizer, cfg, EPISODES, EVAL_SEED)
     random_return = results["random"]["mean_return"]
     summary = {k: round(v["mean_return"], 2) for k, v in results.items()}

@@ -12,6 +12,7 @@ from esper_fast.ppo import Trainer, make_config
 from esper_fast.ppo.agent import cpu_threads, effective_masks
 from esper_fast.ppo.gae import compute_gae, normalize_advantages
 from esper_fast.ppo.update import evaluate_sequences, ppo_update
+from tests.op_value import assert_stored_q_is_q_of_stored_op
 
 # Short episodes (6) inside longer rollouts (10) put a truncation and an auto-reset mid-sequence.
 TINY = dict(num_envs=4, rollout_steps=10, episode_length=6, feature_dim=16, lstm_hidden_dim=16,
@@ -144,13 +145,17 @@ def test_first_update_step_sees_ratio_one():
 
 @pytest.mark.parametrize("value_mode,agree", [("q_op", True), ("expected", True), ("legacy", False)])
 def test_value_action_op_agreement(value_mode, agree):
+    """The stored Q anchor is Q(s, stored op), recomputed by replaying the rollout (observable: the legacy
+    double draw fails it). ``op_agree`` compares ``sampled_op`` with the action: an identity on the fused paths."""
     tr = tiny_trainer(value_mode=value_mode, num_envs=8)
     tr.rollout()
     rate = tr.buffer.op_agree.float().mean().item()
     if agree:
-        assert rate == 1.0
+        assert_stored_q_is_q_of_stored_op(tr)
     else:
         assert rate < 0.9  # the double draw: value and action ops differ often
+        with pytest.raises(AssertionError):
+            assert_stored_q_is_q_of_stored_op(tr)
 
 
 def test_value_modes_store_their_baselines():

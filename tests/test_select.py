@@ -50,7 +50,7 @@ def assert_matches(got: OpSelection, ref: OpSelection, atol: float = 2e-5) -> No
 
 
 # ---- agreement with the reference -----------------------------------------------------------
-@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("backend,device", NATIVE_BACKEND_DEVICES)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_deterministic_matches_reference(backend, device, shape, dtype):
@@ -63,7 +63,7 @@ def test_deterministic_matches_reference(backend, device, shape, dtype):
     assert (mask.gather(1, got.op[:, None])).all()
 
 
-@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("backend,device", NATIVE_BACKEND_DEVICES)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_explicit_noise_matches_reference(backend, device, shape, dtype):
@@ -75,7 +75,7 @@ def test_explicit_noise_matches_reference(backend, device, shape, dtype):
     assert_matches(got, ref, TOL[dtype])
 
 
-@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("backend,device", NATIVE_BACKEND_DEVICES)
 def test_no_mask_means_all_valid(backend, device):
     logits, q, _ = make_inputs(19, 7, device=device)
     got = select_op(logits, q, None, deterministic=True, backend=backend)
@@ -83,7 +83,7 @@ def test_no_mask_means_all_valid(backend, device):
     assert_matches(got, ref)
 
 
-@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("backend,device", NATIVE_BACKEND_DEVICES)
 def test_internal_rng_equals_reference_philox(backend, device):
     """Same generator seed -> same key -> the reference's Philox noise -> the same ops."""
     n = small_n(backend, device, 3000)
@@ -191,7 +191,7 @@ def test_ties_pick_the_lowest_index(backend, device):
     assert zero_noise.op.tolist() == [1, 1, 1]
 
 
-@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("backend,device", NATIVE_BACKEND_DEVICES)
 def test_logits_already_filled_with_esper_mask_value(backend, device):
     """esper pre-masks logits with -1e4: still exact zero probability at masked entries here."""
     logits, q, mask = make_inputs(40, 6, device=device)
@@ -218,7 +218,7 @@ def test_non_contiguous_views(backend, device):
             assert_matches(got, ref)
 
 
-@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("backend,device", NATIVE_BACKEND_DEVICES)
 def test_mixed_input_dtypes(backend, device):
     logits, q, mask = make_inputs(21, 6, device=device)
     got = select_op(logits.half(), q.bfloat16(), mask, deterministic=True, backend=backend)
@@ -337,7 +337,7 @@ def test_available_backends_on_cpu_has_reference_and_cpu():
     assert names[:2] == ["torch", "cpu"]
 
 
-@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("backend,device", NATIVE_BACKEND_DEVICES)
 def test_q_none_gives_zero_critic_outputs(backend, device):
     logits, q, mask = make_inputs(17, 5, device=device)
     noise = torch.rand(17, 5, device=device)

@@ -21,8 +21,10 @@ from pathlib import Path
 
 import torch
 
-from esper_fast import FactoredPolicy, FactoredPolicyV2
+from esper_fast.policy import FactoredPolicy
+from esper_fast.policy_v2 import FactoredPolicyV2
 from esper_fast.constants_v2 import OBS_V3_NON_BLUEPRINT_DIM, PROBABILITY_FLOOR_PER_HEAD
+from esper_fast.ppo.agent import validation_off
 from esper_fast.reference.policy_v2 import reference_get_action_v2
 from esper_fast.bench.common import CaseProgress, default_out_dir, machine_info, median_us, write_results
 from esper_fast.reference import ReferencePolicy
@@ -78,11 +80,9 @@ def run(device: torch.device, batches, compile_batches, hidden_dim: int, budget_
     legacy = ReferencePolicy(114, feature_dim=hidden_dim, lstm_hidden_dim=hidden_dim, legacy=True).to(device).eval()
     ref.load_state_dict(fused.state_dict())
     legacy.load_state_dict(fused.state_dict())
-    saved = FactoredPolicy.validate, ReferencePolicy.validate
-    FactoredPolicy.validate = ReferencePolicy.validate = False
     rows, start = [], time.time()
     progress = CaseProgress("bench_get_action", len(batches))
-    try:
+    with validation_off(FactoredPolicy, ReferencePolicy):
         for batch in batches:
             state, bp, masks, hidden = _inputs(fused, batch, device)
             row = {"batch": batch}
@@ -109,8 +109,6 @@ def run(device: torch.device, batches, compile_batches, hidden_dim: int, budget_
             for k in ("legacy", "fused", "fused_graph", "fused_compiled"):
                 if f"{k}_us" in row:
                     row[f"{k}_speedup"] = row["reference_us"] / row[f"{k}_us"]
-    finally:
-        FactoredPolicy.validate, ReferencePolicy.validate = saved
     return rows
 
 
@@ -119,10 +117,8 @@ def run_head(device: torch.device, batches, hidden_dim: int, budget_s: float) ->
     torch.manual_seed(0)
     fused = FactoredPolicyV2(OBS_V3_NON_BLUEPRINT_DIM, hidden_dim, hidden_dim).to(device).eval()
     floors = dict(PROBABILITY_FLOOR_PER_HEAD)
-    saved = FactoredPolicyV2.validate
-    FactoredPolicyV2.validate = False
     rows, start = [], time.time()
-    try:
+    with validation_off(FactoredPolicyV2):
         for batch in batches:
             state, bp, masks, hidden = _inputs(fused, batch, device)
             plain_masks = {k[: -len("_mask")]: m for k, m in masks.items()}
@@ -143,8 +139,6 @@ def run_head(device: torch.device, batches, hidden_dim: int, budget_s: float) ->
             if time.time() - start > budget_s:
                 print(f"bench_get_action (head): time budget {budget_s}s reached, stopping early", flush=True)
                 break
-    finally:
-        FactoredPolicyV2.validate = saved
     return rows
 
 
@@ -179,9 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.profile_batch:
         torch.manual_seed(0)
         pol = FactoredPolicy(114, feature_dim=args.hidden_dim, lstm_hidden_dim=args.hidden_dim).to(device).eval()
-        FactoredPolicy.validate = False
-        table = profile_table(pol, args.profile_batch, device)
-        FactoredPolicy.validate = True
+        with validation_off(FactoredPolicy):
+            table = profile_table(pol, args.profile_batch, device)
         kind = "gpu" if device.type == "cuda" else "cpu"
         (out / f"bench_get_action_profile_{kind}.md").write_text(
             f"# FactoredPolicy.get_action profile, batch {args.profile_batch}, 10 eager calls "

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from esper_fast import available_backends, select_op
+from esper_fast.ops import available_backends, select_op
 from esper_fast.bench.common import CaseProgress, default_out_dir, machine_info, median_us, write_results
 from esper_fast.reference import select_op_reference
 

@@ -33,6 +33,7 @@ from typing import Iterator
 import torch
 
 from esper_fast.bench.common import CaseProgress, default_out_dir, machine_info, write_results
+from esper_fast.constants import POLICY_VALUE_MODES
 
 VARIANTS = ("unfused", "fused")
 SPLIT = ("env", "act", "rollout_other", "update", "other")
@@ -49,7 +50,7 @@ def _trainer(preset: str, device: str, num_envs: int, variant: str, threads: int
     trainer = Trainer(cfg, None, log=lambda _m: None, tensorboard=False)
     if variant == "unfused":  # same weights, esper's torch-op selection and per-head evaluate_actions
         fused = trainer.policy
-        mode = cfg.value_mode if cfg.value_mode in ("q_op", "expected") else "q_op"
+        mode = cfg.value_mode if cfg.value_mode in POLICY_VALUE_MODES else "q_op"
         ref = ReferencePolicy(fused.state_dim, fused.num_slots, feature_dim=cfg.feature_dim,
                               lstm_hidden_dim=cfg.lstm_hidden_dim, lstm_layers=cfg.lstm_layers,
                               value_mode=mode).to(device)  # fmt: skip

@@ -115,13 +115,6 @@ SLOT_FEATURES: tuple[str, ...] = (
     *(f"style_{s.name.lower()}" for s in GerminationStyle), "tempo", "pruning",
 )
 
-_ENV_FIELDS = ("epoch", "acc0", "acc_max", "host_tau", "damage", "acc_true", "acc_obs", "acc_delta",
-               "acc_trend", "best_true", "best_obs", "best_epoch", "total_seeds", "last_op",
-               "last_invalid", "last_reward", "last_rent", "ep_return")
-_SLOT_FIELDS = ("stage", "age", "stage_epochs", "train_epochs", "blueprint", "style", "tempo",
-                "curve", "alpha", "alpha_start", "alpha_target", "ramp_steps", "ramp_k", "alpha_mode",
-                "pruning", "contribution", "cost", "estimate", "estimate_ema")
-
 
 @dataclass(frozen=True)
 class EnvConfig:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from esper_fast.constants import HEAD_NAMES, get_feature_size
+from esper_fast.version import __version__
 
 __all__ = [
     "DIRECT_FIELDS",
@@ -209,7 +210,6 @@ def to_esper_checkpoint(ckpt: dict[str, Any], log: Callable[[str], None] | None 
     Raises :class:`~esper_fast.ppo.checkpoint.CheckpointError` if esper's ``PPOAgent.load()`` could not
     rebuild the network (esper's bundle always builds ``feature_dim`` 512 and one LSTM layer).
     """
-    import esper_fast
     from esper_fast.ppo.checkpoint import CheckpointError
     from esper_fast.ppo.config import PPOConfig
 
@@ -263,7 +263,7 @@ def to_esper_checkpoint(ckpt: dict[str, Any], log: Callable[[str], None] | None 
     lost["learning_rate / adam_eps"] = "carried by optimizer_state_dict (esper's load() restores them from it)"
     metadata = dict(ckpt.get("metadata") or {})
     metadata.update({
-        "exported_by": f"esper_fast {esper_fast.__version__}", "source_checkpoint": str(source),
+        "exported_by": f"esper_fast {__version__}", "source_checkpoint": str(source),
         "esper_fast_config": cfg.to_dict(), "not_representable": lost,
     })  # fmt: skip
     if "obs_normalizer" in ckpt:

@@ -16,19 +16,20 @@ from esper_fast.constants import HEAD_NAMES
 from esper_fast.errors import InvalidActionMaskError
 from esper_fast.ops.backends import resolve_backend
 from esper_fast.ops.checks import check_action_dicts, check_noise_finite
+from esper_fast.ops.layout import ACTION_ROWS, ENTROPY_ROW, FLOAT_ROWS, LOG_PROB_ROW, Q_OP_ROW, VALUE_ROW
 from esper_fast.ops.select import FLOAT_DTYPES, draw_key, select_op
 from esper_fast.reference.actions import AFTER_OP, ActionSelection, compose_heads
 
-__all__ = ["ActionSelection", "select_actions", "empty_action_outputs", "unpack_action_outputs"]
+__all__ = ["ActionSelection", "select_actions", "empty_action_outputs", "unpack_action_outputs", "raise_for_bad_rows"]
 
 _ORDER = ("op",) + AFTER_OP  # dict order of every ActionSelection (esper's get_action order)
 _IDX = {h: i for i, h in enumerate(HEAD_NAMES)}
 
 
 def empty_action_outputs(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """(actions ``[8, n]`` int64, floats ``[18, n]`` float32: log_prob x8, entropy x8, q_op, value)."""
-    return (torch.empty(8, n, dtype=torch.int64, device=device),
-            torch.empty(18, n, dtype=torch.float32, device=device))  # fmt: skip
+    """(actions ``[ACTION_ROWS, n]`` int64, floats ``[FLOAT_ROWS, n]`` float32), see :mod:`esper_fast.ops.layout`."""
+    return (torch.empty(ACTION_ROWS, n, dtype=torch.int64, device=device),
+            torch.empty(FLOAT_ROWS, n, dtype=torch.float32, device=device))  # fmt: skip
 
 
 def unpack_action_outputs(actions: Tensor, floats: Tensor) -> ActionSelection:
@@ -36,10 +37,10 @@ def unpack_action_outputs(actions: Tensor, floats: Tensor) -> ActionSelection:
     acts, fl = actions.unbind(0), floats.unbind(0)  # one call each: cheaper than 26 indexings
     return ActionSelection(
         {h: acts[_IDX[h]] for h in _ORDER},
-        {h: fl[_IDX[h]] for h in _ORDER},
-        {h: fl[8 + _IDX[h]] for h in _ORDER},
-        fl[16],
-        fl[17],
+        {h: fl[LOG_PROB_ROW + _IDX[h]] for h in _ORDER},
+        {h: fl[ENTROPY_ROW + _IDX[h]] for h in _ORDER},
+        fl[Q_OP_ROW],
+        fl[VALUE_ROW],
     )
 
 
@@ -129,28 +130,39 @@ def select_actions(
             run(logits, masks, q, noise or {}, slot_by_op, key, deterministic, out)
         sel = unpack_action_outputs(*out)
     if validate:
-        _raise_for_bad_rows(sel, logits, masks)
+        raise_for_bad_rows(sel.actions, logits, masks, rules="style override / slot_by_op")
     return sel
 
 
-def _raise_for_bad_rows(sel: ActionSelection, logits, masks) -> None:
-    """One sync on the happy path; on failure, names the head, the rows and the cause."""
-    if not bool(torch.stack([a < 0 for a in sel.actions.values()]).any()):
+def raise_for_bad_rows(actions: dict[str, Tensor], logits: dict[str, Tensor], masks: dict[str, Tensor | None], *,
+                       rules: str, mask_heads: tuple[str, ...] | None = None,
+                       skip_rows_of_bad_op: bool = False) -> None:  # fmt: skip
+    """The fused ops' validation (select_actions and select_actions_v2): one sync on the happy path; on
+    failure, names the head, the rows and the cause.
+
+    ``actions``: head -> ``[N]`` (-1 on a bad row). An empty mask row raises "No valid actions available
+    for head ... in k row(s)" for the heads in ``mask_heads`` (None: every head); inf/nan at valid logits
+    raise ``ValueError``; anything else is a head emptied by the op-dependent ``rules`` (named in the
+    message). ``skip_rows_of_bad_op``: a head's bad rows whose op is bad too are reported under the op.
+    """
+    if not bool(torch.stack([a < 0 for a in actions.values()]).any()):
         return
     for head in _ORDER:
-        bad = torch.nonzero(sel.actions[head] < 0).flatten()
+        bad = torch.nonzero(actions[head] < 0).flatten()
         if bad.numel() == 0:
             continue
         rows = bad[:8].tolist()
+        if skip_rows_of_bad_op and head != "op" and bool((actions["op"][bad] < 0).all()):
+            continue  # reported under the op head
         mask = masks.get(head)
-        if mask is not None and not bool(mask[bad].any(-1).all()):
+        checks_mask = mask_heads is None or head in mask_heads
+        if mask is not None and checks_mask and not bool(mask[bad].any(-1).all()):
             raise InvalidActionMaskError(
                 f"No valid actions available for head {head!r} in {bad.numel()} row(s), first rows {rows}"
             )
         valid = torch.ones_like(logits[head][bad], dtype=torch.bool) if mask is None else mask[bad]
         if not bool(torch.isfinite(logits[head][bad][valid]).all()):
             raise ValueError(f"logits[{head!r}] contain inf/nan at valid entries in rows {rows}")
-        raise InvalidActionMaskError(  # style / slot emptied by the op-dependent rules
-            f"No valid actions available for head {head!r} once the op-dependent rules apply "
-            f"(style override / slot_by_op) in rows {rows}"
+        raise InvalidActionMaskError(  # a head emptied by the op-dependent rules
+            f"No valid actions available for head {head!r} once the op-dependent rules apply ({rules}) in rows {rows}"
         )

@@ -19,9 +19,11 @@ import torch
 from torch import Tensor
 
 from esper_fast.constants import HEAD_NAMES
-from esper_fast.errors import InvalidActionMaskError
 from esper_fast.ops._native import DTYPE_CODES, unit_cols
-from esper_fast.ops.actions import _check
+from esper_fast.ops.actions import _check, raise_for_bad_rows
+from esper_fast.ops.layout import (
+    ACTION_ROWS, ENTROPY_ROW, FLOAT_ROWS_V2, LOG_PROB_ROW, Q_OP_ROW, STATE_VALUE_ROW_V2, VALUE_ROW,
+)  # fmt: skip
 from esper_fast.ops.backends import (
     _cpu_module,
     _cuda_module,
@@ -38,12 +40,13 @@ from esper_fast.reference.actions_v2 import (
 __all__ = ["ActionSelectionV2", "empty_action_outputs_v2", "select_actions_v2", "unpack_action_outputs_v2"]
 
 _ORDER = ("op",) + AFTER_OP
-N_FLOAT_ROWS = 19  # log_prob x8, entropy x8, q_op, expected value, value
+N_FLOAT_ROWS = FLOAT_ROWS_V2  # log_prob x8, entropy x8, q_op, expected value, value (ops/layout.py)
 
 
 def empty_action_outputs_v2(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """(actions ``[8, n]`` int64, floats ``[19, n]`` float32: log_prob x8, entropy x8, q_op, expected, value)."""
-    return (torch.empty(8, n, dtype=torch.int64, device=device),
+    """(actions ``[ACTION_ROWS, n]`` int64, floats ``[FLOAT_ROWS_V2, n]`` float32: log_prob x8, entropy x8,
+    q_op, expected, value; :mod:`esper_fast.ops.layout`)."""
+    return (torch.empty(ACTION_ROWS, n, dtype=torch.int64, device=device),
             torch.empty(N_FLOAT_ROWS, n, dtype=torch.float32, device=device))  # fmt: skip
 
 
@@ -52,9 +55,9 @@ def unpack_action_outputs_v2(actions: Tensor, floats: Tensor) -> ActionSelection
     idx = {h: i for i, h in enumerate(HEAD_NAMES)}
     return ActionSelectionV2(
         {h: actions[idx[h]] for h in _ORDER},
-        {h: floats[idx[h]] for h in _ORDER},
-        {h: floats[8 + idx[h]] for h in _ORDER},
-        floats[16], floats[17], floats[18],
+        {h: floats[LOG_PROB_ROW + idx[h]] for h in _ORDER},
+        {h: floats[ENTROPY_ROW + idx[h]] for h in _ORDER},
+        floats[Q_OP_ROW], floats[VALUE_ROW], floats[STATE_VALUE_ROW_V2],
     )  # fmt: skip
 
 
@@ -81,11 +84,11 @@ def _run_torch(logits, masks, q, value, floors, noise, slot_by_op, key, determin
                                       slot_by_op=slot_by_op)  # fmt: skip
     for i, h in enumerate(HEAD_NAMES):
         out[0][i].copy_(sel.actions[h])
-        out[1][i].copy_(sel.log_probs[h])
-        out[1][8 + i].copy_(sel.entropies[h])
-    out[1][16].copy_(sel.q_op)
-    out[1][17].copy_(sel.expected_value)
-    out[1][18].copy_(sel.values)
+        out[1][LOG_PROB_ROW + i].copy_(sel.log_probs[h])
+        out[1][ENTROPY_ROW + i].copy_(sel.entropies[h])
+    out[1][Q_OP_ROW].copy_(sel.q_op)
+    out[1][VALUE_ROW].copy_(sel.expected_value)
+    out[1][STATE_VALUE_ROW_V2].copy_(sel.values)
 
 
 def _native_args(logits, masks, q, value, floors, noise, slot_by_op, key, deterministic, out) -> tuple:
@@ -174,7 +177,7 @@ def select_actions_v2(
     chosen = resolve_backend(backend, device)
     if out is None:
         out = empty_action_outputs_v2(n, device)
-    elif (out[0].shape != (8, n) or out[0].dtype != torch.int64 or out[1].shape != (N_FLOAT_ROWS, n)
+    elif (out[0].shape != (ACTION_ROWS, n) or out[0].dtype != torch.int64 or out[1].shape != (N_FLOAT_ROWS, n)
           or out[1].dtype != torch.float32 or not out[0].is_contiguous() or not out[1].is_contiguous()):  # fmt: skip
         raise ValueError(f"out must be contiguous (int64 [8, {n}], float32 [{N_FLOAT_ROWS}, {n}]) tensors")
     if n > 0:
@@ -188,23 +191,7 @@ def select_actions_v2(
 
 
 def _raise_for_bad_rows_v2(sel: ActionSelectionV2, logits, masks) -> None:
-    """One sync on the happy path; on failure names the head, the rows and the cause."""
-    if not bool(torch.stack([a < 0 for a in sel.actions.values()]).any()):
-        return
-    for head in _ORDER:
-        bad = torch.nonzero(sel.actions[head] < 0).flatten()
-        if bad.numel() == 0:
-            continue
-        rows = bad[:8].tolist()
-        if head != "op" and bool((sel.actions["op"][bad] < 0).all()):
-            continue  # reported under the op head
-        mask = masks.get(head)
-        if mask is not None and head == "op" and not bool(mask[bad].any(-1).all()):
-            raise InvalidActionMaskError(f"No valid actions available for head 'op' in {bad.numel()} row(s), first rows {rows}")
-        valid = torch.ones_like(logits[head][bad], dtype=torch.bool) if mask is None else mask[bad]
-        if not bool(torch.isfinite(logits[head][bad][valid]).all()):
-            raise ValueError(f"logits[{head!r}] contain inf/nan at valid entries in rows {rows}")
-        raise InvalidActionMaskError(
-            f"No valid actions available for head {head!r} once the op-dependent rules apply "
-            f"(canonicalisation / slot_by_op) in rows {rows}"
-        )
+    """:func:`esper_fast.ops.actions.raise_for_bad_rows` with v2's rules: only the op's mask is checked
+    as such (the other heads are canonicalised by the op), bad ops reported once, under the op."""
+    raise_for_bad_rows(sel.actions, logits, masks, rules="canonicalisation / slot_by_op", mask_heads=("op",),
+                       skip_rows_of_bad_op=True)  # fmt: skip

@@ -32,18 +32,19 @@ from torch import Tensor
 from esper_fast.errors import BackendUnavailableError
 from esper_fast.constants import HEAD_NAMES
 from esper_fast.ops._native import load_module, run_native, run_native_actions
+from esper_fast.ops.layout import ENTROPY_ROW, LOG_PROB_ROW, Q_OP_ROW, VALUE_ROW
 from esper_fast.reference.actions import select_actions_reference
 from esper_fast.reference.select import select_op_reference
 from esper_fast.types import OpSelection
 
-__all__ = ["BACKEND_NAMES", "available_backends", "resolve_backend", "get_backend", "Backend"]
+__all__ = ["BACKEND_NAMES", "available_backends", "resolve_backend", "Backend"]
 
 BACKEND_NAMES = ("torch", "cpu", "cuda", "triton")
 ENV_VAR = "ESPER_FAST_BACKEND"
 
 # run(logits, q, mask, noise, key, deterministic, out) -> bad-row count if known for free, else None
 RunFn = Callable[[Tensor, Tensor, "Tensor | None", "Tensor | None", "Tensor | None", bool, OpSelection], "int | None"]
-# run_actions(logits dict, masks dict, q, noise dict, slot_by_op, key, deterministic, (actions [8,N], floats [18,N]))
+# run_actions(logits dict, masks dict, q, noise dict, slot_by_op, key, deterministic, (actions, floats)): ops/layout.py
 RunActionsFn = Callable[..., "int | None"]
 
 
@@ -56,7 +57,7 @@ class Backend:
     run_actions: RunActionsFn
     why_not: Callable[[torch.device], "str | None"]
     # The lean call path (cpu): run_lean(logits, q, mask, noise, key, deterministic, op [N], floats
-    # [4, N]) and run_actions_lean(..., (actions [8, N], floats [18, N])) take the tensors straight
+    # [4, N]) and run_actions_lean(..., (actions, floats) as in ops/layout.py) take the tensors straight
     # into one C++ entry. None: select_op / select_actions use run / run_actions.
     run_lean: "Callable[..., int | None] | None" = None
     run_actions_lean: "Callable[..., int | None] | None" = None
@@ -84,10 +85,10 @@ def _run_actions_torch_nograd(logits, masks, q, noise, slot_by_op, key, determin
                                    key=key, slot_by_op=slot_by_op)  # fmt: skip
     for i, h in enumerate(HEAD_NAMES):
         out[0][i].copy_(sel.actions[h])
-        out[1][i].copy_(sel.log_probs[h])
-        out[1][8 + i].copy_(sel.entropies[h])
-    out[1][16].copy_(sel.q_op)
-    out[1][17].copy_(sel.expected_value)
+        out[1][LOG_PROB_ROW + i].copy_(sel.log_probs[h])
+        out[1][ENTROPY_ROW + i].copy_(sel.entropies[h])
+    out[1][Q_OP_ROW].copy_(sel.q_op)
+    out[1][VALUE_ROW].copy_(sel.expected_value)
 
 
 # ---- cpu (esper_fast._C) --------------------------------------------------------------------------
@@ -236,10 +237,6 @@ def prefer_triton(n: int, a: int) -> bool:
     """Whether ``auto`` should take triton over cuda for an ``[n, a]`` select_op."""
     width = 1 << max(a - 1, 0).bit_length()
     return width >= TRITON_MIN_WIDTH and n * width >= TRITON_MIN_ELEMENTS
-
-
-def get_backend(name: str) -> Backend:
-    return _BACKENDS[name]
 
 
 def available_backends(device: torch.device | str | None = None) -> list[str]:

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from esper_fast.constants import HEAD_NAMES
+from esper_fast.ops.layout import ACTION_ROWS, FLOAT_ROWS
 from esper_fast.ops.backends import resolve_backend
 from esper_fast.types import OpSelection
 
@@ -54,9 +55,10 @@ def select_actions_op(
     logits: list[Tensor], masks: list[Optional[Tensor]], noise: list[Optional[Tensor]], q: Tensor,
     slot_by_op: Optional[Tensor], key: Optional[Tensor], deterministic: bool, backend: str,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """(actions ``[8, N]`` int64, floats ``[18, N]``), heads in HEAD_NAMES order."""
+    """(actions ``[ACTION_ROWS, N]`` int64, floats ``[FLOAT_ROWS, N]``; :mod:`esper_fast.ops.layout`)."""
     n = q.shape[0]
-    out = (torch.empty(8, n, dtype=torch.int64, device=q.device), torch.empty(18, n, dtype=torch.float32, device=q.device))
+    out = (torch.empty(ACTION_ROWS, n, dtype=torch.int64, device=q.device),
+           torch.empty(FLOAT_ROWS, n, dtype=torch.float32, device=q.device))  # fmt: skip
     as_dict = lambda ts: {h: t for h, t in zip(HEAD_NAMES, ts) if t is not None}  # noqa: E731
     resolve_backend(backend, q.device).run_actions(
         dict(zip(HEAD_NAMES, logits)), as_dict(masks), q, as_dict(noise), slot_by_op, key, deterministic, out
@@ -67,4 +69,4 @@ def select_actions_op(
 @select_actions_op.register_fake
 def _select_actions_fake(logits, masks, noise, q, slot_by_op, key, deterministic, backend):
     n = q.shape[0]
-    return q.new_empty(8, n, dtype=torch.int64), q.new_empty(18, n, dtype=torch.float32)
+    return q.new_empty(ACTION_ROWS, n, dtype=torch.int64), q.new_empty(FLOAT_ROWS, n, dtype=torch.float32)

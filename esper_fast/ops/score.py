@@ -83,7 +83,7 @@ def score_actions_reference(
     optional ``[..., num_ops, S]`` bool. Without ``slot_by_op`` this is exactly
     ``FactoredNetwork.score_actions``.
     """
-    from esper_fast.network import normalized_entropy
+    from esper_fast.reference.actions import normalized_entropy
 
     op = actions["op"]
     log_probs, entropy = {}, {}

@@ -14,8 +14,13 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from esper_fast.ops import layout
 from esper_fast.ops._native import unit_cols
-from esper_fast.ops.triton_select import _TILE, _choose, _philox_gumbel, block_sizes
+from esper_fast.ops.triton_select import (
+    _ENTROPY_ROW, _LOG_PROB_ROW, _Q_OP_ROW, _TILE, _VALUE_ROW, _choose, _philox_gumbel, block_sizes,
+)  # fmt: skip
+
+_STATE_VALUE_ROW_V2 = tl.constexpr(layout.STATE_VALUE_ROW_V2)
 
 __all__ = ["select_actions_v2_triton"]
 
@@ -91,8 +96,8 @@ def _head_v2(
     r = tl.reshape(rows, [rows.shape[0]])
     live = r < N
     tl.store(act_ptr + H * N + r, act, mask=live)
-    tl.store(f_ptr + H * N + r, logp, mask=live)
-    tl.store(f_ptr + (8 + H) * N + r, _normalize(ent, valid), mask=live)
+    tl.store(f_ptr + (_LOG_PROB_ROW + H) * N + r, logp, mask=live)
+    tl.store(f_ptr + (_ENTROPY_ROW + H) * N + r, _normalize(ent, valid), mask=live)
 
 
 @triton.jit
@@ -131,15 +136,15 @@ def _select_actions_v2_kernel(
     op, logp, ent, q_op, expected = _choose(l, q, valid, g, cols, DETERMINISTIC)
     live = r < N
     tl.store(act_ptr + 7 * N + r, op, mask=live)
-    tl.store(f_ptr + 7 * N + r, logp, mask=live)
-    tl.store(f_ptr + 15 * N + r, _normalize(ent, valid), mask=live)
-    tl.store(f_ptr + 16 * N + r, q_op, mask=live)
-    tl.store(f_ptr + 17 * N + r, expected, mask=live)
+    tl.store(f_ptr + (_LOG_PROB_ROW + 7) * N + r, logp, mask=live)
+    tl.store(f_ptr + (_ENTROPY_ROW + 7) * N + r, _normalize(ent, valid), mask=live)
+    tl.store(f_ptr + _Q_OP_ROW * N + r, q_op, mask=live)
+    tl.store(f_ptr + _VALUE_ROW * N + r, expected, mask=live)
     value = expected
     if HAS_VALUE:
         v = tl.load(v_ptr + r.to(tl.int64) * stride_v, mask=live, other=0.0).to(tl.float32)
         value = tl.where(op >= 0, v, float("nan"))
-    tl.store(f_ptr + 18 * N + r, value, mask=live)
+    tl.store(f_ptr + _STATE_VALUE_ROW_V2 * N + r, value, mask=live)
     op = op.to(tl.int32)
     # ---- the other heads in esper's order, canonicalised by the op (RELEVANT: bit o = free for op o)
     _head_v2(l2, sl2, m2, sm2, g2, sg2, key_ptr, rows, N, op, f2, sbo_ptr, stride_sbo, act_ptr, f_ptr,

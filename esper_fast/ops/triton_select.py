@@ -14,10 +14,17 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from esper_fast.ops import layout
 from esper_fast.ops._native import unit_cols
 from esper_fast.types import OpSelection
 
 __all__ = ["select_op_triton", "select_actions_triton", "block_sizes"]
+
+# The fused output layout (esper_fast/ops/layout.py) as compile-time constants of the kernels.
+_LOG_PROB_ROW = tl.constexpr(layout.LOG_PROB_ROW)
+_ENTROPY_ROW = tl.constexpr(layout.ENTROPY_ROW)
+_Q_OP_ROW = tl.constexpr(layout.Q_OP_ROW)
+_VALUE_ROW = tl.constexpr(layout.VALUE_ROW)
 
 
 @triton.jit
@@ -128,8 +135,8 @@ def _head(
     r = tl.reshape(rows, [rows.shape[0]])
     live = r < N
     tl.store(act_ptr + H * N + r, act, mask=live)
-    tl.store(f_ptr + H * N + r, logp, mask=live)
-    tl.store(f_ptr + (8 + H) * N + r, ent, mask=live)
+    tl.store(f_ptr + (_LOG_PROB_ROW + H) * N + r, logp, mask=live)
+    tl.store(f_ptr + (_ENTROPY_ROW + H) * N + r, ent, mask=live)
 
 
 @triton.jit
@@ -165,10 +172,10 @@ def _select_actions_kernel(
     op, logp, ent, q_op, value = _choose(l, q, valid, g, cols, DETERMINISTIC)
     live = r < N
     tl.store(act_ptr + 7 * N + r, op, mask=live)
-    tl.store(f_ptr + 7 * N + r, logp, mask=live)
-    tl.store(f_ptr + 15 * N + r, ent, mask=live)
-    tl.store(f_ptr + 16 * N + r, q_op, mask=live)
-    tl.store(f_ptr + 17 * N + r, value, mask=live)
+    tl.store(f_ptr + (_LOG_PROB_ROW + 7) * N + r, logp, mask=live)
+    tl.store(f_ptr + (_ENTROPY_ROW + 7) * N + r, ent, mask=live)
+    tl.store(f_ptr + _Q_OP_ROW * N + r, q_op, mask=live)
+    tl.store(f_ptr + _VALUE_ROW * N + r, value, mask=live)
     # ---- the other heads, with esper's op-dependent rules
     _head(l2, sl2, m2, sm2, g2, sg2, key_ptr, rows, N, op, sbo_ptr, stride_sbo, act_ptr, f_ptr,
           2, S2, B2, (HAS_MASK >> 2) & 1, (HAS_NOISE >> 2) & 1, 1, DETERMINISTIC)
@@ -240,7 +247,7 @@ def select_actions_triton(
     deterministic: bool,
     out: tuple[Tensor, Tensor],
 ) -> None:
-    """Launches the fused kernel (heads in HEAD_NAMES order) writing ``out = (actions [8, N], floats [18, N])``."""
+    """Launches the fused kernel (heads in HEAD_NAMES order) writing ``out = (actions, floats)`` (ops/layout.py)."""
     n = q.shape[0]
     if n == 0:
         return

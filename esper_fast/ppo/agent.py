@@ -74,18 +74,21 @@ def cpu_threads(n: int, device: torch.device | str) -> Iterator[None]:
 
 
 @contextmanager
-def validation_off(policy: FactoredNetwork) -> Iterator[None]:
-    """Turn this policy instance's ``validate`` setting off (no host syncs), restore it afterwards."""
-    own = vars(policy)
-    had_own, old = "validate" in own, own.get("validate")
-    policy.validate = False
+def validation_off(*targets: object) -> Iterator[None]:
+    """Turn ``validate`` off (no host syncs) on each target, a policy instance or a policy class
+    (``FactoredPolicy``: the class flag its instances without their own setting follow); afterwards
+    each target gets back exactly what it had (its own setting, or none: it follows its class again)."""
+    saved = [(t, "validate" in vars(t), vars(t).get("validate")) for t in targets]
+    for t in targets:
+        t.validate = False
     try:
         yield
     finally:
-        if had_own:
-            policy.validate = old
-        else:
-            own.pop("validate", None)
+        for t, had_own, old in reversed(saved):
+            if had_own:
+                t.validate = old
+            else:
+                delattr(t, "validate")
 
 
 def act(policy: FactoredNetwork, obs: Tensor, env_obs: EnvObs, hidden: Hidden | None, *, deterministic: bool,

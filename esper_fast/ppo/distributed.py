@@ -91,10 +91,6 @@ class DistContext:
         dist.gather_object(obj, out, dst=0)
         return out
 
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
 
 def init_distributed(device: str = "cpu") -> DistContext:
     """Join the process group that ``torchrun`` set up (env vars), or return a single-process context.

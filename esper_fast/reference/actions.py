@@ -16,8 +16,8 @@ from esper_fast.constants import HEAD_NAMES, STYLE_FREE_OPS, GerminationStyle
 from esper_fast.reference.select import reference_gumbel, select_op_reference
 from esper_fast.types import OpSelection
 
-__all__ = ["ActionSelection", "AFTER_OP", "compose_heads", "op_dependent_masks", "select_actions_reference",
-           "style_override_mask"]
+__all__ = ["ActionSelection", "AFTER_OP", "compose_heads", "normalized_entropy", "op_dependent_masks",
+           "select_actions_reference", "style_override_mask"]
 
 # Order in which heads are chosen after the op (esper's get_action order).
 AFTER_OP = ("style", "slot", "blueprint", "tempo", "alpha_target", "alpha_speed", "alpha_curve")
@@ -110,3 +110,16 @@ def select_actions_reference(
         return select_op_reference(l, q_, m, deterministic=deterministic, noise=g)
 
     return compose_heads(select_fn, logits, masks, q, noise, slot_by_op)
+
+
+def normalized_entropy(logits: Tensor, mask: Tensor) -> Tensor:
+    """esper's ``MaskedCategorical.entropy()``: entropy / log(#valid), exactly 0 with one valid.
+
+    ``logits`` are already masked (-1e4); ``mask`` bool of the same shape. Returns ``logits.shape[:-1]``.
+    """
+    logp = torch.log_softmax(logits, dim=-1)
+    raw = -(logp.exp() * logp * mask).sum(-1)
+    n_valid = mask.sum(-1).clamp(min=1)
+    divisor = torch.where(n_valid > 1, torch.log(n_valid.to(raw.dtype)), torch.ones_like(raw))
+    return torch.where(n_valid == 1, torch.zeros_like(raw), raw / divisor.clamp(min=1e-8))
+

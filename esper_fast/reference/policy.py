@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from esper_fast.constants import HEAD_NAMES, MASKED_LOGIT_VALUE
+from esper_fast.constants import HEAD_NAMES, MASKED_LOGIT_VALUE, POLICY_VALUE_MODES
 from esper_fast.network import FactoredNetwork, validate_masks_and_logits
 from esper_fast.reference.actions import op_dependent_masks
 from esper_fast.types import GetActionResult
@@ -53,8 +53,8 @@ class ReferencePolicy(FactoredNetwork):
     fused_evaluate = False  # esper's per-head evaluate_actions (the unfused update path)
 
     def __init__(self, *args, value_mode: str = "q_op", legacy: bool = False, **kwargs) -> None:
-        if value_mode not in ("q_op", "expected"):
-            raise ValueError(f"value_mode must be 'q_op' or 'expected', got {value_mode!r}")
+        if value_mode not in POLICY_VALUE_MODES:
+            raise ValueError(f"value_mode must be one of {POLICY_VALUE_MODES}, got {value_mode!r}")
         super().__init__(*args, **kwargs)
         self.value_mode, self.legacy = value_mode, legacy
 

@@ -59,15 +59,16 @@ import json
 import math
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
 
 from esper_fast.envs.exact_mdp import NUM_STATES, ExactMDP, ExactMDPConfig, ExactValues, TabularPolicy
 from esper_fast.ops.select import select_op
+from esper_fast.ppo.agent import cpu_threads
 from esper_fast.ppo.gae import compute_gae, explained_variance
 from esper_fast.ppo.losses import value_loss
 
@@ -84,16 +85,10 @@ A = ExactMDP.num_ops
 B = ExactMDP.num_sub
 
 
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """``torch.set_num_threads(1)`` for the block: the study's tensors are tiny, and on a busy machine
-    intra-op threads cost 10-20x more than they save."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+def single_thread() -> AbstractContextManager[None]:
+    """``cpu_threads(1, "cpu")`` (esper_fast.ppo.agent) for the block: the study's tensors are tiny, and
+    on a busy machine intra-op threads cost 10-20x more than they save."""
+    return cpu_threads(1, "cpu")
 
 
 def study_policy(mdp: ExactMDP, tau: float = 1.0, noise: float = 0.5, seed: int = 0) -> TabularPolicy:
