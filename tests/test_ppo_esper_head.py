@@ -101,3 +101,17 @@ def test_causal_masks_come_from_the_effective_op():
     assert all(torch.equal(before[k], v) for k, v in trainer.policy.blueprint_head.state_dict().items())
     _update(trainer, b, b.actions["op"].clone(), adv, targets)
     assert any(not torch.equal(before[k], v) for k, v in trainer.policy.blueprint_head.state_dict().items())
+
+
+def test_cli_train_preset_esper_head_then_evaluate(tmp_path, capsys):
+    from esper_fast.cli import main
+
+    args = ["train", "--preset", "esper-head", "--num-envs", "2", "--episode-length", "8", "--total-timesteps", "32",
+            "--feature-dim", "16", "--lstm-hidden-dim", "16", "--eval-episodes", "0", "--runs-dir", str(tmp_path),
+            "--name", "h", "--no-progress", "--no-tensorboard"]  # fmt: skip
+    assert main(args) == 0
+    ckpt = load_checkpoint(tmp_path / "h" / "checkpoints" / "latest.pt")
+    assert ckpt["train_steps"] == 2 and ckpt["config"]["ppo_variant"] == "head"
+    FactoredPolicyV2(114, 16, 16, 1, 3).load_state_dict(ckpt["network_state_dict"], strict=True)
+    assert main(["evaluate", str(tmp_path / "h"), "--episodes", "2"]) == 0  # load_policy builds FactoredPolicyV2
+    assert "ppo (greedy)" in capsys.readouterr().out
