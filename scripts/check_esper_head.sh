@@ -7,7 +7,8 @@
 # itself is taken from <checkout>/src); SUITES (default: "tests/tamiyo/networks tests/simic/agent");
 # BASELINE=0 skips the unpatched run. Runs esper's own tests unpatched (baseline) and with
 # esper_fast.patch_esper() applied before collection (scripts/esper_check/esper_patch_plugin.py, which
-# prints the layout found: 2016337e), JUnit XML in OUT_DIR, then a comparison of the two runs
+# prints the layout found: 2016337e), JUnit XML in OUT_DIR, then a comparison of the two runs. Without an
+# importable torchvision an import-only stand-in is put on the path (as check_esper.sh does)
 # (scripts/esper_check/compare_junit.py). (The 0872525b check with its smoke script is check_esper.sh.)
 set -uo pipefail
 ESPER=${1:?usage: scripts/check_esper_head.sh ESPER_HEAD_CHECKOUT [OUT_DIR]}
@@ -18,7 +19,18 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 PY=${PYTHON:-python}
 SUITES=${SUITES:-"tests/tamiyo/networks tests/simic/agent"}
-export PYTHONPATH="$REPO:$HERE/esper_check:$ESPER/src"
+EXTRA=""
+if ! PYTHONPATH="$ESPER/src" "$PY" -c "import torchvision" >/dev/null 2>&1; then  # as check_esper.sh
+  STUB="$OUT/stubs/torchvision"
+  mkdir -p "$STUB"
+  printf 'from . import datasets, transforms  # noqa: F401\n__version__ = "0.0-stub"\n' > "$STUB/__init__.py"
+  for m in datasets transforms; do
+    printf 'def __getattr__(name):\n    raise RuntimeError(f"torchvision stub: torchvision.%s.{name} is not available in this check")\n' "$m" > "$STUB/$m.py"
+  done
+  EXTRA=":$OUT/stubs"
+  echo "check_esper_head: torchvision not importable here; using an import-only stand-in ($STUB)"
+fi
+export PYTHONPATH="$REPO:$HERE/esper_check:$ESPER/src$EXTRA"
 echo "check_esper_head: esper at $ESPER, output in $OUT"
 "$PY" -c "import esper_fast; p = esper_fast.patch_esper(); print('layout', p.layout, 'rebound', p.patched)" \
   2>&1 | tee "$OUT/detect.txt"

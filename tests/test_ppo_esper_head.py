@@ -13,7 +13,7 @@ from esper_fast.ppo import Trainer, make_config
 from esper_fast.ppo.agent import architecture, build_policy
 from esper_fast.ppo.checkpoint import load_checkpoint
 from esper_fast.ppo.head_losses import normalize_advantages_floored
-from esper_fast.ppo.head_update import forced_steps, ppo_update_head
+from esper_fast.ppo.head_update import availability_masks, forced_steps, ppo_update_head
 
 TINY = dict(num_envs=2, episode_length=8, total_timesteps=32, feature_dim=16, lstm_hidden_dim=16, eval_episodes=0)
 
@@ -93,7 +93,7 @@ def test_a_non_finite_epoch_takes_no_optimizer_step():
 def test_causal_masks_come_from_the_effective_op():
     """With every executed op WAIT, only the op head is causal: the blueprint head gets no gradient even
     where the sampled op was GERMINATE (with the sampled ops it does)."""
-    trainer, b, adv, targets = _rolled_out(seed=3, target_kl=None)
+    trainer, b, adv, targets = _rolled_out(seed=3, target_kl=None, entropy_floor=False)
     b.actions["op"][:] = int(LifecycleOp.GERMINATE)  # the sampled ops the buffer holds
     wait = torch.full_like(trainer.effective_op, int(LifecycleOp.WAIT))
     before = {k: v.clone() for k, v in trainer.policy.blueprint_head.state_dict().items()}
@@ -115,3 +115,17 @@ def test_cli_train_preset_esper_head_then_evaluate(tmp_path, capsys):
     FactoredPolicyV2(114, 16, 16, 1, 3).load_state_dict(ckpt["network_state_dict"], strict=True)
     assert main(["evaluate", str(tmp_path / "h"), "--episodes", "2"]) == 0  # load_policy builds FactoredPolicyV2
     assert "ppo (greedy)" in capsys.readouterr().out
+
+
+def test_availability_masks_follow_which_ops_were_valid():
+    """HEAD's table (leyline/causal_masks.py): slot if any non-WAIT op is valid, blueprint / tempo if
+    GERMINATE, style / alpha_target if GERMINATE or SET_ALPHA_TARGET, alpha_speed / alpha_curve if
+    SET_ALPHA_TARGET or PRUNE, op always."""
+    W, G, S, P, F, A = range(6)
+    rows = [{W}, {W, G}, {W, S}, {W, P}, {W, F}, {W, A}]
+    m = torch.tensor([[o in r for o in range(6)] for r in rows])
+    got = {h: v.tolist() for h, v in availability_masks(m).items()}
+    want = {"op": [1, 1, 1, 1, 1, 1], "slot": [0, 1, 1, 1, 1, 1], "blueprint": [0, 1, 0, 0, 0, 0],
+            "tempo": [0, 1, 0, 0, 0, 0], "style": [0, 1, 1, 0, 0, 0], "alpha_target": [0, 1, 1, 0, 0, 0],
+            "alpha_speed": [0, 0, 1, 1, 0, 0], "alpha_curve": [0, 0, 1, 1, 0, 0]}
+    assert got == {h: [bool(x) for x in v] for h, v in want.items()}

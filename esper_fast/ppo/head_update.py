@@ -11,7 +11,8 @@ keep :func:`esper_fast.ppo.update.ppo_update`. Built from the tested pieces of
 * forced steps (only WAIT valid): actor weight 0, value and q_aux weight 0.2, entropy excluded;
 * causal masks from the EFFECTIVE op (the op the env executed), not the sampled one;
 * probability floors (``PROBABILITY_FLOOR_PER_HEAD``) in ``evaluate_actions`` as in the rollout;
-* entropy floor penalty over the steps where a head was available, scaled by training progress;
+* entropy floor penalty over the steps where a head was AVAILABLE (some op that uses it was valid:
+  :func:`availability_masks`, HEAD's ``leyline/causal_masks.py:66-117``), scaled by training progress;
 * a finiteness gate: an epoch whose new/old log-probs, V or Q are not finite takes no optimiser step;
 * HEAD's joint-ratio telemetry (its KL drives the ``target_kl`` early stop).
 
@@ -26,7 +27,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from esper_fast.constants import HEAD_NAMES, LifecycleOp
+from esper_fast.constants import CAUSAL_HEAD_OPS, HEAD_NAMES, LifecycleOp
 from esper_fast.constants_v2 import ENTROPY_FLOOR_PENALTY_COEF, ENTROPY_FLOOR_PER_HEAD, PROBABILITY_FLOOR_PER_HEAD
 from esper_fast.network import causal_masks
 from esper_fast.ppo.buffer import RolloutBuffer
@@ -44,12 +45,22 @@ from esper_fast.ppo.head_losses import (
 )
 from esper_fast.ppo.losses import head_ratios, masked_mean
 
-__all__ = ["evaluate_sequences_v2", "forced_steps", "ppo_update_head"]
+__all__ = ["availability_masks", "evaluate_sequences_v2", "forced_steps", "ppo_update_head"]
 
 
 def forced_steps(op_mask: Tensor) -> Tensor:
     """``[..., num_ops]`` bool -> ``[...]``: True where WAIT is the only valid op (HEAD's forced step)."""
     return (op_mask.sum(-1) == 1) & op_mask[..., int(LifecycleOp.WAIT)]
+
+
+def availability_masks(op_mask: Tensor) -> dict[str, Tensor]:
+    """``[..., num_ops]`` bool -> head -> ``[...]`` bool: could the head have mattered (one of the ops that
+    use it was valid; the op head always). HEAD uses these, not the causal masks, for the entropy floor."""
+    out = {}
+    for head in HEAD_NAMES:
+        ops = CAUSAL_HEAD_OPS[head]
+        out[head] = torch.ones_like(op_mask[..., 0]) if ops is None else op_mask[..., list(ops)].any(-1)
+    return out
 
 
 def evaluate_sequences_v2(policy: torch.nn.Module, mb: RolloutBuffer, floors: dict[str, float] | None,
@@ -144,7 +155,8 @@ def ppo_update_head(
             loss_q = weighted_value_loss(new_q.float(), returns_norm[mb_envs], value_w)
             loss_ent = entropy_loss_head(entropy, causal, config.entropy_coef_per_head, actor_w)
             if config.entropy_floor:
-                penalty = entropy_floor_penalty(entropy, causal, ENTROPY_FLOOR_PER_HEAD, floor_coefs, actor_w)
+                available = availability_masks(mb.masks["op"])
+                penalty = entropy_floor_penalty(entropy, available, ENTROPY_FLOOR_PER_HEAD, floor_coefs, actor_w)
             else:
                 penalty = loss_ent.new_zeros(())
             loss = total_loss_head(loss_pi, loss_v, loss_ent, penalty, loss_q, value_coef, entropy_coef)
