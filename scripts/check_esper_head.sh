@@ -5,7 +5,7 @@
 #
 # Environment: PYTHON (default: python) must import torch, pytest and esper HEAD's dependencies (esper
 # itself is taken from <checkout>/src); SUITES (default: "tests/tamiyo/networks tests/simic/agent");
-# BASELINE=0 skips the unpatched run. Runs esper's own tests unpatched (baseline) and with
+# BASELINE=0 skips the unpatched run; PYTEST_ARGS adds pytest options (e.g. --continue-on-collection-errors). Runs esper's own tests unpatched (baseline) and with
 # esper_fast.patch_esper() applied before collection (scripts/esper_check/esper_patch_plugin.py, which
 # prints the layout found: 2016337e), JUnit XML in OUT_DIR, then a comparison of the two runs. Without an
 # importable torchvision an import-only stand-in is put on the path (as check_esper.sh does)
@@ -37,7 +37,7 @@ echo "check_esper_head: esper at $ESPER, output in $OUT"
 
 run_suites() {  # $1 = name, $2 = ESPER_FAST_PATCH
   (cd "$ESPER" && ESPER_FAST_PATCH=$2 "$PY" -m pytest -p no:cacheprovider -p esper_patch_plugin -q -o addopts="" \
-     -m "not integration and not stress" --tb=short -ra --junitxml="$OUT/$1.xml" $SUITES > "$OUT/$1.txt" 2>&1)
+     -m "not integration and not stress" --tb=short -ra --junitxml="$OUT/$1.xml" ${PYTEST_ARGS:-} $SUITES > "$OUT/$1.txt" 2>&1)
   echo "$1: $(tail -n 1 "$OUT/$1.txt")"
 }
 [ "${BASELINE:-1}" = "0" ] || run_suites baseline 0

@@ -32,6 +32,7 @@ __all__ = ["PPOConfig", "PRESETS", "ENTROPY_COEF_PER_HEAD", "VALUE_MODES", "make
 
 VALUE_MODES = ("q_op", "expected", "legacy")
 PPO_VARIANTS = ("0872525b", "head")
+HEAD_BASELINES = ("state_value", "expected_q")
 SEED_LIMIT = 2**62  # seeds plus per-rank offsets stay inside torch.manual_seed's 64-bit range
 
 
@@ -107,6 +108,10 @@ class PPOConfig:
     updates (HEAD value_warmup_steps, default 0 = off; ppo_agent.py:128-134,453-470)."""
     value_coef_start: float | None = None
     """ppo_variant "head": the warm-up's start value; None = 0.1 * value_coef (HEAD's default)."""
+    head_baseline: str = "state_value"
+    """ppo_variant "head": the value GAE uses: "state_value" (HEAD: V(s) from state_value_head) or "expected_q"
+    (sum_a pi(a|s) Q(s, a) from q_head, returned by the same get_action kernel pass; a study option,
+    docs/value-baselines.md). Both heads are trained either way."""
     probability_floors: bool = True
     """ppo_variant "head": HEAD's PROBABILITY_FLOOR_PER_HEAD in get_action and evaluate_actions
     (ppo_agent.py:260-265,972,1022)."""
@@ -299,6 +304,8 @@ class PPOConfig:
             raise ValueError(f"entropy_coef_per_head: unknown heads {unknown}, expected a subset of {list(HEAD_NAMES)}")
         if self.ppo_variant not in PPO_VARIANTS:
             raise ValueError(f"ppo_variant: expected one of {PPO_VARIANTS}, got {self.ppo_variant!r}")
+        if self.head_baseline not in HEAD_BASELINES:
+            raise ValueError(f"head_baseline: expected one of {HEAD_BASELINES}, got {self.head_baseline!r}")
         if self.value_warmup_steps < 0:
             raise ValueError(f"value_warmup_steps: expected >= 0, got {self.value_warmup_steps}")
         if self.value_coef_start is not None and self.value_coef_start < 0:

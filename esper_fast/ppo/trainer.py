@@ -227,7 +227,7 @@ class Trainer:
             actions = result.actions
             agree = result.sampled_op == actions["op"]
             # HEAD: V(s) comes out on the normalised return scale; GAE works on the de-normalised one
-            values = self.value_normalizer.denormalize(result.values) if head else result.values
+            values = self.value_normalizer.denormalize(self._head_value(result)) if head else result.values
             b.store_step(t, obs=obs, raw_obs=env_obs.obs, blueprint_indices=env_obs.blueprint_indices,
                          masks=effective_masks(env_obs, actions["op"], op_slot, head=head), actions=actions,
                          log_probs=result.log_probs, values=values,
@@ -247,7 +247,7 @@ class Trainer:
                 boot = act(policy, self.obs_normalizer.normalize(step.final.obs), step.final, result.hidden,
                            deterministic=True, op_conditioned_slot=op_slot, generator=self.action_generator,
                            probability_floor=floors)  # fmt: skip
-                boot_values = self.value_normalizer.denormalize(boot.values) if head else boot.values
+                boot_values = self.value_normalizer.denormalize(self._head_value(boot)) if head else boot.values
                 use = (step.truncated | ~done) if last else step.truncated
                 bootstrap = torch.where(use, boot_values, bootstrap)
             reward = self.reward_normalizer.update_and_normalize(step.reward)
@@ -266,6 +266,10 @@ class Trainer:
             self.hidden = (result.hidden[0] * keep, result.hidden[1] * keep)
             self.obs = step.next
         return stats
+
+    def _head_value(self, result: Any) -> Tensor:
+        """ppo_variant "head": the baseline of ``head_baseline`` (V(s), or sum_a pi Q from the same pass)."""
+        return result.expected_value if self.config.head_baseline == "expected_q" else result.values
 
     def _update_obs_normalizer(self, raw_obs: Tensor) -> None:
         """EMA update from this rollout's raw obs; moments averaged over ranks (same stats everywhere)."""
