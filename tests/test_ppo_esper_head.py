@@ -129,3 +129,34 @@ def test_availability_masks_follow_which_ops_were_valid():
             "tempo": [0, 1, 0, 0, 0, 0], "style": [0, 1, 1, 0, 0, 0], "alpha_target": [0, 1, 1, 0, 0, 0],
             "alpha_speed": [0, 0, 1, 1, 0, 0], "alpha_curve": [0, 0, 1, 1, 0, 0]}
     assert got == {h: [bool(x) for x in v] for h, v in want.items()}
+
+
+@pytest.mark.parametrize("baseline", ["state_value", "expected_q"])
+def test_head_baseline_picks_the_value_gae_uses(baseline):
+    """Step 0 of a rollout (zero LSTM state, identity value normaliser before the first update): the stored
+    value is V(s) (state_value_head) or sum_a pi(a|s) Q(s, a), both from the same get_action pass."""
+    from esper_fast.ppo.agent import act
+
+    trainer = _trainer(head_baseline=baseline)
+    env_obs0 = trainer.obs
+    obs0 = trainer.obs_normalizer.normalize(env_obs0.obs).clone()
+    trainer.rollout()
+    assert torch.equal(trainer.buffer.obs[:, 0], obs0)
+    trainer.policy.eval()
+    with torch.no_grad():
+        res = act(trainer.policy, obs0, env_obs0, trainer.policy.get_initial_hidden(2), deterministic=True,
+                  op_conditioned_slot=True)  # fmt: skip
+    want, other = (res.values, res.expected_value) if baseline == "state_value" else (res.expected_value, res.values)
+    torch.testing.assert_close(trainer.buffer.values[:, 0], want)
+    assert not torch.allclose(trainer.buffer.values[:, 0], other)
+
+
+def test_study_modes_map_to_presets():
+    from esper_fast.studies.learning import HEAD_MODES, _preset_for
+
+    assert HEAD_MODES == ("head_v", "head_q")
+    assert _preset_for("head_v") == ("esper-head", {"head_baseline": "state_value"})
+    assert _preset_for("head_q") == ("esper-head", {"head_baseline": "expected_q"})
+    assert _preset_for("q_op") == ("esper", {"value_mode": "q_op"})
+    with pytest.raises(ValueError, match="head_baseline"):
+        make_config("esper-head", head_baseline="q_op")
