@@ -5,11 +5,12 @@
 #
 # Environment: PYTHON (default: python) must import torch, pytest and esper HEAD's dependencies (esper
 # itself is taken from <checkout>/src); SUITES (default: "tests/tamiyo/networks tests/simic/agent");
-# BASELINE=0 skips the unpatched run; PYTEST_ARGS adds pytest options (e.g. --continue-on-collection-errors). Runs esper's own tests unpatched (baseline) and with
-# esper_fast.patch_esper() applied before collection (scripts/esper_check/esper_patch_plugin.py, which
-# prints the layout found: 2016337e), JUnit XML in OUT_DIR, then a comparison of the two runs. Without an
-# importable torchvision an import-only stand-in is put on the path (as check_esper.sh does)
-# (scripts/esper_check/compare_junit.py). (The 0872525b check with its smoke script is check_esper.sh.)
+# BASELINE=0 skips the unpatched run; PYTEST_ARGS adds pytest options (e.g. --continue-on-collection-errors).
+# Runs esper's own tests unpatched (baseline) and with esper_fast.patch_esper() applied before collection
+# (scripts/esper_check/esper_patch_plugin.py, which prints the layout found: 2016337e), JUnit XML in
+# OUT_DIR, then a comparison of the two runs (scripts/esper_check/compare_junit.py). Without an importable
+# torchvision an import-only stand-in is put on the path (as check_esper.sh does). (The 0872525b check,
+# with its smoke script, is check_esper.sh.)
 set -uo pipefail
 ESPER=${1:?usage: scripts/check_esper_head.sh ESPER_HEAD_CHECKOUT [OUT_DIR]}
 ESPER=$(cd "$ESPER" && pwd)
