@@ -384,7 +384,7 @@ def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     metrics = ("final_objective", "final_episode_return", "final_greedy_return", "explained_variance")
     out = []
     for suite in dict.fromkeys(r["suite"] for r in results):
-        for mode in MODES:
+        for mode in (*MODES, *HEAD_MODES):
             rs = [r for r in results if r["suite"] == suite and r["mode"] == mode]
             if not rs:
                 continue
@@ -448,7 +448,8 @@ def plot_learning(results: Sequence[dict[str, Any]], path: str | Path, reference
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"legacy": "tab:red", "q_op": "tab:orange", "expected": "tab:green"}
+    colors = {"legacy": "tab:red", "q_op": "tab:orange", "expected": "tab:green", "head_v": "tab:blue",
+              "head_q": "tab:purple"}  # fmt: skip
     suites = list(dict.fromkeys(r["suite"] for r in results))
     panels = []
     for suite in suites:
@@ -462,7 +463,7 @@ def plot_learning(results: Sequence[dict[str, Any]], path: str | Path, reference
     fig, axes = plt.subplots(len(suites), cols, figsize=(6.5 * cols, 3.4 * len(suites)), dpi=110, squeeze=False)
     for i, (suite, key, title) in enumerate(panels):
         ax = axes[i // cols][i % cols]
-        for mode in MODES:
+        for mode in (*MODES, *HEAD_MODES):
             k = 1 if key == "objective_curve" else smooth
             curves = [_smooth(r[key], k) for r in results if r["suite"] == suite and r["mode"] == mode]
             if not curves:
@@ -507,7 +508,8 @@ def plot_diagnostics(results: Sequence[dict[str, Any]], path: str | Path) -> Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"legacy": "tab:red", "q_op": "tab:orange", "expected": "tab:green"}
+    colors = {"legacy": "tab:red", "q_op": "tab:orange", "expected": "tab:green", "head_v": "tab:blue",
+              "head_q": "tab:purple"}  # fmt: skip
     runs = [r for r in results if r.get("diag_curve")]
     suites = list(dict.fromkeys(r["suite"] for r in runs))
     fig, axes = plt.subplots(len(suites), 3, figsize=(15, 3.4 * len(suites)), dpi=110, squeeze=False)
