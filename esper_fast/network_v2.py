@@ -165,7 +165,10 @@ class NetworkV2Mixin:
     value_head_schema_version: ClassVar[int] = VALUE_HEAD_SCHEMA_VERSION
 
     def _validating(self) -> bool:
-        return bool(type(self).validate)
+        """The instance's own ``validate`` (e.g. set by :func:`esper_fast.ppo.agent.validation_off`), else the
+        class flag."""
+        own = self.__dict__.get("validate")
+        return bool(type(self).validate) if own is None else bool(own)
 
     def _validate(self, logits: dict[str, Tensor], masks: dict[str, Tensor | None], where: str = "") -> None:
         """:func:`esper_fast.network.validate_masks_and_logits`, raising ``invalid_state_error`` for empty masks."""

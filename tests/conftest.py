@@ -33,4 +33,9 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 
 
 # The stand-in esper package (tests/esper_standin.py) as fixtures: esper_standin, esper_standin_head, ...
-from tests.esper_standin import esper_standin, esper_standin_extra, esper_standin_head  # noqa: E402, F401
+from tests.esper_standin import (  # noqa: E402, F401
+    esper_standin,
+    esper_standin_extra,
+    esper_standin_head,
+    esper_standin_head_v2,
+)

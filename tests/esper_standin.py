@@ -8,7 +8,11 @@ that commit - not esper's code. ``layout`` picks the network:
 
 * ``"0872525b"`` - esper 0872525b's constructor and state_dict layout;
 * ``"head"`` - esper HEAD's constructor (no head-size arguments) and an extra ``state_value_head``;
-* ``"extra_module"`` - 0872525b's constructor but an extra ``aux_head`` module.
+* ``"extra_module"`` - 0872525b's constructor but an extra ``aux_head`` module;
+* ``"head_v2"`` - esper HEAD (2016337e)'s constructor AND its value-head schema v2 state_dict layout
+  (residual LSTM, ``state_value_head``, ``q_head``, ``contribution_predictor``; written from the
+  layout facts of ``shared/esper_contract.md`` section 8, not from esper_fast's network), HEAD's agent
+  module ``esper.simic.agent.ppo_agent`` and HEAD's bundle call.
 """
 
 from __future__ import annotations
@@ -245,12 +249,146 @@ _EXTRA = {
 }
 
 
+_NETWORK_V2 = """
+    from dataclasses import dataclass
+
+    import torch
+    from torch import nn
+
+    from esper.leyline.slot_config import SlotConfig
+    from esper.tamiyo.policy.action_masks import InvalidStateMachineError, MaskedCategorical  # noqa: F401
+
+    @dataclass(frozen=True)
+    class GetActionResult:
+        actions: dict
+        log_probs: dict
+        values: torch.Tensor
+        hidden: tuple
+        sampled_op: torch.Tensor
+        op_logits: object = None
+
+    class BlueprintEmbedding(nn.Module):
+        def __init__(self, num_blueprints=13, embed_dim=4):
+            super().__init__()
+            self.num_blueprints = num_blueprints
+            self.embedding = nn.Embedding(num_blueprints + 1, embed_dim)
+            self.register_buffer("_null_idx", torch.tensor(num_blueprints, dtype=torch.int64))
+
+        def forward(self, blueprint_indices):  # HEAD: -1 is the empty slot (null row)
+            return self.embedding(torch.where(blueprint_indices == -1, self._null_idx, blueprint_indices))
+
+    class ResidualLSTM(nn.Module):
+        def __init__(self, input_size, hidden_size, num_layers):
+            super().__init__()
+            self.input_proj = nn.Linear(input_size, hidden_size) if input_size != hidden_size else nn.Identity()
+            self.layers = nn.ModuleList(nn.LSTM(hidden_size, hidden_size, batch_first=True)
+                                        for _ in range(num_layers))
+            self.layer_norms = nn.ModuleList(nn.LayerNorm(hidden_size) for _ in range(num_layers))
+
+    def _small(h, n):
+        return nn.Sequential(nn.Linear(h, h // 2), nn.ReLU(), nn.Linear(h // 2, n))
+
+    def _value(i, h):
+        return nn.Sequential(nn.Linear(i, h // 2), nn.LayerNorm(h // 2), nn.ReLU(), nn.Linear(h // 2, h // 4),
+                             nn.LayerNorm(h // 4), nn.ReLU(), nn.Linear(h // 4, h // 8), nn.ReLU(),
+                             nn.Linear(h // 8, 1))
+
+    class FactoredRecurrentActorCritic(nn.Module):
+        def __init__(self, state_dim, feature_dim=512, lstm_hidden_dim=512, lstm_layers=1, slot_config=None):
+            super().__init__()
+            slot_config = slot_config or SlotConfig.default()
+            S, H = slot_config.num_slots, lstm_hidden_dim
+            self.state_dim, self.num_slots, self.lstm_hidden_dim, self.lstm_layers = state_dim, S, H, lstm_layers
+            (self.num_blueprints, self.num_styles, self.num_tempo, self.num_alpha_targets, self.num_alpha_speeds,
+             self.num_alpha_curves, self.num_ops) = 13, 4, 3, 3, 4, 5, 6
+            self.feature_net = nn.Sequential(nn.Linear(state_dim + 4 * S, feature_dim),
+                                             nn.LayerNorm(feature_dim), nn.ReLU())
+            self.lstm = ResidualLSTM(feature_dim, H, lstm_layers)
+            self.lstm_ln = nn.Identity()
+            sizes = dict(slot=S, style=4, tempo=3, alpha_target=3, alpha_speed=4, alpha_curve=5, op=6)
+            for head in ("slot", "style", "tempo", "alpha_target", "alpha_speed", "alpha_curve", "op"):
+                setattr(self, head + "_head", _small(H, sizes[head]))
+            self.blueprint_embedding = BlueprintEmbedding(13, 4)
+            self.blueprint_head = nn.Sequential(nn.Linear(H, H), nn.ReLU(), nn.Linear(H, H // 2), nn.ReLU(),
+                                                nn.Linear(H // 2, 13))
+            self.state_value_head = _value(H, H)
+            self.q_head = _value(H + 6, H)
+            self.contribution_predictor = nn.Sequential(
+                nn.Linear(H, H // 2), nn.LayerNorm(H // 2), nn.ReLU(), nn.Dropout(0.1),
+                nn.Linear(H // 2, H // 4), nn.ReLU(), nn.Linear(H // 4, S))
+
+        def forward(self, *args, **kwargs):
+            raise AssertionError("stand-in: esper's own forward must not run when patched")
+
+        def get_action(self, *args, **kwargs):
+            raise AssertionError("stand-in: esper's own get_action must not run when patched")
+"""
+_HEAD_FILES = {
+    "esper/tamiyo/policy/lstm_bundle.py": """
+        from esper.leyline.slot_config import SlotConfig
+
+        class LSTMPolicyBundle:
+            def __init__(self, feature_dim=None, hidden_dim=512, num_lstm_layers=1, slot_config=None):
+                self.slot_config = slot_config or SlotConfig.default()
+                self.feature_dim = feature_dim if feature_dim is not None else 23 + 31 * self.slot_config.num_slots
+                from esper.tamiyo.networks import FactoredRecurrentActorCritic  # call-time import, as esper
+                self._network = FactoredRecurrentActorCritic(
+                    state_dim=self.feature_dim, slot_config=self.slot_config,
+                    lstm_hidden_dim=hidden_dim, lstm_layers=num_lstm_layers)
+
+            @property
+            def network(self):
+                return self._network
+
+            def to(self, device):
+                self._network = self._network.to(device)
+                return self
+    """,
+    "esper/simic/agent/__init__.py": """
+        from esper.simic.agent.ppo_agent import PPOAgent
+
+        __all__ = ["PPOAgent"]
+    """,
+    "esper/simic/agent/ppo_agent.py": """
+        import torch
+
+        class PPOAgent:
+            def __init__(self, policy, lr=3e-4):
+                self.policy = policy
+                from esper.tamiyo.networks import FactoredRecurrentActorCritic
+                assert isinstance(policy.network, FactoredRecurrentActorCritic)
+                self.optimizer = torch.optim.Adam(policy.network.parameters(), lr=lr, eps=1e-5)
+                self.train_steps = 0
+
+            def update(self, batch):
+                from esper.tamiyo.networks import FactoredRecurrentActorCritic
+                net = self.policy.network
+                assert isinstance(net, FactoredRecurrentActorCritic)
+                log_probs, values, entropy, _, contributions, q = net.evaluate_actions(
+                    batch["states"], batch["blueprint_indices"], batch["actions"],
+                    **{f"{h}_mask": m for h, m in batch["masks"].items()})
+                loss = (-sum(lp.mean() for lp in log_probs.values()) + (values - batch["returns"]).pow(2).mean()
+                        + (q - batch["returns"]).pow(2).mean())
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                self.train_steps += 1
+                return {"loss": float(loss.detach())}
+    """,
+}
+
+
 def write_standin(root: Path, layout: str = "0872525b") -> Path:
     """Write the stand-in package under ``root``; returns ``root`` (put it on sys.path)."""
     files = dict(_FILES)
-    signature = _SIGNATURES["head" if layout == "head" else "0872525b"]
-    files["esper/tamiyo/networks/factored_lstm.py"] = _NETWORK.replace("{signature}", signature).replace(
-        "{extra}", _EXTRA[layout])
+    if layout == "head_v2":
+        del files["esper/simic/agent/ppo.py"]
+        files.update(_HEAD_FILES)
+        files["esper/tamiyo/networks/factored_lstm.py"] = _NETWORK_V2
+    else:
+        signature = _SIGNATURES["head" if layout == "head" else "0872525b"]
+        files["esper/tamiyo/networks/factored_lstm.py"] = _NETWORK.replace("{signature}", signature).replace(
+            "{extra}", _EXTRA[layout])
     for rel, text in files.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -285,3 +423,4 @@ def _fixture(layout: str):
 esper_standin = _fixture("0872525b")
 esper_standin_head = _fixture("head")
 esper_standin_extra = _fixture("extra_module")
+esper_standin_head_v2 = _fixture("head_v2")

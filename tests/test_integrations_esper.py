@@ -144,7 +144,10 @@ def test_unsupported_head_layout_is_refused_naming_what_was_found(esper_standin_
         esper_fast.patch_esper()
     text = str(info.value)
     assert "constructor (state_dim, feature_dim, lstm_hidden_dim, lstm_layers, slot_config)" in text
-    assert "0872525b" in text
+    assert "0872525b" in text and "2016337e" in text
+    # HEAD's constructor, but not HEAD's state_dict: the HEAD entry names the keys that differ
+    assert "[2016337e: state_dict layout differs: keys only in esper's network ['lstm.weight_ih_l0'" in text
+    assert "keys esper's network lacks ['lstm.input_proj.weight'" in text
     assert integration.active_patch() is None
 
 
@@ -168,6 +171,98 @@ def test_a_second_layout_is_one_table_entry(esper_standin_head, monkeypatch):
 
     assert patch.layout == "head" and networks.FactoredRecurrentActorCritic.made_for == "head"
     assert patch.wrapped == []  # the load fix belongs to the 0872525b entry only
+
+
+# ---- esper HEAD (2016337e, value-head schema v2) ----------------------------------------------------
+HEAD_SMALL = dict(state_dim=116, feature_dim=16, lstm_hidden_dim=16)
+
+
+def test_head_layout_is_detected_and_patched(esper_standin_head_v2):
+    from esper_fast.policy_v2 import FactoredPolicyV2Mixin
+
+    rng = torch.get_rng_state()
+    patch = esper_fast.patch_esper()
+    assert torch.equal(rng, torch.get_rng_state()), "layout probing moved the caller's RNG"
+    from esper.simic.agent import PPOAgent
+    from esper.tamiyo import networks
+    from esper.tamiyo.networks import factored_lstm
+    from esper.tamiyo.policy.factory import create_policy
+
+    assert patch.layout == "2016337e"
+    assert set(patch.patched) == {"esper.tamiyo.networks.FactoredRecurrentActorCritic",
+                                  "esper.tamiyo.networks.factored_lstm.FactoredRecurrentActorCritic"}
+    assert set(patch.resolved_at_call) == {"esper.tamiyo.policy.lstm_bundle", "esper.simic.agent.ppo_agent"}
+    assert patch.wrapped == [] and patch.skipped == {}  # HEAD's load() needs no fix; no ppo module is fine
+    assert networks.FactoredRecurrentActorCritic is patch.cls is factored_lstm.FactoredRecurrentActorCritic
+    assert issubclass(patch.cls, patch.original) and issubclass(patch.cls, FactoredPolicyV2Mixin)
+    assert not issubclass(patch.cls, FactoredPolicy)
+    assert esper_fast.patch_esper() is patch
+
+    policy = create_policy(policy_type="lstm", state_dim=116, num_slots=3, lstm_hidden_dim=16, device="cpu")
+    net = policy.network
+    assert type(net) is patch.cls and isinstance(net, patch.original)
+    agent = PPOAgent(policy=policy)  # esper's isinstance assertion
+    state, bp = _inputs(state_dim=116)
+    result = net.get_action(state, bp, deterministic=False)  # esper_fast's (the stand-in's own raises)
+    assert result.values.shape == (3,) and result.q_op.shape == (3,)
+    assert torch.equal(result.sampled_op, result.actions["op"]) and bool((result.actions["op"] >= 0).all())
+    out = net(state.unsqueeze(1), bp.unsqueeze(1))
+    assert out["state_value"].shape == (3, 1) and out["q_value"].shape == (3, 1)
+    B, T = 2, 4
+    actions = {h: torch.zeros(B, T, dtype=torch.long) for h in HEAD_NAMES}
+    batch = {"states": torch.randn(B, T, 116), "blueprint_indices": torch.randint(-1, 13, (B, T, 3)),
+             "actions": actions, "returns": torch.randn(B, T),
+             "masks": {h: torch.ones(B, T, net.head_size(h), dtype=torch.bool) for h in HEAD_NAMES}}
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert torch.isfinite(torch.tensor(agent.update(batch)["loss"]))
+    assert any(not torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_head_patched_class_keeps_esper_modules_and_init(esper_standin_head_v2):
+    """esper's own __init__ builds the modules: same seed, same weights; strict loads both ways."""
+    patch = esper_fast.patch_esper()
+    torch.manual_seed(3)
+    theirs = patch.original(**HEAD_SMALL)
+    torch.manual_seed(3)
+    ours = patch.cls(**HEAD_SMALL)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    for k, v in theirs.state_dict().items():
+        assert torch.equal(v, ours.state_dict()[k]), k
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    from esper_fast import FactoredPolicyV2
+
+    FactoredPolicyV2(**HEAD_SMALL).load_state_dict(ours.state_dict(), strict=True)  # esper_fast's own class too
+
+
+def test_head_patched_network_follows_masked_categorical_validate(esper_standin_head_v2, monkeypatch):
+    patch = esper_fast.patch_esper()
+    from esper.tamiyo.policy.action_masks import InvalidStateMachineError as EsperError
+    from esper.tamiyo.policy.action_masks import MaskedCategorical
+
+    net = patch.cls(**HEAD_SMALL)
+    state, bp = _inputs(state_dim=116)
+    monkeypatch.setattr(MaskedCategorical, "validate", True)
+    with pytest.raises(EsperError, match="^No valid op actions available in forward") as info:
+        net.get_action(state, bp, op_mask=_empty_op_mask())
+    assert isinstance(info.value, esper_fast.InvalidStateMachineError)
+    MaskedCategorical.validate = False
+    result = net.get_action(state, bp, op_mask=_empty_op_mask())
+    assert torch.equal(result.actions["op"], torch.full((3,), -1))
+    net.validate = True
+    with pytest.raises(EsperError):
+        net.get_action(state, bp, op_mask=_empty_op_mask())
+    del net.validate
+    net.get_action(state, bp, op_mask=_empty_op_mask())
+
+
+def test_head_unpatch_restores(esper_standin_head_v2):
+    from esper.tamiyo import networks
+
+    original = networks.FactoredRecurrentActorCritic
+    patch = esper_fast.patch_esper()
+    assert esper_fast.unpatch_esper() is patch
+    assert networks.FactoredRecurrentActorCritic is original
+    assert sys.modules["esper.tamiyo.networks.factored_lstm"].FactoredRecurrentActorCritic is original
 
 
 # ---- esper's exception and toggle --------------------------------------------------------------------

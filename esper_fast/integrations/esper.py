@@ -40,7 +40,9 @@ from torch import nn
 
 from esper_fast.constants import DEFAULT_FEATURE_DIM, DEFAULT_LSTM_HIDDEN_DIM
 from esper_fast.errors import InvalidStateMachineError as _OwnStateMachineError
+from esper_fast.network_v2 import FactoredNetworkV2
 from esper_fast.policy import FactoredPolicy
+from esper_fast.policy_v2 import FactoredPolicyV2Mixin
 
 __all__ = [
     "ESPER_NETWORK_MODULE",
@@ -65,7 +67,8 @@ ESPER_MODULES = (
     ESPER_MASKS_MODULE,
     "esper.tamiyo.policy.lstm_bundle",
     "esper.tamiyo.policy.factory",
-    "esper.simic.agent.ppo",
+    "esper.simic.agent.ppo",  # 0872525b's PPOAgent
+    "esper.simic.agent.ppo_agent",  # HEAD's PPOAgent
     "esper.simic.agent",
 )
 ESPER_AGENT_MODULE = "esper.simic.agent.ppo"
@@ -251,6 +254,51 @@ def _make_0872525b(esper_class: type, action_masks: ModuleType) -> type:
     return FactoredRecurrentActorCritic
 
 
+# esper HEAD's constructor (2016337e, value-head schema v2), in order.
+_SIGNATURE_HEAD = ("state_dim", "feature_dim", "lstm_hidden_dim", "lstm_layers", "slot_config")
+# H a multiple of 8 (HEAD's heads use H/2, H/4, H/8); feature_dim != H so ResidualLSTM has its input_proj.
+_PROBE_HEAD = dict(state_dim=5, feature_dim=8, lstm_hidden_dim=16, lstm_layers=1)
+
+
+def _detect_head(esper_class: type) -> str | None:
+    found = constructor_signature(esper_class)
+    if found != _SIGNATURE_HEAD:
+        return f"constructor ({', '.join(found)}) is not ({', '.join(_SIGNATURE_HEAD)})"
+    with torch.random.fork_rng(devices=[]):
+        try:
+            theirs = _layout_of(esper_class(**_PROBE_HEAD))
+        except Exception as exc:  # noqa: BLE001
+            return f"a probe instance {_PROBE_HEAD} could not be built: {type(exc).__name__}: {exc}"
+        ours = _layout_of(FactoredNetworkV2(**_PROBE_HEAD))
+    diff = layout_difference(theirs, ours)
+    return None if diff is None else f"state_dict layout differs: {diff}"
+
+
+def _make_head(esper_class: type, action_masks: ModuleType) -> type:
+    masked_categorical = action_masks.MaskedCategorical
+
+    class FactoredRecurrentActorCritic(FactoredPolicyV2Mixin, esper_class):  # type: ignore[misc, valid-type]
+        """esper's ``FactoredRecurrentActorCritic`` (HEAD, schema v2) running esper_fast's fused kernel.
+
+        esper's own ``__init__`` builds the modules (names, shapes, init: esper's); the methods esper
+        calls (``forward``, ``get_action``, ``evaluate_actions``, ``predict_contributions``,
+        ``_compute_state_value``, ``_compute_q``, ``get_initial_hidden``) are
+        :class:`esper_fast.policy_v2.FactoredPolicyV2Mixin`'s. Validation follows esper's
+        ``MaskedCategorical.validate`` at call time unless the instance has its own ``validate``
+        (``net.validate = False``). Empty masks raise esper_fast's ``InvalidStateMachineError``, which is
+        also esper's class.
+        """
+
+        def _validating(self) -> bool:
+            own = self.__dict__.get("validate")
+            return bool(masked_categorical.validate) if own is None else bool(own)
+
+    FactoredRecurrentActorCritic.__module__ = __name__
+    FactoredRecurrentActorCritic.__qualname__ = "FactoredRecurrentActorCritic"
+    FactoredRecurrentActorCritic.esper_layout = "2016337e"  # type: ignore[attr-defined]
+    return FactoredRecurrentActorCritic
+
+
 LAYOUTS: list[EsperLayout] = [
     EsperLayout(
         name="0872525b",
@@ -259,6 +307,14 @@ LAYOUTS: list[EsperLayout] = [
         detect=_detect_0872525b,
         make_class=_make_0872525b,
         agent_load_fix=True,
+    ),
+    EsperLayout(
+        name="2016337e",
+        description="esper-lite HEAD 2016337e: FactoredRecurrentActorCritic(" + ", ".join(_SIGNATURE_HEAD)
+                    + "), ResidualLSTM trunk, 8 heads, state_value_head V(s) + q_head Q(s, op) + "
+                    "contribution_predictor (value-head schema v2)",
+        detect=_detect_head,
+        make_class=_make_head,
     ),
 ]
 """Supported esper layouts, tried in order (first match wins)."""
@@ -419,6 +475,10 @@ def patch_esper(*, fix_agent_load: bool = True) -> EsperPatch:
     for name in ESPER_MODULES:
         try:
             importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:  # a module it imports is missing: esper's module is there but broken
+                skipped[name] = f"{type(exc).__name__}: {exc}"
+            # else: this esper has no such module (0872525b has no ppo_agent, HEAD no ppo): nothing to patch
         except Exception as exc:  # noqa: BLE001 - optional modules; required ones are checked below
             skipped[name] = f"{type(exc).__name__}: {exc}"
     network_module = sys.modules.get(ESPER_NETWORK_MODULE)

@@ -42,6 +42,11 @@ def architecture(config: PPOConfig) -> dict[str, object]:
 def build_policy(config: PPOConfig) -> FactoredNetwork:
     """The network for ``config.value_mode`` (init uses the current torch RNG), on ``config.device``."""
     arch = architecture(config)
+    if config.ppo_variant == "head":  # esper HEAD's network; the env's observation fed unchanged (README)
+        from esper_fast.policy_v2 import FactoredPolicyV2
+
+        return FactoredPolicyV2(arch["state_dim"], config.feature_dim, config.lstm_hidden_dim, config.lstm_layers,
+                                arch["num_slots"], backend=config.backend).to(config.device)  # fmt: skip
     args = (arch["state_dim"], arch["num_slots"])
     kw = dict(feature_dim=config.feature_dim, lstm_hidden_dim=config.lstm_hidden_dim, lstm_layers=config.lstm_layers)
     if config.value_mode == "legacy":
@@ -92,16 +97,36 @@ def validation_off(*targets: object) -> Iterator[None]:
 
 
 def act(policy: FactoredNetwork, obs: Tensor, env_obs: EnvObs, hidden: Hidden | None, *, deterministic: bool,
-        op_conditioned_slot: bool, generator: torch.Generator | None = None) -> GetActionResult:  # fmt: skip
-    """One decision for every env: ``obs [E, D]`` is the (normalised) observation the policy sees."""
+        op_conditioned_slot: bool, generator: torch.Generator | None = None,
+        probability_floor: dict[str, float] | None = None) -> GetActionResult:  # fmt: skip
+    """One decision for every env: ``obs [E, D]`` is the (normalised) observation the policy sees.
+
+    A :class:`~esper_fast.policy_v2.FactoredPolicyV2Mixin` policy (esper HEAD) gets HEAD's keywords, the
+    env's ``slot_by_op`` always (HEAD conditions the slot on the op) and HEAD's probability floors unless
+    ``probability_floor={}``.
+    """
+    from esper_fast.policy_v2 import FactoredPolicyV2Mixin
+
+    if isinstance(policy, FactoredPolicyV2Mixin):
+        from esper_fast.constants_v2 import PROBABILITY_FLOOR_PER_HEAD
+
+        floors = dict(PROBABILITY_FLOOR_PER_HEAD) if probability_floor is None else probability_floor
+        return policy.get_action(obs, env_obs.blueprint_indices, hidden, slot_by_op_mask=env_obs.slot_by_op,
+                                 deterministic=deterministic, probability_floor=floors or None, generator=generator,
+                                 **{f"{h}_mask": env_obs.masks[h] for h in HEAD_NAMES})  # fmt: skip
     masks = [env_obs.masks[h] for h in HEAD_NAMES]
     kw = {"slot_by_op": env_obs.slot_by_op} if op_conditioned_slot else {}
     return policy.get_action(obs, env_obs.blueprint_indices, hidden, *masks, deterministic=deterministic,
                              generator=generator, **kw)  # fmt: skip
 
 
-def effective_masks(env_obs: EnvObs, op: Tensor, op_conditioned_slot: bool) -> dict[str, Tensor]:
-    """The env masks with the slot mask the slot was sampled under (``slot & slot_by_op[op]``)."""
+def effective_masks(env_obs: EnvObs, op: Tensor, op_conditioned_slot: bool, head: bool = False) -> dict[str, Tensor]:
+    """The env masks with the slot mask the slot was sampled under (``slot & slot_by_op[op]``; with
+    ``head`` (esper HEAD's get_action) ``slot_by_op[op]`` itself, which replaces the slot mask there)."""
+    if head:
+        sbo = env_obs.slot_by_op
+        n, S = op.shape[0], sbo.shape[-1]
+        return {**env_obs.masks, "slot": sbo.gather(1, op.clamp(min=0).view(n, 1, 1).expand(n, 1, S)).squeeze(1)}
     if not op_conditioned_slot:
         return dict(env_obs.masks)
     _, slot = op_dependent_masks(op, env_obs.masks["style"], env_obs.masks["slot"], env_obs.slot_by_op,

@@ -7,7 +7,10 @@ bare ``PPOConfig()`` is esper's run. Presets (:data:`PRESETS`) override a few fi
 * ``default`` - the no-flag CPU run of ``esper-fast train``: 128 hidden, 16 envs x 150 steps, 250
   updates of 4 epochs x 4 minibatches (600k env steps; measured times in the README); matches the heuristic;
 * ``esper``   - esper's exact run (512 hidden, 4 envs x 150 steps, 100 episodes, one full-batch
-  epoch), with the slot drawn from the env mask alone as at 0872525b.
+  epoch), with the slot drawn from the env mask alone as at 0872525b;
+* ``esper-head`` - esper HEAD (2016337e)'s network (``FactoredPolicyV2``, value-head schema v2) and
+  HEAD's PPO where it differs (``ppo_variant="head"``; see :mod:`esper_fast.ppo.head_update` and
+  ``docs/esper-head-ppo.md``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from esper_fast.constants import HEAD_NAMES
 __all__ = ["PPOConfig", "PRESETS", "ENTROPY_COEF_PER_HEAD", "VALUE_MODES", "make_config", "field_docs"]
 
 VALUE_MODES = ("q_op", "expected", "legacy")
+PPO_VARIANTS = ("0872525b", "head")
+HEAD_BASELINES = ("state_value", "expected_q")
 SEED_LIMIT = 2**62  # seeds plus per-rank offsets stay inside torch.manual_seed's 64-bit range
 
 
@@ -87,6 +92,32 @@ class PPOConfig:
     op_conditioned_slot: bool = True
     """Sample the slot among the slots where the chosen op is valid (env ``slot_by_op``; esper HEAD).
     Off = esper 0872525b: the slot is drawn from the env's slot mask alone (many actions become WAIT)."""
+
+    ppo_variant: str = "0872525b"
+    """Which esper's PPO: "0872525b" (every preset but esper-head; FactoredPolicy, Q(s, op) critic) or "head":
+    esper HEAD 2016337e's network FactoredPolicyV2 and update (docs/esper-head-ppo.md): V(s) critic on
+    ValueNormalizer-normalised returns (normalization.py:256-316, ppo_agent.py:587-694), explained
+    variance de-normalised, advantage std floor 0.1 (leyline:169, rollout_buffer.py:605-646), q_head
+    auxiliary at 0.5 * value_coef (ppo_update.py:362-371), forced-step weights (ppo_update.py:273-377),
+    causal masks from the effective op (ppo_agent.py:1163-1170), finiteness gate
+    (ppo_agent.py:1068-1135), joint-ratio statistics and KL (ppo_update.py:57-150), train_steps counted
+    after real optimiser steps (ppo_agent.py:1589-1595). The observation is the env's (114 features for
+    3 slots) fed unchanged: HEAD's network takes state_dim as an argument, see README."""
+    value_warmup_steps: int = 0
+    """ppo_variant "head": value_coef warms up linearly from value_coef_start over this many optimiser-stepped
+    updates (HEAD value_warmup_steps, default 0 = off; ppo_agent.py:128-134,453-470)."""
+    value_coef_start: float | None = None
+    """ppo_variant "head": the warm-up's start value; None = 0.1 * value_coef (HEAD's default)."""
+    head_baseline: str = "state_value"
+    """ppo_variant "head": the value GAE uses: "state_value" (HEAD: V(s) from state_value_head) or "expected_q"
+    (sum_a pi(a|s) Q(s, a) from q_head, returned by the same get_action kernel pass; a study option,
+    docs/value-baselines.md). Both heads are trained either way."""
+    probability_floors: bool = True
+    """ppo_variant "head": HEAD's PROBABILITY_FLOOR_PER_HEAD in get_action and evaluate_actions
+    (ppo_agent.py:260-265,972,1022)."""
+    entropy_floor: bool = True
+    """ppo_variant "head": HEAD's per-head entropy-floor penalty (ENTROPY_FLOOR_PER_HEAD /
+    ENTROPY_FLOOR_PENALTY_COEF, scaled by training progress; ppo_update.py:155-240, ppo_agent.py:472-500)."""
 
     # ---- speed of the update (issue 9; none changes the math) -------------------------------------
     compile: bool = False
@@ -271,6 +302,22 @@ class PPOConfig:
         unknown = sorted(set(self.entropy_coef_per_head) - set(HEAD_NAMES))
         if unknown:
             raise ValueError(f"entropy_coef_per_head: unknown heads {unknown}, expected a subset of {list(HEAD_NAMES)}")
+        if self.ppo_variant not in PPO_VARIANTS:
+            raise ValueError(f"ppo_variant: expected one of {PPO_VARIANTS}, got {self.ppo_variant!r}")
+        if self.head_baseline not in HEAD_BASELINES:
+            raise ValueError(f"head_baseline: expected one of {HEAD_BASELINES}, got {self.head_baseline!r}")
+        if self.value_warmup_steps < 0:
+            raise ValueError(f"value_warmup_steps: expected >= 0, got {self.value_warmup_steps}")
+        if self.value_coef_start is not None and self.value_coef_start < 0:
+            raise ValueError(f"value_coef_start: expected >= 0 or None, got {self.value_coef_start}")
+        if self.ppo_variant == "head":
+            if self.lstm_hidden_dim % 8:
+                raise ValueError(f"lstm_hidden_dim: ppo_variant 'head' (HEAD's heads use H/2, H/4, H/8) needs a "
+                                 f"multiple of 8, got {self.lstm_hidden_dim}")  # fmt: skip
+            for name in ("compile", "amp", "clip_value"):
+                if getattr(self, name):
+                    raise ValueError(f"{name}: not supported with ppo_variant 'head' (HEAD: clip_value off; "
+                                     "the compiled / autocast update path is FactoredPolicy's)")  # fmt: skip
         if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
@@ -304,9 +351,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         entropy_coef_min=0.0,
     ),
     "esper": dict(op_conditioned_slot=False, value_mode="q_op"),
+    # esper HEAD 2016337e: DEFAULT_VALUE_COEF 1.0 (leyline:174), PPOAgent max_grad_norm 5.0 (leyline:181,
+    # ppo_agent.py:140), value clipping off (ppo_agent.py:135). Sizes and the rest: the esper preset's.
+    "esper-head": dict(ppo_variant="head", value_coef=1.0, max_grad_norm=5.0, clip_value=False),
 }
 """Named overrides of :class:`PPOConfig` (``esper``: esper 0872525b's values: q_op baseline, slot drawn
-without op-conditioning)."""
+without op-conditioning; ``esper-head``: esper HEAD's network and PPO)."""
 
 
 def make_config(preset: str = "default", **overrides: Any) -> PPOConfig:

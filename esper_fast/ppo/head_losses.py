@@ -2,8 +2,8 @@
 
 Our own implementation of what esper-lite HEAD (2016337e) does, read from ``simic/agent/ppo_update.py``,
 ``simic/agent/ppo_agent.py``, ``simic/agent/rollout_buffer.py`` and ``simic/control/normalization.py``
-(line citations in ``docs/esper-head-ppo.md``). These are the building blocks of a ``--preset
-esper-head`` update; the trainer does NOT use them yet (issue 11 item 4 is open).
+(line citations in ``docs/esper-head-ppo.md``). They are the building blocks of the ``--preset
+esper-head`` update (:mod:`esper_fast.ppo.head_update`).
 """
 
 from __future__ import annotations

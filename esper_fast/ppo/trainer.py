@@ -39,6 +39,8 @@ from esper_fast.ppo.gae import compute_gae, explained_variance, normalize_advant
 from esper_fast.ppo.metrics import MetricsWriter, plot_learning_curve
 from esper_fast.ppo.normalize import ObsNormalizer, RewardNormalizer
 from esper_fast.ppo.runlock import RunLock
+from esper_fast.ppo.head_losses import ValueNormalizer, normalize_advantages_floored
+from esper_fast.ppo.head_update import ppo_update_head
 from esper_fast.ppo.update import ppo_update
 
 __all__ = ["Trainer", "rank_seed"]
@@ -94,6 +96,11 @@ class Trainer:
                                              self.device)  # fmt: skip
         self.obs = self.env.observe()
         self.hidden = self.policy.get_initial_hidden(config.num_envs, self.device)
+        self.head = config.ppo_variant == "head"
+        # esper HEAD only: the critic's return scale, the executed op per step, HEAD's train_steps
+        self.value_normalizer = ValueNormalizer(device=self.device) if self.head else None
+        self.effective_op = torch.zeros(config.num_envs, config.rollout_steps, dtype=torch.int64, device=self.device)
+        self.head_train_steps = 0
         self.train_steps, self.global_step = 0, 0
         self.last_row: dict[str, Any] = {}
         self._stop_requested = False
@@ -139,8 +146,13 @@ class Trainer:
                     b = self.buffer
                     b_advantages, b_returns = compute_gae(b.rewards, b.values, b.dones, b.truncated,
                                                           b.bootstrap_values, cfg.gamma, cfg.gae_lambda)  # fmt: skip
-                    b_explained_var = explained_variance(b.values, b_returns)
-                    if cfg.normalize_advantages:
+                    b_explained_var = explained_variance(b.values, b_returns)  # (HEAD: de-normalised scale)
+                    if self.head:  # critic targets on the normalised scale; advantages with HEAD's std floor
+                        self.value_normalizer.update(b_returns)
+                        b_targets = self.value_normalizer.normalize(b_returns)
+                        if cfg.normalize_advantages:
+                            b_advantages = normalize_advantages_floored(b_advantages)[0]
+                    elif cfg.normalize_advantages:
                         b_advantages = normalize_advantages(b_advantages)
 
                     # ---- OBS STATS: esper updates them with the batch's raw obs before the update ---
@@ -152,9 +164,19 @@ class Trainer:
                         group["lr"] = lr
                     entropy_coef = cfg.entropy_coef_at(self.train_steps)
                     self.policy.train()
-                    update_stats = ppo_update(self.policy, self.optimizer, b, b_advantages, b_returns, cfg, entropy_coef,
-                                              generator=self.update_generator, all_reduce_mean=self.ctx.all_reduce_mean,
-                                              all_reduce_grads=self.ctx.all_reduce_grads)  # fmt: skip
+                    if self.head:
+                        update_stats = ppo_update_head(
+                            self.policy, self.optimizer, b, self.effective_op, b_advantages, b_targets, cfg,
+                            entropy_coef, train_steps=self.head_train_steps,
+                            progress=self.train_steps / self.num_updates, generator=self.update_generator,
+                            all_reduce_mean=self.ctx.all_reduce_mean, all_reduce_grads=self.ctx.all_reduce_grads)  # fmt: skip
+                        # HEAD counts train_steps only after a real optimiser step (ppo_agent.py:1589-1595)
+                        self.head_train_steps += int(update_stats["optimizer_steps"].item() > 0)
+                    else:
+                        update_stats = ppo_update(self.policy, self.optimizer, b, b_advantages, b_returns, cfg,
+                                                  entropy_coef, generator=self.update_generator,
+                                                  all_reduce_mean=self.ctx.all_reduce_mean,
+                                                  all_reduce_grads=self.ctx.all_reduce_grads)  # fmt: skip
                     self.train_steps += 1
                     self.global_step += cfg.batch_size * self.ctx.world_size
 
@@ -190,6 +212,8 @@ class Trainer:
         policy.eval()
         E, T, dev = cfg.num_envs, cfg.rollout_steps, self.device
         legacy, op_slot = cfg.value_mode == "legacy", cfg.op_conditioned_slot
+        head = self.head
+        floors = None if not head or cfg.probability_floors else {}  # None: HEAD's floors (act)
         stats = {name: torch.zeros((), device=dev) for name in
                  ("return_sum", "length_sum", "episodes", "terminated", "agree", "invalid")}  # fmt: skip
         stats["op_counts"] = torch.zeros(NUM_OPS, device=dev)
@@ -199,15 +223,19 @@ class Trainer:
             env_obs = self.obs
             obs = self.obs_normalizer.normalize(env_obs.obs)  # frozen statistics during the rollout
             result = act(policy, obs, env_obs, self.hidden, deterministic=False, op_conditioned_slot=op_slot,
-                         generator=self.action_generator)  # fmt: skip
+                         generator=self.action_generator, probability_floor=floors)  # fmt: skip
             actions = result.actions
             agree = result.sampled_op == actions["op"]
+            # HEAD: V(s) comes out on the normalised return scale; GAE works on the de-normalised one
+            values = self.value_normalizer.denormalize(self._head_value(result)) if head else result.values
             b.store_step(t, obs=obs, raw_obs=env_obs.obs, blueprint_indices=env_obs.blueprint_indices,
-                         masks=effective_masks(env_obs, actions["op"], op_slot), actions=actions,
-                         log_probs=result.log_probs, values=result.values,
+                         masks=effective_masks(env_obs, actions["op"], op_slot, head=head), actions=actions,
+                         log_probs=result.log_probs, values=values,
                          old_q=result.values if legacy else result.q_op, op_agree=agree)  # fmt: skip
 
             step = env.step(actions)
+            if head:
+                self.effective_op[:, t] = step.effective_op
             done = step.terminated | step.truncated
 
             # Bootstrap V(s') for truncated envs (and for every live env at the rollout's end) from the
@@ -217,9 +245,11 @@ class Trainer:
             bootstrap = torch.zeros(E, device=dev)
             if last or dev.type != "cpu" or bool(step.truncated.any()):
                 boot = act(policy, self.obs_normalizer.normalize(step.final.obs), step.final, result.hidden,
-                           deterministic=True, op_conditioned_slot=op_slot, generator=self.action_generator)  # fmt: skip
+                           deterministic=True, op_conditioned_slot=op_slot, generator=self.action_generator,
+                           probability_floor=floors)  # fmt: skip
+                boot_values = self.value_normalizer.denormalize(self._head_value(boot)) if head else boot.values
                 use = (step.truncated | ~done) if last else step.truncated
-                bootstrap = torch.where(use, boot.values, bootstrap)
+                bootstrap = torch.where(use, boot_values, bootstrap)
             reward = self.reward_normalizer.update_and_normalize(step.reward)
             b.store_outcome(t, reward=reward, raw_reward=step.reward, done=done, truncated=step.truncated,
                             bootstrap_value=bootstrap)  # fmt: skip
@@ -236,6 +266,10 @@ class Trainer:
             self.hidden = (result.hidden[0] * keep, result.hidden[1] * keep)
             self.obs = step.next
         return stats
+
+    def _head_value(self, result: Any) -> Tensor:
+        """ppo_variant "head": the baseline of ``head_baseline`` (V(s), or sum_a pi Q from the same pass)."""
+        return result.expected_value if self.config.head_baseline == "expected_q" else result.values
 
     def _update_obs_normalizer(self, raw_obs: Tensor) -> None:
         """EMA update from this rollout's raw obs; moments averaged over ranks (same stats everywhere)."""
@@ -277,7 +311,7 @@ class Trainer:
                      "explained_variance", "grad_norm", "optimizer_steps", "early_stop", "nonfinite_steps"):  # fmt: skip
             row[f"losses/{name}"] = upd[name]
         for key in keys:
-            if key.startswith("entropy/"):
+            if key.startswith(("entropy/", "head/")):
                 row[key] = upd[key]
         row["time/sps"] = sps
         return row
@@ -294,6 +328,12 @@ class Trainer:
             "action_generator": self.action_generator.get_state(), "update_generator": self.update_generator.get_state(),
             "torch_rng": torch.get_rng_state(),
         }  # fmt: skip
+
+    def _head_state(self) -> dict[str, Any]:
+        """esper HEAD's extra trainer state (ppo_variant "head"): value normaliser, HEAD's train_steps."""
+        vn = self.value_normalizer
+        return {"value_normalizer": {"mean": vn.mean.cpu(), "var": vn.var.cpu(), "count": vn.count.cpu(),
+                                     "seen": vn.seen}, "head_train_steps": self.head_train_steps}  # fmt: skip
 
     def state_dict(self) -> dict[str, Any] | None:
         """The checkpoint payload on rank 0 (None elsewhere). Collective: call it on every rank."""
@@ -313,6 +353,7 @@ class Trainer:
             "obs_normalizer": self.obs_normalizer.state_dict(),
             "world_size": self.ctx.world_size,
             "rank_states": rank_states,
+            **({"esper_head": self._head_state()} if self.head else {}),
             "metadata": {"esper_fast_version": esper_fast.__version__, "torch_version": str(torch.__version__),
                          "value_mode": self.config.value_mode},  # fmt: skip
         }
@@ -336,6 +377,11 @@ class Trainer:
         self.train_steps, self.global_step = int(ckpt["train_steps"]), int(ckpt.get("global_step", 0))
         if "obs_normalizer" in ckpt:
             self.obs_normalizer.load_state_dict(ckpt["obs_normalizer"])
+        if self.head and "esper_head" in ckpt:
+            vn, saved = self.value_normalizer, ckpt["esper_head"]["value_normalizer"]
+            vn.mean, vn.var, vn.count = (saved[k].to(self.device) for k in ("mean", "var", "count"))
+            vn.seen = int(saved["seen"])
+            self.head_train_steps = int(ckpt["esper_head"]["head_train_steps"])
         states = ckpt.get("rank_states") or []
         if ckpt.get("world_size", 1) != self.ctx.world_size or self.ctx.rank >= len(states):
             self.log(f"resume: checkpoint was written by {ckpt.get('world_size', 1)} process(es), this run has "

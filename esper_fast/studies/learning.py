@@ -247,6 +247,19 @@ def critic_diagnostics(policy, obs_normalizer, mdp_config: ExactMDPConfig | None
             "tabular_objective": mdp.objective(tab)}  # fmt: skip
 
 
+HEAD_MODES: tuple[str, ...] = ("head_v", "head_q")
+"""Modes of the ``exact_head`` / ``seed_head`` rows: esper HEAD's network and PPO (``--preset esper-head``)
+with GAE on HEAD's separate V(s) head (``head_v``) or on sum_a pi(a|s) Q(s, a) from the q_head, returned
+by the same get_action kernel pass (``head_q``); everything else identical (both heads are trained)."""
+
+
+def _preset_for(mode: str) -> tuple[str, dict[str, Any]]:
+    """(preset, fields) of a study mode: a value_mode of the esper preset, or one of :data:`HEAD_MODES`."""
+    if mode in HEAD_MODES:
+        return "esper-head", {"head_baseline": "state_value" if mode == "head_v" else "expected_q"}
+    return "esper", {"value_mode": mode}
+
+
 def _tail_mean(rows: list[dict[str, Any]], key: str, n: int) -> float | None:
     vals = [r[key] for r in rows[-n:] if r.get(key) is not None]
     return sum(vals) / len(vals) if vals else None
@@ -263,7 +276,10 @@ def train_trainer_exact(mode: str, seed: int, updates: int = 120, num_envs: int 
 
     mdp_cfg = ExactMDPConfig()
     ppo = {**STUDY_PPO, **(ppo_overrides or {})}
-    cfg = make_config("esper", **{**ppo, "value_mode": mode, "seed": seed, "feature_dim": hidden,
+    preset, mode_fields = _preset_for(mode)
+    if preset == "esper-head":
+        diag_every = 0  # critic_diagnostics reads FactoredPolicy's heads()
+    cfg = make_config(preset, **{**ppo, **mode_fields, "seed": seed, "feature_dim": hidden,
                                   "lstm_hidden_dim": hidden, "num_envs": num_envs, "episode_length": mdp_cfg.horizon,
                                   "rollout_steps": rollout_steps, "total_timesteps": num_envs * rollout_steps * updates,
                                   "gamma": mdp_cfg.gamma, "eval_episodes": 0})  # fmt: skip
@@ -281,7 +297,7 @@ def train_trainer_exact(mode: str, seed: int, updates: int = 120, num_envs: int 
     t0 = time.perf_counter()
     trainer.train(on_update=on_update, handle_signals=False)
     ev = evaluate_on_exact(trainer.policy, trainer.obs_normalizer, bool(cfg.op_conditioned_slot), eval_episodes)
-    diag = critic_diagnostics(trainer.policy, trainer.obs_normalizer, mdp_cfg)
+    diag = critic_diagnostics(trainer.policy, trainer.obs_normalizer, mdp_cfg) if preset != "esper-head" else {}
     tail = max(1, updates // 5)
     return {**diag,
         "suite": "exact", "mode": mode, "seed": seed, "updates": updates, "env_steps": trainer.global_step,
@@ -299,7 +315,8 @@ def train_trainer_seed(mode: str, seed: int, updates: int = 50, hidden: int = 64
     """The real Trainer on SeedLifecycleEnv (:data:`STUDY_PPO` at ``hidden`` units, ``updates`` x 16 x 150 steps)."""
     from esper_fast.ppo import Trainer, make_config
 
-    cfg = make_config("esper", **{**STUDY_PPO, "value_mode": mode, "seed": seed, "feature_dim": hidden,
+    preset, mode_fields = _preset_for(mode)
+    cfg = make_config(preset, **{**STUDY_PPO, **mode_fields, "seed": seed, "feature_dim": hidden,
                                   "lstm_hidden_dim": hidden, "total_timesteps": 16 * 150 * updates,
                                   "eval_episodes": eval_episodes, "eval_seed": eval_seed})  # fmt: skip
     trainer = Trainer(cfg, run_dir=None, log=lambda _m: None, tensorboard=False)
@@ -367,7 +384,7 @@ def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     metrics = ("final_objective", "final_episode_return", "final_greedy_return", "explained_variance")
     out = []
     for suite in dict.fromkeys(r["suite"] for r in results):
-        for mode in MODES:
+        for mode in (*MODES, *HEAD_MODES):
             rs = [r for r in results if r["suite"] == suite and r["mode"] == mode]
             if not rs:
                 continue
@@ -431,7 +448,8 @@ def plot_learning(results: Sequence[dict[str, Any]], path: str | Path, reference
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"legacy": "tab:red", "q_op": "tab:orange", "expected": "tab:green"}
+    colors = {"legacy": "tab:red", "q_op": "tab:orange", "expected": "tab:green", "head_v": "tab:blue",
+              "head_q": "tab:purple"}  # fmt: skip
     suites = list(dict.fromkeys(r["suite"] for r in results))
     panels = []
     for suite in suites:
@@ -445,7 +463,7 @@ def plot_learning(results: Sequence[dict[str, Any]], path: str | Path, reference
     fig, axes = plt.subplots(len(suites), cols, figsize=(6.5 * cols, 3.4 * len(suites)), dpi=110, squeeze=False)
     for i, (suite, key, title) in enumerate(panels):
         ax = axes[i // cols][i % cols]
-        for mode in MODES:
+        for mode in (*MODES, *HEAD_MODES):
             k = 1 if key == "objective_curve" else smooth
             curves = [_smooth(r[key], k) for r in results if r["suite"] == suite and r["mode"] == mode]
             if not curves:
@@ -490,7 +508,8 @@ def plot_diagnostics(results: Sequence[dict[str, Any]], path: str | Path) -> Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"legacy": "tab:red", "q_op": "tab:orange", "expected": "tab:green"}
+    colors = {"legacy": "tab:red", "q_op": "tab:orange", "expected": "tab:green", "head_v": "tab:blue",
+              "head_q": "tab:purple"}  # fmt: skip
     runs = [r for r in results if r.get("diag_curve")]
     suites = list(dict.fromkeys(r["suite"] for r in runs))
     fig, axes = plt.subplots(len(suites), 3, figsize=(15, 3.4 * len(suites)), dpi=110, squeeze=False)
@@ -537,7 +556,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m esper_fast.studies.learning", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="docs/learning", help="output directory (default docs/learning)")
     p.add_argument("--suites", default="tabular,exact,seed,exact300",
-                   help="comma-separated subset of tabular,exact,seed,exact300")
+                   help="comma-separated subset of tabular,exact,seed,exact300,exact_head,seed_head "
+                        "(the last two: esper HEAD's network, V(s) head vs sum pi Q; not in the default)")
     p.add_argument("--tabular-seeds", type=int, default=10)
     p.add_argument("--trainer-seeds", type=int, default=3)
     p.add_argument("--exact-updates", type=int, default=120)
@@ -552,7 +572,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     for suite in [s for s in args.suites.split(",") if s]:
         if args.summarize_only:
-            results += [json.loads(f.read_text()) for f in sorted((out / "runs").glob(f"{suite}_*.json"))]
+            base = {"exact_head": "exact_head_", "seed_head": "seed_head_"}.get(suite, f"{suite}_")
+            results += [json.loads(f.read_text()) for f in sorted((out / "runs").glob(f"{base}*.json"))
+                        if suite.endswith("_head") or not f.name.startswith(f"{suite}_head_")]
             continue
         if suite == "tabular":
             results += run_suite("tabular", range(args.tabular_seeds), out, log=log)
@@ -560,10 +582,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             results += run_suite("exact", range(args.trainer_seeds), out, log=log, updates=args.exact_updates)
         elif suite == "seed":
             results += run_suite("seed", range(args.trainer_seeds), out, log=log, updates=args.seed_updates)
+        elif suite == "exact_head":
+            results += run_suite("exact", range(args.trainer_seeds), out, modes=HEAD_MODES, log=log,
+                                 updates=args.exact_updates)  # fmt: skip
+        elif suite == "seed_head":
+            results += run_suite("seed", range(args.trainer_seeds), out, modes=HEAD_MODES, log=log,
+                                 updates=args.seed_updates)  # fmt: skip
         elif suite == "exact300":
             results += run_suite("exact300", range(args.long_seeds), out, modes=LONG_MODES, log=log)
         else:
-            raise SystemExit(f"unknown suite {suite!r}: expected tabular, exact, seed or exact300")
+            raise SystemExit(f"unknown suite {suite!r}: expected tabular, exact, seed, exact300, exact_head or seed_head")
     summary = summarize(results)
     refs = _references()
     table = format_summary(summary)

@@ -1,0 +1,194 @@
+"""The ``esper-head`` PPO update: esper HEAD (2016337e)'s loss on :class:`esper_fast.FactoredPolicyV2`.
+
+Used by the trainer when ``config.ppo_variant == "head"`` (``--preset esper-head``); the other presets
+keep :func:`esper_fast.ppo.update.ppo_update`. Built from the tested pieces of
+:mod:`esper_fast.ppo.head_losses` (what each is, with HEAD's file:line, in ``docs/esper-head-ppo.md``):
+
+* critic: V(s) (``state_value_head``) against the *normalised* returns (``returns_norm``, the trainer's
+  :class:`~esper_fast.ppo.head_losses.ValueNormalizer`), ``0.5 * weighted mean``; no value clipping;
+* q_head auxiliary: Q(s, stored op) against the same targets, coefficient ``0.5 * value_coef``;
+* value coefficient: :func:`~esper_fast.ppo.head_losses.value_coef_at` (warm-up over HEAD's train_steps);
+* forced steps (only WAIT valid): actor weight 0, value and q_aux weight 0.2, entropy excluded;
+* causal masks from the EFFECTIVE op (the op the env executed), not the sampled one;
+* probability floors (``PROBABILITY_FLOOR_PER_HEAD``) in ``evaluate_actions`` as in the rollout;
+* entropy floor penalty over the steps where a head was AVAILABLE (some op that uses it was valid:
+  :func:`availability_masks`, HEAD's ``leyline/causal_masks.py:66-117``), scaled by training progress;
+* a finiteness gate: an epoch whose new/old log-probs, V or Q are not finite takes no optimiser step;
+* HEAD's joint-ratio telemetry (its KL drives the ``target_kl`` early stop).
+
+Not here: the contribution auxiliary loss (SeedLifecycleEnv measures no per-slot counterfactual
+contributions, so there is no target; ``docs/esper-head-ppo.md`` lists it as missing).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from esper_fast.constants import CAUSAL_HEAD_OPS, HEAD_NAMES, LifecycleOp
+from esper_fast.constants_v2 import ENTROPY_FLOOR_PENALTY_COEF, ENTROPY_FLOOR_PER_HEAD, PROBABILITY_FLOOR_PER_HEAD
+from esper_fast.network import causal_masks
+from esper_fast.ppo.buffer import RolloutBuffer
+from esper_fast.ppo.config import PPOConfig
+from esper_fast.ppo.head_losses import (
+    entropy_floor_penalty,
+    entropy_loss_head,
+    entropy_penalty_schedule,
+    forced_weights,
+    head_policy_loss,
+    joint_ratio_metrics,
+    total_loss_head,
+    value_coef_at,
+    weighted_value_loss,
+)
+from esper_fast.ppo.losses import head_ratios, masked_mean
+
+__all__ = ["availability_masks", "evaluate_sequences_v2", "forced_steps", "ppo_update_head"]
+
+
+def forced_steps(op_mask: Tensor) -> Tensor:
+    """``[..., num_ops]`` bool -> ``[...]``: True where WAIT is the only valid op (HEAD's forced step)."""
+    return (op_mask.sum(-1) == 1) & op_mask[..., int(LifecycleOp.WAIT)]
+
+
+def availability_masks(op_mask: Tensor) -> dict[str, Tensor]:
+    """``[..., num_ops]`` bool -> head -> ``[...]`` bool: could the head have mattered (one of the ops that
+    use it was valid; the op head always). HEAD uses these, not the causal masks, for the entropy floor."""
+    out = {}
+    for head in HEAD_NAMES:
+        ops = CAUSAL_HEAD_OPS[head]
+        out[head] = torch.ones_like(op_mask[..., 0]) if ops is None else op_mask[..., list(ops)].any(-1)
+    return out
+
+
+def evaluate_sequences_v2(policy: torch.nn.Module, mb: RolloutBuffer, floors: dict[str, float] | None,
+                          ) -> tuple[dict[str, Tensor], Tensor, dict[str, Tensor], Tensor]:  # fmt: skip
+    """Replay ``mb``'s sequences through HEAD's ``evaluate_actions``: ``(log_probs, V(s), entropy, Q(s, op))``,
+    each ``[B, T]``. The LSTM starts from ``mb.initial_hidden`` and is zeroed at every episode start inside
+    the rollout (as in :func:`esper_fast.ppo.update.evaluate_sequences`)."""
+    B, T = mb.dones.shape
+    starts = (mb.dones[:, :-1].any(0).nonzero().flatten() + 1).tolist()
+    cuts = [0, *starts, T]
+    hidden = mb.initial_hidden
+    pieces = []
+    for start, end in zip(cuts, cuts[1:]):
+        if start > 0:
+            keep = (~mb.dones[:, start - 1]).to(hidden[0].dtype).view(1, B, 1)
+            hidden = (hidden[0] * keep, hidden[1] * keep)
+        span = slice(start, end)
+        log_probs, value, entropy, hidden, _contrib, q = policy.evaluate_actions(
+            mb.obs[:, span], mb.blueprint_indices[:, span], {h: a[:, span] for h, a in mb.actions.items()},
+            **{f"{h}_mask": m[:, span] for h, m in mb.masks.items()}, hidden=hidden, probability_floor=floors,
+        )  # fmt: skip
+        pieces.append((log_probs, value, entropy, q))
+    if len(pieces) == 1:
+        return pieces[0]
+    cat = lambda dicts: {h: torch.cat([d[h] for d in dicts], dim=1) for h in HEAD_NAMES}  # noqa: E731
+    return (cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces], dim=1), cat([p[2] for p in pieces]),
+            torch.cat([p[3] for p in pieces], dim=1))  # fmt: skip
+
+
+def ppo_update_head(
+    policy: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    buffer: RolloutBuffer,
+    effective_op: Tensor,
+    advantages: Tensor,
+    returns_norm: Tensor,
+    config: PPOConfig,
+    entropy_coef: float,
+    *,
+    train_steps: int,
+    progress: float,
+    generator: torch.Generator | None = None,
+    all_reduce_mean: Callable[[Tensor], Tensor] | None = None,
+    all_reduce_grads: Callable[[list[Tensor]], None] | None = None,
+) -> dict[str, Tensor]:
+    """One HEAD-style update on ``buffer``; ``effective_op``, ``advantages`` (already normalised with the
+    std floor), ``returns_norm`` (critic targets on the normalised scale) are ``[E, T]``.
+
+    ``train_steps``: HEAD's counter (updates that stepped the optimiser) for the value-coef warm-up;
+    ``progress`` in [0, 1]: the run's progress for the entropy-floor schedule. Returns metric tensors
+    (the trainer's names, plus ``head/...``: q_aux_loss, entropy_floor_penalty, value_coef,
+    nonfinite_epochs, joint-ratio statistics).
+    """
+    reduce = all_reduce_mean or (lambda x: x)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    E = buffer.num_envs
+    floors = dict(PROBABILITY_FLOOR_PER_HEAD) if config.probability_floors else None
+    value_coef = value_coef_at(train_steps, config.value_coef, config.value_warmup_steps, config.value_coef_start)
+    floor_scale = entropy_penalty_schedule(progress)
+    floor_coefs = {h: c * floor_scale for h, c in ENTROPY_FLOOR_PENALTY_COEF.items()}
+    sums: dict[str, Tensor] = {}
+    steps_taken, nonfinite_steps, nonfinite_epochs, first, stopped = 0, 0, 0, True, False
+    for _epoch in range(config.update_epochs):
+        if config.num_minibatches == 1:
+            order = torch.arange(E, device=buffer.obs.device)
+        else:
+            order = torch.randperm(E, generator=generator, device="cpu").to(buffer.obs.device)
+        for mb_envs in order.split(config.minibatch_envs):
+            mb = buffer.env_slice(mb_envs)
+            new_log_probs, new_v, entropy, new_q = evaluate_sequences_v2(policy, mb, floors)
+            # ---- finiteness gate: one fused check; a non-finite epoch takes no step (HEAD: `continue`)
+            checks = [torch.isfinite(t).all() for t in (*new_log_probs.values(), *mb.log_probs.values(), new_v, new_q)]
+            if not bool(torch.stack(checks).all()):
+                nonfinite_epochs += 1
+                continue
+            causal = causal_masks(effective_op[mb_envs])
+            forced = forced_steps(mb.masks["op"])
+            actor_w, value_w = forced_weights(forced)
+            ratios = head_ratios(new_log_probs, mb.log_probs)
+            joint = joint_ratio_metrics(new_log_probs, mb.log_probs, causal, config.clip_ratio)
+            kl = reduce(joint["approx_kl"])
+            if first:
+                sums["approx_kl_first"] = kl
+                for h in HEAD_NAMES:
+                    sums[f"entropy/{h}"] = masked_mean(entropy[h].detach(), causal[h])
+                first = False
+            if config.target_kl is not None and bool(kl > 1.5 * config.target_kl):
+                stopped = True
+                break
+            loss_pi = head_policy_loss(ratios, advantages[mb_envs], causal, config.clip_ratio, actor_w)
+            loss_v = weighted_value_loss(new_v.float(), returns_norm[mb_envs], value_w)
+            loss_q = weighted_value_loss(new_q.float(), returns_norm[mb_envs], value_w)
+            loss_ent = entropy_loss_head(entropy, causal, config.entropy_coef_per_head, actor_w)
+            if config.entropy_floor:
+                available = availability_masks(mb.masks["op"])
+                penalty = entropy_floor_penalty(entropy, available, ENTROPY_FLOOR_PER_HEAD, floor_coefs, actor_w)
+            else:
+                penalty = loss_ent.new_zeros(())
+            loss = total_loss_head(loss_pi, loss_v, loss_ent, penalty, loss_q, value_coef, entropy_coef)
+
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if all_reduce_grads is not None:
+                all_reduce_grads([p.grad for p in params if p.grad is not None])
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            if not bool(torch.isfinite(grad_norm)):
+                optimizer.zero_grad(set_to_none=True)
+                nonfinite_steps += 1
+                continue
+            optimizer.step()
+            steps_taken += 1
+            clip_frac = torch.stack([joint[f"clip_fraction/{h}"] for h in HEAD_NAMES]).mean()
+            for name, value in (("policy_loss", loss_pi), ("value_loss", loss_v), ("entropy_loss", loss_ent),
+                                ("approx_kl", kl), ("clip_fraction", clip_frac), ("grad_norm", grad_norm),
+                                ("head/q_aux_loss", loss_q), ("head/entropy_floor_penalty", penalty),
+                                *((f"head/{k}", v) for k, v in joint.items() if k.startswith("joint_"))):  # fmt: skip
+                sums[name] = sums.get(name, 0.0) + value.detach()
+        if stopped:
+            break
+    metrics = {k: (v if k.startswith(("entropy/", "approx_kl_first")) else v / max(steps_taken, 1))
+               for k, v in sums.items()}  # fmt: skip
+    for name in ("policy_loss", "value_loss", "entropy_loss", "clip_fraction", "grad_norm",
+                 "head/q_aux_loss", "head/entropy_floor_penalty"):  # fmt: skip
+        metrics.setdefault(name, torch.tensor(float("nan")))
+    metrics.setdefault("approx_kl", metrics.get("approx_kl_first", torch.tensor(float("nan"))))
+    metrics["optimizer_steps"] = torch.tensor(float(steps_taken))
+    metrics["early_stop"] = torch.tensor(float(stopped))
+    metrics["nonfinite_steps"] = torch.tensor(float(nonfinite_steps))
+    metrics["head/nonfinite_epochs"] = torch.tensor(float(nonfinite_epochs))
+    metrics["head/value_coef"] = torch.tensor(float(value_coef))
+    return metrics
