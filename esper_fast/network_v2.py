@@ -1,8 +1,8 @@
 """esper HEAD's recurrent actor-critic (value-head schema v2): modules, init, trunk, heads, evaluation.
 
 The module names, registration order, shapes, buffers and init are esper-lite's
-``FactoredRecurrentActorCritic`` at HEAD (2016337e; ``../shared/esper_contract.md`` section 8, read
-from ``src/esper/tamiyo/networks/factored_lstm.py``), so a HEAD state_dict (78 keys with the
+``FactoredRecurrentActorCritic`` at HEAD (2016337e, read from esper-lite's
+``src/esper/tamiyo/networks/factored_lstm.py``; facts in docs/esper-head-ppo.md), so a HEAD state_dict (78 keys with the
 defaults) loads with ``strict=True`` both ways, and the same ``torch.manual_seed`` builds the same
 weights. What differs from 0872525b (:mod:`esper_fast.network`):
 

@@ -36,8 +36,6 @@ KNOWN_VIOLATIONS: dict[str, str] = {
     "esper_fast.errors": "InvalidStateMachineError.__new__ imports integrations.esper.esper_error_class (floor 5) "
                          "to derive from esper's own class; the lookup belongs on floor 1 (esper.py was off-limits "
                          "to this change)",
-    "esper_fast.ppo.trainer": "imports the package face for __version__; esper_fast.version.__version__ is the floor-1 "
-                              "source (trainer.py was off-limits to this change)",
 }  # fmt: skip
 
 

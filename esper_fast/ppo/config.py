@@ -26,11 +26,11 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from esper_fast.constants import HEAD_NAMES
+from esper_fast.constants import HEAD_NAMES, TRAINER_VALUE_MODES
 
 __all__ = ["PPOConfig", "PRESETS", "ENTROPY_COEF_PER_HEAD", "VALUE_MODES", "make_config", "field_docs"]
 
-VALUE_MODES = ("q_op", "expected", "legacy")
+VALUE_MODES = TRAINER_VALUE_MODES  # constants.py: the one definition
 PPO_VARIANTS = ("0872525b", "head")
 HEAD_BASELINES = ("state_value", "expected_q")
 SEED_LIMIT = 2**62  # seeds plus per-rank offsets stay inside torch.manual_seed's 64-bit range

@@ -340,7 +340,7 @@ class Trainer:
         rank_states = self.ctx.gather_objects(self._rank_state())
         if not self.ctx.is_main:
             return None
-        import esper_fast
+        from esper_fast.version import __version__
 
         return {
             "checkpoint_version": CHECKPOINT_VERSION,
@@ -354,7 +354,7 @@ class Trainer:
             "world_size": self.ctx.world_size,
             "rank_states": rank_states,
             **({"esper_head": self._head_state()} if self.head else {}),
-            "metadata": {"esper_fast_version": esper_fast.__version__, "torch_version": str(torch.__version__),
+            "metadata": {"esper_fast_version": __version__, "torch_version": str(torch.__version__),
                          "value_mode": self.config.value_mode},  # fmt: skip
         }
 
