@@ -5,8 +5,8 @@ Same parameters (no new modules, same state_dict) and the same math as
 
 * every head's first Linear, blueprint_head's first Linear and value_head's state part run as ONE
   stacked GEMM and the seven small heads' output Linears as ONE block-diagonal GEMM (the layout of
-  :meth:`FactoredNetwork.action_heads`), built differentiably from the live parameters on every call
-  (never the inference cache: the update needs autograd-tracked weights);
+  :meth:`FactoredNetwork.action_heads`, the same :meth:`FactoredNetwork._fused_head_weights`), built
+  differentiably from the live parameters on every call;
 * the critic is evaluated only at the stored op, ``relu(W_s x + b + W_op[:, op])``: no
   ``[B, T, num_ops, H/2]`` intermediate;
 * the heads leave as one packed ``[B, T, A]`` logits tensor into the fused, differentiable
@@ -32,24 +32,7 @@ from esper_fast.types import Hidden
 if TYPE_CHECKING:
     from esper_fast.network import FactoredNetwork
 
-__all__ = ["evaluate_actions_fused", "packed_layout", "score_lstm_out", "stacked_head_weights", "train_heads"]
-
-
-def stacked_head_weights(net: FactoredNetwork) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(W1, b1, W2, b2) of the inference layout, differentiable in the parameters (not cached).
-
-    W1 ``[7*H/2 + H + H/2, H]``: the 7 small heads' first Linears, blueprint_head[0], value_head[0]'s
-    state columns; W2 ``[sum small sizes, 7*H/2]``: the small heads' output Linears block-diagonally.
-    """
-    from esper_fast.network import SMALL_HEADS
-
-    H = net.lstm_hidden_dim
-    first = [net.head_module(h)[0] for h in SMALL_HEADS]
-    w1 = torch.cat([m.weight for m in first] + [net.blueprint_head[0].weight, net.value_head[0].weight[:, :H]])
-    b1 = torch.cat([m.bias for m in first] + [net.blueprint_head[0].bias, net.value_head[0].bias])
-    w2 = torch.block_diag(*[net.head_module(h)[2].weight for h in SMALL_HEADS])
-    b2 = torch.cat([net.head_module(h)[2].bias for h in SMALL_HEADS])
-    return w1, b1, w2, b2
+__all__ = ["evaluate_actions_fused", "packed_layout", "score_lstm_out", "train_heads"]
 
 
 def packed_layout(net: FactoredNetwork) -> tuple[ScoreLayout, tuple[str, ...]]:
@@ -70,7 +53,7 @@ def train_heads(net: FactoredNetwork, lstm_out: Tensor, op: Tensor) -> tuple[Ten
     ``lstm_out [..., H]`` and the stored ``op [...]`` int64; differentiable."""
     from esper_fast.network import SMALL_HEADS
 
-    w1, b1, w2, b2 = stacked_head_weights(net)
+    w1, b1, w2, b2 = net._fused_head_weights()  # built from the live parameters: differentiable
     H, half = net.lstm_hidden_dim, net.lstm_hidden_dim // 2
     small = len(SMALL_HEADS) * half
     # split, not slicing: the backward is one cat, not a zero-filled z per slice

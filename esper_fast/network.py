@@ -25,7 +25,6 @@ from esper_fast.constants import (
     DEFAULT_FEATURE_DIM,
     DEFAULT_LSTM_HIDDEN_DIM,
     HEAD_NAMES,
-    MASKED_LOGIT_VALUE,
     get_action_head_sizes,
 )
 
@@ -467,21 +466,11 @@ class FactoredNetwork(nn.Module):
     def score_actions(
         self, logits: dict[str, Tensor], masks: dict[str, Tensor | None], actions: dict[str, Tensor]
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Per-head log-prob of the stored action and normalised entropy, esper's -1e4 masking."""
-        op = actions["op"]
-        log_probs, entropy = {}, {}
-        for head in HEAD_NAMES:
-            head_logits = logits[head]
-            mask = masks.get(head)
-            if mask is None:
-                mask = torch.ones_like(head_logits, dtype=torch.bool)
-            if head == "style":
-                mask = style_override_mask(mask, op)
-            masked = head_logits.masked_fill(~mask, MASKED_LOGIT_VALUE)
-            logp = torch.log_softmax(masked, dim=-1)
-            log_probs[head] = logp.gather(-1, actions[head].unsqueeze(-1)).squeeze(-1)
-            entropy[head] = normalized_entropy(masked, mask)
-        return log_probs, entropy
+        """Per-head log-prob of the stored action and normalised entropy, esper's -1e4 masking
+        (:func:`esper_fast.ops.score.score_actions_reference` without ``slot_by_op``)."""
+        from esper_fast.ops.score import score_actions_reference
+
+        return score_actions_reference(logits, masks, actions)
 
 
 def causal_masks(op: Tensor) -> dict[str, Tensor]:

@@ -36,7 +36,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from esper_fast.constants import HEAD_NAMES, MASKED_LOGIT_VALUE, STYLE_FREE_OPS, GerminationStyle
+from esper_fast.constants import HEAD_NAMES, MASKED_LOGIT_VALUE
 from esper_fast.errors import BackendUnavailableError
 from esper_fast.ops._native import DTYPE_CODES, load_module, unit_cols
 
@@ -83,7 +83,7 @@ def score_actions_reference(
     optional ``[..., num_ops, S]`` bool. Without ``slot_by_op`` this is exactly
     ``FactoredNetwork.score_actions``.
     """
-    from esper_fast.reference.actions import normalized_entropy
+    from esper_fast.reference.actions import normalized_entropy, style_override_mask
 
     op = actions["op"]
     log_probs, entropy = {}, {}
@@ -93,9 +93,7 @@ def score_actions_reference(
         if mask is None:
             mask = torch.ones_like(head_logits, dtype=torch.bool)
         if head == "style":
-            free = ((op == STYLE_FREE_OPS[0]) | (op == STYLE_FREE_OPS[1])).unsqueeze(-1)
-            forced = torch.arange(mask.shape[-1], device=op.device) == int(GerminationStyle.SIGMOID_ADD)
-            mask = torch.where(free, mask, forced)
+            mask = style_override_mask(mask, op)
         if head == "slot" and slot_by_op is not None:
             in_range = (op >= 0) & (op < slot_by_op.shape[-2])
             idx = op.clamp(0, slot_by_op.shape[-2] - 1)[..., None, None].expand(*op.shape, 1, slot_by_op.shape[-1])
