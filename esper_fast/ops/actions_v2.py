@@ -22,7 +22,7 @@ from esper_fast.constants import HEAD_NAMES
 from esper_fast.ops._native import DTYPE_CODES, unit_cols
 from esper_fast.ops.actions import _check, raise_for_bad_rows
 from esper_fast.ops.layout import (
-    ACTION_ROWS, ENTROPY_ROW, FLOAT_ROWS_V2, LOG_PROB_ROW, Q_OP_ROW, STATE_VALUE_ROW_V2, VALUE_ROW,
+    ACTION_ROWS, ENTROPY_ROW, FLOAT_ROWS_V2, LOG_PROB_ROW, Q_OP_ROW, STATE_VALUE_ROW_V2, VALUE_ROW, write_selection,
 )  # fmt: skip
 from esper_fast.ops.backends import (
     _cpu_module,
@@ -82,12 +82,7 @@ def _run_torch(logits, masks, q, value, floors, noise, slot_by_op, key, determin
     sel = select_actions_v2_reference(logits, masks, q, value, floors=dict(zip(HEAD_NAMES, floors)),
                                       deterministic=deterministic, noise=noise, key=key,
                                       slot_by_op=slot_by_op)  # fmt: skip
-    for i, h in enumerate(HEAD_NAMES):
-        out[0][i].copy_(sel.actions[h])
-        out[1][LOG_PROB_ROW + i].copy_(sel.log_probs[h])
-        out[1][ENTROPY_ROW + i].copy_(sel.entropies[h])
-    out[1][Q_OP_ROW].copy_(sel.q_op)
-    out[1][VALUE_ROW].copy_(sel.expected_value)
+    write_selection(sel, out)
     out[1][STATE_VALUE_ROW_V2].copy_(sel.values)
 
 

@@ -32,7 +32,7 @@ from torch import Tensor
 from esper_fast.errors import BackendUnavailableError
 from esper_fast.constants import HEAD_NAMES
 from esper_fast.ops._native import load_module, run_native, run_native_actions
-from esper_fast.ops.layout import ENTROPY_ROW, LOG_PROB_ROW, Q_OP_ROW, VALUE_ROW
+from esper_fast.ops.layout import write_selection
 from esper_fast.reference.actions import select_actions_reference
 from esper_fast.reference.select import select_op_reference
 from esper_fast.types import OpSelection
@@ -83,12 +83,7 @@ def _run_actions_torch(logits, masks, q, noise, slot_by_op, key, deterministic, 
 def _run_actions_torch_nograd(logits, masks, q, noise, slot_by_op, key, deterministic, out) -> None:
     sel = select_actions_reference(logits, masks, q, deterministic=deterministic, noise=noise,
                                    key=key, slot_by_op=slot_by_op)  # fmt: skip
-    for i, h in enumerate(HEAD_NAMES):
-        out[0][i].copy_(sel.actions[h])
-        out[1][LOG_PROB_ROW + i].copy_(sel.log_probs[h])
-        out[1][ENTROPY_ROW + i].copy_(sel.entropies[h])
-    out[1][Q_OP_ROW].copy_(sel.q_op)
-    out[1][VALUE_ROW].copy_(sel.expected_value)
+    write_selection(sel, out)
 
 
 # ---- cpu (esper_fast._C) --------------------------------------------------------------------------

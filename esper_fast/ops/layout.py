@@ -15,7 +15,7 @@ from __future__ import annotations
 
 __all__ = [
     "NUM_HEADS", "ACTION_ROWS", "LOG_PROB_ROW", "ENTROPY_ROW", "Q_OP_ROW", "VALUE_ROW", "FLOAT_ROWS",
-    "STATE_VALUE_ROW_V2", "FLOAT_ROWS_V2", "PYTHON_LAYOUT", "log_prob_row", "entropy_row",
+    "STATE_VALUE_ROW_V2", "FLOAT_ROWS_V2", "PYTHON_LAYOUT", "log_prob_row", "entropy_row", "write_selection",
 ]  # fmt: skip
 
 NUM_HEADS = 8  # len(HEAD_NAMES)
@@ -44,3 +44,18 @@ def log_prob_row(head: int) -> int:
 def entropy_row(head: int) -> int:
     """The floats row holding head ``head``'s entropy."""
     return ENTROPY_ROW + head
+
+
+def write_selection(sel, out) -> None:
+    """Copy a reference ``ActionSelection`` (head -> ``actions`` / ``log_probs`` / ``entropies``, plus
+    ``q_op`` and ``expected_value``) into the two output buffers ``out = (actions, floats)``, heads in
+    ``HEAD_NAMES`` order. The torch backends of both fused ops use it."""
+    from esper_fast.constants import HEAD_NAMES
+
+    actions, floats = out
+    for i, h in enumerate(HEAD_NAMES):
+        actions[i].copy_(sel.actions[h])
+        floats[LOG_PROB_ROW + i].copy_(sel.log_probs[h])
+        floats[ENTROPY_ROW + i].copy_(sel.entropies[h])
+    floats[Q_OP_ROW].copy_(sel.q_op)
+    floats[VALUE_ROW].copy_(sel.expected_value)
