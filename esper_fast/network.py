@@ -4,7 +4,7 @@ Everything here is plain, differentiable torch. The module names, registration o
 ``blueprint_embedding._null_idx`` buffer and the init scheme are esper's ``FactoredRecurrentActorCritic``
 at commit 0872525b (esper-lite's ``tamiyo`` network at that commit), so state_dicts load strictly both ways.
 How an action is *chosen* lives in the subclasses: :class:`esper_fast.FactoredPolicy` (fused kernel)
-and :class:`esper_fast.reference.ReferencePolicy` (esper's torch ops, optionally with the legacy bug).
+and :class:`esper_fast.ReferencePolicy` (esper's torch ops, optionally with the legacy bug).
 """
 
 from __future__ import annotations
@@ -17,10 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from esper_fast.errors import InvalidStateMachineError
-from esper_fast.reference.actions import normalized_entropy, style_override_mask
 from esper_fast.types import Hidden
 from esper_fast.constants import (
-    CAUSAL_HEAD_OPS,
     DEFAULT_BLUEPRINT_EMBED_DIM,
     DEFAULT_FEATURE_DIM,
     DEFAULT_LSTM_HIDDEN_DIM,
@@ -32,9 +30,6 @@ __all__ = [
     "BlueprintEmbedding",
     "FactoredNetwork",
     "HeadOutputs",
-    "causal_masks",
-    "normalized_entropy",
-    "style_override_mask",
     "validate_masks_and_logits",
 ]
 
@@ -471,18 +466,4 @@ class FactoredNetwork(nn.Module):
         from esper_fast.ops.score import score_actions_reference
 
         return score_actions_reference(logits, masks, actions)
-
-
-def causal_masks(op: Tensor) -> dict[str, Tensor]:
-    """esper's ``compute_causal_masks``: head -> bool tensor shaped like ``op`` (is the head relevant)."""
-    out = {}
-    for head, ops in CAUSAL_HEAD_OPS.items():
-        if ops is None:
-            out[head] = torch.ones_like(op, dtype=torch.bool)
-        else:
-            rel = torch.zeros_like(op, dtype=torch.bool)
-            for o in ops:
-                rel |= op == o
-            out[head] = rel
-    return out
 

@@ -19,7 +19,7 @@ from esper_fast.constants import HEAD_NAMES, MASKED_LOGIT_VALUE
 from esper_fast.network_v2 import FactoredNetworkV2, NetworkV2Mixin
 from esper_fast.ops.actions_v2 import ActionSelectionV2, select_actions_v2
 from esper_fast.ops.select import select_op
-from esper_fast.reference.actions import AFTER_OP
+from esper_fast.rules import AFTER_OP
 from esper_fast.reference.actions_v2 import apply_probability_floor, effective_mask
 from esper_fast.types import GetActionResult, Hidden
 

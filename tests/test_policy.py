@@ -10,7 +10,7 @@ import torch
 from esper_fast import FactoredPolicy, GetActionResult, InvalidStateMachineError
 from esper_fast.constants import HEAD_NAMES, GerminationStyle, LifecycleOp
 from esper_fast.network import FactoredNetwork
-from esper_fast.reference import ReferencePolicy
+from esper_fast.reference_policy import ReferencePolicy
 from tests.conftest import requires_cuda
 from tests.op_value import assert_value_read_at_returned_op
 
@@ -449,7 +449,7 @@ def test_evaluate_actions_scores_the_stored_op(esper_net):
 
 
 def test_normalized_entropy_edge_cases():
-    from esper_fast.network import normalized_entropy
+    from esper_fast.rules import normalized_entropy
 
     logits = torch.zeros(3, 4)
     mask = torch.tensor([[True] * 4, [True, False, False, False], [True, True, False, False]])

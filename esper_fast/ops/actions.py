@@ -18,7 +18,8 @@ from esper_fast.ops.backends import resolve_backend
 from esper_fast.ops.checks import check_action_dicts, check_noise_finite
 from esper_fast.ops.layout import ACTION_ROWS, ENTROPY_ROW, FLOAT_ROWS, LOG_PROB_ROW, Q_OP_ROW, VALUE_ROW
 from esper_fast.ops.select import FLOAT_DTYPES, draw_key, select_op
-from esper_fast.reference.actions import AFTER_OP, ActionSelection, compose_heads
+from esper_fast.rules import AFTER_OP, compose_heads
+from esper_fast.types import ActionSelection
 
 __all__ = ["ActionSelection", "select_actions", "empty_action_outputs", "unpack_action_outputs", "raise_for_bad_rows"]
 

@@ -41,7 +41,7 @@ from esper_fast.constants import HEAD_NAMES, MASKED_LOGIT_VALUE, LifecycleOp
 from esper_fast.envs.exact_mdp import (
     BLUEPRINT_IDS, NUM_STATES, ExactMDP, ExactMDPConfig, ExactMDPEsperEnv, TabularPolicy,
 )  # fmt: skip
-from esper_fast.network import normalized_entropy
+from esper_fast.rules import normalized_entropy
 from esper_fast.ppo.config import ENTROPY_COEF_PER_HEAD
 from esper_fast.ppo.gae import compute_gae, explained_variance, normalize_advantages
 from esper_fast.ppo.losses import approx_kl, entropy_loss, head_ratios, policy_loss, value_loss
