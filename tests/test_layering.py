@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "esper_fast"
 # Module-name prefix -> floor; the longest matching prefix wins. Keep in step with README.md.
 FLOORS: dict[str, int] = {
     "esper_fast.constants": 1, "esper_fast.constants_v2": 1, "esper_fast.errors": 1, "esper_fast.types": 1,
-    "esper_fast.version": 1, "esper_fast.rules": 1,
+    "esper_fast.version": 1, "esper_fast.rules": 1, "esper_fast.plotting": 1,
     "esper_fast.reference": 2, "esper_fast.ops": 2,
     "esper_fast.reference_policy": 3,  # ReferencePolicy is a FactoredNetwork: the policy floor
     "esper_fast.network": 3, "esper_fast.network_v2": 3, "esper_fast.policy": 3, "esper_fast.policy_v2": 3,

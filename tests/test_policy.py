@@ -147,12 +147,18 @@ def test_init_scheme_is_esper_s():
 
 
 def test_one_definition_of_the_value_modes():
-    from esper_fast.constants import POLICY_VALUE_MODES, TRAINER_VALUE_MODES
-    from esper_fast.policy import VALUE_MODES
-    from esper_fast.ppo.config import VALUE_MODES as CONFIG_VALUE_MODES
+    import ast
+    from pathlib import Path
 
-    assert VALUE_MODES is POLICY_VALUE_MODES
-    assert CONFIG_VALUE_MODES == TRAINER_VALUE_MODES  # ppo/config.py's own copy, until it imports this one
+    from esper_fast.constants import POLICY_VALUE_MODES, TRAINER_VALUE_MODES
+
+    assert TRAINER_VALUE_MODES == (*POLICY_VALUE_MODES, "legacy")
+    package = Path(__file__).resolve().parents[1] / "esper_fast"
+    for path in package.rglob("*.py"):  # nothing but constants.py binds a *VALUE_MODES name
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+            names = [t.id for t in targets if isinstance(t, ast.Name)]
+            assert path.name == "constants.py" or not any(n.endswith("VALUE_MODES") for n in names), path
     with pytest.raises(ValueError, match="value_mode must be one of"):
         ReferencePolicy(STATE_DIM, value_mode="legacy")  # a trainer mode, not a policy's
 

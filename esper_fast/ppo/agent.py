@@ -20,6 +20,7 @@ from torch import Tensor
 from esper_fast.constants import HEAD_NAMES, get_feature_size
 from esper_fast.envs import EnvConfig, EnvObs
 from esper_fast.network import FactoredNetwork
+from esper_fast.ops.threads import cpu_threads  # re-exported: the one thread-count manager
 from esper_fast.policy import FactoredPolicy
 from esper_fast.ppo.config import PPOConfig
 from esper_fast.ppo.normalize import ObsNormalizer
@@ -60,22 +61,6 @@ def env_config(config: PPOConfig, validate_actions: bool = False) -> EnvConfig:
     """The env of a run: EnvConfig's dynamics, with the run's layout fields."""
     return EnvConfig(num_slots=config.num_slots, episode_length=config.episode_length, topology=config.topology,
                      max_seeds=config.max_seeds, validate_actions=validate_actions)  # fmt: skip
-
-
-@contextmanager
-def cpu_threads(n: int, device: torch.device | str) -> Iterator[None]:
-    """``torch.set_num_threads(n)`` while inside, on CPU and for ``n > 0``; the old count afterwards.
-
-    Small recurrent nets run fastest on one thread, and on a busy machine extra OpenMP threads that
-    spin-wait can make every op several times slower.
-    """
-    old = torch.get_num_threads()
-    if n > 0 and torch.device(device).type == "cpu":
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 @contextmanager
