@@ -1,4 +1,4 @@
-"""esper's action-mask rules, vectorised over environments (contract section 3.4).
+"""esper's action-mask rules, vectorised over environments (esper's ``tamiyo/policy/action_masks.py``).
 
 esper builds one mask dict per env from per-slot reports (``compute_action_masks`` in
 ``tamiyo/policy/action_masks.py``). Here the same rules run on batched state tensors:

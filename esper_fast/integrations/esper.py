@@ -102,7 +102,7 @@ class EsperLayout:
     agent_load_fix: bool = False
 
 
-# esper 0872525b's constructor (contract section 1.1), in order.
+# esper 0872525b's constructor (``FactoredRecurrentActorCritic.__init__``), in order.
 _SIGNATURE_0872525B = ("state_dim", "num_slots", "num_blueprints", "num_styles", "num_tempo",
                        "num_alpha_targets", "num_alpha_speeds", "num_alpha_curves", "num_ops",
                        "feature_dim", "lstm_hidden_dim", "lstm_layers", "slot_config")  # fmt: skip

@@ -1,6 +1,6 @@
 """``PPOConfig``: every knob of the trainer, with esper's values (commit 0872525b) as the defaults.
 
-The defaults are esper's ``PPOAgent`` / ``train_ppo_vectorized`` defaults (contract section 5), so a
+The defaults are esper's ``PPOAgent`` / ``train_ppo_vectorized`` defaults (esper-lite 0872525b), so a
 bare ``PPOConfig()`` is esper's run. Presets (:data:`PRESETS`) override a few fields:
 
 * ``smoke``   - seconds on CPU (2 updates, 32 hidden), for tests and a first try;
