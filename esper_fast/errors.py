@@ -7,7 +7,10 @@ import importlib.util
 import logging
 import sys
 
-__all__ = ["InvalidActionMaskError", "InvalidStateMachineError", "BackendUnavailableError", "esper_error_class"]
+__all__ = [
+    "InvalidActionMaskError", "InvalidStateMachineError", "BackendUnavailableError", "esper_error_class",
+    "KASMINA_HINT", "no_valid_actions_message", "nonfinite_logits_message",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -75,3 +78,31 @@ def esper_error_class() -> type | None:
 
 class BackendUnavailableError(ValueError):
     """An explicitly requested backend cannot run here (not built, no GPU, wrong device...)."""
+
+
+# ---- the one set of validation messages (every validator words its errors with these) ---------------
+KASMINA_HINT = "This indicates a bug in the Kasmina state machine."  # esper's hint, on the policy paths
+
+
+def no_valid_actions_message(
+    head: str | None, rows: list[int], count: int, *, where: str = "", cause: str = "", hint: str = ""
+) -> str:
+    """``No valid [op ]actions available{where}[ for head 'h'] in {count} row(s), first rows [..][ cause].[ hint]``.
+
+    esper's prefixes: ``"No valid actions available"``, and ``"No valid op actions available in forward()"``
+    for the op head with ``where=" in forward()"``. ``head`` None: a single-head call (``select_op``);
+    ``rows``: the first bad (flattened) row indices; ``cause``: why the head is empty (e.g. the op-dependent
+    rules), ``hint``: what it indicates.
+    """
+    op = "op " if head == "op" and where else ""
+    who = "" if head is None else f" for head {head!r}"
+    msg = f"No valid {op}actions available{where}{who} in {count} row(s), first rows {rows}"
+    return msg + (f" {cause}" if cause else "") + "." + (f" {hint}" if hint else "")
+
+
+def nonfinite_logits_message(head: str | None, rows: list[int], count: int, *, valid_only: bool = True,
+                             hint: str = "") -> str:  # fmt: skip
+    """``logits['h'] contain inf/nan[ at valid entries] in {count} row(s), first rows [..].[ hint]``."""
+    name = "logits" if head is None else f"logits[{head!r}]"
+    at = " at valid entries" if valid_only else ""
+    return f"{name} contain inf/nan{at} in {count} row(s), first rows {rows}." + (f" {hint}" if hint else "")

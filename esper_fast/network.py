@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from esper_fast.errors import InvalidStateMachineError
+from esper_fast.errors import KASMINA_HINT, InvalidStateMachineError, no_valid_actions_message, nonfinite_logits_message
 from esper_fast.types import Hidden
 from esper_fast.constants import (
     DEFAULT_BLUEPRINT_EMBED_DIM,
@@ -100,19 +100,17 @@ def validate_masks_and_logits(
                              f"positions {pos.tolist()}")  # fmt: skip
     for head, mask in masks.items():
         if mask is not None and not bool(mask.any(-1).all()):
-            rows = torch.nonzero(~mask.any(-1).reshape(-1)).flatten()[:8].tolist()
+            empty = torch.nonzero(~mask.any(-1).reshape(-1)).flatten()
             raise InvalidStateMachineError(
-                f"No valid {'op ' if head == 'op' and where else ''}actions available{where}. "
-                f"Head {head!r} mask has no valid entry in (flattened) rows {rows}. "
-                "This indicates a bug in the Kasmina state machine."
+                no_valid_actions_message(head, empty[:8].tolist(), empty.numel(), where=where, hint=KASMINA_HINT)
             )
     for head, l in logits.items():
         if not bool(torch.isfinite(l).all()):
-            raise ValueError(
-                f"MaskedCategorical received logits with inf/nan values (head {head!r}): "
-                f"nan_count={int(torch.isnan(l).sum())}, inf_count={int(torch.isinf(l).sum())}. "
-                "This indicates network instability (or a non-finite state / weight)."
-            )
+            bad = torch.nonzero(~torch.isfinite(l).all(-1).reshape(-1)).flatten()
+            raise ValueError(nonfinite_logits_message(
+                head, bad[:8].tolist(), bad.numel(), valid_only=False,
+                hint="This indicates network instability (or a non-finite state / weight).",
+            ))  # fmt: skip
 
 
 def _in_range(t: Tensor, lo: int | None, hi: int) -> Tensor:
