@@ -114,3 +114,33 @@ def test_the_rules_sit_above_the_constants_and_below_reference_and_kernels():
         assert "esper_fast.rules" not in imported_modules(PACKAGE / name), name
     assert "esper_fast.rules" in imported_modules(PACKAGE / "reference" / "actions.py")
     assert "esper_fast.rules" in imported_modules(PACKAGE / "ops" / "actions.py")
+
+
+def _readme_floors() -> dict[str, int]:
+    """README's architecture table: module path -> floor (relative names resolve against the row's
+    first path's folder)."""
+    import re
+
+    readme = (PACKAGE.parent / "README.md").read_text()
+    start = readme.index("| floor | module | job |")
+    out: dict[str, int] = {}
+    for row in readme[start: readme.index("\n\n", start)].splitlines()[2:]:
+        cells = row.split("|")
+        floor, base = int(cells[1]), ""
+        for name in re.findall(r"`([^`]+)`", cells[2]):
+            if name.startswith("esper_fast/"):
+                base = name.rsplit("/", 1)[0] + "/"
+                out[name] = floor
+            elif name.endswith((".py", "/")) and base:
+                out[("esper_fast/" + name) if "/" in name.rstrip("/") else base + name] = floor
+    return out
+
+
+def test_readme_architecture_table_names_every_module_on_its_floor():
+    table = _readme_floors()
+    for path in MODULES:
+        rel = str(path.relative_to(PACKAGE.parent))
+        named = [p for p in table if rel == p or (p.endswith("/") and rel.startswith(p))]
+        assert named, f"{rel} is not in README's architecture table"
+        best = max(named, key=len)
+        assert table[best] == floor_of(module_name(path)), f"{rel}: README floor {table[best]}, test floor {floor_of(module_name(path))}"
