@@ -39,6 +39,7 @@ from torch import Tensor
 from esper_fast.constants import HEAD_NAMES, MASKED_LOGIT_VALUE
 from esper_fast.errors import BackendUnavailableError
 from esper_fast.ops._native import DTYPE_CODES, load_module, unit_cols
+from esper_fast.rules import normalized_entropy, slot_for_op, style_override_mask
 
 __all__ = ["SCORE_BACKENDS", "ScoreLayout", "score_actions", "score_actions_packed", "score_actions_reference",
            "resolve_score_backend"]
@@ -83,8 +84,6 @@ def score_actions_reference(
     optional ``[..., num_ops, S]`` bool. Without ``slot_by_op`` this is exactly
     ``FactoredNetwork.score_actions``.
     """
-    from esper_fast.rules import normalized_entropy, slot_for_op, style_override_mask
-
     op = actions["op"]
     log_probs, entropy = {}, {}
     for head in HEAD_NAMES:
