@@ -65,8 +65,11 @@ def slot_for_op(slot_by_op: Tensor, op: Tensor) -> Tensor:
     Out-of-range rule (the one every path uses): an op outside ``[0, num_ops)`` - a bad row's -1, or a
     stored action out of range - restricts nothing: its row is all True. The op itself is then what
     makes the row bad (the op head reports it), never an index error or a slot read from another op.
-    This is the C++ select and score kernels' rule (``op >= 0 [&& op < num_ops]``) and the Triton score
-    kernel's (a masked load with ``other=1``).
+    Every backend follows it: the C++ / CUDA select row (``csrc/select_actions.h``, ``op >= 0``), the C++
+    score row (``csrc/score_row.h``, ``0 <= op < num_ops``), the Triton select and score kernels (a
+    masked load with ``other=1``). Until this rule was written once, the torch reference and the Triton
+    select kernel read the op-0 row for a bad row's -1 while the C++ kernels restricted nothing
+    (``tests/test_rules.py`` compares them on such rows).
     """
     num_ops, num_slots = slot_by_op.shape[-2], slot_by_op.shape[-1]
     in_range = (op >= 0) & (op < num_ops)
