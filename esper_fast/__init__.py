@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # the lazy names, for type checkers and IDEs
     from esper_fast.types import OpSelection
     from esper_fast.integrations.esper import patch_esper, unpatch_esper
     from esper_fast.policy_v2 import FactoredPolicyV2
+    from esper_fast.reference_policy import ReferencePolicy
 
 __all__ = [
     "select_op",
@@ -32,6 +33,7 @@ __all__ = [
     "unpatch_esper",
     "FactoredPolicy",
     "FactoredPolicyV2",
+    "ReferencePolicy",
     "GetActionResult",
     "available_backends",
     "OpSelection",
@@ -50,6 +52,7 @@ _LAZY = {
     "GetActionResult": "esper_fast.policy",
     "OpSelection": "esper_fast.types",
     "FactoredPolicyV2": "esper_fast.policy_v2",
+    "ReferencePolicy": "esper_fast.reference_policy",
     "patch_esper": "esper_fast.integrations.esper",
     "unpatch_esper": "esper_fast.integrations.esper",
 }

@@ -76,9 +76,9 @@ BACKEND_CHOICES = ("auto", "torch", "cpu", "cuda", "triton")
 
 def _choices() -> dict[str, tuple[str, ...]]:
     """Fields whose values come from a fixed set (shown in --help, checked by argparse)."""
-    from esper_fast.ppo.config import VALUE_MODES
+    from esper_fast.constants import TRAINER_VALUE_MODES
 
-    return {"value_mode": VALUE_MODES, "topology": TOPOLOGY_NAMES, "backend": BACKEND_CHOICES}
+    return {"value_mode": TRAINER_VALUE_MODES, "topology": TOPOLOGY_NAMES, "backend": BACKEND_CHOICES}
 
 
 def _show(value: Any) -> str:

@@ -13,7 +13,7 @@ Same parameters (no new modules, same state_dict) and the same math as
   :func:`esper_fast.ops.score.score_actions_packed` (one launch forward, one backward).
 
 :meth:`FactoredNetwork.evaluate_actions` routes here when ``fused_evaluate`` is True (the default for
-:class:`esper_fast.FactoredPolicy`; :class:`esper_fast.reference.ReferencePolicy` keeps esper's
+:class:`esper_fast.FactoredPolicy`; :class:`esper_fast.ReferencePolicy` keeps esper's
 per-head path).
 """
 

@@ -4,7 +4,7 @@ Everything here is plain, differentiable torch. The module names, registration o
 ``blueprint_embedding._null_idx`` buffer and the init scheme are esper's ``FactoredRecurrentActorCritic``
 at commit 0872525b (esper-lite's ``tamiyo`` network at that commit), so state_dicts load strictly both ways.
 How an action is *chosen* lives in the subclasses: :class:`esper_fast.FactoredPolicy` (fused kernel)
-and :class:`esper_fast.reference.ReferencePolicy` (esper's torch ops, optionally with the legacy bug).
+and :class:`esper_fast.ReferencePolicy` (esper's torch ops, optionally with the legacy bug).
 """
 
 from __future__ import annotations
@@ -16,11 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from esper_fast.errors import InvalidStateMachineError
-from esper_fast.reference.actions import normalized_entropy, style_override_mask
+from esper_fast.errors import KASMINA_HINT, InvalidStateMachineError, no_valid_actions_message, nonfinite_logits_message
 from esper_fast.types import Hidden
 from esper_fast.constants import (
-    CAUSAL_HEAD_OPS,
     DEFAULT_BLUEPRINT_EMBED_DIM,
     DEFAULT_FEATURE_DIM,
     DEFAULT_LSTM_HIDDEN_DIM,
@@ -32,9 +30,6 @@ __all__ = [
     "BlueprintEmbedding",
     "FactoredNetwork",
     "HeadOutputs",
-    "causal_masks",
-    "normalized_entropy",
-    "style_override_mask",
     "validate_masks_and_logits",
 ]
 
@@ -105,19 +100,17 @@ def validate_masks_and_logits(
                              f"positions {pos.tolist()}")  # fmt: skip
     for head, mask in masks.items():
         if mask is not None and not bool(mask.any(-1).all()):
-            rows = torch.nonzero(~mask.any(-1).reshape(-1)).flatten()[:8].tolist()
+            empty = torch.nonzero(~mask.any(-1).reshape(-1)).flatten()
             raise InvalidStateMachineError(
-                f"No valid {'op ' if head == 'op' and where else ''}actions available{where}. "
-                f"Head {head!r} mask has no valid entry in (flattened) rows {rows}. "
-                "This indicates a bug in the Kasmina state machine."
+                no_valid_actions_message(head, empty[:8].tolist(), empty.numel(), where=where, hint=KASMINA_HINT)
             )
     for head, l in logits.items():
         if not bool(torch.isfinite(l).all()):
-            raise ValueError(
-                f"MaskedCategorical received logits with inf/nan values (head {head!r}): "
-                f"nan_count={int(torch.isnan(l).sum())}, inf_count={int(torch.isinf(l).sum())}. "
-                "This indicates network instability (or a non-finite state / weight)."
-            )
+            bad = torch.nonzero(~torch.isfinite(l).all(-1).reshape(-1)).flatten()
+            raise ValueError(nonfinite_logits_message(
+                head, bad[:8].tolist(), bad.numel(), valid_only=False,
+                hint="This indicates network instability (or a non-finite state / weight).",
+            ))  # fmt: skip
 
 
 def _in_range(t: Tensor, lo: int | None, hi: int) -> Tensor:
@@ -471,18 +464,4 @@ class FactoredNetwork(nn.Module):
         from esper_fast.ops.score import score_actions_reference
 
         return score_actions_reference(logits, masks, actions)
-
-
-def causal_masks(op: Tensor) -> dict[str, Tensor]:
-    """esper's ``compute_causal_masks``: head -> bool tensor shaped like ``op`` (is the head relevant)."""
-    out = {}
-    for head, ops in CAUSAL_HEAD_OPS.items():
-        if ops is None:
-            out[head] = torch.ones_like(op, dtype=torch.bool)
-        else:
-            rel = torch.zeros_like(op, dtype=torch.bool)
-            for o in ops:
-                rel |= op == o
-            out[head] = rel
-    return out
 

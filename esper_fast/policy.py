@@ -20,9 +20,8 @@ from esper_fast.ops.actions import select_actions
 from esper_fast.ops.select import select_op
 from esper_fast.types import GetActionResult, Hidden
 
-__all__ = ["FactoredPolicy", "GetActionResult", "VALUE_MODES"]
+__all__ = ["FactoredPolicy", "GetActionResult"]
 
-VALUE_MODES = POLICY_VALUE_MODES  # the one definition lives in constants.py
 
 # No esper head has more actions than this; a larger size almost surely comes from esper HEAD's
 # positional constructor (state_dim, feature_dim, lstm_hidden_dim, lstm_layers, slot_config).
@@ -84,8 +83,8 @@ class FactoredPolicy(FactoredNetwork):
         backend: str = "auto",
         validate: bool | None = None,
     ) -> None:
-        if value_mode not in VALUE_MODES:
-            raise ValueError(f"value_mode must be one of {VALUE_MODES}, got {value_mode!r}")
+        if value_mode not in POLICY_VALUE_MODES:
+            raise ValueError(f"value_mode must be one of {POLICY_VALUE_MODES}, got {value_mode!r}")
         reject_head_style_call(num_slots=num_slots, num_blueprints=num_blueprints, num_styles=num_styles,
                                num_tempo=num_tempo, num_alpha_targets=num_alpha_targets,
                                num_alpha_speeds=num_alpha_speeds, num_alpha_curves=num_alpha_curves,

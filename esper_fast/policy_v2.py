@@ -16,10 +16,11 @@ import torch
 from torch import Tensor
 
 from esper_fast.constants import HEAD_NAMES, MASKED_LOGIT_VALUE
+from esper_fast.errors import KASMINA_HINT, no_valid_actions_message, nonfinite_logits_message
 from esper_fast.network_v2 import FactoredNetworkV2, NetworkV2Mixin
 from esper_fast.ops.actions_v2 import ActionSelectionV2, select_actions_v2
 from esper_fast.ops.select import select_op
-from esper_fast.reference.actions import AFTER_OP
+from esper_fast.rules import AFTER_OP
 from esper_fast.reference.actions_v2 import apply_probability_floor, effective_mask
 from esper_fast.types import GetActionResult, Hidden
 
@@ -218,17 +219,12 @@ class FactoredPolicyV2Mixin(NetworkV2Mixin):
             empty = ~valid.any(-1) & (op >= 0 if head != "op" else True)
             if bool(empty.any()):
                 rows = torch.nonzero(empty).flatten()[:8].tolist()
-                raise self.invalid_state_error(
-                    f"No valid actions available. Head {head!r} has no valid action in rows {rows} "
-                    "(after the op-dependent canonicalisation). This indicates a bug in the Kasmina state machine."
-                )
+                raise self.invalid_state_error(no_valid_actions_message(
+                    head, rows, int(empty.sum()), cause="after the op-dependent canonicalisation", hint=KASMINA_HINT))
             if not bool(torch.isfinite(logits[head]).all()):
-                l = logits[head]
-                raise ValueError(
-                    f"MaskedCategorical received logits with inf/nan values (head {head!r}): "
-                    f"nan_count={int(torch.isnan(l).sum())}, inf_count={int(torch.isinf(l).sum())}. "
-                    "This indicates network instability."
-                )
+                bad = torch.nonzero(~torch.isfinite(logits[head]).all(-1)).flatten()
+                raise ValueError(nonfinite_logits_message(head, bad[:8].tolist(), bad.numel(), valid_only=False,
+                                                          hint="This indicates network instability."))  # fmt: skip
 
 
 class FactoredPolicyV2(FactoredPolicyV2Mixin, FactoredNetworkV2):

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 from torch import Tensor
 
-__all__ = ["OpSelection", "GetActionResult", "Hidden"]
+__all__ = ["OpSelection", "ActionSelection", "ActionSelectionV2", "GetActionResult", "Hidden"]
 
 Hidden = tuple[Tensor, Tensor]  # (h, c), each [L, B, H]
 
@@ -28,6 +28,29 @@ class OpSelection(NamedTuple):
     entropy: Tensor
     q_op: Tensor
     value: Tensor
+
+
+class ActionSelection(NamedTuple):
+    """What :func:`esper_fast.ops.select_actions` returns for ``[N]`` rows; dicts are keyed op first,
+    then :data:`esper_fast.rules.AFTER_OP` order."""
+
+    actions: dict[str, Tensor]  # head -> [N] int64 (-1 on a bad row)
+    log_probs: dict[str, Tensor]  # head -> [N] float32
+    entropies: dict[str, Tensor]  # head -> [N] float32, nats over the valid entries
+    q_op: Tensor  # [N] Q(s, chosen op)
+    expected_value: Tensor  # [N] sum_a pi(a|s) Q(s, a)
+
+
+class ActionSelectionV2(NamedTuple):
+    """What the schema-v2 fused selection returns for ``[N]`` rows; dicts keyed op first, then
+    :data:`esper_fast.rules.AFTER_OP` order."""
+
+    actions: dict[str, Tensor]  # head -> [N] int64 (-1 on a bad row)
+    log_probs: dict[str, Tensor]  # head -> [N] float32 log-prob under the floored distribution
+    entropies: dict[str, Tensor]  # head -> [N] float32 entropy / log(#valid) (0 with one valid)
+    q_op: Tensor  # [N] Q(s, chosen op) from the q_head values given
+    expected_value: Tensor  # [N] sum_a pi(a|s) Q(s, a) (pi floored)
+    values: Tensor  # [N] the V(s) given, or expected_value when none was given
 
 
 @dataclass(frozen=True, slots=True)

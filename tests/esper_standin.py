@@ -11,7 +11,7 @@ that commit - not esper's code. ``layout`` picks the network:
 * ``"extra_module"`` - 0872525b's constructor but an extra ``aux_head`` module;
 * ``"head_v2"`` - esper HEAD (2016337e)'s constructor AND its value-head schema v2 state_dict layout
   (residual LSTM, ``state_value_head``, ``q_head``, ``contribution_predictor``; written from the
-  layout facts of ``shared/esper_contract.md`` section 8, not from esper_fast's network), HEAD's agent
+  layout facts of esper HEAD's ``tamiyo/networks/factored_lstm.py``, not from esper_fast's network), HEAD's agent
   module ``esper.simic.agent.ppo_agent`` and HEAD's bundle call.
 """
 

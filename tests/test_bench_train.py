@@ -7,7 +7,7 @@ import torch
 import esper_fast.ppo.trainer as trainer_module
 from esper_fast import FactoredPolicy
 from esper_fast.bench.train import SPLIT, _trainer, measure
-from esper_fast.reference import ReferencePolicy
+from esper_fast.reference_policy import ReferencePolicy
 
 
 def test_variants_share_weights_and_differ_only_in_the_fused_paths():

@@ -18,6 +18,7 @@ import torch
 from esper_fast import select_op
 from esper_fast.ops.actions import select_actions
 from esper_fast.ops.select import draw_key
+from esper_fast.ops.threads import cpu_threads
 from esper_fast.reference import reference_gumbel, select_op_reference
 from esper_fast.reference.actions import select_actions_reference
 from esper_fast.reference.philox import UNIFORM_MAX, philox_uniform
@@ -201,22 +202,15 @@ def test_threads_split_rows_without_changing_results():
     n, a = 40_000, 6
     logits, q, mask = make_inputs(n, a, seed=12)
     before, threshold = _C.get_num_threads(), _C.parallel_threshold()
-    _C.set_parallel_threshold(n * a // 2)
-    res = []
-    try:
-        for threads in (1, 2):
-            _C.set_num_threads(threads)
+    res, fused = [], []
+    logits_, masks, q_, sbo = make_heads(3000, seed=4)
+    for threads in (1, 2):
+        with cpu_threads(threads, runtime="native", parallel_threshold=n * a // 2):
             res.append(select_op(logits, q, mask, backend="cpu", generator=torch.Generator().manual_seed(3)))
-        logits_, masks, q_, sbo = make_heads(3000, seed=4)
-        fused = []
-        for threads in (1, 2):
-            _C.set_num_threads(threads)
             fused.append(select_actions(logits_, masks, q_, slot_by_op=sbo, backend="cpu",
                                         generator=torch.Generator().manual_seed(5)))  # fmt: skip
-        assert_same(fused[0], fused[1], atol=0)
-    finally:
-        _C.set_num_threads(before)
-        _C.set_parallel_threshold(threshold)
+    assert (_C.get_num_threads(), _C.parallel_threshold()) == (before, threshold)  # restored
+    assert_same(fused[0], fused[1], atol=0)
     for x, y in zip(*res):
         assert torch.equal(x, y)
 

@@ -27,7 +27,7 @@ from esper_fast.ppo import (
     make_config,
 )
 
-# esper 0872525b's save() config keys, written out here from the contract (section 5.2 / ppo.py::save),
+# esper 0872525b's save() config keys, written out here from esper's ``simic/agent/ppo.py::save``,
 # independently of the module's constant.
 ESPER_SAVE_KEYS = [
     "gamma", "gae_lambda", "clip_ratio", "entropy_coef", "entropy_coef_start", "entropy_coef_end",

@@ -13,7 +13,7 @@ from esper_fast.errors import InvalidStateMachineError
 from esper_fast.ppo import Trainer, make_config
 from esper_fast.ppo.agent import cpu_threads, validation_off
 from esper_fast.ppo.update import evaluate_sequences
-from esper_fast.reference import ReferencePolicy
+from esper_fast.reference_policy import ReferencePolicy
 
 
 def make_case(net, B=3, T=5, seed=0, dtype=torch.float64):

@@ -1,4 +1,4 @@
-"""esper's action-mask rules (contract section 3.4) on hand-built and random states."""
+"""esper's action-mask rules (``tamiyo/policy/action_masks.py``) on hand-built and random states."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import torch
 from esper_fast import FactoredPolicy, GetActionResult, InvalidStateMachineError
 from esper_fast.constants import HEAD_NAMES, GerminationStyle, LifecycleOp
 from esper_fast.network import FactoredNetwork
-from esper_fast.reference import ReferencePolicy
+from esper_fast.reference_policy import ReferencePolicy
 from tests.conftest import requires_cuda
 from tests.op_value import assert_value_read_at_returned_op
 
@@ -147,12 +147,18 @@ def test_init_scheme_is_esper_s():
 
 
 def test_one_definition_of_the_value_modes():
-    from esper_fast.constants import POLICY_VALUE_MODES, TRAINER_VALUE_MODES
-    from esper_fast.policy import VALUE_MODES
-    from esper_fast.ppo.config import VALUE_MODES as CONFIG_VALUE_MODES
+    import ast
+    from pathlib import Path
 
-    assert VALUE_MODES is POLICY_VALUE_MODES
-    assert CONFIG_VALUE_MODES == TRAINER_VALUE_MODES  # ppo/config.py's own copy, until it imports this one
+    from esper_fast.constants import POLICY_VALUE_MODES, TRAINER_VALUE_MODES
+
+    assert TRAINER_VALUE_MODES == (*POLICY_VALUE_MODES, "legacy")
+    package = Path(__file__).resolve().parents[1] / "esper_fast"
+    for path in package.rglob("*.py"):  # nothing but constants.py binds a *VALUE_MODES name
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+            names = [t.id for t in targets if isinstance(t, ast.Name)]
+            assert path.name == "constants.py" or not any(n.endswith("VALUE_MODES") for n in names), path
     with pytest.raises(ValueError, match="value_mode must be one of"):
         ReferencePolicy(STATE_DIM, value_mode="legacy")  # a trainer mode, not a policy's
 
@@ -449,7 +455,7 @@ def test_evaluate_actions_scores_the_stored_op(esper_net):
 
 
 def test_normalized_entropy_edge_cases():
-    from esper_fast.network import normalized_entropy
+    from esper_fast.rules import normalized_entropy
 
     logits = torch.zeros(3, 4)
     mask = torch.tensor([[True] * 4, [True, False, False, False], [True, True, False, False]])

@@ -8,7 +8,7 @@ import torch
 from esper_fast import FactoredPolicy
 from esper_fast.ppo import CheckpointError, Trainer, load_checkpoint, load_policy, make_config
 from esper_fast.ppo.checkpoint import CHECKPOINT_VERSION, save_checkpoint
-from esper_fast.reference import ReferencePolicy
+from esper_fast.reference_policy import ReferencePolicy
 from tests.test_policy import esper_state_dict_shapes
 
 SMALL = dict(num_envs=4, rollout_steps=12, episode_length=8, feature_dim=16, lstm_hidden_dim=16,

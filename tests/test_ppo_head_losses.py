@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from esper_fast.constants import HEAD_NAMES
-from esper_fast.network import causal_masks
+from esper_fast.rules import causal_masks
 from esper_fast.ppo.head_losses import (
     ValueNormalizer,
     contribution_aux_loss,

@@ -27,7 +27,7 @@ from esper_fast.constants_v2 import OBS_V3_NON_BLUEPRINT_DIM, PROBABILITY_FLOOR_
 from esper_fast.ppo.agent import validation_off
 from esper_fast.reference.policy_v2 import reference_get_action_v2
 from esper_fast.bench.common import CaseProgress, default_out_dir, machine_info, median_us, write_results
-from esper_fast.reference import ReferencePolicy
+from esper_fast.reference_policy import ReferencePolicy
 
 BATCHES = (1, 8, 64, 512, 4096)
 

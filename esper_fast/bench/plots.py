@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from esper_fast.plotting import new_figure, save_figure
+
 __all__ = ["plot_file"]
 
 
@@ -73,25 +75,16 @@ def _plot_train(data: dict, ax) -> None:
 
 def plot_file(path: str | Path) -> Path:
     """Writes ``<path>.png`` next to a bench_select / bench_get_action / bench_train JSON file."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     path = Path(path)
     data = json.loads(path.read_text())
     if "select" in path.name:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        fig, axes = new_figure(1, 2, figsize=(11, 4), squeeze=True)
         _plot_select(data, axes[0], axes[1])
     else:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = new_figure(figsize=(6, 4), squeeze=True)
         (_plot_train if "train" in path.name else _plot_get_action)(data, ax)
     fig.suptitle(f"{data['machine']['device_name']} - git {data['machine']['git_sha']}", fontsize=8)
-    fig.tight_layout()
-    out = path.with_suffix(".png")
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path.with_suffix(".png"))
 
 
 if __name__ == "__main__":

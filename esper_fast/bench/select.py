@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from esper_fast.ops import available_backends, select_op
+from esper_fast.ops.threads import cpu_threads
 from esper_fast.bench.common import CaseProgress, default_out_dir, machine_info, median_us, write_results
 from esper_fast.reference import select_op_reference
 
@@ -120,13 +121,9 @@ def run(device: torch.device, ns, as_, dtypes, budget_s: float = 1e9) -> list[di
                             lambda: select_op(logits, q, mask, deterministic=det, backend="cpu", validate=False), device, **t)
                         C.set_cpu_kernel(default)
                         if n * a >= 1 << 18:  # two threads, whatever the default threshold
-                            threads, threshold = C.get_num_threads(), C.parallel_threshold()
-                            C.set_num_threads(2)
-                            C.set_parallel_threshold(0)
-                            row["cpu_2t_us"] = median_us(
-                                lambda: select_op(logits, q, mask, deterministic=det, backend="cpu", validate=False), device, **t)
-                            C.set_num_threads(threads)
-                            C.set_parallel_threshold(threshold)
+                            with cpu_threads(2, runtime="native", parallel_threshold=0):
+                                row["cpu_2t_us"] = median_us(
+                                    lambda: select_op(logits, q, mask, deterministic=det, backend="cpu", validate=False), device, **t)
                             row["cpu_2t_scaling"] = row["cpu_us"] / row["cpu_2t_us"]
                     rows.append(row)
                     progress(row)
@@ -170,27 +167,20 @@ def call_overhead(device: torch.device) -> list[dict]:
 
 def threads_table(ns=(4096, 16384, 65536, 262144, 1048576, 4194304)) -> list[dict]:
     """CPU: one thread vs two (parallel threshold forced to 0), argmax and sample, A = 6."""
-    C = _cpu_module()
     device = torch.device("cpu")
-    before_threshold, before_threads = C.parallel_threshold(), C.get_num_threads()
     out = []
-    try:
-        C.set_parallel_threshold(0)
-        for n in ns:
-            logits, q, mask = _inputs(n, 6, torch.float32, device)
-            t = _timing(n, 6)
-            for det in (True, False):
-                row = dict(N=n, A=6, mode="argmax" if det else "sample")
-                for threads in (1, 2):
-                    C.set_num_threads(threads)
+    for n in ns:
+        logits, q, mask = _inputs(n, 6, torch.float32, device)
+        t = _timing(n, 6)
+        for det in (True, False):
+            row = dict(N=n, A=6, mode="argmax" if det else "sample")
+            for threads in (1, 2):
+                with cpu_threads(threads, runtime="native", parallel_threshold=0):
                     row[f"t{threads}_us"] = median_us(
                         lambda: select_op(logits, q, mask, deterministic=det, backend="cpu", validate=False), device, **t)
-                row["scaling"] = row["t1_us"] / row["t2_us"]
-                out.append(row)
-                print(row, flush=True)
-    finally:
-        C.set_parallel_threshold(before_threshold)
-        C.set_num_threads(before_threads)
+            row["scaling"] = row["t1_us"] / row["t2_us"]
+            out.append(row)
+            print(row, flush=True)
     return out
 
 

@@ -42,7 +42,7 @@ SPLIT = ("env", "act", "rollout_other", "update", "other")
 def _trainer(preset: str, device: str, num_envs: int, variant: str, threads: int):
     from esper_fast.ppo.config import make_config
     from esper_fast.ppo.trainer import Trainer
-    from esper_fast.reference import ReferencePolicy
+    from esper_fast.reference_policy import ReferencePolicy
 
     cfg = make_config(preset, device=device, eval_episodes=0, num_envs=num_envs, target_kl=None,
                       torch_threads=threads)  # fmt: skip

@@ -29,6 +29,7 @@ from esper_fast.envs.masks import FULL_EVALUATION_AGE, MIN_HOLDING_EPOCHS, topol
 from esper_fast.envs.seed_lifecycle import (
     BASE_FEATURES, SLOT_FEATURES, STAGE_ORDER, EnvConfig, EnvObs, SeedLifecycleEnv,
 )
+from esper_fast.rules import slot_for_op
 
 __all__ = ["RandomMaskedPolicy", "HeuristicPolicy", "OraclePolicy", "evaluate_policy"]
 
@@ -55,8 +56,7 @@ class RandomMaskedPolicy:
     def __call__(self, obs: EnvObs) -> dict[str, Tensor]:
         actions = {"op": self._sample(obs.masks["op"])}
         if self.op_conditioned_slot:
-            index = actions["op"].view(-1, 1, 1).expand(-1, 1, obs.slot_by_op.shape[-1])
-            slot_mask = obs.slot_by_op.gather(1, index).squeeze(1) & obs.masks["slot"]
+            slot_mask = slot_for_op(obs.slot_by_op, actions["op"]) & obs.masks["slot"]
             actions["slot"] = self._sample(slot_mask)
         for head in HEAD_NAMES:
             if head not in actions:

@@ -1,4 +1,4 @@
-"""esper's action-mask rules, vectorised over environments (contract section 3.4).
+"""esper's action-mask rules, vectorised over environments (esper's ``tamiyo/policy/action_masks.py``).
 
 esper builds one mask dict per env from per-slot reports (``compute_action_masks`` in
 ``tamiyo/policy/action_masks.py``). Here the same rules run on batched state tensors:
@@ -35,6 +35,7 @@ from esper_fast.constants import (
     LifecycleOp,
     SeedStage,
 )
+from esper_fast.rules import slot_for_op
 
 __all__ = [
     "MIN_PRUNE_AGE",
@@ -215,14 +216,15 @@ def effective_op(
     """``[E]`` int64: the sampled ``op [E]`` where it is valid for the chosen ``slot [E]``, else WAIT.
 
     A disabled slot, or an op the slot's state does not allow, turns the action into WAIT
-    (esper's execution-time rule; the stored action stays the sampled one).
+    (esper's execution-time rule; the stored action stays the sampled one). An op or slot outside its
+    range (possible only with the env's action validation off) is never valid: WAIT.
     """
     if slot_by_op is None:
         slot_by_op = compute_slot_by_op_mask(stage, age, alpha_mode, enabled, total_seeds, max_seeds)
     num_envs, num_ops, num_slots = slot_by_op.shape
     if op.shape != (num_envs,) or slot.shape != (num_envs,):
         raise ValueError(f"op, slot: expected shape ({num_envs},), got {tuple(op.shape)}, {tuple(slot.shape)}")
-    flat = slot_by_op.reshape(num_envs, num_ops * num_slots)
-    index = (op.clamp(0, num_ops - 1) * num_slots + slot.clamp(0, num_slots - 1)).unsqueeze(1)
-    valid = flat.gather(1, index).squeeze(1)
+    in_range = (op >= 0) & (op < num_ops) & (slot >= 0) & (slot < num_slots)
+    slots = slot_for_op(slot_by_op, op)  # [E, S]
+    valid = slots.gather(1, slot.clamp(0, num_slots - 1).unsqueeze(1)).squeeze(1) & in_range
     return torch.where(valid, op, torch.zeros_like(op))

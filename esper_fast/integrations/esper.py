@@ -18,9 +18,9 @@ Layouts are a table: each :class:`EsperLayout` entry pairs a detector (None = "t
 reason why not) with a factory of the patched class. A second esper layout (esper HEAD's) is one more
 entry appended with :func:`register_layout`.
 
-Also here: :func:`esper_error_class`, the exception class that is both esper_fast's and esper's
-``InvalidStateMachineError`` (used by :class:`esper_fast.errors.InvalidStateMachineError` whenever
-esper is importable).
+Re-exported here: :func:`esper_error_class` (defined in :mod:`esper_fast.errors`, floor 1), the
+exception class that is both esper_fast's and esper's ``InvalidStateMachineError`` (used by
+:class:`esper_fast.errors.InvalidStateMachineError` whenever esper is importable).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from esper_fast.constants import DEFAULT_FEATURE_DIM, DEFAULT_LSTM_HIDDEN_DIM
-from esper_fast.errors import InvalidStateMachineError as _OwnStateMachineError
+from esper_fast.errors import ESPER_MASKS_MODULE, esper_error_class
 from esper_fast.network_v2 import FactoredNetworkV2
 from esper_fast.policy import FactoredPolicy
 from esper_fast.policy_v2 import FactoredPolicyV2Mixin
@@ -59,7 +59,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ESPER_NETWORK_MODULE = "esper.tamiyo.networks.factored_lstm"
-ESPER_MASKS_MODULE = "esper.tamiyo.policy.action_masks"
 # Modules imported (when they import) so that every place esper binds the class is loaded and scanned.
 ESPER_MODULES = (
     ESPER_NETWORK_MODULE,
@@ -76,43 +75,6 @@ ESPER_AGENT_MODULE = "esper.simic.agent.ppo"
 
 class UnsupportedEsperError(RuntimeError):
     """The importable esper has a network layout that esper_fast does not implement."""
-
-
-# =================================================================================================
-# esper's exception, also an esper_fast exception
-# =================================================================================================
-_COMBINED_ERRORS: dict[type, type] = {}
-
-
-def esper_error_class() -> type | None:
-    """A subclass of both esper_fast's and esper's ``InvalidStateMachineError``; None without esper.
-
-    Uses esper's ``esper.tamiyo.policy.action_masks`` if it is already imported, else imports it if
-    ``esper`` can be found; any failure to import means "no esper" (the plain esper_fast class is used).
-    """
-    mod = sys.modules.get(ESPER_MASKS_MODULE)
-    if mod is None:
-        try:
-            if importlib.util.find_spec("esper") is None:
-                return None
-            mod = importlib.import_module(ESPER_MASKS_MODULE)
-        except Exception as exc:  # noqa: BLE001 - an esper that cannot import is no esper
-            logger.debug("esper not usable for its exception class: %s", exc)
-            return None
-    base = getattr(mod, "InvalidStateMachineError", None)
-    if not (isinstance(base, type) and issubclass(base, BaseException)):
-        return None
-    combined = _COMBINED_ERRORS.get(base)
-    if combined is None:
-        combined = type("InvalidStateMachineError", (_OwnStateMachineError, base), {
-            "__module__": __name__,
-            "__doc__": "esper_fast's InvalidStateMachineError that is also esper's "
-                       f"{base.__module__}.InvalidStateMachineError (same message).",
-            # pickles as esper_fast's class, which rebuilds this combined class where esper is importable
-            "__reduce__": lambda self: (_OwnStateMachineError, self.args),
-        })  # fmt: skip
-        _COMBINED_ERRORS[base] = combined
-    return combined
 
 
 # =================================================================================================
@@ -140,7 +102,7 @@ class EsperLayout:
     agent_load_fix: bool = False
 
 
-# esper 0872525b's constructor (contract section 1.1), in order.
+# esper 0872525b's constructor (``FactoredRecurrentActorCritic.__init__``), in order.
 _SIGNATURE_0872525B = ("state_dim", "num_slots", "num_blueprints", "num_styles", "num_tempo",
                        "num_alpha_targets", "num_alpha_speeds", "num_alpha_curves", "num_ops",
                        "feature_dim", "lstm_hidden_dim", "lstm_layers", "slot_config")  # fmt: skip

@@ -1,6 +1,6 @@
 """esper ``PPOAgent.save()`` checkpoints <-> esper_fast checkpoints (no esper import needed).
 
-esper's file (``simic/agent/ppo.py::save`` at 0872525b, contract section 5.2) is one ``torch.save``
+esper's file (``simic/agent/ppo.py::save`` at 0872525b) is one ``torch.save``
 dict: ``checkpoint_version`` (1), ``network_state_dict``, ``optimizer_state_dict``, ``train_steps``,
 ``config`` (the agent's hyperparameters, :data:`ESPER_CONFIG_FIELDS`), ``architecture``
 (``state_dim``, ``slot_ids``, ``num_slots``) and optional ``metadata``. esper_fast's adds resume state

@@ -13,12 +13,13 @@ import torch
 from torch import Tensor
 
 from esper_fast.constants import HEAD_NAMES
-from esper_fast.errors import InvalidActionMaskError
+from esper_fast.errors import InvalidActionMaskError, no_valid_actions_message, nonfinite_logits_message
 from esper_fast.ops.backends import resolve_backend
 from esper_fast.ops.checks import check_action_dicts, check_noise_finite
 from esper_fast.ops.layout import ACTION_ROWS, ENTROPY_ROW, FLOAT_ROWS, LOG_PROB_ROW, Q_OP_ROW, VALUE_ROW
 from esper_fast.ops.select import FLOAT_DTYPES, draw_key, select_op
-from esper_fast.reference.actions import AFTER_OP, ActionSelection, compose_heads
+from esper_fast.rules import AFTER_OP, compose_heads
+from esper_fast.types import ActionSelection
 
 __all__ = ["ActionSelection", "select_actions", "empty_action_outputs", "unpack_action_outputs", "raise_for_bad_rows"]
 
@@ -157,12 +158,11 @@ def raise_for_bad_rows(actions: dict[str, Tensor], logits: dict[str, Tensor], ma
         mask = masks.get(head)
         checks_mask = mask_heads is None or head in mask_heads
         if mask is not None and checks_mask and not bool(mask[bad].any(-1).all()):
-            raise InvalidActionMaskError(
-                f"No valid actions available for head {head!r} in {bad.numel()} row(s), first rows {rows}"
-            )
+            raise InvalidActionMaskError(no_valid_actions_message(head, rows, bad.numel()))
         valid = torch.ones_like(logits[head][bad], dtype=torch.bool) if mask is None else mask[bad]
-        if not bool(torch.isfinite(logits[head][bad][valid]).all()):
-            raise ValueError(f"logits[{head!r}] contain inf/nan at valid entries in rows {rows}")
+        nonfinite = bad[(valid & ~torch.isfinite(logits[head][bad])).any(-1)]
+        if nonfinite.numel() > 0:
+            raise ValueError(nonfinite_logits_message(head, nonfinite[:8].tolist(), nonfinite.numel()))
         raise InvalidActionMaskError(  # a head emptied by the op-dependent rules
-            f"No valid actions available for head {head!r} once the op-dependent rules apply ({rules}) in rows {rows}"
+            no_valid_actions_message(head, rows, bad.numel(), cause=f"once the op-dependent rules apply ({rules})")
         )

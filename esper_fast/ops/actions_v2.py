@@ -31,11 +31,9 @@ from esper_fast.ops.backends import (
     resolve_backend,
 )
 from esper_fast.ops.select import FLOAT_DTYPES, draw_key
-from esper_fast.reference.actions import AFTER_OP
-from esper_fast.reference.actions_v2 import (
-    ActionSelectionV2,
-    select_actions_v2_reference,
-)
+from esper_fast.reference.actions_v2 import select_actions_v2_reference
+from esper_fast.rules import AFTER_OP
+from esper_fast.types import ActionSelectionV2
 
 __all__ = ["ActionSelectionV2", "empty_action_outputs_v2", "select_actions_v2", "unpack_action_outputs_v2"]
 

@@ -39,6 +39,7 @@ from torch import Tensor
 from esper_fast.constants import HEAD_NAMES, MASKED_LOGIT_VALUE
 from esper_fast.errors import BackendUnavailableError
 from esper_fast.ops._native import DTYPE_CODES, load_module, unit_cols
+from esper_fast.rules import normalized_entropy, slot_for_op, style_override_mask
 
 __all__ = ["SCORE_BACKENDS", "ScoreLayout", "score_actions", "score_actions_packed", "score_actions_reference",
            "resolve_score_backend"]
@@ -83,8 +84,6 @@ def score_actions_reference(
     optional ``[..., num_ops, S]`` bool. Without ``slot_by_op`` this is exactly
     ``FactoredNetwork.score_actions``.
     """
-    from esper_fast.reference.actions import normalized_entropy, style_override_mask
-
     op = actions["op"]
     log_probs, entropy = {}, {}
     for head in HEAD_NAMES:
@@ -95,10 +94,7 @@ def score_actions_reference(
         if head == "style":
             mask = style_override_mask(mask, op)
         if head == "slot" and slot_by_op is not None:
-            in_range = (op >= 0) & (op < slot_by_op.shape[-2])
-            idx = op.clamp(0, slot_by_op.shape[-2] - 1)[..., None, None].expand(*op.shape, 1, slot_by_op.shape[-1])
-            by_op = slot_by_op.gather(-2, idx).squeeze(-2)
-            mask = mask & (by_op | ~in_range.unsqueeze(-1))
+            mask = mask & slot_for_op(slot_by_op, op)
         masked = head_logits.masked_fill(~mask, MASKED_LOGIT_VALUE)
         logp = torch.log_softmax(masked, dim=-1)
         log_probs[head] = logp.gather(-1, actions[head].unsqueeze(-1)).squeeze(-1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from esper_fast.errors import InvalidActionMaskError
+from esper_fast.errors import InvalidActionMaskError, no_valid_actions_message, nonfinite_logits_message
 from esper_fast.ops.backends import resolve_backend
 from esper_fast.ops.checks import check_out_not_aliased, normalize_out, out_overlaps_inputs
 from esper_fast.types import OpSelection
@@ -98,15 +98,10 @@ def _raise_for_bad_rows(
     empty = torch.nonzero(valid.sum(-1) == 0).flatten()
     if empty.numel() > 0:
         rows = empty[:8].tolist()
-        raise InvalidActionMaskError(
-            f"No valid actions available in {empty.numel()} row(s) of the mask, first rows {rows}: "
-            "every row needs at least one True entry."
-        )
+        raise InvalidActionMaskError(no_valid_actions_message(None, rows, empty.numel()))
     nonfinite = torch.nonzero((valid & ~torch.isfinite(logits)).any(-1)).flatten()
     rows = nonfinite[:8].tolist()
-    raise ValueError(
-        f"logits contain inf/nan at valid entries in {nonfinite.numel()} row(s), first rows {rows}"
-    )
+    raise ValueError(nonfinite_logits_message(None, rows, nonfinite.numel()))
 
 
 def select_op(

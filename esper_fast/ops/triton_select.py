@@ -122,9 +122,10 @@ def _head(
     if RULE == 1:
         free = (op == 1) | (op == 2)
         valid = tl.where(free[:, None], valid, inb & (cols == 2))
-    if RULE == 2:
+    if RULE == 2:  # rules.slot_for_op: a bad row's op (-1) restricts nothing
         opc = tl.maximum(op, 0)[:, None]
-        valid = valid & (tl.load(sbo_ptr + rows * stride_sbo + opc * SIZE + cols, mask=inb, other=0) != 0)
+        sb_ok = inb & (op >= 0)[:, None]
+        valid = valid & (tl.load(sbo_ptr + rows * stride_sbo + opc * SIZE + cols, mask=sb_ok, other=1) != 0)
     g = tl.zeros([rows.shape[0], BLOCK_A], dtype=tl.float32)
     if not DETERMINISTIC:
         if HAS_NOISE:

@@ -20,11 +20,12 @@ from torch import Tensor
 from esper_fast.constants import HEAD_NAMES, get_feature_size
 from esper_fast.envs import EnvConfig, EnvObs
 from esper_fast.network import FactoredNetwork
-from esper_fast.reference.actions import op_dependent_masks
+from esper_fast.ops.threads import cpu_threads  # re-exported: the one thread-count manager
 from esper_fast.policy import FactoredPolicy
 from esper_fast.ppo.config import PPOConfig
 from esper_fast.ppo.normalize import ObsNormalizer
-from esper_fast.reference.policy import ReferencePolicy
+from esper_fast.reference_policy import ReferencePolicy
+from esper_fast.rules import op_dependent_masks, slot_for_op
 from esper_fast.types import GetActionResult, Hidden
 
 __all__ = ["build_policy", "env_config", "architecture", "act", "effective_masks", "PolicyActor", "validation_off",
@@ -60,22 +61,6 @@ def env_config(config: PPOConfig, validate_actions: bool = False) -> EnvConfig:
     """The env of a run: EnvConfig's dynamics, with the run's layout fields."""
     return EnvConfig(num_slots=config.num_slots, episode_length=config.episode_length, topology=config.topology,
                      max_seeds=config.max_seeds, validate_actions=validate_actions)  # fmt: skip
-
-
-@contextmanager
-def cpu_threads(n: int, device: torch.device | str) -> Iterator[None]:
-    """``torch.set_num_threads(n)`` while inside, on CPU and for ``n > 0``; the old count afterwards.
-
-    Small recurrent nets run fastest on one thread, and on a busy machine extra OpenMP threads that
-    spin-wait can make every op several times slower.
-    """
-    old = torch.get_num_threads()
-    if n > 0 and torch.device(device).type == "cpu":
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 @contextmanager
@@ -124,9 +109,7 @@ def effective_masks(env_obs: EnvObs, op: Tensor, op_conditioned_slot: bool, head
     """The env masks with the slot mask the slot was sampled under (``slot & slot_by_op[op]``; with
     ``head`` (esper HEAD's get_action) ``slot_by_op[op]`` itself, which replaces the slot mask there)."""
     if head:
-        sbo = env_obs.slot_by_op
-        n, S = op.shape[0], sbo.shape[-1]
-        return {**env_obs.masks, "slot": sbo.gather(1, op.clamp(min=0).view(n, 1, 1).expand(n, 1, S)).squeeze(1)}
+        return {**env_obs.masks, "slot": slot_for_op(env_obs.slot_by_op, op)}
     if not op_conditioned_slot:
         return dict(env_obs.masks)
     _, slot = op_dependent_masks(op, env_obs.masks["style"], env_obs.masks["slot"], env_obs.slot_by_op,

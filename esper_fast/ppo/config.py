@@ -1,6 +1,6 @@
 """``PPOConfig``: every knob of the trainer, with esper's values (commit 0872525b) as the defaults.
 
-The defaults are esper's ``PPOAgent`` / ``train_ppo_vectorized`` defaults (contract section 5), so a
+The defaults are esper's ``PPOAgent`` / ``train_ppo_vectorized`` defaults (esper-lite 0872525b), so a
 bare ``PPOConfig()`` is esper's run. Presets (:data:`PRESETS`) override a few fields:
 
 * ``smoke``   - seconds on CPU (2 updates, 32 hidden), for tests and a first try;
@@ -28,9 +28,8 @@ from typing import Any
 
 from esper_fast.constants import HEAD_NAMES, TRAINER_VALUE_MODES
 
-__all__ = ["PPOConfig", "PRESETS", "ENTROPY_COEF_PER_HEAD", "VALUE_MODES", "make_config", "field_docs"]
+__all__ = ["PPOConfig", "PRESETS", "ENTROPY_COEF_PER_HEAD", "make_config", "field_docs"]
 
-VALUE_MODES = TRAINER_VALUE_MODES  # constants.py: the one definition
 PPO_VARIANTS = ("0872525b", "head")
 HEAD_BASELINES = ("state_value", "expected_q")
 SEED_LIMIT = 2**62  # seeds plus per-rank offsets stay inside torch.manual_seed's 64-bit range
@@ -282,8 +281,8 @@ class PPOConfig:
                 raise ValueError(f"{name}: expected in [0, 1], got {getattr(self, name)}")
         if self.lstm_hidden_dim % 2:
             raise ValueError(f"lstm_hidden_dim: expected an even number (heads use H / 2), got {self.lstm_hidden_dim}")
-        if self.value_mode not in VALUE_MODES:
-            raise ValueError(f"value_mode: expected one of {VALUE_MODES}, got {self.value_mode!r}")
+        if self.value_mode not in TRAINER_VALUE_MODES:
+            raise ValueError(f"value_mode: expected one of {TRAINER_VALUE_MODES}, got {self.value_mode!r}")
         if self.topology not in ("cnn", "transformer"):
             raise ValueError(f"topology: expected 'cnn' or 'transformer', got {self.topology!r}")
         if self.num_minibatches > self.num_envs:

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from esper_fast.constants import CAUSAL_HEAD_OPS, HEAD_NAMES, LifecycleOp
 from esper_fast.constants_v2 import ENTROPY_FLOOR_PENALTY_COEF, ENTROPY_FLOOR_PER_HEAD, PROBABILITY_FLOOR_PER_HEAD
-from esper_fast.network import causal_masks
+from esper_fast.rules import causal_masks
 from esper_fast.ppo.buffer import RolloutBuffer
 from esper_fast.ppo.config import PPOConfig
 from esper_fast.ppo.head_losses import (

@@ -2,7 +2,8 @@
 
 Every function takes flat or ``[B, T]`` tensors of the same shape and returns 0-dim tensors (no host
 sync). Heads are never combined into a joint ratio: each head has its own clipped surrogate,
-averaged over the steps where the head mattered (esper's causal relevance masks, contract 3.3).
+averaged over the steps where the head mattered (esper's causal relevance masks,
+``leyline/causal_masks.py``: :func:`esper_fast.rules.causal_masks`).
 """
 
 from __future__ import annotations

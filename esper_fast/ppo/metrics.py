@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from esper_fast.plotting import new_figure, save_figure
+
 __all__ = ["MetricsWriter", "read_metrics_csv", "plot_learning_curve"]
 
 
@@ -143,14 +145,9 @@ def plot_learning_curve(rows: Sequence[dict[str, Any]], png_path: str | os.PathL
     ``baselines`` (name -> mean return) are drawn as horizontal lines, ``finals`` (name -> the trained
     policy's evaluation return) as markers at the last step; ``eval_note`` annotates both.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     pts = [(r["global_step"], r["charts/episode_return"]) for r in rows
            if r.get("charts/episode_return") is not None and r.get("global_step") is not None]  # fmt: skip
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
+    fig, ax = new_figure(figsize=(7.5, 4.5), squeeze=True)
     if pts:
         xs, ys = zip(*pts)
         ax.plot(xs, ys, color="tab:blue", alpha=0.3, linewidth=1, label="PPO (per update)")
@@ -170,8 +167,4 @@ def plot_learning_curve(rows: Sequence[dict[str, Any]], png_path: str | os.PathL
     ax.set_title(title or "esper-fast PPO on SeedLifecycleEnv")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    png_path = Path(png_path)
-    fig.savefig(png_path)
-    plt.close(fig)
-    return png_path
+    return save_figure(fig, png_path)

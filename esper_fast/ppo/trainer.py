@@ -438,12 +438,11 @@ class Trainer:
             self._lock = None
 
     def _plot(self, evaluation: dict[str, Any] | None) -> Path | None:
+        from esper_fast.plotting import NO_MATPLOTLIB, matplotlib_available
         from esper_fast.ppo.metrics import read_metrics_csv
 
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            self.log("matplotlib not installed: no learning_curve.png (pip install matplotlib)")
+        if not matplotlib_available():
+            self.log(f"{NO_MATPLOTLIB}: learning_curve.png")
             return None
         rows = read_metrics_csv(self.writer.csv_path) if self.writer.csv_path.is_file() else []
         evaluation = evaluation or {}

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from esper_fast.constants import HEAD_NAMES
-from esper_fast.network import FactoredNetwork, causal_masks
+from esper_fast.network import FactoredNetwork
+from esper_fast.rules import causal_masks
 from esper_fast.ppo.buffer import RolloutBuffer
 from esper_fast.ppo.config import PPOConfig
 from esper_fast.ppo.losses import approx_kl, clip_fraction, entropy_loss, head_ratios, masked_mean, policy_loss, value_loss

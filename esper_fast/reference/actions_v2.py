@@ -19,15 +19,14 @@ whose effective mask is empty or has a non-finite valid logit gets -1 / NaN.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from torch import Tensor
 
 from esper_fast.constants import HEAD_NAMES, LifecycleOp
 from esper_fast.constants_v2 import CANONICAL_ACTION
-from esper_fast.reference.actions import AFTER_OP
 from esper_fast.reference.select import reference_gumbel, select_op_reference
+from esper_fast.rules import AFTER_OP, slot_for_op
+from esper_fast.types import ActionSelectionV2
 
 __all__ = [
     "ActionSelectionV2",
@@ -36,17 +35,6 @@ __all__ = [
     "normalize_entropy",
     "select_actions_v2_reference",
 ]
-
-
-class ActionSelectionV2(NamedTuple):
-    """Per-head results for ``[N]`` rows; dicts keyed op first, then ``AFTER_OP`` order."""
-
-    actions: dict[str, Tensor]  # head -> [N] int64 (-1 on a bad row)
-    log_probs: dict[str, Tensor]  # head -> [N] float32 log-prob under the floored distribution
-    entropies: dict[str, Tensor]  # head -> [N] float32 entropy / log(#valid) (0 with one valid)
-    q_op: Tensor  # [N] Q(s, chosen op) from the q_head values given
-    expected_value: Tensor  # [N] sum_a pi(a|s) Q(s, a) (pi floored)
-    values: Tensor  # [N] the V(s) given, or expected_value when none was given
 
 
 def apply_probability_floor(logits: Tensor, valid: Tensor, floor: float) -> Tensor:
@@ -89,7 +77,7 @@ def effective_mask(head: str, op: Tensor, mask: Tensor | None, n_actions: int,
         mask = torch.ones(n, n_actions, dtype=torch.bool, device=op.device)
     if head == "slot":
         if slot_by_op is not None:
-            mask = slot_by_op.gather(1, op.clamp(min=0).view(n, 1, 1).expand(n, 1, n_actions)).squeeze(1)
+            mask = slot_for_op(slot_by_op, op)
         first = mask.int().argmax(-1, keepdim=True)  # first valid slot, 0 when none
         out = torch.where((op == int(LifecycleOp.WAIT)).unsqueeze(-1), cols == first, mask)
     else:

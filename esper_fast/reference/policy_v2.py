@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from esper_fast.constants import HEAD_NAMES, MASKED_LOGIT_VALUE
-from esper_fast.reference.actions import AFTER_OP
+from esper_fast.rules import AFTER_OP
 from esper_fast.reference.actions_v2 import apply_probability_floor, effective_mask
 from esper_fast.types import GetActionResult, Hidden
 

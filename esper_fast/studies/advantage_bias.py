@@ -66,8 +66,10 @@ from typing import Any, NamedTuple, Sequence
 import torch
 from torch import Tensor
 
+from esper_fast.constants import POLICY_VALUE_MODES
 from esper_fast.envs.exact_mdp import NUM_STATES, ExactMDP, ExactMDPConfig, ExactValues, TabularPolicy
 from esper_fast.ops.select import select_op
+from esper_fast.plotting import MODE_COLORS, NO_MATPLOTLIB, new_figure, save_figure
 from esper_fast.ppo.agent import cpu_threads
 from esper_fast.ppo.gae import compute_gae, explained_variance
 from esper_fast.ppo.losses import value_loss
@@ -78,7 +80,7 @@ __all__ = [
     "write_csv", "plot_study", "main",
 ]  # fmt: skip
 
-MODES: tuple[str, ...] = ("legacy", "q_op", "expected")
+MODES: tuple[str, ...] = ("legacy", *POLICY_VALUE_MODES)  # the trainer's value modes, legacy first
 LAMBDAS: tuple[float, ...] = (0.0, 0.95, 1.0)
 CRITIC_UPDATES: tuple[int, ...] = (60, 10)
 A = ExactMDP.num_ops
@@ -413,20 +415,14 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
 
 def plot_study(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Grouped bars per lambda and mode: conditional bias RMS, error std, corr(Â, A_op), bootstrap bias."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     critics = list(dict.fromkeys(r["critic"] for r in rows))
     modes = list(dict.fromkeys(r["mode"] for r in rows))
     lams = list(dict.fromkeys(r["lambda"] for r in rows))
     panels = (("cond_bias_rms", "conditional bias RMS of Â−A", None), ("err_std", "std(Â−A)", None),
               ("slope_op", "slope of Â on A_op = Q(s,op)−V(s)\n(1 = op head gets its advantage)", None),
               ("boot_bias", "bootstrap − V(s') (mean ± 2 SE)", "boot_bias_se"))  # fmt: skip
-    colors = {"legacy": "tab:red", "q_op": "tab:orange", "expected": "tab:green"}
-    fig, axes = plt.subplots(len(critics), len(panels), figsize=(4.2 * len(panels), 3.3 * len(critics)), dpi=110,
-                             squeeze=False)  # fmt: skip
+    colors = MODE_COLORS
+    fig, axes = new_figure(len(critics), len(panels), figsize=(4.2 * len(panels), 3.3 * len(critics)))
     width = 0.8 / len(modes)
     for i, critic in enumerate(critics):
         for j, (key, title, err_key) in enumerate(panels):
@@ -443,11 +439,7 @@ def plot_study(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
             ax.grid(axis="y", alpha=0.3)
             if i == 0 and j == 0:
                 ax.legend(fontsize=8, loc="center left", framealpha=0.9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -479,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             print(f"plot: {plot_study(result['rows'], out / 'value_baselines_study.png')}", file=sys.stderr)
         except ImportError:
-            print("matplotlib not installed: no PNG (pip install matplotlib)", file=sys.stderr)
+            print(NO_MATPLOTLIB, file=sys.stderr)
     return 0
 
 

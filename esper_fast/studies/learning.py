@@ -37,11 +37,12 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from esper_fast.constants import HEAD_NAMES, MASKED_LOGIT_VALUE, LifecycleOp
+from esper_fast.constants import HEAD_NAMES, MASKED_LOGIT_VALUE, POLICY_VALUE_MODES, LifecycleOp
 from esper_fast.envs.exact_mdp import (
     BLUEPRINT_IDS, NUM_STATES, ExactMDP, ExactMDPConfig, ExactMDPEsperEnv, TabularPolicy,
 )  # fmt: skip
-from esper_fast.network import normalized_entropy
+from esper_fast.plotting import MODE_COLORS, NO_MATPLOTLIB, new_figure, save_figure
+from esper_fast.rules import normalized_entropy
 from esper_fast.ppo.config import ENTROPY_COEF_PER_HEAD
 from esper_fast.ppo.gae import compute_gae, explained_variance, normalize_advantages
 from esper_fast.ppo.losses import approx_kl, entropy_loss, head_ratios, policy_loss, value_loss
@@ -346,7 +347,7 @@ SUITES: dict[str, Callable[..., dict[str, Any]]] = {
     "tabular": train_tabular, "exact": train_trainer_exact, "seed": train_trainer_seed,
     "exact300": train_trainer_exact_long,
 }  # fmt: skip
-LONG_MODES: tuple[str, ...] = ("q_op", "expected")
+LONG_MODES: tuple[str, ...] = POLICY_VALUE_MODES
 """Modes of the ``exact300`` suite (legacy left out to save CPU: it matches expected elsewhere)."""
 
 
@@ -443,13 +444,7 @@ def plot_learning(results: Sequence[dict[str, Any]], path: str | Path, reference
     """Per suite: mean learning curve per mode with a 95% t-band (3+ seeds; the min-max range for 2)
     (tabular: exact objective J; the trainers' noisy per-update training returns and explained
     variances: ``smooth``-update moving mean)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colors = {"legacy": "tab:red", "q_op": "tab:orange", "expected": "tab:green", "head_v": "tab:blue",
-              "head_q": "tab:purple"}  # fmt: skip
+    colors = MODE_COLORS
     suites = list(dict.fromkeys(r["suite"] for r in results))
     panels = []
     for suite in suites:
@@ -460,7 +455,7 @@ def plot_learning(results: Sequence[dict[str, Any]], path: str | Path, reference
                                     "seed": f"training episode return, {smooth}-update mean (SeedLifecycleEnv, Trainer)"}[suite]))  # fmt: skip
         panels.append((suite, "ev_curve", f"explained variance ({suite}{'' if suite == 'tabular' else f', {smooth}-update mean'})"))
     cols = 2
-    fig, axes = plt.subplots(len(suites), cols, figsize=(6.5 * cols, 3.4 * len(suites)), dpi=110, squeeze=False)
+    fig, axes = new_figure(len(suites), cols, figsize=(6.5 * cols, 3.4 * len(suites)))
     for i, (suite, key, title) in enumerate(panels):
         ax = axes[i // cols][i % cols]
         for mode in (*MODES, *HEAD_MODES):
@@ -493,26 +488,16 @@ def plot_learning(results: Sequence[dict[str, Any]], path: str | Path, reference
         ax.set_xlabel("update")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_diagnostics(results: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Trainer runs on ExactMDP: the exact objective of the network's (tabularised) policy, and the op
     advantage the critic carries against the exact one, per mode (mean over seeds)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colors = {"legacy": "tab:red", "q_op": "tab:orange", "expected": "tab:green", "head_v": "tab:blue",
-              "head_q": "tab:purple"}  # fmt: skip
+    colors = MODE_COLORS
     runs = [r for r in results if r.get("diag_curve")]
     suites = list(dict.fromkeys(r["suite"] for r in runs))
-    fig, axes = plt.subplots(len(suites), 3, figsize=(15, 3.4 * len(suites)), dpi=110, squeeze=False)
+    fig, axes = new_figure(len(suites), 3, figsize=(15, 3.4 * len(suites)))
     for i, suite in enumerate(suites):
         for mode in MODES:
             rs = [r for r in runs if r["suite"] == suite and r["mode"] == mode]
@@ -534,11 +519,7 @@ def plot_diagnostics(results: Sequence[dict[str, Any]], path: str | Path) -> Pat
             ax.set_xlabel("update")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _references() -> dict[str, dict[str, float]]:
@@ -604,7 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if any(r.get("diag_curve") for r in results):
             log(f"plot: {plot_diagnostics(results, out / 'learning_diagnostics.png')}")
     except ImportError:
-        log("matplotlib not installed: no PNG")
+        log(NO_MATPLOTLIB)
     return 0
 
 

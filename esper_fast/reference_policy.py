@@ -1,5 +1,9 @@
 """``ReferencePolicy``: esper's action selection in plain torch ops, with the legacy bug on request.
 
+A :class:`~esper_fast.network.FactoredNetwork`, so it lives on the policy floor (floor 3, beside
+:mod:`esper_fast.policy`), not in :mod:`esper_fast.reference` (floor 2), which nothing here builds on
+but the shared rules (:mod:`esper_fast.rules`). Public as ``esper_fast.ReferencePolicy``.
+
 Same network and parameter layout as :class:`esper_fast.FactoredPolicy` (both subclass
 :class:`esper_fast.network.FactoredNetwork`), selection as esper wrote it: -1e4 masking,
 ``torch.multinomial(softmax(.))`` sampling, ``log_softmax(.).gather``.
@@ -25,12 +29,10 @@ from torch import Tensor
 
 from esper_fast.constants import HEAD_NAMES, MASKED_LOGIT_VALUE, POLICY_VALUE_MODES
 from esper_fast.network import FactoredNetwork, validate_masks_and_logits
-from esper_fast.reference.actions import op_dependent_masks
+from esper_fast.rules import AFTER_OP, op_dependent_masks
 from esper_fast.types import GetActionResult
 
 __all__ = ["ReferencePolicy"]
-
-AFTER_OP = ("style", "slot", "blueprint", "tempo", "alpha_target", "alpha_speed", "alpha_curve")
 
 
 def _draw(masked: Tensor, deterministic: bool, noise: Tensor | None, generator: torch.Generator | None) -> Tensor:
