@@ -9,7 +9,11 @@ import torch
 
 from esper_fast.constants import HEAD_NAMES
 from esper_fast.errors import (
-    KASMINA_HINT, InvalidActionMaskError, InvalidStateMachineError, no_valid_actions_message, nonfinite_logits_message,
+    KASMINA_HINT,
+    InvalidActionMaskError,
+    InvalidStateMachineError,
+    no_valid_actions_message,
+    nonfinite_logits_message,
 )  # fmt: skip
 from esper_fast.ops.actions import select_actions
 from esper_fast.ops.select import select_op

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from esper_fast.plotting import MODE_COLORS, matplotlib_available, new_figure, save_figure
 from esper_fast.constants import TRAINER_VALUE_MODES
+from esper_fast.plotting import MODE_COLORS, matplotlib_available, new_figure, save_figure
 
 PACKAGE = Path(__file__).resolve().parents[1] / "esper_fast"
 
@@ -42,6 +42,6 @@ def test_new_and_save_figure_write_a_png_and_close_it(tmp_path):
     assert len(plt.get_fignums()) == before
     fig, ax = new_figure(figsize=(3, 2), squeeze=True)
     assert hasattr(ax, "plot")
-    with pytest.raises(Exception):
+    with pytest.raises(OSError):  # no such folder
         save_figure(fig, tmp_path / "missing_dir" / "y.png")
     assert len(plt.get_fignums()) == before  # closed although saving failed

@@ -12,10 +12,9 @@ from esper_fast.ops.threads import cpu_threads
 def test_torch_threads_are_set_inside_and_restored_after_an_exception():
     old = torch.get_num_threads()
     want = 1 if old != 1 else 2
-    with pytest.raises(RuntimeError, match="boom"):
-        with cpu_threads(want):
-            assert torch.get_num_threads() == want
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), cpu_threads(want):
+        assert torch.get_num_threads() == want
+        raise RuntimeError("boom")
     assert torch.get_num_threads() == old
 
 
@@ -29,12 +28,10 @@ def test_no_change_for_zero_or_a_gpu_device():
 
 
 def test_bad_arguments_name_themselves():
-    with pytest.raises(ValueError, match="runtime"):
-        with cpu_threads(1, runtime="openmp"):
-            pass
-    with pytest.raises(ValueError, match="parallel_threshold"):
-        with cpu_threads(1, parallel_threshold=0):
-            pass
+    with pytest.raises(ValueError, match="runtime"), cpu_threads(1, runtime="openmp"):
+        pass
+    with pytest.raises(ValueError, match="parallel_threshold"), cpu_threads(1, parallel_threshold=0):
+        pass
 
 
 @pytest.mark.skipif("cpu" not in available_backends(), reason="esper_fast._C not built")
@@ -42,8 +39,7 @@ def test_native_threads_and_threshold_are_restored():
     from esper_fast import _C
 
     old, threshold = _C.get_num_threads(), _C.parallel_threshold()
-    with pytest.raises(KeyError):
-        with cpu_threads(3, runtime="native", parallel_threshold=7):
-            assert (_C.get_num_threads(), _C.parallel_threshold()) == (3, 7)
-            raise KeyError
+    with pytest.raises(KeyError), cpu_threads(3, runtime="native", parallel_threshold=7):
+        assert (_C.get_num_threads(), _C.parallel_threshold()) == (3, 7)
+        raise KeyError
     assert (_C.get_num_threads(), _C.parallel_threshold()) == (old, threshold)

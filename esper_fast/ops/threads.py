@@ -8,8 +8,8 @@ sets either for a block and restores the old count (and the ``cpu`` backend's pa
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 
