@@ -10,6 +10,7 @@
 #include <omp.h>
 
 #include <array>
+#include <chrono>
 #include <cstdlib>
 #include <string>
 
@@ -335,6 +336,16 @@ py::object select_actions_lean(py::list logits, py::list masks, py::list noise, 
   return py::make_tuple(actions, floats, bad);
 }
 
+// Mean wall nanoseconds of `reps` calls of fn.
+template <typename Fn>
+double time_ns(int64_t reps, const Fn& fn) {
+  if (reps < 1) throw std::invalid_argument("reps must be >= 1");
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int64_t i = 0; i < reps; ++i) fn();
+  const auto t1 = std::chrono::steady_clock::now();
+  return std::chrono::duration<double, std::nano>(t1 - t0).count() / static_cast<double>(reps);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -481,6 +492,19 @@ PYBIND11_MODULE(_C, m) {
         action_args_v2(Fields("select_actions_v2", kw, {EF_SELECT_ACTIONS_V2_FIELDS}));
     py::gil_scoped_release release;
     return select_actions_v2_cpu(args);
+  });
+  // Mean nanoseconds per run of the kernel alone (`reps` runs on the pointer entries' fields, no
+  // Python, no allocation): bench_select subtracts it from the call time to report the overhead.
+  m.def("kernel_ns_select_op", [](int64_t reps, const py::kwargs& kw) {
+    const SelectArgs args = select_args(Fields("kernel_ns_select_op", kw, {EF_SELECT_OP_FIELDS}));
+    py::gil_scoped_release release;
+    return time_ns(reps, [&] { select_op_cpu(args); });
+  });
+  m.def("kernel_ns_select_actions", [](int64_t reps, const py::kwargs& kw) {
+    const ActionArgs args =
+        action_args(Fields("kernel_ns_select_actions", kw, {EF_SELECT_ACTIONS_FIELDS}));
+    py::gil_scoped_release release;
+    return time_ns(reps, [&] { select_actions_cpu(args); });
   });
   // Kernel choice (select_cpu.cpp): names of the kernels this CPU supports, best first; the one in
   // use; and a setter ("auto" = best). Tests run every supported kernel against the reference.

@@ -303,7 +303,11 @@ def test_unavailable_backend_is_refused_not_replaced():
 def test_env_var_selects_backend(monkeypatch, request):
     from esper_fast.ops.backends import reload_env  # the variable is read at import and by reload_env
 
-    request.addfinalizer(reload_env)  # after monkeypatch restores the variable (finalizers run LIFO)
+    def restore():
+        monkeypatch.undo()  # the variable back first, then re-read it
+        reload_env()
+
+    request.addfinalizer(restore)
     l, q, m = make_inputs(4, 3)
     monkeypatch.setenv("ESPER_FAST_BACKEND", "bogus")
     reload_env()
