@@ -138,14 +138,30 @@ struct Seen {
   PyObject* dtype = nullptr;  // borrowed: dtype objects are immortal singletons
 };
 
+// TensorBase's own descriptors of the attributes the lean entries read (looked up once in
+// register_lean): calling them skips the per-call attribute lookup through Tensor's Python MRO and the
+// bound-method object; torch's getters still dispatch __torch_function__ themselves.
+enum Attr { kIsCpu, kShape, kDtype, kStride, kDataPtr, kNumAttrs };
+PyObject* g_descr[kNumAttrs] = {};
+const char* const kAttrNames[kNumAttrs] = {"is_cpu", "shape", "dtype", "stride", "data_ptr"};
+
+// t.<getset attribute> (new reference or null with the Python error set).
+PyObject* get_attr(PyObject* t, Attr a) {
+  PyObject* d = g_descr[a];
+  return Py_TYPE(d)->tp_descr_get(d, t, reinterpret_cast<PyObject*>(Py_TYPE(t)));
+}
+
+// t.<method>() (new reference or null with the Python error set).
+PyObject* call0(PyObject* t, Attr a) { return PyObject_Vectorcall(g_descr[a], &t, 1, nullptr); }
+
 bool see(PyObject* t, Seen& s) {
   if (!PyObject_TypeCheck(t, reinterpret_cast<PyTypeObject*>(g_tensor_type))) return false;
-  PyObject* cpu = PyObject_GetAttr(t, g_is_cpu);
+  PyObject* cpu = get_attr(t, kIsCpu);
   if (cpu == nullptr) return false;
   const bool on_cpu = cpu == Py_True;
   Py_DECREF(cpu);
   if (!on_cpu) return false;
-  PyObject* shape = PyObject_GetAttr(t, g_shape);
+  PyObject* shape = get_attr(t, kShape);
   if (shape == nullptr) return false;
   const bool two_d = PyTuple_Check(shape) && PyTuple_GET_SIZE(shape) == 2;
   if (two_d) {
@@ -154,18 +170,18 @@ bool see(PyObject* t, Seen& s) {
   }
   Py_DECREF(shape);
   if (!two_d) return false;
-  PyObject* stride = PyObject_CallMethodNoArgs(t, g_stride);
+  PyObject* stride = call0(t, kStride);
   if (stride == nullptr) return false;
   s.v.row_stride = PyLong_AsLongLong(PyTuple_GET_ITEM(stride, 0));
   s.v.unit_cols = PyLong_AsLongLong(PyTuple_GET_ITEM(stride, 1)) == 1 || s.cols == 1;
   Py_DECREF(stride);
-  PyObject* dtype = PyObject_GetAttr(t, g_dtype);
+  PyObject* dtype = get_attr(t, kDtype);
   if (dtype == nullptr) return false;
   s.dtype = dtype;
   Py_DECREF(dtype);
   for (int k = 0; k < 3; ++k)
     if (dtype == g_dtypes[k]) s.v.dtype = k;
-  PyObject* p = PyObject_CallMethodNoArgs(t, g_data_ptr);
+  PyObject* p = call0(t, kDataPtr);
   if (p == nullptr) return false;
   s.v.ptr = static_cast<uintptr_t>(PyLong_AsUnsignedLongLong(p));
   Py_DECREF(p);
@@ -401,6 +417,16 @@ PYBIND11_MODULE(_C, m) {
     g_opselection = opselection.ptr();
     g_key_high = key_high.ptr();
     g_is_cpu = PyUnicode_InternFromString("is_cpu");
+    const py::object base = py::module_::import("torch").attr("_C").attr("TensorBase");
+    for (int k = 0; k < kNumAttrs; ++k) {
+      PyObject* d = PyDict_GetItemString(reinterpret_cast<PyTypeObject*>(base.ptr())->tp_dict,
+                                         kAttrNames[k]);  // borrowed
+      if (d == nullptr || Py_TYPE(d)->tp_descr_get == nullptr)
+        throw std::runtime_error(std::string("torch._C.TensorBase has no descriptor '") +
+                                 kAttrNames[k] + "'");
+      Py_INCREF(d);
+      g_descr[k] = d;
+    }
     g_random = PyUnicode_InternFromString("random_");
     g_zero = PyLong_FromLong(0);
     g_kw_int64 = PyDict_New();

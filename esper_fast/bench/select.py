@@ -163,10 +163,12 @@ def call_overhead(device: torch.device) -> list[dict]:
                 C = _cpu_module()
                 key = None if det else draw_key(device)
                 reps = 2000
-                op_f = op_fields(prepare_op(logits, q, mask, None), key, det, empty_selection(n, device))
+                # the tensors behind the pointers stay referenced while the kernels run
+                op_in, op_out = prepare_op(logits, q, mask, None), empty_selection(n, device)
+                op_f = op_fields(op_in, key, det, op_out)
                 row["select_op_kernel_us"] = min(C.kernel_ns_select_op(reps, **op_f) for _ in range(5)) / 1e3
-                act_f = action_fields(prepare_actions(heads, masks, None, qa, None), key, det,
-                                      empty_action_outputs(n, device))  # fmt: skip
+                act_in, act_out = prepare_actions(heads, masks, None, qa, None), empty_action_outputs(n, device)
+                act_f = action_fields(act_in, key, det, act_out)
                 row["select_actions_kernel_us"] = min(C.kernel_ns_select_actions(reps, **act_f) for _ in range(5)) / 1e3
                 row["select_op_overhead_us"] = row["select_op_us"] - row["select_op_kernel_us"]
                 row["select_actions_overhead_us"] = row["select_actions_us"] - row["select_actions_kernel_us"]
