@@ -127,8 +127,8 @@ PyObject* g_key_high = nullptr;
 PyObject* g_is_cpu = nullptr;
 PyObject* g_random = nullptr;
 PyObject* g_zero = nullptr;
-PyObject* g_kw_int64 = nullptr;  // {"dtype": torch.int64}
-PyObject* g_kw_f32 = nullptr;    // {"dtype": torch.float32}
+PyObject* g_kw_int64 = nullptr;  // {"dtype": torch.int64, "device": cpu}
+PyObject* g_kw_f32 = nullptr;    // {"dtype": torch.float32, "device": cpu}
 
 // A 2-D CPU tensor's pointer, shape, row stride, unit-column flag and dtype object, or false (the
 // caller declines, leaving the checks with their messages to Python) for anything else.
@@ -406,7 +406,8 @@ PYBIND11_MODULE(_C, m) {
   });
   // The objects select_op_lean uses (esper_fast/ops/_native.py calls this once).
   m.def("register_lean", [](py::handle tensor_type, py::handle empty_fn, py::handle bool_dtype,
-                            py::handle int64_dtype, py::handle opselection, py::handle key_high) {
+                            py::handle int64_dtype, py::handle opselection, py::handle key_high,
+                            py::handle cpu_device) {
     for (PyObject* o : {tensor_type.ptr(), empty_fn.ptr(), bool_dtype.ptr(), int64_dtype.ptr(),
                         opselection.ptr(), key_high.ptr()})
       Py_INCREF(o);
@@ -433,6 +434,9 @@ PYBIND11_MODULE(_C, m) {
     PyDict_SetItemString(g_kw_int64, "dtype", g_int64);
     g_kw_f32 = PyDict_New();
     PyDict_SetItemString(g_kw_f32, "dtype", g_dtypes[0]);
+    // Outputs on the CPU whatever torch.set_default_device says.
+    PyDict_SetItemString(g_kw_int64, "device", cpu_device.ptr());
+    PyDict_SetItemString(g_kw_f32, "device", cpu_device.ptr());
   });
   // select_op's whole CPU call in one entry (checks, outputs, key draw, kernel): (OpSelection, bad
   // rows), or None when an input is not the plain case (select_op then takes its Python path).

@@ -187,7 +187,8 @@ EF_SI void load_head(const HeadIn& h, int64_t row0, int nrows, Block& b, const P
     if (full && h.mask_stride == h.a)
       fast_mask(h.mask, row0, h.a, *p, b.M);
     else
-      transpose<uint8_t>(reinterpret_cast<const char*>(offset_row(h.mask, h.mask_stride, 1, row0)), h.mask_stride, nrows, h.a, b.M,
+      transpose<uint8_t>(reinterpret_cast<const char*>(offset_row(h.mask, h.mask_stride, 1, row0)),
+                         h.mask_stride, nrows, h.a, b.M,
                          [](uint8_t v) { return v ? int32_t{-1} : int32_t{0}; });
   } else {
     const vi live = iota<W>() < nrows;
@@ -197,8 +198,8 @@ EF_SI void load_head(const HeadIn& h, int64_t row0, int nrows, Block& b, const P
     if (full && h.noise_stride == h.a)
       fast_float(h.noise, kFloat32, row0, h.a, *p, b.G);
     else
-      transpose<float>(reinterpret_cast<const char*>(offset_row(h.noise, h.noise_stride, 4, row0)), h.noise_stride * 4, nrows,
-                       h.a, b.G, [](float v) { return v; });
+      transpose<float>(reinterpret_cast<const char*>(offset_row(h.noise, h.noise_stride, 4, row0)),
+                       h.noise_stride * 4, nrows, h.a, b.G, [](float v) { return v; });
   }
 }
 

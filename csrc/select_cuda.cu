@@ -1,6 +1,6 @@
 // CUDA backend of select_op (and cuda_device_count). Each row is owned by LANES consecutive lanes
-// of a warp (LANES = the row width padded to a power of two, at most 32); each lane holds EPT elements, interleaved so that
-// consecutive lanes read consecutive columns (coalesced). The per-row math is select_row.h's:
+// of a warp (LANES = the row width padded to a power of two, at most 32); each lane holds EPT
+// elements, interleaved so that consecutive lanes read consecutive columns (coalesced). The per-row math is select_row.h's:
 // PickState / SumState observed per element, combined across the row's lanes with shuffles.
 #include <cuda_runtime.h>
 

@@ -11,7 +11,7 @@ from esper_fast.ops import select_op
 from esper_fast.ops._native import action_fields, op_fields, prepare_actions, prepare_op
 from esper_fast.ops.actions import empty_action_outputs, select_actions
 from esper_fast.ops.backends import _cpu_module
-from esper_fast.ops.select import draw_key, empty_selection
+from esper_fast.ops.select import empty_selection
 from esper_fast.reference import select_op_reference
 
 _C = _cpu_module()[0]
@@ -136,3 +136,15 @@ def test_errors_keep_their_messages_through_the_lean_path():
     l8, m8, q8 = _heads(5, seed=9)
     with pytest.raises(ValueError, match=r"q must be a float \[5, 6\] tensor on cpu, got torch.float32 \[5, 2\]"):
         select_actions(l8, m8, q8[:, :2])
+
+
+def test_lean_outputs_stay_on_the_cpu_under_another_default_device():
+    logits, q, mask = _inputs(9, 4, seed=10)
+    l8, m8, q8 = _heads(9, seed=11)
+    with torch.device("meta"):  # torch.empty's default device; the CPU kernels need CPU outputs
+        sel = select_op(logits, q, mask)
+        acts = select_actions(l8, m8, q8)
+        det = select_op(logits, q, mask, deterministic=True)
+    assert sel.op.device.type == "cpu" and acts.actions["op"].device.type == "cpu"
+    assert bool((sel.op >= 0).all()) and bool(mask.gather(1, sel.op[:, None]).all())  # valid sampled ops
+    assert torch.equal(det.op, select_op_reference(logits, q, mask, deterministic=True).op)

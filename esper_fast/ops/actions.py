@@ -111,7 +111,8 @@ def select_actions(
         if lean is not None:
             g = noise or _NO_NOISE
             res = lean([logits.get(h) for h in HEAD_NAMES], [masks.get(h) for h in HEAD_NAMES],
-                       [g.get(h) for h in HEAD_NAMES], q, slot_by_op, deterministic, _key_buffer())  # fmt: skip
+                       [g.get(h) for h in HEAD_NAMES], q, slot_by_op, bool(deterministic),
+                       _key_buffer())  # fmt: skip
             if res is not None:  # None: not the plain case, nothing drawn or run; the path below decides
                 sel = unpack_action_outputs(res[0], res[1])
                 if validate and res[2]:

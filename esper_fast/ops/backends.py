@@ -89,7 +89,7 @@ def _cpu_module():
     mod, why = load_module("_C")
     if mod is not None:
         mod.register_dtypes(torch.float32, torch.float16, torch.bfloat16)  # for the lean entries
-        mod.register_lean(Tensor, torch.empty, torch.bool, torch.int64, OpSelection, 2**63 - 1)
+        mod.register_lean(Tensor, torch.empty, torch.bool, torch.int64, OpSelection, 2**63 - 1, torch.device("cpu"))
     return mod, why
 
 

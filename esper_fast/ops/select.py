@@ -31,7 +31,7 @@ def _key_buffer() -> Tensor:
     try:
         return _THREAD.key
     except AttributeError:
-        _THREAD.key = torch.empty(_KEY_SHAPE, dtype=_INT64)
+        _THREAD.key = torch.empty(_KEY_SHAPE, dtype=_INT64, device="cpu")
         return _THREAD.key
 
 
@@ -171,7 +171,7 @@ def select_op(
     if out is None and generator is None and not _is_compiling():
         lean = lean_select_op(backend)  # the cpu backend's one C++ entry (checks, outputs, key, kernel)
         if lean is not None:
-            res = lean(logits, q, mask, noise, deterministic, _key_buffer())
+            res = lean(logits, q, mask, noise, bool(deterministic), _key_buffer())
             if res is not None:  # None: not the plain case, nothing drawn or run; the path below decides
                 sel, bad = res
                 if validate and (bad or (noise is not None and not deterministic)):

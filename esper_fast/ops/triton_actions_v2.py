@@ -17,7 +17,7 @@ from torch import Tensor
 from esper_fast.ops import layout
 from esper_fast.ops._native import ActionInputs
 from esper_fast.ops.triton_select import (
-    _ENTROPY_ROW, _LOG_PROB_ROW, _Q_OP_ROW, _VALUE_ROW, _choose, _load_tile, _store_head, fused_block_n, head_args,
+    _Q_OP_ROW, _VALUE_ROW, _choose, _load_tile, _store_head, fused_block_n, head_args,
     head_flags, optional_arg,
 )  # fmt: skip
 
@@ -105,7 +105,7 @@ def _select_actions_v2_kernel(
     r = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = r.to(tl.int64)[:, None]
     # ---- op (head 7): chosen once, floored, with the q_head values
-    cols, inb, l, q, valid, g = _load_tile(
+    cols, _, l, q, valid, g = _load_tile(
         l7, sl7, q_ptr, stride_q, m7, sm7, g7, sg7, key_ptr, rows, N, S7,
         B7, True, (HAS_MASK >> 7) & 1, (HAS_NOISE >> 7) & 1, 8, DETERMINISTIC,
     )  # fmt: skip

@@ -117,7 +117,7 @@ def _select_op_kernel(
 ):  # fmt: skip
     r = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = r.to(tl.int64)[:, None]  # [BN, 1]
-    cols, inb, l, q, valid, g = _load_tile(
+    cols, _, l, q, valid, g = _load_tile(
         logits_ptr, stride_l, q_ptr, stride_q, mask_ptr, stride_m, noise_ptr, stride_n, key_ptr, rows, N, A,
         BLOCK_A, HAS_Q, HAS_MASK, HAS_NOISE, 0, DETERMINISTIC,
     )  # fmt: skip
@@ -169,7 +169,7 @@ def _select_actions_kernel(
     r = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = r.to(tl.int64)[:, None]
     # ---- op (head 7): chosen once, with the critic
-    cols, inb, l, q, valid, g = _load_tile(
+    cols, _, l, q, valid, g = _load_tile(
         l7, sl7, q_ptr, stride_q, m7, sm7, g7, sg7, key_ptr, rows, N, S7,
         B7, True, (HAS_MASK >> 7) & 1, (HAS_NOISE >> 7) & 1, 8, DETERMINISTIC,
     )  # fmt: skip
