@@ -5,11 +5,17 @@
   once per instruction set (:data:`SIMD_BUILDS`, x86-64: AVX-512 and AVX2 next to the generic one),
   each with its own ``-march`` and namespace; select_cpu.cpp picks one at run time.
 * ``esper_fast._C_score`` - the CPU scoring op of the PPO update (csrc/score_cpu.cpp), always built.
-* ``esper_fast._C_cuda`` - CUDA kernels (csrc/select_cuda.cu), built with nvcc through ninja for sm_80
+* ``esper_fast._C_cuda`` - CUDA kernels (csrc/*.cu), built with nvcc through ninja for sm_80
   and sm_90 (+ compute_90 PTX) where it can be used: nvcc is found (``$CUDA_HOME/bin/nvcc`` or ``nvcc``
   on PATH) *and* a GPU is visible (``/dev/nvidia0`` or ``nvidia-smi -L`` lists one).
   ``ESPER_FAST_CUDA=1`` builds it whenever nvcc exists (a compile check; an error without nvcc),
   ``ESPER_FAST_CUDA=0`` never builds it.
+
+Rebuilds follow the headers: each extension's ``depends`` lists csrc/*.h (and *.cuh), so a header
+edit rebuilds the modules that include it (setuptools compares their times with the built module; an
+up-to-date module, SIMD objects included, is skipped), and the CUDA objects carry nvcc's own
+dependency files (``-MD -MF``, ninja ``deps = gcc``), so ninja recompiles a .cu when a header it
+includes changes.
 
 Every module prints what it builds and how long it took (``pip install -v`` shows these lines; pip
 hides a build's output otherwise).
@@ -33,11 +39,19 @@ import pybind11
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
+try:
+    from setuptools.modified import newer_group
+except ImportError:  # setuptools < 69
+    from distutils.dep_util import newer_group
+
 ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "csrc"
 CUDA_ARCHS = ("80", "90")
 CXX_FLAGS = ["-O3", "-std=c++17", "-fvisibility=hidden"]
 HEADERS = sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*.h"))
+CUDA_HEADERS = HEADERS + sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*.cuh"))
+CUDA_SOURCES = ["csrc/select_cuda.cu", "csrc/select_actions_cuda.cu", "csrc/select_actions_v2_cuda.cu",
+                "csrc/bindings_cuda.cpp"]
 SIMD_SOURCE = "csrc/select_cpu_simd.cpp"
 # name -> (lanes, extra flags). -ffp-contract=off: no FMA contraction, so every build rounds alike.
 SIMD_BUILDS = {
@@ -126,16 +140,15 @@ def ninja_file(nvcc: str, build_dir: Path, target: Path) -> str:
             f"flags = -O3 -std=c++17 {host} {includes}",
             f"gencode = {gencode}",
             "rule compile",
-            "  command = $nvcc $flags $gencode -c $in -o $out",
+            "  command = $nvcc -MD -MF $out.d $flags $gencode -c $in -o $out",
+            "  depfile = $out.d",
+            "  deps = gcc",
             "  description = NVCC $out",
             "rule link",
             "  command = $nvcc -shared $gencode $in -o $out",
             "  description = LINK $out",
-            f"build {build_dir}/select_cuda.o: compile {CSRC}/select_cuda.cu",
-            f"build {build_dir}/bindings_cuda.o: compile {CSRC}/bindings_cuda.cpp",
-            f"build {build_dir}/select_actions_v2_cuda.o: compile {CSRC}/select_actions_v2_cuda.cu",
-            f"build {target}: link {build_dir}/select_cuda.o {build_dir}/bindings_cuda.o"
-            f" {build_dir}/select_actions_v2_cuda.o",
+            *[f"build {build_dir}/{Path(src).stem}.o: compile {ROOT / src}" for src in CUDA_SOURCES],
+            f"build {target}: link " + " ".join(f"{build_dir}/{Path(src).stem}.o" for src in CUDA_SOURCES),
             "",
         ]
     )
@@ -156,6 +169,9 @@ class BuildExt(build_ext):
             say(f"[{i}/{total}] {ext.name} done in {time.perf_counter() - t0:.1f} s")
 
     def build_extension(self, ext: Extension) -> None:
+        if not self.force and not newer_group(list(ext.sources) + list(ext.depends), self.get_ext_fullpath(ext.name)):
+            say(f"{ext.name} is up to date (no source or header newer than the module)")
+            return
         if ext.name == "esper_fast._C":
             self.build_simd_objects(ext)
         if ext.name != "esper_fast._C_cuda":
@@ -207,8 +223,8 @@ if want_cuda():
     extensions.append(
         Extension(
             "esper_fast._C_cuda",
-            sources=["csrc/select_cuda.cu", "csrc/bindings_cuda.cpp", "csrc/select_actions_v2_cuda.cu"],
-            depends=[str(p.relative_to(ROOT)) for p in CSRC.glob("*.h")],
+            sources=CUDA_SOURCES,
+            depends=CUDA_HEADERS,
         )
     )
 

@@ -3,13 +3,14 @@
 #include <pybind11/stl.h>
 
 #include "bindings_common.h"
-#include "bindings_v2.h"
 #include "philox.h"
 #include "select_args.h"
 #include "select_cpu_simd.h"
 
 #include <omp.h>
 
+#include <array>
+#include <chrono>
 #include <cstdlib>
 #include <string>
 
@@ -81,6 +82,286 @@ std::pair<int64_t, int64_t> shape2(py::handle t) {
   return {as_int(PyTuple_GET_ITEM(shape.ptr(), 0)), as_int(PyTuple_GET_ITEM(shape.ptr(), 1))};
 }
 
+// SelectArgs of the tensor entries, by field: the inputs' views, outputs op [N] and floats [4, N].
+SelectArgs tensor_args(const View& l, const View& q, const View& m, const View& g, py::handle key,
+                       int64_t n, int a, bool deterministic, uintptr_t out_op,
+                       const float* const outs[4]) {
+  SelectArgs args{};
+  args.logits = reinterpret_cast<const void*>(l.ptr);
+  args.logits_dtype = l.dtype;
+  args.logits_stride = l.row_stride;
+  args.q = reinterpret_cast<const void*>(q.ptr);
+  args.q_dtype = q.ptr ? q.dtype : 0;
+  args.q_stride = q.row_stride;
+  args.mask = reinterpret_cast<const uint8_t*>(m.ptr);
+  args.mask_stride = m.row_stride;
+  args.noise = reinterpret_cast<const float*>(g.ptr);
+  args.noise_stride = g.row_stride;
+  args.key = key.is_none() ? nullptr : reinterpret_cast<const int64_t*>(data_ptr(key));
+  args.n = n;
+  args.a = a;
+  args.deterministic = deterministic;
+  args.out_op = reinterpret_cast<int64_t*>(out_op);
+  args.out_log_prob = const_cast<float*>(outs[0]);
+  args.out_entropy = const_cast<float*>(outs[1]);
+  args.out_q_op = const_cast<float*>(outs[2]);
+  args.out_value = const_cast<float*>(outs[3]);
+  return args;
+}
+
+// The four [N] rows of a contiguous float32 [4, N] output.
+std::array<const float*, 4> rows_of(uintptr_t f, int64_t n) {
+  const float* p = reinterpret_cast<const float*>(f);
+  return {p, p + n, p + 2 * n, p + 3 * n};
+}
+
+// ---- select_op_lean: checks, allocation, key draw and kernel in one entry ------------------------
+// Objects registered once by esper_fast/ops/_native.py (register_lean): torch.Tensor, torch.empty,
+// torch.bool / torch.int64, OpSelection and the key range's upper bound.
+PyObject* g_tensor_type = nullptr;
+PyObject* g_empty = nullptr;
+PyObject* g_bool = nullptr;
+PyObject* g_int64 = nullptr;
+PyObject* g_opselection = nullptr;
+PyObject* g_key_high = nullptr;
+PyObject* g_is_cpu = nullptr;
+PyObject* g_random = nullptr;
+PyObject* g_zero = nullptr;
+PyObject* g_kw_int64 = nullptr;  // {"dtype": torch.int64, "device": cpu}
+PyObject* g_kw_f32 = nullptr;    // {"dtype": torch.float32, "device": cpu}
+
+// A 2-D CPU tensor's pointer, shape, row stride, unit-column flag and dtype object, or false (the
+// caller declines, leaving the checks with their messages to Python) for anything else.
+struct Seen {
+  View v;
+  int64_t rows = 0, cols = 0;
+  PyObject* dtype = nullptr;  // borrowed: dtype objects are immortal singletons
+};
+
+// TensorBase's own descriptors of the attributes the lean entries read (looked up once in
+// register_lean): calling them skips the per-call attribute lookup through Tensor's Python MRO and the
+// bound-method object; torch's getters still dispatch __torch_function__ themselves.
+enum Attr { kIsCpu, kShape, kDtype, kStride, kDataPtr, kNumAttrs };
+PyObject* g_descr[kNumAttrs] = {};
+const char* const kAttrNames[kNumAttrs] = {"is_cpu", "shape", "dtype", "stride", "data_ptr"};
+
+// t.<getset attribute> (new reference or null with the Python error set).
+PyObject* get_attr(PyObject* t, Attr a) {
+  PyObject* d = g_descr[a];
+  return Py_TYPE(d)->tp_descr_get(d, t, reinterpret_cast<PyObject*>(Py_TYPE(t)));
+}
+
+// t.<method>() (new reference or null with the Python error set).
+PyObject* call0(PyObject* t, Attr a) { return PyObject_Vectorcall(g_descr[a], &t, 1, nullptr); }
+
+bool see(PyObject* t, Seen& s) {
+  if (!PyObject_TypeCheck(t, reinterpret_cast<PyTypeObject*>(g_tensor_type))) return false;
+  PyObject* cpu = get_attr(t, kIsCpu);
+  if (cpu == nullptr) return false;
+  const bool on_cpu = cpu == Py_True;
+  Py_DECREF(cpu);
+  if (!on_cpu) return false;
+  PyObject* shape = get_attr(t, kShape);
+  if (shape == nullptr) return false;
+  const bool two_d = PyTuple_Check(shape) && PyTuple_GET_SIZE(shape) == 2;
+  if (two_d) {
+    s.rows = PyLong_AsLongLong(PyTuple_GET_ITEM(shape, 0));
+    s.cols = PyLong_AsLongLong(PyTuple_GET_ITEM(shape, 1));
+  }
+  Py_DECREF(shape);
+  if (!two_d) return false;
+  PyObject* stride = call0(t, kStride);
+  if (stride == nullptr) return false;
+  s.v.row_stride = PyLong_AsLongLong(PyTuple_GET_ITEM(stride, 0));
+  s.v.unit_cols = PyLong_AsLongLong(PyTuple_GET_ITEM(stride, 1)) == 1 || s.cols == 1;
+  Py_DECREF(stride);
+  PyObject* dtype = get_attr(t, kDtype);
+  if (dtype == nullptr) return false;
+  s.dtype = dtype;
+  Py_DECREF(dtype);
+  for (int k = 0; k < 3; ++k)
+    if (dtype == g_dtypes[k]) s.v.dtype = k;
+  PyObject* p = call0(t, kDataPtr);
+  if (p == nullptr) return false;
+  s.v.ptr = static_cast<uintptr_t>(PyLong_AsUnsignedLongLong(p));
+  Py_DECREF(p);
+  return !PyErr_Occurred() && s.v.unit_cols;
+}
+
+// torch.empty(*shape, **kw) as an owned reference (throws the Python error).
+py::object empty(std::initializer_list<int64_t> shape, PyObject* kw) {
+  py::tuple args(shape.size());
+  size_t i = 0;
+  for (int64_t d : shape) args[i++] = py::int_(d);
+  return steal_or_throw(PyObject_Call(g_empty, args.ptr(), kw));
+}
+
+// select_op's whole CPU call for the common case; None (nothing drawn, nothing run) when any input is
+// not the plain case (not a 2-D CPU tensor, shape / dtype mismatch, non-unit columns, noise not fp32),
+// so that select_op's Python path raises its named error or handles it. Returns (OpSelection, bad rows).
+py::object select_op_lean(py::handle logits, py::handle q, py::handle mask, py::handle noise,
+                          bool deterministic, py::handle key_buf) {
+  Seen l, qs, ms, gs;
+  const bool ok = see(logits.ptr(), l) && l.v.dtype >= 0 && l.cols >= 1 &&
+                  (q.is_none() || (see(q.ptr(), qs) && qs.v.dtype >= 0 && qs.rows == l.rows &&
+                                   qs.cols == l.cols)) &&
+                  (mask.is_none() || (see(mask.ptr(), ms) && ms.dtype == g_bool &&
+                                      ms.rows == l.rows && ms.cols == l.cols)) &&
+                  (noise.is_none() || (see(noise.ptr(), gs) && gs.v.dtype == kFloat32 &&
+                                       gs.rows == l.rows && gs.cols == l.cols));
+  if (!ok) {
+    PyErr_Clear();
+    return py::none();
+  }
+  const int64_t n = l.rows;
+  const int a = static_cast<int>(l.cols);
+  // Five [N] tensors: cheaper than a [4, N] float buffer and its unbind (measured).
+  py::object op = empty({n}, g_kw_int64);
+  py::object fl[4] = {empty({n}, g_kw_f32), empty({n}, g_kw_f32), empty({n}, g_kw_f32),
+                      empty({n}, g_kw_f32)};
+  const bool draws = !deterministic && noise.is_none();
+  if (draws) {  // key_buf.random_(0, 2**63 - 1): the value torch.randint would draw
+    PyObject* r = PyObject_CallMethodObjArgs(key_buf.ptr(), g_random, g_zero, g_key_high, nullptr);
+    if (r == nullptr) throw py::error_already_set();
+    Py_DECREF(r);
+  }
+  View none;
+  const float* outs[4];
+  for (int k = 0; k < 4; ++k) outs[k] = reinterpret_cast<const float*>(data_ptr(fl[k]));
+  const SelectArgs args = tensor_args(l.v, q.is_none() ? none : qs.v, mask.is_none() ? none : ms.v,
+                                      (deterministic || noise.is_none()) ? none : gs.v,
+                                      draws ? key_buf : py::none(), n, a, deterministic,
+                                      data_ptr(op), outs);
+  int64_t bad;
+  if (n * a < 4096) {
+    bad = select_op_cpu(args);
+  } else {
+    py::gil_scoped_release release;
+    bad = select_op_cpu(args);
+  }
+  // OpSelection(op, log_prob, entropy, q_op, value), built as its tuple (a NamedTuple has no more).
+  PyTypeObject* tp = reinterpret_cast<PyTypeObject*>(g_opselection);
+  PyObject* sel_raw = tp->tp_alloc(tp, 5);
+  if (sel_raw == nullptr) throw py::error_already_set();
+  PyTuple_SET_ITEM(sel_raw, 0, op.release().ptr());
+  for (int k = 0; k < 4; ++k) PyTuple_SET_ITEM(sel_raw, k + 1, fl[k].release().ptr());
+  py::object sel = py::reinterpret_steal<py::object>(sel_raw);
+  return py::make_tuple(sel, bad);
+}
+
+// slot_by_op: a contiguous bool CPU tensor of shape [n, n_ops, n_slots], else false.
+bool see_slot_by_op(PyObject* t, int64_t n, int64_t n_ops, int64_t n_slots, uintptr_t& ptr) {
+  if (!PyObject_TypeCheck(t, reinterpret_cast<PyTypeObject*>(g_tensor_type))) return false;
+  py::handle h(t);
+  PyObject* shape = PyObject_GetAttr(t, g_shape);
+  if (shape == nullptr) return false;
+  const bool ok = PyTuple_Check(shape) && PyTuple_GET_SIZE(shape) == 3 &&
+                  PyLong_AsLongLong(PyTuple_GET_ITEM(shape, 0)) == n &&
+                  PyLong_AsLongLong(PyTuple_GET_ITEM(shape, 1)) == n_ops &&
+                  PyLong_AsLongLong(PyTuple_GET_ITEM(shape, 2)) == n_slots;
+  Py_DECREF(shape);
+  if (!ok || PyErr_Occurred()) return false;
+  PyObject* cpu = PyObject_GetAttr(t, g_is_cpu);
+  if (cpu == nullptr) return false;
+  const bool on_cpu = cpu == Py_True;
+  Py_DECREF(cpu);
+  PyObject* dtype = PyObject_GetAttr(t, g_dtype);
+  if (dtype == nullptr) return false;
+  const bool is_bool = dtype == g_bool;
+  Py_DECREF(dtype);
+  if (!on_cpu || !is_bool) return false;
+  PyObject* contiguous = PyObject_CallMethod(t, "is_contiguous", nullptr);
+  if (contiguous == nullptr) return false;
+  const bool c = contiguous == Py_True;
+  Py_DECREF(contiguous);
+  if (!c) return false;
+  ptr = data_ptr(h);
+  return true;
+}
+
+// select_actions' whole CPU call for the common case: lists in HEAD_NAMES order (None = absent),
+// checked here as select_actions' Python checks would (shapes, dtypes, CPU), outputs allocated,
+// the key drawn into key_buf when a head samples without explicit noise, the kernel run. Returns
+// (actions [8, N], floats [18, N], bad rows), or None (nothing drawn or run) when anything is not the
+// plain case, so that select_actions' Python path raises its named error or handles it.
+py::object select_actions_lean(py::list logits, py::list masks, py::list noise, py::handle q,
+                               py::handle slot_by_op, bool deterministic, py::handle key_buf) {
+  if (logits.size() != kNumHeads || masks.size() != kNumHeads || noise.size() != kNumHeads)
+    return py::none();
+  ActionArgs a{};
+  Seen l[kNumHeads];
+  bool ok = true;
+  bool any_drawn = false;
+  int64_t width = 0;
+  for (int h = 0; h < kNumHeads && ok; ++h)
+    ok = !logits[h].is_none() && see(logits[h].ptr(), l[h]) && l[h].v.dtype >= 0;
+  const int64_t n = ok ? l[kOpHead].rows : 0;
+  for (int h = 0; h < kNumHeads && ok; ++h) {
+    Seen ms, gs;
+    const py::handle mh = masks[h], gh = noise[h];
+    ok = l[h].rows == n && l[h].cols >= 1 &&
+         (mh.is_none() || (see(mh.ptr(), ms) && ms.dtype == g_bool && ms.rows == n &&
+                           ms.cols == l[h].cols)) &&
+         (gh.is_none() || (see(gh.ptr(), gs) && gs.v.dtype == kFloat32 && gs.rows == n &&
+                           gs.cols == l[h].cols));
+    if (!ok) break;
+    a.logits[h] = reinterpret_cast<const void*>(l[h].v.ptr);
+    a.logits_dtype[h] = l[h].v.dtype;
+    a.logits_stride[h] = l[h].v.row_stride;
+    a.mask[h] = mh.is_none() ? nullptr : reinterpret_cast<const uint8_t*>(ms.v.ptr);
+    a.mask_stride[h] = mh.is_none() ? 0 : ms.v.row_stride;
+    a.noise[h] = gh.is_none() ? nullptr : reinterpret_cast<const float*>(gs.v.ptr);
+    a.noise_stride[h] = gh.is_none() ? 0 : gs.v.row_stride;
+    a.size[h] = static_cast<int>(l[h].cols);
+    width += a.size[h];
+    any_drawn = any_drawn || gh.is_none();
+  }
+  Seen qs;
+  ok = ok && see(q.ptr(), qs) && qs.v.dtype >= 0 && qs.rows == n && qs.cols == a.size[kOpHead];
+  uintptr_t sbo = 0;
+  ok = ok && (slot_by_op.is_none() ||
+              see_slot_by_op(slot_by_op.ptr(), n, a.size[kOpHead], a.size[kSlotHead], sbo));
+  if (!ok) {
+    PyErr_Clear();
+    return py::none();
+  }
+  a.q = reinterpret_cast<const void*>(qs.v.ptr);
+  a.q_dtype = qs.v.dtype;
+  a.q_stride = qs.v.row_stride;
+  a.slot_by_op = reinterpret_cast<const uint8_t*>(sbo);
+  a.slot_by_op_stride = static_cast<int64_t>(a.size[kOpHead]) * a.size[kSlotHead];
+  a.n = n;
+  a.deterministic = deterministic;
+  py::object actions = empty({kActionRows, n}, g_kw_int64);
+  py::object floats = empty({kFloatRows, n}, g_kw_f32);
+  if (!deterministic && any_drawn) {  // key_buf.random_(0, 2**63 - 1), as select_op_lean
+    PyObject* r = PyObject_CallMethodObjArgs(key_buf.ptr(), g_random, g_zero, g_key_high, nullptr);
+    if (r == nullptr) throw py::error_already_set();
+    Py_DECREF(r);
+    a.key = reinterpret_cast<const int64_t*>(data_ptr(key_buf));
+  }
+  a.out_actions = reinterpret_cast<int64_t*>(data_ptr(actions));
+  a.out_f = reinterpret_cast<float*>(data_ptr(floats));
+  int64_t bad;
+  if (n * width < 4096) {
+    bad = select_actions_cpu(a);
+  } else {
+    py::gil_scoped_release release;
+    bad = select_actions_cpu(a);
+  }
+  return py::make_tuple(actions, floats, bad);
+}
+
+// Mean wall nanoseconds of `reps` calls of fn.
+template <typename Fn>
+double time_ns(int64_t reps, const Fn& fn) {
+  if (reps < 1) throw std::invalid_argument("reps must be >= 1");
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int64_t i = 0; i < reps; ++i) fn();
+  const auto t1 = std::chrono::steady_clock::now();
+  return std::chrono::duration<double, std::nano>(t1 - t0).count() / static_cast<double>(reps);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -110,26 +391,60 @@ PYBIND11_MODULE(_C, m) {
   g_stride = PyUnicode_InternFromString("stride");
   g_shape = PyUnicode_InternFromString("shape");
   g_dtype = PyUnicode_InternFromString("dtype");
-  // select_op over host memory; returns the number of bad rows (no valid entry / non-finite logit).
-  m.def(
-      "select_op",
-      [](uintptr_t logits, int logits_dtype, int64_t logits_stride, uintptr_t q, int q_dtype,
-         int64_t q_stride, uintptr_t mask, int64_t mask_stride, uintptr_t noise,
-         int64_t noise_stride, uintptr_t key, int64_t n, int a, bool deterministic,
-         uintptr_t out_op, uintptr_t out_lp, uintptr_t out_ent, uintptr_t out_q,
-         uintptr_t out_v) {
-        const SelectArgs args =
-            make_args(logits, logits_dtype, logits_stride, q, q_dtype, q_stride, mask,
-                      mask_stride, noise, noise_stride, key, n, a, deterministic, out_op, out_lp, out_ent, out_q, out_v);
-        py::gil_scoped_release release;
-        return select_op_cpu(args);
-      });
+  // select_op over host memory, keyword arguments only (the SelectArgs fields, bindings_common.h);
+  // returns the number of bad rows (no valid entry / non-finite logit).
+  m.def("select_op", [](const py::kwargs& kw) {
+    const SelectArgs args = select_args(Fields("select_op", kw, {EF_SELECT_OP_FIELDS}));
+    py::gil_scoped_release release;
+    return select_op_cpu(args);
+  });
   m.def("register_dtypes", [](py::handle f32, py::handle f16, py::handle bf16) {
     for (PyObject* d : {f32.ptr(), f16.ptr(), bf16.ptr()}) Py_INCREF(d);
     g_dtypes[0] = f32.ptr();
     g_dtypes[1] = f16.ptr();
     g_dtypes[2] = bf16.ptr();
   });
+  // The objects select_op_lean uses (esper_fast/ops/_native.py calls this once).
+  m.def("register_lean", [](py::handle tensor_type, py::handle empty_fn, py::handle bool_dtype,
+                            py::handle int64_dtype, py::handle opselection, py::handle key_high,
+                            py::handle cpu_device) {
+    for (PyObject* o : {tensor_type.ptr(), empty_fn.ptr(), bool_dtype.ptr(), int64_dtype.ptr(),
+                        opselection.ptr(), key_high.ptr()})
+      Py_INCREF(o);
+    g_tensor_type = tensor_type.ptr();
+    g_empty = empty_fn.ptr();
+    g_bool = bool_dtype.ptr();
+    g_int64 = int64_dtype.ptr();
+    g_opselection = opselection.ptr();
+    g_key_high = key_high.ptr();
+    g_is_cpu = PyUnicode_InternFromString("is_cpu");
+    const py::object base = py::module_::import("torch").attr("_C").attr("TensorBase");
+    for (int k = 0; k < kNumAttrs; ++k) {
+      PyObject* d = PyDict_GetItemString(reinterpret_cast<PyTypeObject*>(base.ptr())->tp_dict,
+                                         kAttrNames[k]);  // borrowed
+      if (d == nullptr || Py_TYPE(d)->tp_descr_get == nullptr)
+        throw std::runtime_error(std::string("torch._C.TensorBase has no descriptor '") +
+                                 kAttrNames[k] + "'");
+      Py_INCREF(d);
+      g_descr[k] = d;
+    }
+    g_random = PyUnicode_InternFromString("random_");
+    g_zero = PyLong_FromLong(0);
+    g_kw_int64 = PyDict_New();
+    PyDict_SetItemString(g_kw_int64, "dtype", g_int64);
+    g_kw_f32 = PyDict_New();
+    PyDict_SetItemString(g_kw_f32, "dtype", g_dtypes[0]);
+    // Outputs on the CPU whatever torch.set_default_device says.
+    PyDict_SetItemString(g_kw_int64, "device", cpu_device.ptr());
+    PyDict_SetItemString(g_kw_f32, "device", cpu_device.ptr());
+  });
+  // select_op's whole CPU call in one entry (checks, outputs, key draw, kernel): (OpSelection, bad
+  // rows), or None when an input is not the plain case (select_op then takes its Python path).
+  m.def("select_op_lean", &select_op_lean, py::arg("logits"), py::arg("q"), py::arg("mask"),
+        py::arg("noise"), py::arg("deterministic"), py::arg("key_buf"));
+  m.def("select_actions_lean", &select_actions_lean, py::arg("logits"), py::arg("masks"),
+        py::arg("noise"), py::arg("q"), py::arg("slot_by_op"), py::arg("deterministic"),
+        py::arg("key_buf"));
   // select_op on tensors (checked by the caller; contiguous outputs: op [N] int64, floats [4, N]
   // float32). Returns the bad-row count, or -1 (nothing run) when an input's columns are not
   // unit-stride: the caller then copies it and takes the pointer path.
@@ -142,12 +457,8 @@ PYBIND11_MODULE(_C, m) {
       return -1;
     const auto [n, a64] = shape2(logits);
     const int a = static_cast<int>(a64);
-    const uintptr_t f = data_ptr(out_f);
-    const SelectArgs args = make_args(
-        l.ptr, l.dtype, l.row_stride, qv.ptr, qv.dtype, qv.row_stride, mv.ptr, mv.row_stride, nv.ptr,
-        nv.row_stride, key.is_none() ? 0 : data_ptr(key), n, a, deterministic, data_ptr(out_op), f,
-        f + 4 * n, f + 8 * n,
-        f + 12 * n);
+    const SelectArgs args = tensor_args(l, qv, mv, nv, key, n, a, deterministic, data_ptr(out_op),
+                                        rows_of(data_ptr(out_f), n).data());
     if (n * a < 4096) return select_op_cpu(args);  // releasing the GIL costs more than these take
     py::gil_scoped_release release;
     return select_op_cpu(args);
@@ -198,20 +509,33 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release release;
     return select_actions_cpu(a);
   });
-  // Fused whole-action selection over host memory; returns the number of rows with a bad head.
-  m.def("select_actions",
-        [](const Ints& logits, const Ints& logits_dtype, const Ints& logits_stride,
-           const Ints& mask, const Ints& mask_stride, const Ints& noise, const Ints& noise_stride,
-           const Ints& size, uintptr_t q, int q_dtype, int64_t q_stride, uintptr_t slot_by_op,
-           int64_t slot_by_op_stride, uintptr_t key, int64_t n, bool deterministic,
-           uintptr_t out_actions, uintptr_t out_f) {
-          const ActionArgs args = make_action_args(
-              logits, logits_dtype, logits_stride, mask, mask_stride, noise, noise_stride, size,
-              q, q_dtype, q_stride, slot_by_op, slot_by_op_stride, key, n, deterministic,
-              out_actions, out_f);
-          py::gil_scoped_release release;
-          return select_actions_cpu(args);
-        });
+  // Fused whole-action selection over host memory, keyword arguments only (the ActionArgs fields,
+  // per-head lists in HEAD_NAMES order); returns the number of rows with a bad head.
+  m.def("select_actions", [](const py::kwargs& kw) {
+    const ActionArgs args = action_args(Fields("select_actions", kw, {EF_SELECT_ACTIONS_FIELDS}));
+    py::gil_scoped_release release;
+    return select_actions_cpu(args);
+  });
+  // Schema-v2 fused selection: select_actions' fields plus floor, value, value_dtype, value_stride.
+  m.def("select_actions_v2", [](const py::kwargs& kw) {
+    const ActionArgsV2 args =
+        action_args_v2(Fields("select_actions_v2", kw, {EF_SELECT_ACTIONS_V2_FIELDS}));
+    py::gil_scoped_release release;
+    return select_actions_v2_cpu(args);
+  });
+  // Mean nanoseconds per run of the kernel alone (`reps` runs on the pointer entries' fields, no
+  // Python, no allocation): bench_select subtracts it from the call time to report the overhead.
+  m.def("kernel_ns_select_op", [](int64_t reps, const py::kwargs& kw) {
+    const SelectArgs args = select_args(Fields("kernel_ns_select_op", kw, {EF_SELECT_OP_FIELDS}));
+    py::gil_scoped_release release;
+    return time_ns(reps, [&] { select_op_cpu(args); });
+  });
+  m.def("kernel_ns_select_actions", [](int64_t reps, const py::kwargs& kw) {
+    const ActionArgs args =
+        action_args(Fields("kernel_ns_select_actions", kw, {EF_SELECT_ACTIONS_FIELDS}));
+    py::gil_scoped_release release;
+    return time_ns(reps, [&] { select_actions_cpu(args); });
+  });
   // Kernel choice (select_cpu.cpp): names of the kernels this CPU supports, best first; the one in
   // use; and a setter ("auto" = best). Tests run every supported kernel against the reference.
   m.def("cpu_kernels", [] {
@@ -242,5 +566,4 @@ PYBIND11_MODULE(_C, m) {
   m.def("philox_uniform", [](uint64_t key, int64_t row, uint32_t col, uint32_t stream) {
     return philox_uniform(key, row, col, stream);
   });
-  bind_select_actions_v2<false>(m);  // schema-v2 fused selection (bindings_v2.h)
 }

@@ -7,41 +7,35 @@
 #include <string>
 
 #include "bindings_common.h"
-#include "bindings_v2.h"
 #include "select_args.h"
 
 namespace py = pybind11;
 using namespace esper_fast;
 
+namespace {
+
+// A launch's CUDA error string (null = none) as a RuntimeError naming the op.
+void check(const char* err, const char* op) {
+  if (err != nullptr) throw std::runtime_error(std::string("esper_fast cuda ") + op + ": " + err);
+}
+
+}  // namespace
+
 PYBIND11_MODULE(_C_cuda, m) {
   m.doc() = "esper_fast CUDA kernels (raw device pointers + the caller's stream)";
-  // Enqueues select_op on `stream` (torch.cuda.current_stream().cuda_stream); never synchronises.
-  m.def("select_op", [](uintptr_t logits, int logits_dtype, int64_t logits_stride, uintptr_t q,
-                        int q_dtype, int64_t q_stride, uintptr_t mask, int64_t mask_stride,
-                        uintptr_t noise, int64_t noise_stride, uintptr_t key, int64_t n, int a,
-                        bool deterministic, uintptr_t out_op, uintptr_t out_lp, uintptr_t out_ent, uintptr_t out_q,
-         uintptr_t out_v, uintptr_t stream) {
-    const SelectArgs args =
-        make_args(logits, logits_dtype, logits_stride, q, q_dtype, q_stride, mask, mask_stride,
-                  noise, noise_stride, key, n, a, deterministic, out_op, out_lp, out_ent, out_q, out_v);
-    const char* err = select_op_cuda(args, reinterpret_cast<void*>(stream));
-    if (err != nullptr) throw std::runtime_error(std::string("esper_fast cuda select_op: ") + err);
+  // The CPU module's pointer entries (keyword arguments only, bindings_common.h) plus `stream`
+  // (torch.cuda.current_stream().cuda_stream): each enqueues its kernel and never synchronises.
+  m.def("select_op", [](const py::kwargs& kw) {
+    const Fields f("cuda select_op", kw, {EF_SELECT_OP_FIELDS, "stream"});
+    check(select_op_cuda(select_args(f), f.ptr<void>("stream")), "select_op");
   });
-  // Enqueues the fused whole-action kernel on `stream`; never synchronises.
-  m.def("select_actions",
-        [](const Ints& logits, const Ints& logits_dtype, const Ints& logits_stride,
-           const Ints& mask, const Ints& mask_stride, const Ints& noise, const Ints& noise_stride,
-           const Ints& size, uintptr_t q, int q_dtype, int64_t q_stride, uintptr_t slot_by_op,
-           int64_t slot_by_op_stride, uintptr_t key, int64_t n, bool deterministic,
-           uintptr_t out_actions, uintptr_t out_f, uintptr_t stream) {
-          const ActionArgs args = make_action_args(
-              logits, logits_dtype, logits_stride, mask, mask_stride, noise, noise_stride, size,
-              q, q_dtype, q_stride, slot_by_op, slot_by_op_stride, key, n, deterministic,
-              out_actions, out_f);
-          const char* err = select_actions_cuda(args, reinterpret_cast<void*>(stream));
-          if (err != nullptr)
-            throw std::runtime_error(std::string("esper_fast cuda select_actions: ") + err);
-        });
+  m.def("select_actions", [](const py::kwargs& kw) {
+    const Fields f("cuda select_actions", kw, {EF_SELECT_ACTIONS_FIELDS, "stream"});
+    check(select_actions_cuda(action_args(f), f.ptr<void>("stream")), "select_actions");
+  });
+  m.def("select_actions_v2", [](const py::kwargs& kw) {
+    const Fields f("cuda select_actions_v2", kw, {EF_SELECT_ACTIONS_V2_FIELDS, "stream"});
+    check(select_actions_v2_cuda(action_args_v2(f), f.ptr<void>("stream")), "select_actions_v2");
+  });
   m.def("device_count", &cuda_device_count);
-  bind_select_actions_v2<true>(m);  // schema-v2 fused selection (bindings_v2.h)
 }

@@ -59,15 +59,30 @@ struct ActionArgs {
   float* out_f;                    // [kFloatRows, N]: log_prob x8, entropy x8, q_op, value
 };
 
-template <typename T>
-EF_HD const T* offset_row(const T* base, int64_t stride_bytes, int64_t row) {
-  return base == nullptr ? nullptr
-                         : reinterpret_cast<const T*>(reinterpret_cast<const char*>(base) +
-                                                      row * stride_bytes);
-}
-
 // Whether head h depends on the chosen op (style: forced SIGMOID_ADD; slot: slot_by_op).
 EF_HD bool head_needs_op(int h) { return h == kStyleHead || h == kSlotHead; }
+
+// Head h's inputs at row `row` (null where absent; q is the op head's only).
+struct HeadRow {
+  const void* logits;
+  const void* q;
+  const uint8_t* mask;
+  const float* noise;
+};
+
+EF_HD HeadRow head_row(const ActionArgs& a, int64_t row, int h) {
+  return HeadRow{offset_row(a.logits[h], a.logits_stride[h], dtype_size(a.logits_dtype[h]), row),
+                 h == kOpHead ? offset_row(a.q, a.q_stride, dtype_size(a.q_dtype), row) : nullptr,
+                 offset_row(a.mask[h], a.mask_stride[h], 1, row),
+                 offset_row(a.noise[h], a.noise_stride[h], 4, row)};
+}
+
+// The fused op's shared fields, for code written once for ActionArgs and ActionArgsV2.
+EF_HD const ActionArgs& base_args(const ActionArgs& a) { return a; }
+
+// Whether head h is chosen before the op is known (the CUDA kernel's first pass): every head that
+// does not depend on it.
+EF_HD bool head_before_op(const ActionArgs&, int h) { return !head_needs_op(h); }
 
 // Head h of row `row` once the op is known (`op` is ignored by heads that do not need it). A forced
 // style (SIGMOID_ADD) overrides the head's mask, as in the torch and triton backends.
@@ -77,13 +92,10 @@ EF_HD RowResult select_head_row(const ActionArgs& a, int64_t row, int h, int op,
   if (h == kStyleHead) forced = style_forced(op);
   if (h == kSlotHead && a.slot_by_op != nullptr && op >= 0)
     mask2 = a.slot_by_op + row * a.slot_by_op_stride + op * a.size[kSlotHead];
-  const bool is_op = h == kOpHead;
-  return select_row(
-      offset_row(a.logits[h], a.logits_stride[h] * dtype_size(a.logits_dtype[h]), row),
-      a.logits_dtype[h], is_op ? offset_row(a.q, a.q_stride * dtype_size(a.q_dtype), row) : nullptr,
-      a.q_dtype, forced >= 0 ? nullptr : offset_row(a.mask[h], a.mask_stride[h], row), mask2, forced,
-      offset_row(a.noise[h], a.noise_stride[h] * 4, row), a.size[h], a.deterministic, key, row,
-      static_cast<uint32_t>(h + 1));
+  const HeadRow in = head_row(a, row, h);
+  return select_row(in.logits, a.logits_dtype[h], in.q, a.q_dtype, forced >= 0 ? nullptr : in.mask,
+                    mask2, forced, in.noise, a.size[h], a.deterministic, key, row,
+                    static_cast<uint32_t>(h + 1));
 }
 
 // Writes head h's result for `row` (the op head also writes q_op and the expected value).
@@ -98,8 +110,11 @@ EF_HD void write_head(const ActionArgs& a, int64_t row, int h, const RowResult& 
   a.out_f[(kEntropyRow + h) * n + row] = r.entropy;
 }
 
-// Chooses every head of row `row` in turn (the CPU kernel); returns 1 if any head came back bad.
-EF_HD int select_action_row(const ActionArgs& a, int64_t row, uint64_t key) {
+// Chooses every head of row `row` in esper's get_action order (the CPU kernels): the op first, then
+// head_after_op(k) given the op. Args is ActionArgs or ActionArgsV2 (select_actions_v2.h), whose
+// select_head_row / write_head overloads are found at instantiation. Returns 1 if any head was bad.
+template <typename Args>
+EF_HD int select_action_row(const Args& a, int64_t row, uint64_t key) {
   const RowResult op_result = select_head_row(a, row, kOpHead, -1, key);
   write_head(a, row, kOpHead, op_result);
   const int op = static_cast<int>(op_result.action);

@@ -126,23 +126,26 @@ EF_HD RowResult select_row_v2(const HeadRowV2& v, bool deterministic, uint64_t k
   return r;
 }
 
+EF_HD const ActionArgs& base_args(const ActionArgsV2& a) { return a.base; }
+
+// v2's CUDA first pass is the op alone: every other head may be canonicalised by it.
+EF_HD bool head_before_op(const ActionArgsV2&, int h) { return h == kOpHead; }
+
 // Head h of row `row`; `op` is the row's chosen op (ignored for the op head itself).
-EF_HD RowResult select_head_row_v2(const ActionArgsV2& a2, int64_t row, int h, int op,
-                                   uint64_t key) {
+EF_HD RowResult select_head_row(const ActionArgsV2& a2, int64_t row, int h, int op, uint64_t key) {
   const ActionArgs& a = a2.base;
+  const HeadRow in = head_row(a, row, h);
   HeadRowV2 v;
-  v.logits = offset_row(a.logits[h], a.logits_stride[h] * dtype_size(a.logits_dtype[h]), row);
+  v.logits = in.logits;
   v.dtype = a.logits_dtype[h];
-  v.q = nullptr;
+  v.q = in.q;
   v.q_dtype = a.q_dtype;
-  v.mask = offset_row(a.mask[h], a.mask_stride[h], row);
+  v.mask = in.mask;
   v.forced = -1;
-  v.noise = offset_row(a.noise[h], a.noise_stride[h] * 4, row);
+  v.noise = in.noise;
   v.size = a.size[h];
   v.floor = a2.floor[h];
-  if (h == kOpHead) {
-    v.q = offset_row(a.q, a.q_stride * dtype_size(a.q_dtype), row);
-  } else {
+  if (h != kOpHead) {
     if (op < 0) return v2_bad_result();
     if (h == kSlotHead) {
       if (a.slot_by_op != nullptr) v.mask = a.slot_by_op + row * a.slot_by_op_stride + op * v.size;
@@ -160,33 +163,20 @@ EF_HD RowResult select_head_row_v2(const ActionArgsV2& a2, int64_t row, int h, i
 }
 
 // Writes head h's result (the op head also writes q_op, the expected value and the value).
-EF_HD void write_head_v2(const ActionArgsV2& a2, int64_t row, int h, const RowResult& r) {
+EF_HD void write_head(const ActionArgsV2& a2, int64_t row, int h, const RowResult& r) {
   write_head(a2.base, row, h, r);
   if (h == kOpHead) {
     const int64_t n = a2.base.n;
     float value = r.value;
     if (a2.value != nullptr) {
-      const void* vrow = offset_row(a2.value, a2.value_stride * dtype_size(a2.value_dtype), row);
+      const void* vrow = offset_row(a2.value, a2.value_stride, dtype_size(a2.value_dtype), row);
       value = r.action < 0 ? nan_value() : load_float(vrow, a2.value_dtype, 0);
     }
     a2.base.out_f[kStateValueRowV2 * n + row] = value;
   }
 }
 
-// Every head of row `row` in turn (the CPU kernel); returns 1 if any head came back bad.
-EF_HD int select_action_row_v2(const ActionArgsV2& a2, int64_t row, uint64_t key) {
-  const RowResult op_result = select_head_row_v2(a2, row, kOpHead, -1, key);
-  write_head_v2(a2, row, kOpHead, op_result);
-  const int op = static_cast<int>(op_result.action);
-  int bad = op < 0;
-  for (int k = 0; k < kNumHeads - 1; ++k) {
-    const int h = head_after_op(k);
-    const RowResult r = select_head_row_v2(a2, row, h, op, key);
-    write_head_v2(a2, row, h, r);
-    bad |= r.action < 0;
-  }
-  return bad;
-}
+// Every head of a row: select_action_row<ActionArgsV2> (select_actions.h).
 
 // CPU: all rows; returns the number of rows with a bad head.
 int64_t select_actions_v2_cpu(const ActionArgsV2& args);

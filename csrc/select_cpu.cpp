@@ -26,19 +26,12 @@ namespace esper_fast {
 
 namespace {
 
-template <typename T>
-const T* row_ptr(const T* base, int dtype, int64_t stride, int64_t row) {
-  if (base == nullptr) return nullptr;
-  return reinterpret_cast<const T*>(reinterpret_cast<const char*>(base) +
-                                    row * stride * dtype_size(dtype));
-}
-
 int64_t run_row(const SelectArgs& a, uint64_t key, int64_t row) {
   const RowResult r = select_row(
-      row_ptr<void>(a.logits, a.logits_dtype, a.logits_stride, row), a.logits_dtype,
-      row_ptr<void>(a.q, a.q_dtype, a.q_stride, row), a.q_dtype,
-      a.mask != nullptr ? a.mask + row * a.mask_stride : nullptr, nullptr, -1,
-      a.noise != nullptr ? a.noise + row * a.noise_stride : nullptr, a.a, a.deterministic, key,
+      offset_row(a.logits, a.logits_stride, dtype_size(a.logits_dtype), row), a.logits_dtype,
+      offset_row(a.q, a.q_stride, dtype_size(a.q_dtype), row), a.q_dtype,
+      offset_row(a.mask, a.mask_stride, 1, row), nullptr, -1,
+      offset_row(a.noise, a.noise_stride, 4, row), a.a, a.deterministic, key,
       row, 0u);
   a.out_op[row] = r.action;
   a.out_log_prob[row] = r.log_prob;

@@ -67,10 +67,6 @@ struct HeadIn {
   int a;
 };
 
-EF_SI const char* row_addr(const void* base, int64_t row, int64_t stride_bytes) {
-  return static_cast<const char*>(base) + row * stride_bytes;
-}
-
 // Transposes rows [0, nrows) x columns [0, a) of a row-strided array into dst[j * W + k] with
 // conv(element) (exact-size loads: nothing is read outside the input); lanes >= nrows get 0.
 template <typename T, typename D, typename Conv>
@@ -87,7 +83,7 @@ EF_SI void transpose(const char* base, int64_t stride_bytes, int nrows, int a, D
 EF_SI void transpose_float(const void* base, int dtype, int64_t stride, int64_t row0, int nrows,
                            int a, float* dst) {
   const int64_t sb = stride * dtype_size(dtype);
-  const char* p = row_addr(base, row0, sb);
+  const char* p = static_cast<const char*>(offset_row(base, sb, 1, row0));
   if (dtype == kFloat32)
     transpose<float>(p, sb, nrows, a, dst, [](float v) { return v; });
   else if (dtype == kBFloat16)
@@ -191,7 +187,8 @@ EF_SI void load_head(const HeadIn& h, int64_t row0, int nrows, Block& b, const P
     if (full && h.mask_stride == h.a)
       fast_mask(h.mask, row0, h.a, *p, b.M);
     else
-      transpose<uint8_t>(row_addr(h.mask, row0, h.mask_stride), h.mask_stride, nrows, h.a, b.M,
+      transpose<uint8_t>(reinterpret_cast<const char*>(offset_row(h.mask, h.mask_stride, 1, row0)),
+                         h.mask_stride, nrows, h.a, b.M,
                          [](uint8_t v) { return v ? int32_t{-1} : int32_t{0}; });
   } else {
     const vi live = iota<W>() < nrows;
@@ -201,8 +198,8 @@ EF_SI void load_head(const HeadIn& h, int64_t row0, int nrows, Block& b, const P
     if (full && h.noise_stride == h.a)
       fast_float(h.noise, kFloat32, row0, h.a, *p, b.G);
     else
-      transpose<float>(row_addr(h.noise, row0, h.noise_stride * 4), h.noise_stride * 4, nrows,
-                       h.a, b.G, [](float v) { return v; });
+      transpose<float>(reinterpret_cast<const char*>(offset_row(h.noise, h.noise_stride, 4, row0)),
+                       h.noise_stride * 4, nrows, h.a, b.G, [](float v) { return v; });
   }
 }
 

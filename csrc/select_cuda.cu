@@ -1,6 +1,6 @@
-// CUDA backend of select_op. Each row is owned by LANES consecutive lanes of a warp (LANES = the
-// row width padded to a power of two, at most 32); each lane holds EPT elements, interleaved so that
-// consecutive lanes read consecutive columns (coalesced). The per-row math is select_row.h's:
+// CUDA backend of select_op (and cuda_device_count). Each row is owned by LANES consecutive lanes
+// of a warp (LANES = the row width padded to a power of two, at most 32); each lane holds EPT
+// elements, interleaved so that consecutive lanes read consecutive columns (coalesced). The per-row math is select_row.h's:
 // PickState / SumState observed per element, combined across the row's lanes with shuffles.
 #include <cuda_runtime.h>
 
@@ -34,11 +34,6 @@ __device__ __forceinline__ SumState shfl_xor(const SumState& s, int off) {
                   __shfl_xor_sync(full, s.sq, off)};
 }
 
-__device__ __forceinline__ const void* row_base(const void* base, int dtype, int64_t stride,
-                                                int64_t row) {
-  return static_cast<const char*>(base) + row * stride * dtype_size(dtype);
-}
-
 // Each lane group owns RPT rows (loads for all of them are issued before any reduction, so more
 // bytes are in flight per thread), LANES lanes per row, EPT elements per lane.
 template <int LANES, int EPT, int RPT>
@@ -57,9 +52,10 @@ __global__ void __launch_bounds__(kThreads) select_kernel(SelectArgs a) {
   for (int r = 0; r < RPT; ++r) {  // phase 1: loads
     const int64_t row = first_row + r * kRowsPerWarp;
     const bool live = row < a.n;
-    const void* lrow = live ? row_base(a.logits, a.logits_dtype, a.logits_stride, row) : nullptr;
+    const void* lrow =
+        live ? offset_row(a.logits, a.logits_stride, dtype_size(a.logits_dtype), row) : nullptr;
     const void* qrow =
-        (live && a.q != nullptr) ? row_base(a.q, a.q_dtype, a.q_stride, row) : nullptr;
+        live ? offset_row(a.q, a.q_stride, dtype_size(a.q_dtype), row) : nullptr;
 #pragma unroll
     for (int e = 0; e < EPT; ++e) {
       const int j = e * LANES + sub;
@@ -142,51 +138,9 @@ const char* select_op_cuda(const SelectArgs& a, void* stream_ptr) {
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
 }
 
-}  // namespace esper_fast
-
-namespace esper_fast {
-
 int cuda_device_count() {
   int count = 0;
   return cudaGetDeviceCount(&count) == cudaSuccess ? count : 0;
-}
-
-}  // namespace esper_fast
-
-#include "select_actions.h"
-
-namespace esper_fast {
-
-namespace {
-
-// Eight lanes per row, one per head: the op lane and the five op-independent heads run at once,
-// then the op is broadcast by a shuffle and the style and slot lanes apply esper's rules.
-constexpr int kActionThreads = 128;
-
-__global__ void __launch_bounds__(kActionThreads) select_actions_kernel(ActionArgs a) {
-  const int64_t t = static_cast<int64_t>(blockIdx.x) * kActionThreads + threadIdx.x;
-  const int64_t row = t / kNumHeads;
-  const int h = static_cast<int>(t % kNumHeads);
-  const bool live = row < a.n;
-  const bool needs_key = !a.deterministic && a.key != nullptr;
-  const uint64_t key = needs_key ? static_cast<uint64_t>(*a.key) : 0u;
-  RowResult r{0, 0.0f, 0.0f, 0.0f, 0.0f};
-  if (live && !head_needs_op(h)) r = select_head_row(a, row, h, -1, key);
-  const int lane = threadIdx.x & 31;
-  const int op = __shfl_sync(0xffffffffu, static_cast<int>(r.action), (lane & ~(kNumHeads - 1)) | kOpHead);
-  if (live && head_needs_op(h)) r = select_head_row(a, row, h, op, key);
-  if (live) write_head(a, row, h, r);
-}
-
-}  // namespace
-
-const char* select_actions_cuda(const ActionArgs& a, void* stream_ptr) {
-  if (a.n == 0) return nullptr;
-  const int64_t blocks = (a.n * kNumHeads + kActionThreads - 1) / kActionThreads;
-  select_actions_kernel<<<static_cast<unsigned>(blocks), kActionThreads, 0,
-                          static_cast<cudaStream_t>(stream_ptr)>>>(a);
-  const cudaError_t err = cudaGetLastError();
-  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
 }
 
 }  // namespace esper_fast

@@ -55,6 +55,15 @@ enum DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
 EF_HD int dtype_size(int dtype) { return dtype == kFloat32 ? 4 : 2; }
 
+// Row `row` of a row-strided array whose rows are `stride` elements of `elem_bytes` bytes apart (null
+// stays null): the one row-offset helper of every kernel (CPU, SIMD, CUDA).
+template <typename T>
+EF_HD const T* offset_row(const T* base, int64_t stride, int elem_bytes, int64_t row) {
+  return base == nullptr ? nullptr
+                         : reinterpret_cast<const T*>(reinterpret_cast<const char*>(base) +
+                                                      row * stride * elem_bytes);
+}
+
 // Element `i` of a float32/float16/bfloat16 array, as fp32.
 EF_HD float load_float(const void* base, int dtype, int64_t i) {
   if (dtype == kFloat32) return static_cast<const float*>(base)[i];

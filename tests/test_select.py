@@ -300,15 +300,25 @@ def test_unavailable_backend_is_refused_not_replaced():
     assert issubclass(BackendUnavailableError, ValueError)
 
 
-def test_env_var_selects_backend(monkeypatch):
+def test_env_var_selects_backend(monkeypatch, request):
+    from esper_fast.ops.backends import reload_env  # the variable is read at import and by reload_env
+
+    def restore():
+        monkeypatch.undo()  # the variable back first, then re-read it
+        reload_env()
+
+    request.addfinalizer(restore)
     l, q, m = make_inputs(4, 3)
     monkeypatch.setenv("ESPER_FAST_BACKEND", "bogus")
+    reload_env()
     with pytest.raises(ValueError, match=r"ESPER_FAST_BACKEND"):
         select_op(l, q, m)
     monkeypatch.setenv("ESPER_FAST_BACKEND", "cuda")
+    reload_env()
     with pytest.raises(BackendUnavailableError):
         select_op(l, q, m)
     monkeypatch.setenv("ESPER_FAST_BACKEND", "torch")
+    reload_env()
     assert_matches(select_op(l, q, m, deterministic=True), select_op_reference(l, q, m, deterministic=True))
 
 

@@ -13,8 +13,9 @@ Main table, per N x A x dtype x mode (argmax / sample): median µs per call of
   (sampled mode reads no noise), next to ``copy_GBps``: a single-thread memcpy (CPU: torch copy with
   one thread) of the same byte count measured in the same run, counted as read + write.
 
-Call overhead table: select_op / select_actions on an empty batch (N = 0: checks, key draw,
-allocation, binding; no rows) and the bare pybind11 pointer call, per mode.
+Call overhead table: select_op / select_actions per call at N = 0 and N = 64, the kernel alone on the
+same tensors (the cpu module's timing entries) and overhead = call time - kernel time, all measured
+in the same run, per mode; at N = 64 also the eager composition and select_op's speed-up over it.
 Threads table (CPU): one thread vs two with the parallel threshold at 0, to place the crossover.
 """
 
@@ -134,9 +135,13 @@ def run(device: torch.device, ns, as_, dtypes, budget_s: float = 1e9) -> list[di
 
 
 def call_overhead(device: torch.device) -> list[dict]:
-    """Per-call cost with no rows (N = 0): the whole Python + binding path, and the bare binding."""
+    """Per-call cost of the Python + binding path, measured in one run: the whole call (``*_us``), the
+    kernel alone on the same tensors (``*_kernel_us``: the cpu module's timing entries, no Python, no
+    allocation) and their difference (``*_overhead_us``); N = 0 (no rows) and N = 64 (with the eager
+    composition and the speed-up over it for scale). CUDA: the call times only."""
     from esper_fast.constants import HEAD_NAMES, get_action_head_sizes
-    from esper_fast.ops.actions import select_actions
+    from esper_fast.ops._native import action_fields, op_fields, prepare_actions, prepare_op
+    from esper_fast.ops.actions import empty_action_outputs, select_actions
     from esper_fast.ops.select import draw_key, empty_selection
 
     timing = dict(warmup=50, repeats=15, min_time_s=0.02)
@@ -151,14 +156,23 @@ def call_overhead(device: torch.device) -> list[dict]:
             row = dict(N=n, mode="argmax" if det else "sample")
             row["select_op_us"] = median_us(lambda: select_op(logits, q, mask, deterministic=det, validate=False), device, **timing)
             row["select_actions_us"] = median_us(lambda: select_actions(heads, masks, qa, deterministic=det), device, **timing)
-            if device.type == "cpu":
+            if device.type == "cpu" and _cpu_module() is not None:
                 C = _cpu_module()
-                sel, key = empty_selection(n, device), draw_key(device)
-                ptrs = (logits.data_ptr(), 0, 6, q.data_ptr(), 0, 6, mask.data_ptr(), 6, 0, 0,
-                        0 if det else key.data_ptr(), n, 6, det, *[t.data_ptr() for t in sel])  # fmt: skip
-                row["binding_us"] = median_us(lambda: C.select_op(*ptrs), device, **timing)
+                key = None if det else draw_key(device)
+                reps = 2000
+                # the tensors behind the pointers stay referenced while the kernels run
+                op_in, op_out = prepare_op(logits, q, mask, None), empty_selection(n, device)
+                op_f = op_fields(op_in, key, det, op_out)
+                row["select_op_kernel_us"] = min(C.kernel_ns_select_op(reps, **op_f) for _ in range(5)) / 1e3
+                act_in, act_out = prepare_actions(heads, masks, None, qa, None), empty_action_outputs(n, device)
+                act_f = action_fields(act_in, key, det, act_out)
+                row["select_actions_kernel_us"] = min(C.kernel_ns_select_actions(reps, **act_f) for _ in range(5)) / 1e3
+                row["select_op_overhead_us"] = row["select_op_us"] - row["select_op_kernel_us"]
+                row["select_actions_overhead_us"] = row["select_actions_us"] - row["select_actions_kernel_us"]
                 row["draw_key_us"] = median_us(lambda: draw_key(device), device, **timing)
-                row["python_us"] = row["select_op_us"] - row["binding_us"]
+            if n > 0:
+                row["eager_us"] = median_us(lambda: eager_select(logits, q, mask, det), device, **timing)
+                row["select_op_vs_eager"] = row["eager_us"] / row["select_op_us"]
             out.append(row)
             print(row, flush=True)
     _ = HEAD_NAMES
@@ -225,7 +239,7 @@ def merge_runs(paths: list[Path], out: Path, name: str) -> Path:
                 runs=[r["machine"] for r in runs])  # fmt: skip
     path.write_text(json.dumps(data, indent=1))
     md = out / f"{name}.md"
-    extra = "\n## Call overhead (N = 0: no rows; N = 64 for scale)\n\n"
+    extra = "\n## Call overhead (call time, kernel time, overhead = call - kernel; N = 0 and 64)\n\n"
     extra += markdown_table(overhead, list(overhead[0].keys()) if overhead else [])
     if threads:
         extra += "\n\n## Threads (cpu backend, parallel threshold forced to 0)\n\n"
@@ -281,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     data.update(backends=backends, overhead=overhead, threads=threads)
     path.write_text(json.dumps(data, indent=1))
     md = out / f"{name}.md"
-    extra = "\n## Call overhead (N = 0: no rows; N = 64 for scale)\n\n"
+    extra = "\n## Call overhead (call time, kernel time, overhead = call - kernel; N = 0 and 64)\n\n"
     extra += markdown_table(overhead, list(overhead[0].keys()) if overhead else [])
     if threads:
         extra += "\n\n## Threads (cpu backend, parallel threshold forced to 0)\n\n"

@@ -14,10 +14,10 @@ from torch import Tensor
 
 from esper_fast.constants import HEAD_NAMES
 from esper_fast.errors import InvalidActionMaskError, no_valid_actions_message, nonfinite_logits_message
-from esper_fast.ops.backends import resolve_backend
+from esper_fast.ops.backends import lean_select_actions, resolve_backend
 from esper_fast.ops.checks import check_action_dicts, check_noise_finite
 from esper_fast.ops.layout import ACTION_ROWS, ENTROPY_ROW, FLOAT_ROWS, LOG_PROB_ROW, Q_OP_ROW, VALUE_ROW
-from esper_fast.ops.select import FLOAT_DTYPES, draw_key, select_op
+from esper_fast.ops.select import FLOAT_DTYPES, _is_compiling, _key_buffer, draw_key, select_op
 from esper_fast.rules import AFTER_OP, compose_heads
 from esper_fast.types import ActionSelection
 
@@ -25,6 +25,7 @@ __all__ = ["ActionSelection", "select_actions", "empty_action_outputs", "unpack_
 
 _ORDER = ("op",) + AFTER_OP  # dict order of every ActionSelection (esper's get_action order)
 _IDX = {h: i for i, h in enumerate(HEAD_NAMES)}
+_NO_NOISE: dict = {}
 
 
 def empty_action_outputs(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -106,6 +107,18 @@ def select_actions(
         alpha_target, alpha_speed, alpha_curve); bad rows get action -1 and NaN.
     """
     masks = check_action_dicts(logits, masks, q, noise)
+    if fused and generator is None and not (validate and noise) and not _is_compiling():
+        lean = lean_select_actions(backend)  # the cpu backend's one C++ entry (checks, outputs, key, kernel)
+        if lean is not None:
+            g = noise or _NO_NOISE
+            res = lean([logits.get(h) for h in HEAD_NAMES], [masks.get(h) for h in HEAD_NAMES],
+                       [g.get(h) for h in HEAD_NAMES], q, slot_by_op, bool(deterministic),
+                       _key_buffer())  # fmt: skip
+            if res is not None:  # None: not the plain case, nothing drawn or run; the path below decides
+                sel = unpack_action_outputs(res[0], res[1])
+                if validate and res[2]:
+                    raise_for_bad_rows(sel.actions, logits, masks, rules="style override / slot_by_op")
+                return sel
     n, device = _check(logits, masks, q, noise, slot_by_op)
     if validate:
         check_noise_finite(noise)

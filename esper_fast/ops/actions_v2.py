@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from esper_fast.constants import HEAD_NAMES
-from esper_fast.ops._native import DTYPE_CODES, unit_cols
+from esper_fast.ops._native import prepare_actions, run_native_actions
 from esper_fast.ops.actions import _check, raise_for_bad_rows
 from esper_fast.ops.layout import (
     ACTION_ROWS, ENTROPY_ROW, FLOAT_ROWS_V2, LOG_PROB_ROW, Q_OP_ROW, STATE_VALUE_ROW_V2, VALUE_ROW, write_selection,
@@ -27,7 +27,7 @@ from esper_fast.ops.layout import (
 from esper_fast.ops.backends import (
     _cpu_module,
     _cuda_module,
-    _triton_module,
+    device_guard,
     resolve_backend,
 )
 from esper_fast.ops.select import FLOAT_DTYPES, draw_key
@@ -84,41 +84,24 @@ def _run_torch(logits, masks, q, value, floors, noise, slot_by_op, key, determin
     out[1][STATE_VALUE_ROW_V2].copy_(sel.values)
 
 
-def _native_args(logits, masks, q, value, floors, noise, slot_by_op, key, deterministic, out) -> tuple:
-    per_head = lambda d: [d.get(h) for h in HEAD_NAMES]
-    ls = [unit_cols(logits[h]) for h in HEAD_NAMES]
-    ms = [None if m is None else unit_cols(m) for m in per_head(masks)]
-    gs = [None if g is None else unit_cols(g.float()) for g in per_head(noise)]
-    q = unit_cols(q)
-    sbo = None if slot_by_op is None else slot_by_op.contiguous()
-    ptr = lambda t: 0 if t is None else t.data_ptr()
-    stride = lambda t: 0 if t is None else t.stride(0)
-    return (
-        [t.data_ptr() for t in ls], [DTYPE_CODES[t.dtype] for t in ls], [t.stride(0) for t in ls],
-        [ptr(m) for m in ms], [stride(m) for m in ms], [ptr(g) for g in gs], [stride(g) for g in gs],
-        [t.shape[1] for t in ls], q.data_ptr(), DTYPE_CODES[q.dtype], q.stride(0),
-        ptr(sbo), stride(sbo), ptr(key), ls[0].shape[0], deterministic, out[0].data_ptr(), out[1].data_ptr(),
-        list(floors), ptr(value), 0 if value is None else DTYPE_CODES[value.dtype], stride(value),
-    ), (ls, ms, gs, q, sbo, value)  # fmt: skip  (second item keeps the converted tensors alive)
-
-
 def _run_cpu(logits, masks, q, value, floors, noise, slot_by_op, key, deterministic, out) -> int:
-    args, _alive = _native_args(logits, masks, q, value, floors, noise, slot_by_op, key, deterministic, out)
-    return _cpu_module()[0].select_actions_v2(*args)
+    inp = prepare_actions(logits, masks, noise, q, slot_by_op)
+    return run_native_actions(_cpu_module()[0], inp, key, deterministic, out, floors=floors, value=value)
 
 
 def _run_cuda(logits, masks, q, value, floors, noise, slot_by_op, key, deterministic, out) -> None:
-    args, _alive = _native_args(logits, masks, q, value, floors, noise, slot_by_op, key, deterministic, out)
-    _cuda_module()[0].select_actions_v2(*args, torch.cuda.current_stream(q.device).cuda_stream)
+    with device_guard(q.device):
+        inp = prepare_actions(logits, masks, noise, q, slot_by_op)
+        run_native_actions(_cuda_module()[0], inp, key, deterministic, out,
+                           torch.cuda.current_stream(q.device).cuda_stream, floors=floors, value=value)  # fmt: skip
 
 
 def _run_triton(logits, masks, q, value, floors, noise, slot_by_op, key, deterministic, out) -> None:
     from esper_fast.ops.triton_actions_v2 import select_actions_v2_triton
 
-    _triton_module()  # raises nothing; availability was checked by resolve_backend
-    per_head = lambda d: [d.get(h) for h in HEAD_NAMES]
-    select_actions_v2_triton([logits[h] for h in HEAD_NAMES], per_head(masks), per_head(noise), q, value,
-                             floors, slot_by_op, key, deterministic, out)  # fmt: skip
+    with device_guard(q.device):
+        select_actions_v2_triton(prepare_actions(logits, masks, noise, q, slot_by_op), value, floors, key,
+                                 deterministic, out)  # fmt: skip
 
 
 _RUNNERS = {"torch": _run_torch, "cpu": _run_cpu, "cuda": _run_cuda, "triton": _run_triton}

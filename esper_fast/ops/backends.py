@@ -10,7 +10,8 @@ triton    CUDA tensors (CPU tensors only      esper_fast/ops/triton_select.py
           under TRITON_INTERPRET=1)
 ========  ==================================  ===============================================
 
-``backend="auto"`` (or the ``ESPER_FAST_BACKEND`` environment variable) picks ``cpu`` for CPU tensors
+``backend="auto"`` (or the ``ESPER_FAST_BACKEND`` environment variable, read once at import and again
+by :func:`reload_env`) picks ``cpu`` for CPU tensors
 and, for CUDA tensors, by size (:func:`prefer_triton`, from the crossover measured on an H100 in
 benchmarks/results/): ``triton`` for wide, large inputs, ``cuda`` otherwise (its C++ launch costs a
 fraction of Triton's Python launch, which decides every small call). ``torch`` is used only when
@@ -31,13 +32,13 @@ from torch import Tensor
 
 from esper_fast.errors import BackendUnavailableError
 from esper_fast.constants import HEAD_NAMES
-from esper_fast.ops._native import load_module, run_native, run_native_actions
+from esper_fast.ops._native import load_module, prepare_actions, run_native, run_native_actions
 from esper_fast.ops.layout import write_selection
 from esper_fast.reference.actions import select_actions_reference
 from esper_fast.reference.select import select_op_reference
 from esper_fast.types import OpSelection
 
-__all__ = ["BACKEND_NAMES", "available_backends", "resolve_backend", "Backend"]
+__all__ = ["BACKEND_NAMES", "available_backends", "lean_select_actions", "lean_select_op", "reload_env", "resolve_backend", "Backend"]
 
 BACKEND_NAMES = ("torch", "cpu", "cuda", "triton")
 ENV_VAR = "ESPER_FAST_BACKEND"
@@ -61,10 +62,6 @@ class Backend:
     # into one C++ entry. None: select_op / select_actions use run / run_actions.
     run_lean: "Callable[..., int | None] | None" = None
     run_actions_lean: "Callable[..., int | None] | None" = None
-
-
-def _per_head(d: dict, default=None) -> list:
-    return [d.get(h, default) for h in HEAD_NAMES]
 
 
 # ---- torch (reference) --------------------------------------------------------------------------
@@ -92,6 +89,7 @@ def _cpu_module():
     mod, why = load_module("_C")
     if mod is not None:
         mod.register_dtypes(torch.float32, torch.float16, torch.bfloat16)  # for the lean entries
+        mod.register_lean(Tensor, torch.empty, torch.bool, torch.int64, OpSelection, 2**63 - 1, torch.device("cpu"))
     return mod, why
 
 
@@ -100,8 +98,8 @@ def _run_cpu(logits, q, mask, noise, key, deterministic, out) -> int:
 
 
 def _run_actions_cpu(logits, masks, q, noise, slot_by_op, key, deterministic, out) -> int:
-    return run_native_actions(_cpu_module()[0], _per_head(logits), _per_head(masks), _per_head(noise),
-                              q, slot_by_op, key, deterministic, out)  # fmt: skip
+    return run_native_actions(_cpu_module()[0], prepare_actions(logits, masks, noise, q, slot_by_op), key,
+                              deterministic, out)  # fmt: skip
 
 
 def _run_cpu_lean(logits, q, mask, noise, key, deterministic, op, f) -> int:
@@ -164,8 +162,8 @@ def _run_cuda(logits, q, mask, noise, key, deterministic, out) -> None:
 def _run_actions_cuda(logits, masks, q, noise, slot_by_op, key, deterministic, out) -> None:
     with device_guard(q.device):
         stream = torch.cuda.current_stream(q.device).cuda_stream
-        run_native_actions(_cuda_module()[0], _per_head(logits), _per_head(masks), _per_head(noise),
-                           q, slot_by_op, key, deterministic, out, stream=stream)  # fmt: skip
+        run_native_actions(_cuda_module()[0], prepare_actions(logits, masks, noise, q, slot_by_op), key,
+                           deterministic, out, stream=stream)  # fmt: skip
 
 
 def _cuda_why_not(device: torch.device) -> str | None:
@@ -198,7 +196,7 @@ def _run_triton(logits, q, mask, noise, key, deterministic, out) -> None:
 def _run_actions_triton(logits, masks, q, noise, slot_by_op, key, deterministic, out) -> None:
     with device_guard(q.device):
         _triton_module()[0].select_actions_triton(
-            _per_head(logits), _per_head(masks), _per_head(noise), q, slot_by_op, key, deterministic, out
+            prepare_actions(logits, masks, noise, q, slot_by_op), key, deterministic, out
         )
 
 
@@ -248,10 +246,52 @@ def resolve_backend(requested: str, device: torch.device, shape: tuple[int, int]
 
     ``shape`` (rows, width) lets ``auto`` pick by size on CUDA (see :func:`prefer_triton`).
     """
-    env = os.environ.get(ENV_VAR)
+    env = _ENV_BACKEND
     if device == _CPU and requested in _CPU_CACHED:  # depends only on (requested, env): cached
         return _resolve_cpu(requested, env)
     return _resolve(requested, env, device, shape)
+
+
+_ENV_BACKEND = os.environ.get(ENV_VAR)
+"""``$ESPER_FAST_BACKEND`` as read at import (and by :func:`reload_env`): not re-read on every call."""
+
+
+def reload_env() -> None:
+    """Re-reads ``$ESPER_FAST_BACKEND`` (read once at import; call this after changing it in-process)."""
+    global _ENV_BACKEND
+    _ENV_BACKEND = os.environ.get(ENV_VAR)
+    _LEAN_SELECT_OP.clear()
+    _LEAN_SELECT_ACTIONS.clear()
+
+
+_LEAN_SELECT_OP: dict[str, "Callable | None"] = {}
+_LEAN_SELECT_ACTIONS: dict[str, "Callable | None"] = {}
+
+
+def _lean(requested: str, cache: dict, entry: str) -> "Callable | None":
+    try:
+        return cache[requested]
+    except (KeyError, TypeError):  # TypeError: an unhashable backend, left to the regular path
+        pass
+    try:
+        lean = getattr(_cpu_module()[0], entry) if resolve_backend(requested, _CPU).name == "cpu" else None
+    except (ValueError, TypeError):
+        return None
+    cache[requested] = lean
+    return lean
+
+
+def lean_select_op(requested: str) -> "Callable | None":
+    """The cpu module's one-entry ``select_op_lean`` when ``requested`` resolves to the cpu backend for
+    CPU tensors, else None (cached per name until :func:`reload_env`; resolution errors are left to
+    the regular path, which raises them). The entry declines (returns None) anything but the plain
+    case, so every check keeps its message."""
+    return _lean(requested, _LEAN_SELECT_OP, "select_op_lean")
+
+
+def lean_select_actions(requested: str) -> "Callable | None":
+    """``select_actions_lean`` of the cpu module, as :func:`lean_select_op`."""
+    return _lean(requested, _LEAN_SELECT_ACTIONS, "select_actions_lean")
 
 
 _CPU = torch.device("cpu")  # compared with ==: cheaper than device.type on the hot path

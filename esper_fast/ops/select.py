@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import Tensor
 
 from esper_fast.errors import InvalidActionMaskError, no_valid_actions_message, nonfinite_logits_message
-from esper_fast.ops.backends import resolve_backend
+from esper_fast.ops.backends import lean_select_op, resolve_backend
 from esper_fast.ops.checks import check_out_not_aliased, normalize_out, out_overlaps_inputs
 from esper_fast.types import OpSelection
 
@@ -16,6 +18,21 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _KEY_HIGH = 2**63 - 1
 _KEY_SHAPE = (1,)
 _INT64, _FLOAT32 = torch.int64, torch.float32
+
+
+_is_compiling = torch.compiler.is_compiling
+_THREAD = threading.local()
+
+
+def _key_buffer() -> Tensor:
+    """This thread's int64 ``[1]`` CPU tensor into which the lean entry draws the key (in place, with
+    ``random_(0, 2**63 - 1)`` from the default generator: the value :func:`draw_key` would give; the
+    kernel reads it before the entry returns, so one buffer per thread suffices)."""
+    try:
+        return _THREAD.key
+    except AttributeError:
+        _THREAD.key = torch.empty(_KEY_SHAPE, dtype=_INT64, device="cpu")
+        return _THREAD.key
 
 
 def draw_key(device: torch.device, generator: torch.Generator | None = None) -> Tensor:
@@ -146,6 +163,15 @@ def select_op(
         ValueError: ``validate`` and a non-finite logit at a valid entry.
         BackendUnavailableError: an explicitly requested backend cannot run on these tensors.
     """
+    if out is None and generator is None and not _is_compiling():
+        lean = lean_select_op(backend)  # the cpu backend's one C++ entry (checks, outputs, key, kernel)
+        if lean is not None:
+            res = lean(logits, q, mask, noise, bool(deterministic), _key_buffer())
+            if res is not None:  # None: not the plain case, nothing drawn or run; the path below decides
+                sel, bad = res
+                if validate and (bad or (noise is not None and not deterministic)):
+                    _raise_for_bad_rows(logits, mask, None if deterministic else noise, sel.op, bad)
+                return sel
     if isinstance(logits, Tensor) and logits.dim() == 2:
         out = normalize_out(out, logits.shape[0])
     _check_args(logits, q, mask, noise, out)

@@ -3,8 +3,8 @@
 
 One program owns a block of rows; each head is a ``[BLOCK_N, BLOCK_A]`` tile. The op tile is chosen
 first (floored, with Q and the expected value), then the seven other heads with esper HEAD's
-canonicalisation and their floors. Reuses ``_philox_gumbel`` and ``_choose`` of
-:mod:`esper_fast.ops.triton_select` (same Philox streams as csrc/, so seeded calls agree across
+canonicalisation and their floors. Reuses ``_load_tile``, ``_choose`` and ``_store_head`` of
+:mod:`esper_fast.ops.triton_select` and its launch argument lists (same Philox streams as csrc/, so seeded calls agree across
 backends). Runs on CPU tensors under ``TRITON_INTERPRET=1``.
 """
 
@@ -15,9 +15,10 @@ import triton.language as tl
 from torch import Tensor
 
 from esper_fast.ops import layout
-from esper_fast.ops._native import unit_cols
+from esper_fast.ops._native import ActionInputs
 from esper_fast.ops.triton_select import (
-    _ENTROPY_ROW, _LOG_PROB_ROW, _Q_OP_ROW, _TILE, _VALUE_ROW, _choose, _philox_gumbel, block_sizes,
+    _Q_OP_ROW, _VALUE_ROW, _choose, _load_tile, _store_head, fused_block_n, head_args,
+    head_flags, optional_arg,
 )  # fmt: skip
 
 _STATE_VALUE_ROW_V2 = tl.constexpr(layout.STATE_VALUE_ROW_V2)
@@ -63,42 +64,28 @@ def _head_v2(
     CANON: tl.constexpr, RELEVANT: tl.constexpr, DETERMINISTIC: tl.constexpr,
 ):  # fmt: skip
     """One non-op head: H its HEAD_NAMES index; RELEVANT a bitmask of ops for which it is free
-    (ignored for slot, H == 0), CANON its canonical action."""
-    cols = tl.arange(0, BLOCK_A)[None, :]
-    inb = (rows < N) & (cols < SIZE)
-    l = tl.load(l_ptr + rows * stride_l + cols, mask=inb, other=0.0).to(tl.float32)
-    valid = inb
+    (ignored for slot, H == 0), CANON its canonical action. With HAS_SBO the slot head's mask flag is
+    off (the launcher clears it): slot_by_op[row, op] replaces the mask."""
+    cols, inb, l, _, valid, g = _load_tile(
+        l_ptr, stride_l, l_ptr, 0, m_ptr, stride_m, g_ptr, stride_g, key_ptr, rows, N, SIZE,
+        BLOCK_A, False, HAS_MASK, HAS_NOISE, H + 1, DETERMINISTIC,
+    )  # fmt: skip
     if H == 0:
         if HAS_SBO:
             opc = tl.maximum(op, 0)[:, None]
             valid = inb & (tl.load(sbo_ptr + rows * stride_sbo + opc * SIZE + cols, mask=inb, other=0) != 0)
-        elif HAS_MASK:
-            valid = inb & (tl.load(m_ptr + rows * stride_m + cols, mask=inb, other=0) != 0)
         first = tl.min(tl.where(valid, cols, BLOCK_A), axis=1)
         first = tl.where(first == BLOCK_A, 0, first)
         valid = tl.where((op == 0)[:, None], inb & (cols == first[:, None]), valid)
     else:
-        if HAS_MASK:
-            valid = inb & (tl.load(m_ptr + rows * stride_m + cols, mask=inb, other=0) != 0)
         opc = tl.minimum(tl.maximum(op, 0), 31)
         relevant = ((RELEVANT >> opc) & 1) != 0
         valid = tl.where(relevant[:, None], valid, inb & (cols == CANON))
     valid = valid & (op >= 0)[:, None]
     if HAS_FLOOR:
         l = _floor_tile(l, valid, floor)
-    g = tl.zeros([rows.shape[0], BLOCK_A], dtype=tl.float32)
-    if not DETERMINISTIC:
-        if HAS_NOISE:
-            g = tl.load(g_ptr + rows * stride_g + cols, mask=inb, other=0.0).to(tl.float32)
-        else:
-            g = _philox_gumbel(key_ptr, rows, cols, H + 1)
     act, logp, ent, _, _ = _choose(l, l * 0.0, valid, g, cols, DETERMINISTIC)
-    r = tl.reshape(rows, [rows.shape[0]])
-    live = r < N
-    tl.store(act_ptr + H * N + r, act, mask=live)
-    tl.store(f_ptr + (_LOG_PROB_ROW + H) * N + r, logp, mask=live)
-    tl.store(f_ptr + (_ENTROPY_ROW + H) * N + r, _normalize(ent, valid), mask=live)
-
+    _store_head(act_ptr, f_ptr, tl.reshape(rows, [rows.shape[0]]), N, act, logp, _normalize(ent, valid), H)
 
 @triton.jit
 def _select_actions_v2_kernel(
@@ -118,26 +105,15 @@ def _select_actions_v2_kernel(
     r = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = r.to(tl.int64)[:, None]
     # ---- op (head 7): chosen once, floored, with the q_head values
-    cols = tl.arange(0, B7)[None, :]
-    inb = (rows < N) & (cols < S7)
-    l = tl.load(l7 + rows * sl7 + cols, mask=inb, other=0.0).to(tl.float32)
-    q = tl.load(q_ptr + rows * stride_q + cols, mask=inb, other=0.0).to(tl.float32)
-    valid = inb
-    if (HAS_MASK >> 7) & 1:
-        valid = valid & (tl.load(m7 + rows * sm7 + cols, mask=inb, other=0) != 0)
+    cols, _, l, q, valid, g = _load_tile(
+        l7, sl7, q_ptr, stride_q, m7, sm7, g7, sg7, key_ptr, rows, N, S7,
+        B7, True, (HAS_MASK >> 7) & 1, (HAS_NOISE >> 7) & 1, 8, DETERMINISTIC,
+    )  # fmt: skip
     if (HAS_FLOOR >> 7) & 1:
         l = _floor_tile(l, valid, f7)
-    g = tl.zeros([BLOCK_N, B7], dtype=tl.float32)
-    if not DETERMINISTIC:
-        if (HAS_NOISE >> 7) & 1:
-            g = tl.load(g7 + rows * sg7 + cols, mask=inb, other=0.0).to(tl.float32)
-        else:
-            g = _philox_gumbel(key_ptr, rows, cols, 8)
     op, logp, ent, q_op, expected = _choose(l, q, valid, g, cols, DETERMINISTIC)
+    _store_head(act_ptr, f_ptr, r, N, op, logp, _normalize(ent, valid), 7)
     live = r < N
-    tl.store(act_ptr + 7 * N + r, op, mask=live)
-    tl.store(f_ptr + (_LOG_PROB_ROW + 7) * N + r, logp, mask=live)
-    tl.store(f_ptr + (_ENTROPY_ROW + 7) * N + r, _normalize(ent, valid), mask=live)
     tl.store(f_ptr + _Q_OP_ROW * N + r, q_op, mask=live)
     tl.store(f_ptr + _VALUE_ROW * N + r, expected, mask=live)
     value = expected
@@ -164,40 +140,26 @@ def _select_actions_v2_kernel(
 
 
 def select_actions_v2_triton(
-    logits: list[Tensor],
-    masks: list[Tensor | None],
-    noise: list[Tensor | None],
-    q: Tensor,
+    inp: ActionInputs,
     value: Tensor | None,
     floors: list[float],
-    slot_by_op: Tensor | None,
     key: Tensor | None,
     deterministic: bool,
     out: tuple[Tensor, Tensor],
 ) -> None:
-    """Launches the v2 kernel (heads in HEAD_NAMES order) writing ``out = (actions [8, N], floats [19, N])``."""
-    n = q.shape[0]
+    """Launches the v2 kernel on :func:`esper_fast.ops._native.prepare_actions`' inputs (heads in HEAD_NAMES
+    order) writing ``out = (actions [8, N], floats [19, N])``."""
+    n = inp.q.shape[0]
     if n == 0:
         return
-    logits = [unit_cols(t) for t in logits]
-    masks = [None if m is None else unit_cols(m) for m in masks]
-    noise = [None if g is None else unit_cols(g.float()) for g in noise]
-    q = unit_cols(q)
-    slot_by_op = None if slot_by_op is None else slot_by_op.contiguous()
-    sizes = [t.shape[1] for t in logits]
-    block_n, _ = block_sizes(n, max(sizes), _TILE // 2)
-    dummy = q
-    flags = lambda ts: sum(1 << i for i, t in enumerate(ts) if t is not None)
+    block_n = fused_block_n(inp)
+    mask_flags = head_flags(inp.masks) & ~(1 if inp.slot_by_op is not None else 0)  # slot_by_op replaces slot's mask
     _select_actions_v2_kernel[(triton.cdiv(n, block_n),)](
-        *logits, *[t.stride(0) for t in logits],
-        *[dummy if m is None else m for m in masks], *[0 if m is None else m.stride(0) for m in masks],
-        *[dummy if g is None else g for g in noise], *[0 if g is None else g.stride(0) for g in noise],
-        *[float(f) for f in floors],
-        q, q.stride(0), dummy if value is None else value, 0 if value is None else value.stride(0),
-        dummy if slot_by_op is None else slot_by_op, 0 if slot_by_op is None else slot_by_op.stride(0),
-        dummy if key is None else key, out[0], out[1], n,
-        *sizes, *[triton.next_power_of_2(s) for s in sizes],
-        HAS_MASK=flags(masks), HAS_NOISE=flags(noise), HAS_FLOOR=sum(1 << i for i, f in enumerate(floors) if f > 0),
-        HAS_SBO=slot_by_op is not None, HAS_VALUE=value is not None,
+        *head_args(inp), *[float(f) for f in floors],
+        inp.q, inp.q.stride(0), *optional_arg(value, inp.q), *optional_arg(inp.slot_by_op, inp.q),
+        inp.q if key is None else key, out[0], out[1], n,
+        *inp.sizes, *[triton.next_power_of_2(s) for s in inp.sizes],
+        HAS_MASK=mask_flags, HAS_NOISE=head_flags(inp.noise), HAS_FLOOR=head_flags([f if f > 0 else None for f in floors]),
+        HAS_SBO=inp.slot_by_op is not None, HAS_VALUE=value is not None,
         DETERMINISTIC=deterministic, BLOCK_N=block_n, num_warps=4,
     )  # fmt: skip

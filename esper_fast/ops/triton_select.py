@@ -15,10 +15,11 @@ import triton.language as tl
 from torch import Tensor
 
 from esper_fast.ops import layout
-from esper_fast.ops._native import unit_cols
+from esper_fast.ops._native import ActionInputs, prepare_op
 from esper_fast.types import OpSelection
 
-__all__ = ["select_op_triton", "select_actions_triton", "block_sizes"]
+__all__ = ["select_op_triton", "select_actions_triton", "block_sizes", "head_args", "head_flags", "fused_block_n",
+           "optional_arg"]
 
 # The fused output layout (esper_fast/ops/layout.py) as compile-time constants of the kernels.
 _LOG_PROB_ROW = tl.constexpr(layout.LOG_PROB_ROW)
@@ -71,6 +72,42 @@ def _choose(l, q, valid, g, cols, DETERMINISTIC: tl.constexpr):
 
 
 @triton.jit
+def _load_tile(
+    l_ptr, stride_l, q_ptr, stride_q, m_ptr, stride_m, g_ptr, stride_g, key_ptr, rows, N, A,
+    BLOCK_A: tl.constexpr, HAS_Q: tl.constexpr, HAS_MASK: tl.constexpr, HAS_NOISE: tl.constexpr,
+    STREAM: tl.constexpr, DETERMINISTIC: tl.constexpr,
+):  # fmt: skip
+    """One head's ``[BN, BLOCK_A]`` tile for rows ``[BN, 1]`` (every kernel's loads, written once) ->
+    (cols, in-bounds, logits fp32, q fp32 (0 without HAS_Q), valid, Gumbel noise (0 when DETERMINISTIC);
+    the noise is explicit (HAS_NOISE) or Philox stream STREAM)."""
+    cols = tl.arange(0, BLOCK_A)[None, :]
+    inb = (rows < N) & (cols < A)
+    l = tl.load(l_ptr + rows * stride_l + cols, mask=inb, other=0.0).to(tl.float32)
+    q = tl.zeros([rows.shape[0], BLOCK_A], dtype=tl.float32)
+    if HAS_Q:
+        q = tl.load(q_ptr + rows * stride_q + cols, mask=inb, other=0.0).to(tl.float32)
+    valid = inb
+    if HAS_MASK:
+        valid = valid & (tl.load(m_ptr + rows * stride_m + cols, mask=inb, other=0) != 0)
+    g = tl.zeros([rows.shape[0], BLOCK_A], dtype=tl.float32)
+    if not DETERMINISTIC:
+        if HAS_NOISE:
+            g = tl.load(g_ptr + rows * stride_g + cols, mask=inb, other=0.0).to(tl.float32)
+        else:
+            g = _philox_gumbel(key_ptr, rows, cols, STREAM)
+    return cols, inb, l, q, valid, g
+
+
+@triton.jit
+def _store_head(act_ptr, f_ptr, r, N, act, logp, ent, H: tl.constexpr):
+    """Head H's action, log-prob and entropy into the fused outputs (ops/layout.py rows)."""
+    live = r < N
+    tl.store(act_ptr + H * N + r, act, mask=live)
+    tl.store(f_ptr + (_LOG_PROB_ROW + H) * N + r, logp, mask=live)
+    tl.store(f_ptr + (_ENTROPY_ROW + H) * N + r, ent, mask=live)
+
+
+@triton.jit
 def _select_op_kernel(
     logits_ptr, q_ptr, mask_ptr, noise_ptr, key_ptr,
     op_ptr, logp_ptr, ent_ptr, qop_ptr, val_ptr,
@@ -80,21 +117,10 @@ def _select_op_kernel(
 ):  # fmt: skip
     r = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = r.to(tl.int64)[:, None]  # [BN, 1]
-    cols = tl.arange(0, BLOCK_A)[None, :]  # [1, BA]
-    inb = (rows < N) & (cols < A)
-    l = tl.load(logits_ptr + rows * stride_l + cols, mask=inb, other=0.0).to(tl.float32)
-    q = tl.zeros([BLOCK_N, BLOCK_A], dtype=tl.float32)
-    if HAS_Q:
-        q = tl.load(q_ptr + rows * stride_q + cols, mask=inb, other=0.0).to(tl.float32)
-    valid = inb
-    if HAS_MASK:
-        valid = valid & (tl.load(mask_ptr + rows * stride_m + cols, mask=inb, other=0) != 0)
-    g = tl.zeros([BLOCK_N, BLOCK_A], dtype=tl.float32)
-    if not DETERMINISTIC:
-        if HAS_NOISE:
-            g = tl.load(noise_ptr + rows * stride_n + cols, mask=inb, other=0.0).to(tl.float32)
-        else:
-            g = _philox_gumbel(key_ptr, rows, cols, 0)
+    cols, _, l, q, valid, g = _load_tile(
+        logits_ptr, stride_l, q_ptr, stride_q, mask_ptr, stride_m, noise_ptr, stride_n, key_ptr, rows, N, A,
+        BLOCK_A, HAS_Q, HAS_MASK, HAS_NOISE, 0, DETERMINISTIC,
+    )  # fmt: skip
     act, logp, ent, q_sel, val = _choose(l, q, valid, g, cols, DETERMINISTIC)
     live = r < N
     tl.store(op_ptr + r, act, mask=live)
@@ -113,12 +139,10 @@ def _head(
 ):  # fmt: skip
     """One non-op head of the fused kernel. RULE: 0 none, 1 style (forced unless op in {1, 2}),
     2 slot restricted by slot_by_op[row, op]."""
-    cols = tl.arange(0, BLOCK_A)[None, :]
-    inb = (rows < N) & (cols < SIZE)
-    l = tl.load(l_ptr + rows * stride_l + cols, mask=inb, other=0.0).to(tl.float32)
-    valid = inb
-    if HAS_MASK:
-        valid = valid & (tl.load(m_ptr + rows * stride_m + cols, mask=inb, other=0) != 0)
+    cols, inb, l, _, valid, g = _load_tile(
+        l_ptr, stride_l, l_ptr, 0, m_ptr, stride_m, g_ptr, stride_g, key_ptr, rows, N, SIZE,
+        BLOCK_A, False, HAS_MASK, HAS_NOISE, H + 1, DETERMINISTIC,
+    )  # fmt: skip
     if RULE == 1:
         free = (op == 1) | (op == 2)
         valid = tl.where(free[:, None], valid, inb & (cols == 2))
@@ -126,19 +150,8 @@ def _head(
         opc = tl.maximum(op, 0)[:, None]
         sb_ok = inb & (op >= 0)[:, None]
         valid = valid & (tl.load(sbo_ptr + rows * stride_sbo + opc * SIZE + cols, mask=sb_ok, other=1) != 0)
-    g = tl.zeros([rows.shape[0], BLOCK_A], dtype=tl.float32)
-    if not DETERMINISTIC:
-        if HAS_NOISE:
-            g = tl.load(g_ptr + rows * stride_g + cols, mask=inb, other=0.0).to(tl.float32)
-        else:
-            g = _philox_gumbel(key_ptr, rows, cols, H + 1)
     act, logp, ent, _, _ = _choose(l, l * 0.0, valid, g, cols, DETERMINISTIC)
-    r = tl.reshape(rows, [rows.shape[0]])
-    live = r < N
-    tl.store(act_ptr + H * N + r, act, mask=live)
-    tl.store(f_ptr + (_LOG_PROB_ROW + H) * N + r, logp, mask=live)
-    tl.store(f_ptr + (_ENTROPY_ROW + H) * N + r, ent, mask=live)
-
+    _store_head(act_ptr, f_ptr, tl.reshape(rows, [rows.shape[0]]), N, act, logp, ent, H)
 
 @triton.jit
 def _select_actions_kernel(
@@ -157,24 +170,13 @@ def _select_actions_kernel(
     r = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = r.to(tl.int64)[:, None]
     # ---- op (head 7): chosen once, with the critic
-    cols = tl.arange(0, B7)[None, :]
-    inb = (rows < N) & (cols < S7)
-    l = tl.load(l7 + rows * sl7 + cols, mask=inb, other=0.0).to(tl.float32)
-    q = tl.load(q_ptr + rows * stride_q + cols, mask=inb, other=0.0).to(tl.float32)
-    valid = inb
-    if (HAS_MASK >> 7) & 1:
-        valid = valid & (tl.load(m7 + rows * sm7 + cols, mask=inb, other=0) != 0)
-    g = tl.zeros([BLOCK_N, B7], dtype=tl.float32)
-    if not DETERMINISTIC:
-        if (HAS_NOISE >> 7) & 1:
-            g = tl.load(g7 + rows * sg7 + cols, mask=inb, other=0.0).to(tl.float32)
-        else:
-            g = _philox_gumbel(key_ptr, rows, cols, 8)
+    cols, _, l, q, valid, g = _load_tile(
+        l7, sl7, q_ptr, stride_q, m7, sm7, g7, sg7, key_ptr, rows, N, S7,
+        B7, True, (HAS_MASK >> 7) & 1, (HAS_NOISE >> 7) & 1, 8, DETERMINISTIC,
+    )  # fmt: skip
     op, logp, ent, q_op, value = _choose(l, q, valid, g, cols, DETERMINISTIC)
+    _store_head(act_ptr, f_ptr, r, N, op, logp, ent, 7)
     live = r < N
-    tl.store(act_ptr + 7 * N + r, op, mask=live)
-    tl.store(f_ptr + (_LOG_PROB_ROW + 7) * N + r, logp, mask=live)
-    tl.store(f_ptr + (_ENTROPY_ROW + 7) * N + r, ent, mask=live)
     tl.store(f_ptr + _Q_OP_ROW * N + r, q_op, mask=live)
     tl.store(f_ptr + _VALUE_ROW * N + r, value, mask=live)
     # ---- the other heads, with esper's op-dependent rules
@@ -218,10 +220,7 @@ def select_op_triton(
     n, a = logits.shape
     if n == 0:
         return
-    logits = unit_cols(logits)
-    q = None if q is None else unit_cols(q)
-    mask = None if mask is None else unit_cols(mask)
-    noise = None if noise is None else unit_cols(noise)
+    logits, q, mask, noise = prepare_op(logits, q, mask, noise)  # the native backends' preparation
     block_n, block_a = block_sizes(n, a)
     dummy = logits  # any pointer for absent optional inputs (never read)
     _select_op_kernel[(triton.cdiv(n, block_n),)](
@@ -239,36 +238,45 @@ def select_op_triton(
 
 
 def select_actions_triton(
-    logits: list[Tensor],
-    masks: list[Tensor | None],
-    noise: list[Tensor | None],
-    q: Tensor,
-    slot_by_op: Tensor | None,
+    inp: ActionInputs,
     key: Tensor | None,
     deterministic: bool,
     out: tuple[Tensor, Tensor],
 ) -> None:
-    """Launches the fused kernel (heads in HEAD_NAMES order) writing ``out = (actions, floats)`` (ops/layout.py)."""
-    n = q.shape[0]
+    """Launches the fused kernel on :func:`esper_fast.ops._native.prepare_actions`' inputs (heads in HEAD_NAMES
+    order) writing ``out = (actions, floats)`` (ops/layout.py)."""
+    n = inp.q.shape[0]
     if n == 0:
         return
-    logits = [unit_cols(t) for t in logits]
-    masks = [None if m is None else unit_cols(m) for m in masks]
-    noise = [None if g is None else unit_cols(g.float()) for g in noise]
-    q = unit_cols(q)
-    slot_by_op = None if slot_by_op is None else slot_by_op.contiguous()
-    sizes = [t.shape[1] for t in logits]
-    block_n, _ = block_sizes(n, max(sizes), _TILE // 2)
-    dummy = q
-    flags = lambda ts: sum(1 << i for i, t in enumerate(ts) if t is not None)  # noqa: E731
+    block_n = fused_block_n(inp)
     _select_actions_kernel[(triton.cdiv(n, block_n),)](
-        *logits, *[t.stride(0) for t in logits],
-        *[dummy if m is None else m for m in masks], *[0 if m is None else m.stride(0) for m in masks],
-        *[dummy if g is None else g for g in noise], *[0 if g is None else g.stride(0) for g in noise],
-        q, q.stride(0), dummy if slot_by_op is None else slot_by_op,
-        0 if slot_by_op is None else slot_by_op.stride(0), dummy if key is None else key,
-        out[0], out[1], n,
-        *sizes, *[triton.next_power_of_2(s) for s in sizes],
-        HAS_MASK=flags(masks), HAS_NOISE=flags(noise), HAS_SBO=slot_by_op is not None,
+        *head_args(inp), inp.q, inp.q.stride(0), *optional_arg(inp.slot_by_op, inp.q), inp.q if key is None else key,
+        out[0], out[1], n, *inp.sizes, *[triton.next_power_of_2(s) for s in inp.sizes],
+        HAS_MASK=head_flags(inp.masks), HAS_NOISE=head_flags(inp.noise), HAS_SBO=inp.slot_by_op is not None,
         DETERMINISTIC=deterministic, BLOCK_N=block_n, num_warps=4,
     )  # fmt: skip
+
+
+# ---- the fused launchers' shared argument lists (select_actions and select_actions_v2) -----------------------
+def optional_arg(t: Tensor | None, dummy: Tensor) -> tuple[Tensor, int]:
+    """(tensor, row stride) of an optional input; absent: any pointer (never read) and 0."""
+    return (dummy, 0) if t is None else (t, t.stride(0))
+
+
+def head_args(inp: ActionInputs) -> list:
+    """The per-head pointer and stride parameters of the fused kernels: l0..l7, sl0..sl7, m0..m7, sm0..sm7,
+    g0..g7, sg0..sg7 (absent masks / noise: a dummy pointer and stride 0)."""
+    masks = [optional_arg(m, inp.q) for m in inp.masks]
+    noise = [optional_arg(g, inp.q) for g in inp.noise]
+    return [*inp.logits, *[t.stride(0) for t in inp.logits], *[m for m, _ in masks], *[s for _, s in masks],
+            *[g for g, _ in noise], *[s for _, s in noise]]  # fmt: skip
+
+
+def head_flags(ts: list) -> int:
+    """Bit h set where head h's optional input is given."""
+    return sum(1 << i for i, t in enumerate(ts) if t is not None)
+
+
+def fused_block_n(inp: ActionInputs) -> int:
+    """Rows per program of the fused kernels (about half the select_op tile)."""
+    return block_sizes(inp.q.shape[0], max(inp.sizes), _TILE // 2)[0]
