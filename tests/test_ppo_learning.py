@@ -22,7 +22,8 @@ def test_short_run_beats_random_clearly():
     trainer = Trainer(cfg, run_dir=None, log=lambda _m: None)
     trainer.train(handle_signals=False)
     trainer.rollout()  # one more rollout with the trained policy (unchanged until the next update)
-    assert_stored_q_is_q_of_stored_op(trainer)  # observable; charts/op_agreement is sampled_op == op, an identity
+    assert_stored_q_is_q_of_stored_op(trainer)  # the stored Q is Q(s, stored op), replayed
+    assert trainer.last_row["charts/op_agreement"] == 1.0  # q_op read at the returned op (value_read_op)
     results = compare_with_baselines(trainer.policy, trainer.obs_normalizer, cfg, EPISODES, EVAL_SEED)
     random_return = results["random"]["mean_return"]
     summary = {k: round(v["mean_return"], 2) for k, v in results.items()}
