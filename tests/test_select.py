@@ -200,7 +200,7 @@ def test_logits_already_filled_with_esper_mask_value(backend, device):
     assert_matches(got, select_op_reference(logits, q, mask, deterministic=True))
 
 
-@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("backend,device", NATIVE_BACKEND_DEVICES)
 def test_non_contiguous_views(backend, device):
     big_l, big_q, big_m = make_inputs(40, 20, device=device, seed=9)
     views = {
@@ -330,6 +330,47 @@ def test_tensors_on_different_devices_are_refused():
     l, q, m = make_inputs(4, 3)
     with pytest.raises(ValueError, match="q is on cpu but logits is on cuda"):
         select_op(l.cuda(), q, m.cuda())
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_torch_backend_is_the_reference(device):
+    """By design the ``torch`` backend runs :mod:`esper_fast.reference` itself, which is why the
+    backend-vs-reference tests compare only the other backends: its outputs are the reference's bit for
+    bit (NaNs included) for select_op, select_actions and select_actions_v2, with noise, a key or argmax."""
+    from esper_fast.ops.actions import select_actions
+    from esper_fast.ops.actions_v2 import select_actions_v2
+    from esper_fast.reference.actions import select_actions_reference
+    from esper_fast.reference.actions_v2 import select_actions_v2_reference
+    from tests.test_actions import make_heads
+
+    def same(a, b):
+        for x, y in zip(a, b):
+            if isinstance(x, dict):
+                assert list(x) == list(y) and all(torch.equal(x[h], y[h]) or torch.allclose(x[h], y[h], 0, 0, True)
+                                                  for h in x)  # fmt: skip
+            else:
+                assert torch.equal(x, y) or torch.allclose(x, y, rtol=0, atol=0, equal_nan=True)
+
+    n = 37
+    logits, q, mask = make_inputs(n, 7, device=device, seed=21)
+    mask[3] = False  # a bad row: -1 / NaN on both
+    noise = torch.rand(n, 7, device=device)
+    key = draw_key(torch.device(device), torch.Generator(device).manual_seed(4))
+    for kw in ({"deterministic": True}, {"noise": noise}):
+        same(select_op(logits, q, mask, backend="torch", validate=False, **kw),
+             select_op_reference(logits, q, mask, deterministic=kw.get("deterministic", False), noise=kw.get("noise")))
+    same(select_op(logits, q, mask, backend="torch", validate=False, generator=torch.Generator(device).manual_seed(4)),
+         select_op_reference(logits, q, mask, deterministic=False, key=key))  # fmt: skip
+    heads, masks, hq, sbo = make_heads(n, device, seed=22)
+    value = torch.randn(n, device=device)
+    for det in (True, False):
+        g = lambda: torch.Generator(device).manual_seed(5)  # noqa: E731
+        key = draw_key(torch.device(device), g())
+        same(select_actions(heads, masks, hq, slot_by_op=sbo, deterministic=det, generator=g(), backend="torch"),
+             select_actions_reference(heads, masks, hq, slot_by_op=sbo, deterministic=det, key=key))
+        same(select_actions_v2(heads, masks, hq, value, slot_by_op=sbo, deterministic=det, generator=g(),
+                               backend="torch"),
+             select_actions_v2_reference(heads, masks, hq, value, slot_by_op=sbo, deterministic=det, key=key))
 
 
 def test_available_backends_on_cpu_has_reference_and_cpu():
