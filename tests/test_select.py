@@ -332,6 +332,32 @@ def test_tensors_on_different_devices_are_refused():
         select_op(l.cuda(), q, m.cuda())
 
 
+@requires_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("a", [65, 100, 128, 129, 255, 256, 300, 512, 513, 1000, 1024])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_rows_wider_than_64_match_reference(a, dtype):
+    """Rows wider than 64 take the multi-element-per-lane kernels (csrc/select_cuda.cu: EPT 4 ... 32 at
+    32 lanes); every width class, full and partial, against the reference: argmax, noise, the Philox
+    stream; outputs poisoned first; non-contiguous rows too. (A > 1024 is refused: test_adversarial_ops.)"""
+    n = 203  # odd: a partial last block
+    tol = TOL[dtype] * max(1.0, a / 64)  # fp32 sums over A terms in another order than torch's
+    logits, q, mask = make_inputs(n, a, dtype=dtype, device="cuda", seed=a)
+    noise = torch.rand(n, a, device="cuda")
+    for kw in ({"deterministic": True}, {"noise": noise}):
+        got = select_op(logits, q, mask, backend="cuda", out=poisoned(n, "cuda"), **kw)
+        ref = select_op_reference(logits, q, mask, deterministic="deterministic" in kw, noise=kw.get("noise"))
+        assert_matches(got, ref, tol)
+    got = select_op(logits, q, mask, backend="cuda", generator=torch.Generator("cuda").manual_seed(a))
+    key = draw_key(torch.device("cuda"), torch.Generator("cuda").manual_seed(a))
+    assert_matches(got, select_op_reference(logits, q, mask, deterministic=False, key=key), tol)
+    wide_l, wide_q, wide_m = make_inputs(n, 2 * a, dtype=dtype, device="cuda", seed=a + 1)
+    l, qq, m = wide_l[:, ::2], wide_q[:, ::2], wide_m[:, ::2].clone()
+    m[:, 0] = True
+    got = select_op(l, qq, m, deterministic=True, backend="cuda")
+    assert_matches(got, select_op_reference(l, qq, m, deterministic=True), tol)
+
+
 @pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
 def test_torch_backend_is_the_reference(device):
     """By design the ``torch`` backend runs :mod:`esper_fast.reference` itself, which is why the
