@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -337,12 +338,11 @@ def test_select_op_exact_just_below_and_above_the_parallel_threshold(two_omp_thr
             got = select_op(logits, q, mask, backend="cpu", out=poisoned(n, "cpu"), **kw)
             ref = select_op_reference(logits, q, mask, deterministic="deterministic" in kw, noise=kw.get("noise"))
             assert_matches(got, ref)
-            one = _single_thread(lambda: select_op(logits, q, mask, backend="cpu", **kw))  # noqa: B023
+            one = _single_thread(functools.partial(select_op, logits, q, mask, backend="cpu", **kw))
             for x, y in zip(got, one):
                 assert torch.equal(x, y)
-        key_gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
-        got = select_op(logits, q, mask, backend="cpu", generator=key_gen())
-        key = draw_key(torch.device("cpu"), key_gen())
+        got = select_op(logits, q, mask, backend="cpu", generator=torch.Generator().manual_seed(3))
+        key = draw_key(torch.device("cpu"), torch.Generator().manual_seed(3))
         assert_matches(got, select_op_reference(logits, q, mask, deterministic=False, key=key))
 
 
@@ -354,12 +354,11 @@ def test_select_actions_exact_just_below_and_above_the_parallel_threshold(two_om
     elements = _C.parallel_threshold()
     for n in ((elements - 1) // width, -(-elements // width)):
         logits, masks, q, sbo = make_heads(n, seed=n)
-        key_gen = lambda: torch.Generator().manual_seed(n)  # noqa: E731
-        got = select_actions(logits, masks, q, slot_by_op=sbo, backend="cpu", generator=key_gen())
-        key = draw_key(torch.device("cpu"), key_gen())
+        run = functools.partial(select_actions, logits, masks, q, slot_by_op=sbo, backend="cpu")
+        got = run(generator=torch.Generator().manual_seed(n))
+        key = draw_key(torch.device("cpu"), torch.Generator().manual_seed(n))
         assert_same(got, select_actions_reference(logits, masks, q, deterministic=False, key=key, slot_by_op=sbo))
-        one = _single_thread(lambda: select_actions(logits, masks, q, slot_by_op=sbo, backend="cpu",  # noqa: B023
-                                                    generator=key_gen()))  # noqa: B023  # fmt: skip
+        one = _single_thread(functools.partial(run, generator=torch.Generator().manual_seed(n)))
         assert_same(got, one, atol=0)
 
 
@@ -374,16 +373,28 @@ def test_select_actions_v2_exact_just_below_and_above_its_row_threshold(two_omp_
     rows = csrc_constant("select_actions_v2_cpu.cpp", r"a\.base\.n < (\d+)")
     for n in (rows - 1, rows):
         logits, masks, q, value, sbo = make_inputs_v2(n, seed=n)
-        run = lambda: select_actions_v2(logits, masks, q, value, floors=FLOORS, slot_by_op=sbo, backend="cpu",  # noqa: E731,B023
-                                        generator=torch.Generator().manual_seed(n))  # noqa: B023  # fmt: skip
-        got = run()
+        run = functools.partial(select_actions_v2, logits, masks, q, value, floors=FLOORS, slot_by_op=sbo,
+                                backend="cpu")
+        got = run(generator=torch.Generator().manual_seed(n))
         key = draw_key(torch.device("cpu"), torch.Generator().manual_seed(n))
         assert_same_v2(got, select_actions_v2_reference(logits, masks, q, value, floors=FLOORS, deterministic=False,
                                                         key=key, slot_by_op=sbo))  # fmt: skip
         _C.set_num_threads(1)
-        one = run()
+        one = run(generator=torch.Generator().manual_seed(n))
         _C.set_num_threads(2)
         assert_same_v2(got, one, atol=0)
+
+
+def _score_cpu(logits, masks, actions, sbo):
+    from esper_fast.ops.score import score_actions
+
+    return score_actions(logits, masks, actions, sbo, backend="cpu")
+
+
+def _score_ref(logits, masks, actions, sbo):
+    from esper_fast.ops.score import score_actions_reference
+
+    return score_actions_reference(logits, masks, actions, sbo)
 
 
 def test_score_actions_exact_just_below_and_above_its_element_threshold(two_omp_threads):
@@ -391,7 +402,6 @@ def test_score_actions_exact_just_below_and_above_its_element_threshold(two_omp_
     (csrc/score_cpu.cpp), with torch.get_num_threads() threads: values and gradients match the fp64
     reference and the one-thread run bit for bit."""
     from esper_fast.constants import get_action_head_sizes
-    from esper_fast.ops.score import score_actions, score_actions_reference
     from tests.test_score import assert_close_dicts, grads
     from tests.test_score import make_inputs as make_score_inputs
 
@@ -399,13 +409,12 @@ def test_score_actions_exact_just_below_and_above_its_element_threshold(two_omp_
     width = sum(get_action_head_sizes(3).values())
     for n in ((elements - 1) // width, -(-elements // width)):
         logits, masks, actions, sbo = make_score_inputs(n, seed=n, slot_by_op=True)
-        run = lambda: grads(lambda l: score_actions(l, masks, actions, sbo, backend="cpu"), logits)  # noqa: E731,B023
-        got = run()
-        ref = grads(lambda l: score_actions_reference(l, masks, actions, sbo), logits)  # noqa: B023
+        got = grads(functools.partial(_score_cpu, masks=masks, actions=actions, sbo=sbo), logits)
+        ref = grads(functools.partial(_score_ref, masks=masks, actions=actions, sbo=sbo), logits)
         for a, b in zip(got, ref):
             assert_close_dicts(a, b, atol=1e-10, rtol=1e-10)
         torch.set_num_threads(1)
-        one = run()
+        one = grads(functools.partial(_score_cpu, masks=masks, actions=actions, sbo=sbo), logits)
         torch.set_num_threads(2)
         for a, b in zip(got, one):
             assert all(torch.equal(a[h], b[h]) for h in a)

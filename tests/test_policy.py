@@ -10,10 +10,10 @@ import torch
 from esper_fast import FactoredPolicy, GetActionResult, InvalidStateMachineError
 from esper_fast.constants import HEAD_NAMES, GerminationStyle, LifecycleOp
 from esper_fast.network import FactoredNetwork
-from esper_fast.reference import ReferencePolicy
 from esper_fast.ops.actions import select_actions
 from esper_fast.ops.actions_v2 import select_actions_v2
 from esper_fast.policy import value_read_op
+from esper_fast.reference import ReferencePolicy
 from tests.conftest import BACKEND_DEVICES, requires_cuda
 from tests.op_value import assert_value_read_at_returned_op, q_of_returned_op
 

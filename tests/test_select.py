@@ -390,12 +390,12 @@ def test_torch_backend_is_the_reference(device):
     heads, masks, hq, sbo = make_heads(n, device, seed=22)
     value = torch.randn(n, device=device)
     for det in (True, False):
-        g = lambda: torch.Generator(device).manual_seed(5)  # noqa: E731
-        key = draw_key(torch.device(device), g())
-        same(select_actions(heads, masks, hq, slot_by_op=sbo, deterministic=det, generator=g(), backend="torch"),
+        key = draw_key(torch.device(device), torch.Generator(device).manual_seed(5))
+        same(select_actions(heads, masks, hq, slot_by_op=sbo, deterministic=det, backend="torch",
+                            generator=torch.Generator(device).manual_seed(5)),
              select_actions_reference(heads, masks, hq, slot_by_op=sbo, deterministic=det, key=key))
-        same(select_actions_v2(heads, masks, hq, value, slot_by_op=sbo, deterministic=det, generator=g(),
-                               backend="torch"),
+        same(select_actions_v2(heads, masks, hq, value, slot_by_op=sbo, deterministic=det, backend="torch",
+                               generator=torch.Generator(device).manual_seed(5)),
              select_actions_v2_reference(heads, masks, hq, value, slot_by_op=sbo, deterministic=det, key=key))
 
 
