@@ -44,6 +44,19 @@ def reject_head_style_call(**sizes: object) -> None:
                              f"{MAX_PLAUSIBLE_HEAD_SIZE} actions). {hint}")  # fmt: skip
 
 
+def value_read_op(q: Tensor, op: Tensor, q_op: Tensor) -> Tensor:
+    """``[N]`` int64: the op the fused kernel read its ``q_op [N]`` at, checked against its own inputs.
+
+    ``op [N]`` where ``q_op`` equals ``q [N, A]`` at ``op`` bit for bit (every backend reads Q(s, op) as
+    ``float(q[n, op])``), else -1: a value read at any other op (unless Q happens to be the same float there) or a
+    bad row's NaN (whose op is -1 too) does not pass as the op. This is ``GetActionResult.sampled_op`` of the fused policies, so
+    ``sampled_op == actions["op"]`` (``charts/op_agreement``) observes the kernel instead of comparing a
+    tensor with itself. Four small sync-free ops.
+    """
+    read = q.gather(-1, op.clamp(min=0).unsqueeze(-1)).squeeze(-1).float()
+    return torch.where(read == q_op, op, -1)
+
+
 def _mask_dict(*masks: Tensor | None) -> dict[str, Tensor | None]:
     return dict(zip(HEAD_NAMES, masks))
 
@@ -216,11 +229,12 @@ class FactoredPolicy(FactoredNetwork):
                                  backend=self.backend,
                                  validate=self.validate and slot_by_op is not None)  # slot_by_op may empty a slot row
             values = sel.q_op if self.value_mode == "q_op" else sel.expected_value
+            value_op = value_read_op(q, sel.actions["op"], sel.q_op)
             op_logits = None
             if return_op_logits:
                 op_logits = self._masked_logits({"op": logits["op"]}, {"op": masks["op"]})["op"]
         return GetActionResult(
             actions=sel.actions, log_probs=sel.log_probs, values=values, hidden=new_hidden,
-            sampled_op=sel.actions["op"], op_logits=op_logits, head_entropies=sel.entropies,
+            sampled_op=value_op, op_logits=op_logits, head_entropies=sel.entropies,
             q_op=sel.q_op, expected_value=sel.expected_value,
         )  # fmt: skip

@@ -20,6 +20,7 @@ from esper_fast.errors import KASMINA_HINT, no_valid_actions_message, nonfinite_
 from esper_fast.network_v2 import FactoredNetworkV2, NetworkV2Mixin
 from esper_fast.ops.actions_v2 import ActionSelectionV2, select_actions_v2
 from esper_fast.ops.select import select_op
+from esper_fast.policy import value_read_op
 from esper_fast.rules import AFTER_OP
 from esper_fast.reference.actions_v2 import apply_probability_floor, effective_mask
 from esper_fast.types import GetActionResult, Hidden
@@ -192,12 +193,13 @@ class FactoredPolicyV2Mixin(NetworkV2Mixin):
                                     backend=self.backend)  # fmt: skip
             if validating:
                 self._raise_for_bad_heads(sel, logits, masks, slot_by_op_mask)
+            value_op = value_read_op(q, sel.actions["op"], sel.q_op)  # the op q_op was read at (policy.py)
             op_logits = None
             if return_op_logits:
                 op_logits = logits["op"] if masks["op"] is None else logits["op"].masked_fill(~masks["op"], MASKED_LOGIT_VALUE)
         return GetActionResult(
             actions=sel.actions, log_probs=sel.log_probs, values=sel.values, hidden=new_hidden,
-            sampled_op=sel.actions["op"], op_logits=op_logits,
+            sampled_op=value_op, op_logits=op_logits,
             head_entropies={h: sel.entropies[h] for h in HEAD_NAMES},
             q_op=sel.q_op, expected_value=sel.expected_value,
         )  # fmt: skip

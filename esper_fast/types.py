@@ -60,7 +60,8 @@ class GetActionResult:
     Attributes:
         actions: head -> ``[B]`` int64. log_probs: head -> ``[B]`` float32 (non-differentiable).
         values: ``[B]`` - Q(s, actions["op"]) in ``value_mode="q_op"``, sum_a pi(a|s) Q(s, a) in
-            ``"expected"``. hidden: ``(h, c)`` each ``[L, B, H]``. sampled_op: ``[B]`` == actions["op"].
+            ``"expected"``. hidden: ``(h, c)`` each ``[L, B, H]``. sampled_op: ``[B]`` the op the value was read at
+            (esper's double draw: another op; the fused policies: actions["op"] checked against q_op).
         op_logits: ``[B, num_ops]`` masked (-1e4) op logits when ``return_op_logits``.
         head_entropies: head -> ``[B]`` entropy over the valid entries (free from the kernel): in nats from
             :class:`esper_fast.FactoredPolicy`; normalised by log(#valid) (esper HEAD's unit, 0 with one

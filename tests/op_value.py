@@ -1,9 +1,10 @@
 """Observable op/value checks: the value a policy returns is Q(s, op) at the op it returned.
 
-``GetActionResult.sampled_op`` is the very tensor ``actions["op"]`` on the fused paths, so comparing the
-two asserts an identity. These helpers instead recompute Q(s, a) for every op from the network's own
-``q_values`` (plain torch, independent of the kernel that chose the op and read ``q_op``) and compare the
-returned ``q_op`` / ``values`` with Q(s, returned op); a value read at any other op fails.
+``GetActionResult.sampled_op`` of the fused policies is ``policy.value_read_op``: the returned op where the
+kernel's ``q_op`` equals the kernel's input ``q`` there (else -1). These helpers go further: they recompute
+Q(s, a) for every op from the network's own ``q_values`` (a fresh ``forward``, plain torch, independent of
+the kernel that chose the op and read ``q_op``) and compare the returned ``q_op`` / ``values`` with
+Q(s, returned op); a value read at any other op fails.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ def test_fused_deterministic_matches_reference(backend, device, dtype):
     assert_same(got, select_actions_reference(logits, masks, q, deterministic=True, slot_by_op=sbo))
 
 
-@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("backend,device", NATIVE_BACKEND_DEVICES)
 def test_fused_internal_rng_equals_reference_streams(backend, device):
     n = small_n(backend, device, 600)
     logits, masks, q, sbo = make_heads(n, device, seed=4)

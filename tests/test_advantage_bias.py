@@ -186,42 +186,6 @@ def test_run_study_table_and_plot(tmp_path):
     assert path.is_file() and path.stat().st_size > 1000
 
 
-def test_t_interval_and_summary():
-    from esper_fast.studies.learning import format_summary, summarize, t_interval
-
-    mean, half = t_interval([1.0, 2.0, 3.0])
-    assert mean == 2.0 and math.isclose(half, 4.302652729911275 * 1.0 / math.sqrt(3), rel_tol=1e-6)
-    assert math.isnan(t_interval([5.0])[1])
-    runs = [{"suite": "tabular", "mode": m, "seed": s, "final_objective": float(s), "final_episode_return": 1.0,
-             "explained_variance": 0.5} for m in MODES for s in range(3)]  # fmt: skip
-    summary = summarize(runs)
-    assert [r["mode"] for r in summary] == list(MODES) and summary[0]["seeds"] == 3
-    assert "1.00 ± 2.48" in format_summary(summary)
-
-
-def test_tabular_ppo_learns_with_the_expected_baseline():
-    from esper_fast.studies.learning import TabularPPOConfig, train_tabular
-
-    res = train_tabular("expected", seed=0, cfg=TabularPPOConfig(updates=12))
-    assert len(res["objective_curve"]) == 13 and len(res["ev_curve"]) == 12
-    assert res["objective_curve"][0] < 0 < 6.0 < res["final_objective"], res["objective_curve"]  # uniform: -1.6
-
-
-def test_critic_diagnostics_on_an_untrained_network():
-    from esper_fast.ppo import make_config
-    from esper_fast.ppo.agent import architecture, build_policy
-    from esper_fast.ppo.normalize import ObsNormalizer
-    from esper_fast.studies.learning import critic_diagnostics
-
-    torch.manual_seed(0)
-    cfg = make_config("smoke")
-    policy = build_policy(cfg)
-    diag = critic_diagnostics(policy, ObsNormalizer(architecture(cfg)["state_dim"]))
-    assert set(diag) == {"true_op_spread", "critic_op_spread", "critic_op_corr", "tabular_objective"}
-    assert all(math.isfinite(v) for v in diag.values())
-    assert diag["true_op_spread"] > 0.1  # a near-uniform policy still has op advantages to learn
-
-
 def test_cli_study_advantage_bias(tmp_path, capsys):
     from esper_fast.cli import main
 

@@ -40,8 +40,8 @@ def test_train_smoke_writes_every_output(smoke_run):
     assert len(lines) == 1 + 2
     rows = [json.loads(line) for line in (smoke_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["update"] for r in rows] == [1, 2]
-    # charts/op_agreement is logged (column checked above) but compares sampled_op with actions["op"], the same
-    # tensor: not asserted here. The observable op/value checks are tests/op_value.py's (test_ppo_rollout, ...).
+    # sampled_op is the op the kernel read q_op at (policy.value_read_op): a value read at another op lowers this
+    assert all(r["charts/op_agreement"] == 1.0 for r in rows)
     assert rows[-1]["charts/episode_return"] is not None  # rollout = one 150-step episode per env
     assert (smoke_run / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ckpt = torch.load(smoke_run / "checkpoints" / "latest.pt", weights_only=True)

@@ -65,6 +65,7 @@ def test_get_action_compiles_fullgraph_and_matches_eager(no_validation):
     torch.testing.assert_close(got.values, ref.values, atol=1e-5, rtol=1e-5)
     sampled = compiled(state, bp, None, **masks, deterministic=False)
     assert_value_read_at_returned_op(policy, state, bp, sampled)
+    assert torch.equal(sampled.sampled_op, sampled.actions["op"])  # value_read_op traced too
 
 
 def test_select_op_and_select_actions_compile_fullgraph():
@@ -98,6 +99,7 @@ def test_cuda_graph_replay_draws_fresh_actions(no_validation):
         assert all((t >= 0).all() for t in static.actions.values())
         assert torch.isfinite(static.values).all()
         assert_value_read_at_returned_op(policy, state, bp, static)
+        assert torch.equal(static.sampled_op, static.actions["op"])  # value_read_op replayed in the graph
         seen.append(torch.stack([static.actions[h] for h in HEAD_NAMES]).clone())
     assert not torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2])
 

@@ -8,9 +8,15 @@
   noise and the Philox stream; the SIMD builds agree with each other bit for bit.
 * The fused select_actions kernel matches the reference per kernel, and the SIMD kernels apply the
   op-dependent rules exactly as the scalar kernel (also where the style mask excludes SIGMOID_ADD).
+* Just below and at each OpenMP threshold (select_op, select_actions, select_actions_v2, score_actions)
+  the kernels match the reference and their one-thread runs bit for bit.
 """
 
 from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -277,3 +283,132 @@ def test_env_var_kernel_choice_is_honoured_or_fails_loudly():
     env["ESPER_FAST_CPU_KERNEL"] = "bogus"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "ESPER_FAST_CPU_KERNEL: cpu kernel must be one of" in out.stderr
+
+
+# ---- exact across the OpenMP thresholds ------------------------------------------------------------
+CSRC = Path(__file__).resolve().parents[1] / "csrc"
+
+
+def csrc_constant(file: str, pattern: str) -> int:
+    """A threshold the C++ source hard-codes (not exposed by the module), read from the source so that the
+    tests below keep straddling it if it moves."""
+    m = re.search(pattern, (CSRC / file).read_text())
+    assert m is not None, f"{pattern!r} not found in csrc/{file}: update this test with the kernel"
+    return eval(m.group(1), {})  # an integer expression such as "1 << 15"
+
+
+@pytest.fixture
+def two_omp_threads():
+    """The _C module's OpenMP team at 2 threads (and torch's, for score's num_threads), restored after."""
+    before, before_torch, threshold = _C.get_num_threads(), torch.get_num_threads(), _C.parallel_threshold()
+    _C.set_num_threads(2)
+    torch.set_num_threads(2)
+    yield
+    _C.set_num_threads(before)
+    torch.set_num_threads(before_torch)
+    _C.set_parallel_threshold(threshold)
+
+
+def _single_thread(fn):
+    """``fn()`` with the row split off (threshold above any input): the one-thread bits."""
+    threshold = _C.parallel_threshold()
+    _C.set_parallel_threshold(1 << 62)
+    try:
+        return fn()
+    finally:
+        _C.set_parallel_threshold(threshold)
+
+
+def test_select_op_exact_just_below_and_above_the_parallel_threshold(two_omp_threads):
+    """select_op splits rows over OpenMP from ``parallel_threshold()`` elements (n * A) on: one row below
+    and at the threshold, the kernel matches the reference and the one-thread run bit for bit."""
+    a = 8
+    elements = _C.parallel_threshold()
+    for n in (elements // a - 1, -(-elements // a)):  # n * a just below / at or above the threshold
+        assert (n * a >= elements) == (n == -(-elements // a)) and n > 16
+        logits, q, mask = make_inputs(n, a, seed=n)
+        noise = torch.rand(n, a, generator=torch.Generator().manual_seed(n))
+        for kw in ({"deterministic": True}, {"noise": noise}):
+            got = select_op(logits, q, mask, backend="cpu", out=poisoned(n, "cpu"), **kw)
+            ref = select_op_reference(logits, q, mask, deterministic="deterministic" in kw, noise=kw.get("noise"))
+            assert_matches(got, ref)
+            one = _single_thread(functools.partial(select_op, logits, q, mask, backend="cpu", **kw))
+            for x, y in zip(got, one):
+                assert torch.equal(x, y)
+        got = select_op(logits, q, mask, backend="cpu", generator=torch.Generator().manual_seed(3))
+        key = draw_key(torch.device("cpu"), torch.Generator().manual_seed(3))
+        assert_matches(got, select_op_reference(logits, q, mask, deterministic=False, key=key))
+
+
+def test_select_actions_exact_just_below_and_above_the_parallel_threshold(two_omp_threads):
+    """The fused kernel's threshold counts n * (sum of head sizes) elements."""
+    from esper_fast.constants import get_action_head_sizes
+
+    width = sum(get_action_head_sizes(3).values())
+    elements = _C.parallel_threshold()
+    for n in ((elements - 1) // width, -(-elements // width)):
+        logits, masks, q, sbo = make_heads(n, seed=n)
+        run = functools.partial(select_actions, logits, masks, q, slot_by_op=sbo, backend="cpu")
+        got = run(generator=torch.Generator().manual_seed(n))
+        key = draw_key(torch.device("cpu"), torch.Generator().manual_seed(n))
+        assert_same(got, select_actions_reference(logits, masks, q, deterministic=False, key=key, slot_by_op=sbo))
+        one = _single_thread(functools.partial(run, generator=torch.Generator().manual_seed(n)))
+        assert_same(got, one, atol=0)
+
+
+def test_select_actions_v2_exact_just_below_and_above_its_row_threshold(two_omp_threads):
+    """select_actions_v2's CPU loop goes parallel from a fixed row count (csrc/select_actions_v2_cpu.cpp)."""
+    from esper_fast.ops.actions_v2 import select_actions_v2
+    from esper_fast.reference.actions_v2 import select_actions_v2_reference
+    from tests.test_actions_v2 import FLOORS
+    from tests.test_actions_v2 import assert_same as assert_same_v2
+    from tests.test_actions_v2 import make_inputs as make_inputs_v2
+
+    rows = csrc_constant("select_actions_v2_cpu.cpp", r"a\.base\.n < (\d+)")
+    for n in (rows - 1, rows):
+        logits, masks, q, value, sbo = make_inputs_v2(n, seed=n)
+        run = functools.partial(select_actions_v2, logits, masks, q, value, floors=FLOORS, slot_by_op=sbo,
+                                backend="cpu")
+        got = run(generator=torch.Generator().manual_seed(n))
+        key = draw_key(torch.device("cpu"), torch.Generator().manual_seed(n))
+        assert_same_v2(got, select_actions_v2_reference(logits, masks, q, value, floors=FLOORS, deterministic=False,
+                                                        key=key, slot_by_op=sbo))  # fmt: skip
+        _C.set_num_threads(1)
+        one = run(generator=torch.Generator().manual_seed(n))
+        _C.set_num_threads(2)
+        assert_same_v2(got, one, atol=0)
+
+
+def _score_cpu(logits, masks, actions, sbo):
+    from esper_fast.ops.score import score_actions
+
+    return score_actions(logits, masks, actions, sbo, backend="cpu")
+
+
+def _score_ref(logits, masks, actions, sbo):
+    from esper_fast.ops.score import score_actions_reference
+
+    return score_actions_reference(logits, masks, actions, sbo)
+
+
+def test_score_actions_exact_just_below_and_above_its_element_threshold(two_omp_threads):
+    """score_actions' CPU forward and backward go parallel from a fixed element count n * sum(sizes)
+    (csrc/score_cpu.cpp), with torch.get_num_threads() threads: values and gradients match the fp64
+    reference and the one-thread run bit for bit."""
+    from esper_fast.constants import get_action_head_sizes
+    from tests.test_score import assert_close_dicts, grads
+    from tests.test_score import make_inputs as make_score_inputs
+
+    elements = csrc_constant("score_cpu.cpp", r"kScoreParallelElements = ([0-9 <]+);")
+    width = sum(get_action_head_sizes(3).values())
+    for n in ((elements - 1) // width, -(-elements // width)):
+        logits, masks, actions, sbo = make_score_inputs(n, seed=n, slot_by_op=True)
+        got = grads(functools.partial(_score_cpu, masks=masks, actions=actions, sbo=sbo), logits)
+        ref = grads(functools.partial(_score_ref, masks=masks, actions=actions, sbo=sbo), logits)
+        for a, b in zip(got, ref):
+            assert_close_dicts(a, b, atol=1e-10, rtol=1e-10)
+        torch.set_num_threads(1)
+        one = grads(functools.partial(_score_cpu, masks=masks, actions=actions, sbo=sbo), logits)
+        torch.set_num_threads(2)
+        for a, b in zip(got, one):
+            assert all(torch.equal(a[h], b[h]) for h in a)

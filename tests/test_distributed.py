@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 WORKER = textwrap.dedent("""
@@ -30,6 +31,7 @@ WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_ranks_keep_identical_parameters(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)

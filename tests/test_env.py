@@ -304,6 +304,7 @@ def test_heuristic_respects_masks():
         obs = env.step(actions).next
 
 
+@pytest.mark.slow
 def test_heuristic_clearly_beats_random():
     env = SeedLifecycleEnv(64, seed=0)
     random_score = evaluate_policy(env, RandomMaskedPolicy(seed=0), seed=11)

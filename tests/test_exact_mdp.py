@@ -166,7 +166,8 @@ def test_esper_view_drives_the_real_policy_and_trainer():
     row = trainer.last_row
     assert row["charts/invalid_action_frac"] == 0.0
     trainer.rollout()  # the trained policy, unchanged during this rollout
-    assert_stored_q_is_q_of_stored_op(trainer)  # observable (charts/op_agreement is an identity)
+    assert_stored_q_is_q_of_stored_op(trainer)  # the stored Q is Q(s, stored op), replayed
+    assert row["charts/op_agreement"] == 1.0  # q_op read at the returned op (policy.value_read_op)
     assert row["charts/op_frac/set_alpha_target"] == 0.0
 
 

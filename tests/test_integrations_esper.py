@@ -76,7 +76,8 @@ def test_patch_rebinds_everywhere_and_passes_esper_isinstance_checks(esper_stand
     assert type(net) is patch.cls and isinstance(net, patch.original)
     agent = PPOAgent(policy=policy, device="cpu")  # esper's isinstance assertion in __init__
     result = policy.get_action(*_inputs(), {h: None for h in HEAD_NAMES}, deterministic=False)
-    assert torch.equal(result.actions["op"], result.actions["op"].clamp(0, 5)) and torch.equal(result.sampled_op, result.actions["op"])
+    assert torch.equal(result.actions["op"], result.actions["op"].clamp(0, 5))
+    assert torch.equal(result.sampled_op, result.actions["op"])  # esper's bundle passes on the op q_op was read at
     # esper's update(): isinstance assertion, then evaluate_actions + backward + step on esper_fast's network
     B, T = 2, 4
     states, bp = torch.randn(B, T, 114), torch.randint(-1, 13, (B, T, 3))
@@ -205,7 +206,7 @@ def test_head_layout_is_detected_and_patched(esper_standin_head_v2):
     state, bp = _inputs(state_dim=116)
     result = net.get_action(state, bp, deterministic=False)  # esper_fast's (the stand-in's own raises)
     assert result.values.shape == (3,) and result.q_op.shape == (3,)
-    assert torch.equal(result.sampled_op, result.actions["op"]) and bool((result.actions["op"] >= 0).all())
+    assert torch.equal(result.sampled_op, result.actions["op"]) and bool((result.actions["op"] >= 0).all())  # value_read_op
     out = net(state.unsqueeze(1), bp.unsqueeze(1))
     assert out["state_value"].shape == (3, 1) and out["q_value"].shape == (3, 1)
     B, T = 2, 4

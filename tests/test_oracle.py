@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from esper_fast.envs import EnvConfig, HeuristicPolicy, OraclePolicy, SeedLifecycleEnv, evaluate_policy
@@ -28,6 +29,7 @@ def test_oracle_reads_the_hidden_contributions_and_the_heuristic_does_not():
     assert not torch.equal(a_oracle["op"], b_oracle["op"])
 
 
+@pytest.mark.slow
 def test_oracle_beats_the_heuristic():
     env = SeedLifecycleEnv(128, EnvConfig(), seed=11)
     o = evaluate_policy(env, OraclePolicy(env), 128, seed=21)

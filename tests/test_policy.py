@@ -10,9 +10,12 @@ import torch
 from esper_fast import FactoredPolicy, GetActionResult, InvalidStateMachineError
 from esper_fast.constants import HEAD_NAMES, GerminationStyle, LifecycleOp
 from esper_fast.network import FactoredNetwork
+from esper_fast.ops.actions import select_actions
+from esper_fast.ops.actions_v2 import select_actions_v2
+from esper_fast.policy import value_read_op
 from esper_fast.reference_policy import ReferencePolicy
-from tests.conftest import requires_cuda
-from tests.op_value import assert_value_read_at_returned_op
+from tests.conftest import BACKEND_DEVICES, requires_cuda
+from tests.op_value import assert_value_read_at_returned_op, q_of_returned_op
 
 STATE_DIM = 114
 CPU_BACKENDS = ["torch", "cpu"]  # triton-interpreter policy paths are covered in test_actions.py
@@ -202,9 +205,33 @@ def test_value_is_q_of_the_returned_op(backend, deterministic):
     state, bp = inputs(256)
     res = policy.get_action(state, bp, **random_masks(256), deterministic=deterministic)
     assert_value_read_at_returned_op(policy, state, bp, res)
+    assert torch.equal(res.sampled_op, res.actions["op"])  # the kernel read q_op at the op it returned
     lstm_out = policy.forward(state[:, None], bp[:, None])["lstm_out"]
     expected = policy._compute_value(lstm_out[:, 0:1], res.actions["op"][:, None]).squeeze(1)
     torch.testing.assert_close(res.values, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_value_read_op_confirms_every_backends_q_op(backend, device, dtype):
+    """sampled_op (value_read_op) is the returned op on every backend, both fused ops and every q dtype
+    (each writes float(q[n, op]) bit for bit); a q_op read at the next row's op gives -1 exactly where
+    that op's Q differs; a bad row (op -1, NaN) stays -1."""
+    from tests.test_actions import make_heads
+
+    n = 33
+    logits, masks, q, sbo = make_heads(n, device, seed=8, dtype=dtype)
+    masks["op"][5] = False  # a bad row: op -1, q_op NaN (validate=False)
+    value = torch.randn(n, device=device).to(dtype)
+    for sel in (select_actions(logits, masks, q, slot_by_op=sbo, backend=backend, validate=False),
+                select_actions_v2(logits, masks, q, value, slot_by_op=sbo, backend=backend, validate=False)):  # fmt: skip
+        op = sel.actions["op"]
+        assert op[5] == -1 and bool((op >= 0).sum() == n - 1)
+        assert torch.equal(value_read_op(q, op, sel.q_op), op)
+        shifted = q.float().gather(-1, op.roll(-1).clamp(min=0)[:, None]).squeeze(-1)  # row i+1's op
+        differs = shifted != sel.q_op
+        assert differs.sum() > n // 2
+        assert torch.equal(value_read_op(q, op, shifted), torch.where(differs, -1, op))
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -325,9 +352,15 @@ def test_op_value_check_fails_on_a_value_read_at_another_rows_op(backend, monkey
     assert_value_read_at_returned_op(policy, state, bp, res)  # the real op passes
     monkeypatch.setattr(policy_module, "select_actions", mutant)
     bad = policy.get_action(state, bp, **random_masks(64))
-    assert torch.equal(bad.sampled_op, bad.actions["op"])  # the old identity check passes the mutant
+    assert torch.equal(bad.q_op, bad.values)  # internally consistent: only the op it was read at is wrong
     with pytest.raises(AssertionError):
         assert_value_read_at_returned_op(policy, state, bp, bad)
+    # sampled_op is the op q_op was read at (policy.value_read_op), no longer the action tensor itself:
+    # it catches the mutant too (every row whose other-row op has a different Q)
+    assert torch.equal(res.sampled_op, res.actions["op"])
+    wrong_rows = ~torch.isclose(bad.q_op, q_of_returned_op(policy, state, bp, bad), atol=1e-5, rtol=1e-5)
+    assert wrong_rows.sum() > 32 and torch.equal(bad.sampled_op != bad.actions["op"], wrong_rows)
+    assert (bad.sampled_op[wrong_rows] == -1).all()
 
 
 @pytest.mark.parametrize("deterministic", [True, False])

@@ -173,7 +173,7 @@ def test_get_action_deterministic_equals_plain_torch_head_algorithm(floors, sbo)
         assert ((got.head_entropies[h] >= 0) & (got.head_entropies[h] <= 1 + 1e-5)).all()
     torch.testing.assert_close(got.values, ref.values, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got.q_op, ref.q_op, atol=1e-5, rtol=1e-5)
-    assert got.sampled_op is got.actions["op"]
+    assert torch.equal(got.sampled_op, got.actions["op"])  # q_op was read at the returned op (value_read_op)
     assert torch.equal(got.op_logits == -1e4, ~masks["op"])
     for a, b in zip(got.hidden, ref.hidden):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

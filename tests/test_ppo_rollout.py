@@ -146,11 +146,13 @@ def test_first_update_step_sees_ratio_one():
 @pytest.mark.parametrize("value_mode,agree", [("q_op", True), ("expected", True), ("legacy", False)])
 def test_value_action_op_agreement(value_mode, agree):
     """The stored Q anchor is Q(s, stored op), recomputed by replaying the rollout (observable: the legacy
-    double draw fails it). ``op_agree`` compares ``sampled_op`` with the action: an identity on the fused paths."""
+    double draw fails it). ``op_agree`` compares ``sampled_op`` (the op the value was read at: esper's second draw
+    in legacy mode, ``policy.value_read_op`` on the fused paths) with the action."""
     tr = tiny_trainer(value_mode=value_mode, num_envs=8)
     tr.rollout()
     rate = tr.buffer.op_agree.float().mean().item()
     if agree:
+        assert rate == 1.0
         assert_stored_q_is_q_of_stored_op(tr)
     else:
         assert rate < 0.9  # the double draw: value and action ops differ often

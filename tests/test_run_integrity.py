@@ -274,6 +274,7 @@ def test_latest_checkpoint_refreshed_by_time(tmp_path):
     assert seen == [(1, False), (2, 1), (3, 2)]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_keeps_one_row_per_update(tmp_path):
     """A real SIGKILL of `esper-fast train` mid-run, then --resume: rows 1..N exactly once."""
     flags = ["--no-progress", "--no-tensorboard", "--num-envs", "2", "--episode-length", "6", "--feature-dim", "8",

@@ -200,7 +200,7 @@ def test_logits_already_filled_with_esper_mask_value(backend, device):
     assert_matches(got, select_op_reference(logits, q, mask, deterministic=True))
 
 
-@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("backend,device", NATIVE_BACKEND_DEVICES)
 def test_non_contiguous_views(backend, device):
     big_l, big_q, big_m = make_inputs(40, 20, device=device, seed=9)
     views = {
@@ -340,6 +340,73 @@ def test_tensors_on_different_devices_are_refused():
     l, q, m = make_inputs(4, 3)
     with pytest.raises(ValueError, match="q is on cpu but logits is on cuda"):
         select_op(l.cuda(), q, m.cuda())
+
+
+@requires_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("a", [65, 100, 128, 129, 255, 256, 300, 512, 513, 1000, 1024])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_rows_wider_than_64_match_reference(a, dtype):
+    """Rows wider than 64 take the multi-element-per-lane kernels (csrc/select_cuda.cu: EPT 4 ... 32 at
+    32 lanes); every width class, full and partial, against the reference: argmax, noise, the Philox
+    stream; outputs poisoned first; non-contiguous rows too. (A > 1024 is refused: test_adversarial_ops.)"""
+    n = 203  # odd: a partial last block
+    tol = TOL[dtype] * max(1.0, a / 64)  # fp32 sums over A terms in another order than torch's
+    logits, q, mask = make_inputs(n, a, dtype=dtype, device="cuda", seed=a)
+    noise = torch.rand(n, a, device="cuda")
+    for kw in ({"deterministic": True}, {"noise": noise}):
+        got = select_op(logits, q, mask, backend="cuda", out=poisoned(n, "cuda"), **kw)
+        ref = select_op_reference(logits, q, mask, deterministic="deterministic" in kw, noise=kw.get("noise"))
+        assert_matches(got, ref, tol)
+    got = select_op(logits, q, mask, backend="cuda", generator=torch.Generator("cuda").manual_seed(a))
+    key = draw_key(torch.device("cuda"), torch.Generator("cuda").manual_seed(a))
+    assert_matches(got, select_op_reference(logits, q, mask, deterministic=False, key=key), tol)
+    wide_l, wide_q, wide_m = make_inputs(n, 2 * a, dtype=dtype, device="cuda", seed=a + 1)
+    l, qq, m = wide_l[:, ::2], wide_q[:, ::2], wide_m[:, ::2].clone()
+    m[:, 0] = True
+    got = select_op(l, qq, m, deterministic=True, backend="cuda")
+    assert_matches(got, select_op_reference(l, qq, m, deterministic=True), tol)
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_torch_backend_is_the_reference(device):
+    """By design the ``torch`` backend runs :mod:`esper_fast.reference` itself, which is why the
+    backend-vs-reference tests compare only the other backends: its outputs are the reference's bit for
+    bit (NaNs included) for select_op, select_actions and select_actions_v2, with noise, a key or argmax."""
+    from esper_fast.ops.actions import select_actions
+    from esper_fast.ops.actions_v2 import select_actions_v2
+    from esper_fast.reference.actions import select_actions_reference
+    from esper_fast.reference.actions_v2 import select_actions_v2_reference
+    from tests.test_actions import make_heads
+
+    def same(a, b):
+        for x, y in zip(a, b):
+            if isinstance(x, dict):
+                assert list(x) == list(y) and all(torch.equal(x[h], y[h]) or torch.allclose(x[h], y[h], 0, 0, True)
+                                                  for h in x)  # fmt: skip
+            else:
+                assert torch.equal(x, y) or torch.allclose(x, y, rtol=0, atol=0, equal_nan=True)
+
+    n = 37
+    logits, q, mask = make_inputs(n, 7, device=device, seed=21)
+    mask[3] = False  # a bad row: -1 / NaN on both
+    noise = torch.rand(n, 7, device=device)
+    key = draw_key(torch.device(device), torch.Generator(device).manual_seed(4))
+    for kw in ({"deterministic": True}, {"noise": noise}):
+        same(select_op(logits, q, mask, backend="torch", validate=False, **kw),
+             select_op_reference(logits, q, mask, deterministic=kw.get("deterministic", False), noise=kw.get("noise")))
+    same(select_op(logits, q, mask, backend="torch", validate=False, generator=torch.Generator(device).manual_seed(4)),
+         select_op_reference(logits, q, mask, deterministic=False, key=key))  # fmt: skip
+    heads, masks, hq, sbo = make_heads(n, device, seed=22)
+    value = torch.randn(n, device=device)
+    for det in (True, False):
+        key = draw_key(torch.device(device), torch.Generator(device).manual_seed(5))
+        same(select_actions(heads, masks, hq, slot_by_op=sbo, deterministic=det, backend="torch",
+                            generator=torch.Generator(device).manual_seed(5)),
+             select_actions_reference(heads, masks, hq, slot_by_op=sbo, deterministic=det, key=key))
+        same(select_actions_v2(heads, masks, hq, value, slot_by_op=sbo, deterministic=det, backend="torch",
+                               generator=torch.Generator(device).manual_seed(5)),
+             select_actions_v2_reference(heads, masks, hq, value, slot_by_op=sbo, deterministic=det, key=key))
 
 
 def test_available_backends_on_cpu_has_reference_and_cpu():

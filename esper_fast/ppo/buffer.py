@@ -40,7 +40,7 @@ class RolloutBuffer:
     dones: Tensor  # (E, T) bool, episode ended at this step (terminated or truncated)
     truncated: Tensor  # (E, T) bool, time limit (bootstraps)
     bootstrap_values: Tensor  # (E, T) V(s_{t+1}) where truncated[t] or t is the last step
-    op_agree: Tensor  # (E, T) bool, value's op == action's op (False only in legacy mode)
+    op_agree: Tensor  # (E, T) bool, sampled_op (the op the value was read at) == action's op
     initial_hidden: Hidden  # (h, c), each (L, E, H): LSTM state before step 0
 
     @classmethod

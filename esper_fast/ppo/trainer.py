@@ -225,6 +225,8 @@ class Trainer:
             result = act(policy, obs, env_obs, self.hidden, deterministic=False, op_conditioned_slot=op_slot,
                          generator=self.action_generator, probability_floor=floors)  # fmt: skip
             actions = result.actions
+            # charts/op_agreement: sampled_op is the op the value was read at (esper's second draw in legacy
+            # mode; policy.value_read_op, q_op checked against q[n, op], on the fused paths), not actions["op"]
             agree = result.sampled_op == actions["op"]
             # HEAD: V(s) comes out on the normalised return scale; GAE works on the de-normalised one
             values = self.value_normalizer.denormalize(self._head_value(result)) if head else result.values
