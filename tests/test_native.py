@@ -148,3 +148,25 @@ def test_lean_outputs_stay_on_the_cpu_under_another_default_device():
     assert sel.op.device.type == "cpu" and acts.actions["op"].device.type == "cpu"
     assert bool((sel.op >= 0).all()) and bool(mask.gather(1, sel.op[:, None]).all())  # valid sampled ops
     assert torch.equal(det.op, select_op_reference(logits, q, mask, deterministic=True).op)
+
+
+def test_lean_key_buffer_first_made_under_inference_mode_works_outside_it() -> None:
+    """The per-thread key buffer of the lean entries is a normal tensor even when the thread's first
+    sampled call runs under torch.inference_mode (an inference tensor cannot be drawn into later)."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            logits = torch.randn(5, 6)
+            with torch.inference_mode():
+                select_op(logits, None, None, deterministic=False, backend="cpu")
+            select_op(logits, None, None, deterministic=False, backend="cpu")
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=run)  # a fresh thread: its key buffer does not exist yet
+    t.start()
+    t.join()
+    assert not errors, errors

@@ -31,7 +31,10 @@ def _key_buffer() -> Tensor:
     try:
         return _THREAD.key
     except AttributeError:
-        _THREAD.key = torch.empty(_KEY_SHAPE, dtype=_INT64, device="cpu")
+        # A normal tensor even when the first call runs under torch.inference_mode (an inference
+        # tensor could not be drawn into in place later, outside inference mode).
+        with torch.inference_mode(False):
+            _THREAD.key = torch.empty(_KEY_SHAPE, dtype=_INT64, device="cpu")
         return _THREAD.key
 
 
