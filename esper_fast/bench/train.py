@@ -194,13 +194,17 @@ def profile_update(preset: str, device: str, num_envs: int, threads: int) -> str
 
 def threads_compare(preset: str, device: str, num_envs: int, counts: list[int], repeats: int) -> list[dict]:
     """Wall clock of the fused trainer with each torch thread count, one trainer, counts alternating."""
-    trainer, cfg = _trainer(preset, device, num_envs, "fused", counts[0])
-    one_update(trainer, None)
+    from esper_fast.ppo.agent import cpu_threads
+
+    # torch_threads=0: the trainer leaves the thread count alone, so each update runs with the count set here
+    trainer, cfg = _trainer(preset, device, num_envs, "fused", 0)
+    with cpu_threads(counts[0], device):
+        one_update(trainer, None)
     walls: dict[int, list[float]] = {k: [] for k in counts}
     for _ in range(repeats):
         for k in counts:
-            trainer.config = trainer.config.replace(torch_threads=k)
-            walls[k].append(one_update(trainer, None)[0])
+            with cpu_threads(k, device):
+                walls[k].append(one_update(trainer, None)[0])
     base = statistics.median(walls[counts[0]])
     return [{"variant": "fused", "num_envs": num_envs, "threads": k, "repeats": repeats, "clock": "wall",
              "wall_env_steps_per_s": cfg.batch_size / statistics.median(w), "s_per_update": statistics.median(w),
@@ -214,7 +218,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--preset", default="default")
     p.add_argument("--num-envs", default=None, help="comma-separated env counts (default: CPU 16,256; GPU 16,1024,4096)")
     p.add_argument("--repeats", type=int, default=3, help="timed updates per variant (medians reported)")
-    p.add_argument("--updates", type=int, default=None, help="alias of --repeats (older scripts)")
     p.add_argument("--threads", default="1", help="comma-separated torch thread counts (CPU)")
     p.add_argument("--budget-s", type=float, default=None, help="skip the remaining sizes once this many seconds have passed")
     p.add_argument("--out", default=None, help="output folder (default: $OUT when set, else ./bench-results)")
@@ -226,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     gpu = args.device.startswith("cuda")
     sizes = [int(x) for x in (args.num_envs or ("16,1024,4096" if gpu else "16,256")).split(",")]
-    repeats = args.updates if args.updates is not None else args.repeats
+    repeats = args.repeats
     out = Path(args.out) if args.out else default_out_dir()
     name = args.name or f"bench_train_{'gpu' if gpu else 'cpu'}"
     if args.threads_compare:
