@@ -159,9 +159,8 @@ def test_esper_view_drives_the_real_policy_and_trainer():
     assert obs.masks["blueprint"][0].nonzero().flatten().tolist() == sorted(BLUEPRINT_IDS)
     cfg = make_config("smoke", value_mode="expected", seed=0, num_envs=8, rollout_steps=20, episode_length=20,
                       total_timesteps=8 * 20 * 2, eval_episodes=0, gamma=0.95)  # fmt: skip
-    trainer = Trainer(cfg, run_dir=None, log=lambda _m: None, tensorboard=False)
-    trainer.env = ExactMDPEsperEnv(cfg.num_envs, seed=1)
-    trainer.obs = trainer.env.observe()
+    trainer = Trainer(cfg, run_dir=None, env=ExactMDPEsperEnv(cfg.num_envs, seed=1), log=lambda _m: None,
+                      tensorboard=False)  # fmt: skip
     trainer.train(handle_signals=False)
     row = trainer.last_row
     assert row["charts/invalid_action_frac"] == 0.0

@@ -33,31 +33,32 @@ from typing import Iterator
 import torch
 
 from esper_fast.bench.common import CaseProgress, default_out_dir, machine_info, write_results
-from esper_fast.constants import POLICY_VALUE_MODES
 
 VARIANTS = ("unfused", "fused")
 SPLIT = ("env", "act", "rollout_other", "update", "other")
 
 
-def _trainer(preset: str, device: str, num_envs: int, variant: str, threads: int):
+def _trainer(preset: str, device: str, num_envs: int, variant: str, threads: int, **overrides):
+    """A trainer of ``variant`` (:data:`VARIANTS`) and its config (``overrides``: more config fields)."""
+    from esper_fast.ppo.agent import build_policy
     from esper_fast.ppo.config import make_config
     from esper_fast.ppo.trainer import Trainer
     from esper_fast.reference_policy import ReferencePolicy
 
-    cfg = make_config(preset, device=device, eval_episodes=0, num_envs=num_envs, target_kl=None,
-                      torch_threads=threads)  # fmt: skip
+    cfg = make_config(preset, **{"device": device, "eval_episodes": 0, "num_envs": num_envs, "target_kl": None,
+                                 "torch_threads": threads, **overrides})  # fmt: skip
     cfg = cfg.replace(total_timesteps=cfg.batch_size * 10_000)  # never the end of the schedule
-    trainer = Trainer(cfg, None, log=lambda _m: None, tensorboard=False)
+    policy = None
     if variant == "unfused":  # same weights, esper's torch-op selection and per-head evaluate_actions
-        fused = trainer.policy
-        mode = cfg.value_mode if cfg.value_mode in POLICY_VALUE_MODES else "q_op"
-        ref = ReferencePolicy(fused.state_dim, fused.num_slots, feature_dim=cfg.feature_dim,
-                              lstm_hidden_dim=cfg.lstm_hidden_dim, lstm_layers=cfg.lstm_layers,
-                              value_mode=mode).to(device)  # fmt: skip
-        ref.load_state_dict(fused.state_dict())
-        ref.fused_evaluate = False
-        trainer.policy = ref
-        trainer.optimizer = type(trainer.optimizer)(ref.parameters(), **trainer.optimizer.defaults)
+        torch.manual_seed(cfg.seed)  # the fused trainer's initial weights (Trainer seeds the same way)
+        fused = build_policy(cfg)
+        legacy = cfg.value_mode == "legacy"
+        policy = ReferencePolicy(fused.state_dim, fused.num_slots, feature_dim=cfg.feature_dim,
+                                 lstm_hidden_dim=cfg.lstm_hidden_dim, lstm_layers=cfg.lstm_layers,
+                                 value_mode="q_op" if legacy else cfg.value_mode, legacy=legacy).to(device)  # fmt: skip
+        policy.load_state_dict(fused.state_dict())
+        policy.fused_evaluate = False
+    trainer = Trainer(cfg, None, policy=policy, log=lambda _m: None, tensorboard=False)
     return trainer, cfg
 
 
@@ -161,24 +162,20 @@ _GROUPS = (("LSTM (oneDNN/cuDNN kernel)", ("rnn", "lstm")), ("GEMM (mm / addmm)"
 
 
 def profile_update(preset: str, device: str, num_envs: int, threads: int) -> str:
-    """Markdown: torch.profiler of one ``ppo_update`` epoch per variant after one rollout (same buffer),
-    self time grouped into LSTM / GEMM / scoring op / everything else, plus the top ops."""
+    """Markdown: torch.profiler of one trainer update (``Trainer.update``: GAE, obs statistics and one
+    PPO epoch) per variant after one rollout (same buffer), self time grouped into LSTM / GEMM / scoring
+    op / everything else, plus the top ops."""
     from esper_fast.ppo.agent import cpu_threads, validation_off
-    from esper_fast.ppo.gae import compute_gae
-    from esper_fast.ppo.update import ppo_update
 
-    lines = [f"# bench_train profile: one ppo_update epoch, {preset} preset, {num_envs} envs, {threads} thread(s)", ""]
+    title = f"# bench_train profile: one update of one PPO epoch, {preset} preset, {num_envs} envs, {threads} thread(s)"
+    lines = [title, ""]
     for v in VARIANTS:
-        trainer, cfg = _trainer(preset, device, num_envs, v, threads)
+        trainer, _ = _trainer(preset, device, num_envs, v, threads, update_epochs=1)
         with cpu_threads(threads, device), validation_off(trainer.policy):
             trainer.rollout()
-            b = trainer.buffer
-            adv, ret = compute_gae(b.rewards, b.values, b.dones, b.truncated, b.bootstrap_values, cfg.gamma, cfg.gae_lambda)
-            one = cfg.replace(update_epochs=1)
-            trainer.policy.train()
-            ppo_update(trainer.policy, trainer.optimizer, b, adv, ret, one, 0.0)  # warm-up
+            trainer.update()  # warm-up
             with torch.profiler.profile() as prof:
-                ppo_update(trainer.policy, trainer.optimizer, b, adv, ret, one, 0.0)
+                trainer.update()
         events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
         total = sum(e.self_cpu_time_total for e in events)
         groups = dict.fromkeys([g for g, _ in _GROUPS] + ["everything else"], 0.0)
@@ -197,13 +194,17 @@ def profile_update(preset: str, device: str, num_envs: int, threads: int) -> str
 
 def threads_compare(preset: str, device: str, num_envs: int, counts: list[int], repeats: int) -> list[dict]:
     """Wall clock of the fused trainer with each torch thread count, one trainer, counts alternating."""
-    trainer, cfg = _trainer(preset, device, num_envs, "fused", counts[0])
-    one_update(trainer, None)
+    from esper_fast.ppo.agent import cpu_threads
+
+    # torch_threads=0: the trainer leaves the thread count alone, so each update runs with the count set here
+    trainer, cfg = _trainer(preset, device, num_envs, "fused", 0)
+    with cpu_threads(counts[0], device):
+        one_update(trainer, None)
     walls: dict[int, list[float]] = {k: [] for k in counts}
     for _ in range(repeats):
         for k in counts:
-            trainer.config = trainer.config.replace(torch_threads=k)
-            walls[k].append(one_update(trainer, None)[0])
+            with cpu_threads(k, device):
+                walls[k].append(one_update(trainer, None)[0])
     base = statistics.median(walls[counts[0]])
     return [{"variant": "fused", "num_envs": num_envs, "threads": k, "repeats": repeats, "clock": "wall",
              "wall_env_steps_per_s": cfg.batch_size / statistics.median(w), "s_per_update": statistics.median(w),
@@ -217,7 +218,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--preset", default="default")
     p.add_argument("--num-envs", default=None, help="comma-separated env counts (default: CPU 16,256; GPU 16,1024,4096)")
     p.add_argument("--repeats", type=int, default=3, help="timed updates per variant (medians reported)")
-    p.add_argument("--updates", type=int, default=None, help="alias of --repeats (older scripts)")
     p.add_argument("--threads", default="1", help="comma-separated torch thread counts (CPU)")
     p.add_argument("--budget-s", type=float, default=None, help="skip the remaining sizes once this many seconds have passed")
     p.add_argument("--out", default=None, help="output folder (default: $OUT when set, else ./bench-results)")
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     gpu = args.device.startswith("cuda")
     sizes = [int(x) for x in (args.num_envs or ("16,1024,4096" if gpu else "16,256")).split(",")]
-    repeats = args.updates if args.updates is not None else args.repeats
+    repeats = args.repeats
     out = Path(args.out) if args.out else default_out_dir()
     name = args.name or f"bench_train_{'gpu' if gpu else 'cpu'}"
     if args.threads_compare:

@@ -1,6 +1,6 @@
 """Recurrent PPO for esper_fast's policy, esper's algorithm (commit 0872525b), one module per job.
 
-``config`` (PPOConfig, presets) -> ``normalize`` -> ``buffer`` -> ``gae`` -> ``losses`` -> ``update``
+``config`` (PPOConfig, presets) -> ``normalize`` -> ``buffer`` -> ``gae`` -> ``losses`` -> ``epochs`` -> ``update``
 -> ``trainer``; ``agent`` builds the policy and acts, ``checkpoint`` saves/loads (esper-compatible
 network state), ``metrics`` writes CSV/JSONL/TensorBoard/PNG, ``distributed`` is torch.distributed
 data parallelism, ``evaluate`` compares with the baselines, ``runlock`` keeps one run per directory,

@@ -16,6 +16,10 @@ keep :func:`esper_fast.ppo.update.ppo_update`. Built from the tested pieces of
 * a finiteness gate: an epoch whose new/old log-probs, V or Q are not finite takes no optimiser step;
 * HEAD's joint-ratio telemetry (its KL drives the ``target_kl`` early stop).
 
+The epoch / minibatch loop (shuffle, KL early stop, gradient step, metric sums) is
+:func:`esper_fast.ppo.epochs.run_epochs`, shared with :func:`esper_fast.ppo.update.ppo_update`; this module
+gives it HEAD's per-minibatch loss (``minibatch_loss`` inside :func:`ppo_update_head`).
+
 Not here: the contribution auxiliary loss (SeedLifecycleEnv measures no per-slot counterfactual
 contributions, so there is no target; ``docs/esper-head-ppo.md`` lists it as missing).
 """
@@ -32,6 +36,7 @@ from esper_fast.constants_v2 import ENTROPY_FLOOR_PENALTY_COEF, ENTROPY_FLOOR_PE
 from esper_fast.rules import causal_masks
 from esper_fast.ppo.buffer import RolloutBuffer
 from esper_fast.ppo.config import PPOConfig
+from esper_fast.ppo.epochs import MinibatchLoss, run_epochs
 from esper_fast.ppo.head_losses import (
     entropy_floor_penalty,
     entropy_loss_head,
@@ -114,81 +119,49 @@ def ppo_update_head(
     (the trainer's names, plus ``head/...``: q_aux_loss, entropy_floor_penalty, value_coef,
     nonfinite_epochs, joint-ratio statistics).
     """
-    reduce = all_reduce_mean or (lambda x: x)
-    params = [p for p in policy.parameters() if p.requires_grad]
-    E = buffer.num_envs
     floors = dict(PROBABILITY_FLOOR_PER_HEAD) if config.probability_floors else None
     value_coef = value_coef_at(train_steps, config.value_coef, config.value_warmup_steps, config.value_coef_start)
     floor_scale = entropy_penalty_schedule(progress)
     floor_coefs = {h: c * floor_scale for h, c in ENTROPY_FLOOR_PENALTY_COEF.items()}
-    sums: dict[str, Tensor] = {}
-    steps_taken, nonfinite_steps, nonfinite_epochs, first, stopped = 0, 0, 0, True, False
-    for _epoch in range(config.update_epochs):
-        if config.num_minibatches == 1:
-            order = torch.arange(E, device=buffer.obs.device)
-        else:
-            order = torch.randperm(E, generator=generator, device="cpu").to(buffer.obs.device)
-        for mb_envs in order.split(config.minibatch_envs):
-            mb = buffer.env_slice(mb_envs)
-            new_log_probs, new_v, entropy, new_q = evaluate_sequences_v2(policy, mb, floors)
-            # ---- finiteness gate: one fused check; a non-finite epoch takes no step (HEAD: `continue`)
-            checks = [torch.isfinite(t).all() for t in (*new_log_probs.values(), *mb.log_probs.values(), new_v, new_q)]
-            if not bool(torch.stack(checks).all()):
-                nonfinite_epochs += 1
-                continue
-            causal = causal_masks(effective_op[mb_envs])
-            forced = forced_steps(mb.masks["op"])
-            actor_w, value_w = forced_weights(forced)
-            ratios = head_ratios(new_log_probs, mb.log_probs)
-            joint = joint_ratio_metrics(new_log_probs, mb.log_probs, causal, config.clip_ratio)
-            kl = reduce(joint["approx_kl"])
-            if first:
-                sums["approx_kl_first"] = kl
-                for h in HEAD_NAMES:
-                    sums[f"entropy/{h}"] = masked_mean(entropy[h].detach(), causal[h])
-                first = False
-            if config.target_kl is not None and bool(kl > 1.5 * config.target_kl):
-                stopped = True
-                break
-            loss_pi = head_policy_loss(ratios, advantages[mb_envs], causal, config.clip_ratio, actor_w)
-            loss_v = weighted_value_loss(new_v.float(), returns_norm[mb_envs], value_w)
-            loss_q = weighted_value_loss(new_q.float(), returns_norm[mb_envs], value_w)
-            loss_ent = entropy_loss_head(entropy, causal, config.entropy_coef_per_head, actor_w)
-            if config.entropy_floor:
-                available = availability_masks(mb.masks["op"])
-                penalty = entropy_floor_penalty(entropy, available, ENTROPY_FLOOR_PER_HEAD, floor_coefs, actor_w)
-            else:
-                penalty = loss_ent.new_zeros(())
-            loss = total_loss_head(loss_pi, loss_v, loss_ent, penalty, loss_q, value_coef, entropy_coef)
 
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if all_reduce_grads is not None:
-                all_reduce_grads([p.grad for p in params if p.grad is not None])
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            if not bool(torch.isfinite(grad_norm)):
-                optimizer.zero_grad(set_to_none=True)
-                nonfinite_steps += 1
-                continue
-            optimizer.step()
-            steps_taken += 1
-            clip_frac = torch.stack([joint[f"clip_fraction/{h}"] for h in HEAD_NAMES]).mean()
-            for name, value in (("policy_loss", loss_pi), ("value_loss", loss_v), ("entropy_loss", loss_ent),
-                                ("approx_kl", kl), ("clip_fraction", clip_frac), ("grad_norm", grad_norm),
-                                ("head/q_aux_loss", loss_q), ("head/entropy_floor_penalty", penalty),
-                                *((f"head/{k}", v) for k, v in joint.items() if k.startswith("joint_"))):  # fmt: skip
-                sums[name] = sums.get(name, 0.0) + value.detach()
-        if stopped:
-            break
-    metrics = {k: (v if k.startswith(("entropy/", "approx_kl_first")) else v / max(steps_taken, 1))
-               for k, v in sums.items()}  # fmt: skip
-    for name in ("policy_loss", "value_loss", "entropy_loss", "clip_fraction", "grad_norm",
-                 "head/q_aux_loss", "head/entropy_floor_penalty"):  # fmt: skip
-        metrics.setdefault(name, torch.tensor(float("nan")))
-    metrics.setdefault("approx_kl", metrics.get("approx_kl_first", torch.tensor(float("nan"))))
-    metrics["optimizer_steps"] = torch.tensor(float(steps_taken))
-    metrics["early_stop"] = torch.tensor(float(stopped))
-    metrics["nonfinite_steps"] = torch.tensor(float(nonfinite_steps))
-    metrics["head/nonfinite_epochs"] = torch.tensor(float(nonfinite_epochs))
+    def minibatch_loss(mb_envs: Tensor) -> MinibatchLoss | None:
+        mb = buffer.env_slice(mb_envs)
+        new_log_probs, new_v, entropy, new_q = evaluate_sequences_v2(policy, mb, floors)
+        # ---- finiteness gate: one fused check; a non-finite epoch takes no step (HEAD: `continue`)
+        checks = [torch.isfinite(t).all() for t in (*new_log_probs.values(), *mb.log_probs.values(), new_v, new_q)]
+        if not bool(torch.stack(checks).all()):
+            return None
+        causal = causal_masks(effective_op[mb_envs])
+        forced = forced_steps(mb.masks["op"])
+        actor_w, value_w = forced_weights(forced)
+        ratios = head_ratios(new_log_probs, mb.log_probs)
+        joint = joint_ratio_metrics(new_log_probs, mb.log_probs, causal, config.clip_ratio)
+        loss_pi = head_policy_loss(ratios, advantages[mb_envs], causal, config.clip_ratio, actor_w)
+        loss_v = weighted_value_loss(new_v.float(), returns_norm[mb_envs], value_w)
+        loss_q = weighted_value_loss(new_q.float(), returns_norm[mb_envs], value_w)
+        loss_ent = entropy_loss_head(entropy, causal, config.entropy_coef_per_head, actor_w)
+        if config.entropy_floor:
+            available = availability_masks(mb.masks["op"])
+            penalty = entropy_floor_penalty(entropy, available, ENTROPY_FLOOR_PER_HEAD, floor_coefs, actor_w)
+        else:
+            penalty = loss_ent.new_zeros(())
+        clip_frac = torch.stack([joint[f"clip_fraction/{h}"] for h in HEAD_NAMES]).mean()
+        return MinibatchLoss(
+            loss=total_loss_head(loss_pi, loss_v, loss_ent, penalty, loss_q, value_coef, entropy_coef),
+            kl=joint["approx_kl"],
+            metrics={"policy_loss": loss_pi, "value_loss": loss_v, "entropy_loss": loss_ent, "clip_fraction": clip_frac,
+                     "head/q_aux_loss": loss_q, "head/entropy_floor_penalty": penalty,
+                     **{f"head/{k}": v for k, v in joint.items() if k.startswith("joint_")}},
+            first=lambda: {f"entropy/{h}": masked_mean(entropy[h].detach(), causal[h]) for h in HEAD_NAMES},
+        )  # fmt: skip
+
+    metrics = run_epochs(minibatch_loss, buffer.num_envs, policy.parameters(), optimizer,
+                         epochs=config.update_epochs, num_minibatches=config.num_minibatches,
+                         minibatch_rows=config.minibatch_envs, target_kl=config.target_kl,
+                         max_grad_norm=config.max_grad_norm, device=buffer.obs.device, generator=generator,
+                         all_reduce_mean=all_reduce_mean, all_reduce_grads=all_reduce_grads,
+                         metric_names=("policy_loss", "value_loss", "entropy_loss", "clip_fraction",
+                                       "head/q_aux_loss", "head/entropy_floor_penalty"))  # fmt: skip
+    metrics["head/nonfinite_epochs"] = metrics.pop("skipped")
     metrics["head/value_coef"] = torch.tensor(float(value_coef))
     return metrics

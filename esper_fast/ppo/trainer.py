@@ -43,7 +43,7 @@ from esper_fast.ppo.head_losses import ValueNormalizer, normalize_advantages_flo
 from esper_fast.ppo.head_update import ppo_update_head
 from esper_fast.ppo.update import ppo_update
 
-__all__ = ["Trainer", "rank_seed"]
+__all__ = ["Trainer", "check_env", "check_policy", "rank_seed"]
 
 OP_NAMES = [op.name.lower() for op in LifecycleOp]
 
@@ -53,20 +53,127 @@ def rank_seed(seed: int, rank: int) -> int:
     return seed + 104_729 * rank
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """``cuda`` and ``cuda:<current>`` are the same device."""
+    norm = lambda d: torch.empty(0, device=d).device  # noqa: E731
+    return norm(a) == norm(b)
+
+
+def _policy_kind(policy: torch.nn.Module) -> str:
+    from esper_fast.policy_v2 import FactoredPolicyV2Mixin
+
+    return "esper HEAD's FactoredPolicyV2" if isinstance(policy, FactoredPolicyV2Mixin) else type(policy).__name__
+
+
+def check_policy(policy: torch.nn.Module, config: PPOConfig, device: torch.device) -> None:
+    """ValueError (TypeError for a non-Module) unless ``policy`` is what a :class:`Trainer` with ``config`` on
+    ``device`` can train.
+
+    Checked: the kind (``ppo_variant="head"``: esper HEAD's FactoredPolicyV2; otherwise a FactoredNetwork
+    whose ``value_mode`` is ``config.value_mode``, ``legacy=True`` for "legacy"), the shapes of
+    :func:`~esper_fast.ppo.agent.architecture` (state_dim, feature_dim, lstm_hidden_dim, lstm_layers)
+    and the head sizes of ``config.num_slots``, and that every parameter is on ``device``.
+    """
+    from esper_fast.constants import get_action_head_sizes
+    from esper_fast.network import FactoredNetwork
+    from esper_fast.policy_v2 import FactoredPolicyV2Mixin
+
+    if not isinstance(policy, torch.nn.Module):
+        raise TypeError(f"policy: expected a torch.nn.Module, got {type(policy).__name__}")
+    if config.ppo_variant == "head":
+        if not isinstance(policy, FactoredPolicyV2Mixin):
+            raise ValueError(f"policy: ppo_variant 'head' trains esper HEAD's network (esper_fast.FactoredPolicyV2), "
+                             f"got {type(policy).__name__}")  # fmt: skip
+    else:
+        if isinstance(policy, FactoredPolicyV2Mixin) or not isinstance(policy, FactoredNetwork):
+            raise ValueError(f"policy: ppo_variant {config.ppo_variant!r} trains a FactoredNetwork (FactoredPolicy or "
+                             f"ReferencePolicy), got {_policy_kind(policy)}")  # fmt: skip
+        legacy = bool(getattr(policy, "legacy", False))
+        mode = "legacy" if legacy else getattr(policy, "value_mode", None)
+        if mode != config.value_mode:
+            raise ValueError(f"policy: its value mode is {mode!r} (value_mode={getattr(policy, 'value_mode', None)!r}, "
+                             f"legacy={legacy}), config.value_mode is {config.value_mode!r}")  # fmt: skip
+    arch = architecture(config)
+    first = getattr(getattr(policy, "feature_net", None), "__getitem__", None)
+    have = {"state_dim": getattr(policy, "state_dim", None),
+            "feature_dim": getattr(first(0), "out_features", None) if first is not None else None,
+            "lstm_hidden_dim": getattr(policy, "lstm_hidden_dim", None), "lstm_layers": getattr(policy, "lstm_layers", None),
+            "head_sizes": dict(getattr(policy, "head_sizes", {}) or {})}  # fmt: skip
+    want = {k: arch[k] for k in ("state_dim", "feature_dim", "lstm_hidden_dim", "lstm_layers")}
+    want["head_sizes"] = get_action_head_sizes(config.num_slots)
+    bad = [f"{k} {have[k]} (config: {want[k]})" for k in want if have[k] != want[k]]
+    if bad:
+        raise ValueError(f"policy: its architecture does not match the config: {'; '.join(bad)}")
+    for name, param in policy.named_parameters():
+        if not _same_device(param.device, device):
+            raise ValueError(f"policy: parameter {name!r} is on {param.device}, the trainer runs on {device} "
+                             "(move the policy there first)")  # fmt: skip
+
+
+def check_env(env: Any, config: PPOConfig, policy: torch.nn.Module, device: torch.device) -> None:
+    """ValueError unless ``env`` fits a :class:`Trainer` with ``config`` training ``policy`` on ``device``:
+    ``config.num_envs`` envs, ``env.head_sizes`` equal to the policy's, an ``observe()`` whose ``obs`` is
+    ``[num_envs, state_dim]`` and ``blueprint_indices`` ``[num_envs, num_slots]`` on ``device``, and no
+    end-of-run evaluation (``config.eval_episodes == 0``) unless it is a SeedLifecycleEnv."""
+    missing = [a for a in ("num_envs", "head_sizes", "observe", "step") if not hasattr(env, a)]
+    if missing:
+        raise ValueError(f"env: {type(env).__name__} lacks {', '.join(missing)} (SeedLifecycleEnv's interface: "
+                         "num_envs, head_sizes, observe(), step(actions))")  # fmt: skip
+    if int(env.num_envs) != config.num_envs:
+        raise ValueError(f"env: has {env.num_envs} envs, config.num_envs is {config.num_envs}")
+    sizes, want = dict(env.head_sizes), dict(policy.head_sizes)
+    if sizes != want:
+        diff = ", ".join(f"{h} {sizes.get(h)} (policy: {want.get(h)})" for h in dict.fromkeys([*want, *sizes])
+                         if sizes.get(h) != want.get(h))  # fmt: skip
+        raise ValueError(f"env: its action head sizes do not match the policy's: {diff}")
+    obs = env.observe()
+    state_dim, num_slots = architecture(config)["state_dim"], config.num_slots
+    for name, tensor, shape in (("obs", obs.obs, (config.num_envs, state_dim)),
+                                ("blueprint_indices", obs.blueprint_indices, (config.num_envs, num_slots))):  # fmt: skip
+        if tuple(tensor.shape) != shape:
+            raise ValueError(f"env: observe().{name} has shape {list(tensor.shape)}, the config needs {list(shape)} "
+                             f"(num_envs {config.num_envs}, state_dim {state_dim} = get_feature_size({num_slots}))")  # fmt: skip
+        if not _same_device(tensor.device, device):
+            raise ValueError(f"env: observe().{name} is on {tensor.device}, the trainer runs on {device}")
+    if config.eval_episodes and not isinstance(env, SeedLifecycleEnv):
+        raise ValueError(f"env: the end-of-run evaluation plays SeedLifecycleEnv, not {type(env).__name__}: "
+                         "set eval_episodes=0 (and evaluate on your env yourself)")  # fmt: skip
+
+
 class Trainer:
     """Owns the policy, optimiser, envs, normalisers and RNGs of one process of a PPO run.
 
     Args:
         config: the run's :class:`PPOConfig`.
         run_dir: where rank 0 writes config.json, metrics.csv/.jsonl, TensorBoard events,
-            checkpoints/ and learning_curve.png; None writes nothing.
+            checkpoints/ and learning_curve.png. None (the default) writes no file at all: the run lives
+            in memory (``train`` still returns the summary, ``state_dict`` still gives the checkpoint
+            payload; ``save`` writes nothing and returns None).
+        env: this process's env, trained on as it is (not reset; the trainer starts from
+            ``env.observe()``). Anything with SeedLifecycleEnv's interface: ``num_envs``, ``head_sizes``,
+            ``observe() -> EnvObs``, ``step(actions) -> StepResult`` (e.g.
+            :class:`~esper_fast.envs.exact_mdp.ExactMDPEsperEnv`). It must have ``config.num_envs`` envs,
+            observations of the config's size (``architecture(config)["state_dim"]``) on the trainer's
+            device and the policy's action head sizes (ValueError naming the mismatch otherwise). The
+            end-of-run evaluation plays SeedLifecycleEnv, so an env of another kind needs
+            ``config.eval_episodes == 0``. Default: ``SeedLifecycleEnv(config.num_envs, env_config(config),
+            seed=rank_seed(config.seed, rank))``.
+        policy: the network to train, on the trainer's device; the optimiser is built over its
+            parameters. It must have the config's architecture (:func:`~esper_fast.ppo.agent.architecture`:
+            state_dim, feature_dim, lstm_hidden_dim, lstm_layers, head sizes), be the kind the config
+            trains (a :class:`~esper_fast.network.FactoredNetwork` whose ``value_mode`` is
+            ``config.value_mode``, or with ``legacy=True`` for "legacy"; an esper-HEAD
+            ``FactoredPolicyV2`` for ``ppo_variant="head"``); ValueError naming the mismatch otherwise.
+            With several processes it is broadcast from rank 0 like a built one. Default:
+            :func:`~esper_fast.ppo.agent.build_policy` after ``torch.manual_seed(config.seed)``.
         dist: the process's :class:`DistContext` (default: single process on ``config.device``).
         resume: a loaded checkpoint dict (:func:`~esper_fast.ppo.checkpoint.load_checkpoint`) to continue.
         log: where progress messages go (rank 0 only).
         tensorboard: write TensorBoard events if the package is installed.
     """
 
-    def __init__(self, config: PPOConfig, run_dir: str | Path | None = None, *, dist: DistContext | None = None,
+    def __init__(self, config: PPOConfig, run_dir: str | Path | None = None, *, env: Any | None = None,
+                 policy: torch.nn.Module | None = None, dist: DistContext | None = None,
                  resume: dict[str, Any] | None = None, log: Callable[[str], None] = print,
                  tensorboard: bool = True) -> None:  # fmt: skip
         self.config, self.ctx = config, dist or DistContext(device=torch.device(config.device))
@@ -78,12 +185,20 @@ class Trainer:
         # ---- seeding: same init on every rank (then broadcast), own env/sampler streams per rank
         seed = rank_seed(config.seed, self.ctx.rank)
         torch.manual_seed(config.seed)
-        self.policy = build_policy(config.replace(device=str(self.device)))
+        if policy is None:
+            policy = build_policy(config.replace(device=str(self.device)))
+        else:
+            check_policy(policy, config, self.device)
+        self.policy = policy
         self.ctx.broadcast_module(self.policy)
         fused = config.fused_adam if config.fused_adam is not None else self.device.type == "cuda"
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=config.adam_eps,
                                           **({"fused": True} if fused else {}))  # fmt: skip
-        self.env = SeedLifecycleEnv(config.num_envs, env_config(config), device=self.device, seed=seed)
+        if env is None:
+            env = SeedLifecycleEnv(config.num_envs, env_config(config), device=self.device, seed=seed)
+        else:
+            check_env(env, config, self.policy, self.device)
+        self.env = env
         self.action_generator = torch.Generator(device=self.device).manual_seed(seed)
         self.update_generator = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
@@ -142,43 +257,8 @@ class Trainer:
                     # ---- ROLLOUT: every env runs rollout_steps steps, LSTM state carried per env ----
                     rollout_stats = self.rollout()
 
-                    # ---- GAE: truncated episodes bootstrap, terminal ones do not --------------------
-                    b = self.buffer
-                    b_advantages, b_returns = compute_gae(b.rewards, b.values, b.dones, b.truncated,
-                                                          b.bootstrap_values, cfg.gamma, cfg.gae_lambda)  # fmt: skip
-                    b_explained_var = explained_variance(b.values, b_returns)  # (HEAD: de-normalised scale)
-                    if self.head:  # critic targets on the normalised scale; advantages with HEAD's std floor
-                        self.value_normalizer.update(b_returns)
-                        b_targets = self.value_normalizer.normalize(b_returns)
-                        if cfg.normalize_advantages:
-                            b_advantages = normalize_advantages_floored(b_advantages)[0]
-                    elif cfg.normalize_advantages:
-                        b_advantages = normalize_advantages(b_advantages)
-
-                    # ---- OBS STATS: esper updates them with the batch's raw obs before the update ---
-                    self._update_obs_normalizer(b.raw_obs)
-
-                    # ---- UPDATE: per-head clipped PPO over whole env sequences -----------------------
-                    lr = cfg.learning_rate_at(self.train_steps, self.num_updates)
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = lr
-                    entropy_coef = cfg.entropy_coef_at(self.train_steps)
-                    self.policy.train()
-                    if self.head:
-                        update_stats = ppo_update_head(
-                            self.policy, self.optimizer, b, self.effective_op, b_advantages, b_targets, cfg,
-                            entropy_coef, train_steps=self.head_train_steps,
-                            progress=self.train_steps / self.num_updates, generator=self.update_generator,
-                            all_reduce_mean=self.ctx.all_reduce_mean, all_reduce_grads=self.ctx.all_reduce_grads)  # fmt: skip
-                        # HEAD counts train_steps only after a real optimiser step (ppo_agent.py:1589-1595)
-                        self.head_train_steps += int(update_stats["optimizer_steps"].item() > 0)
-                    else:
-                        update_stats = ppo_update(self.policy, self.optimizer, b, b_advantages, b_returns, cfg,
-                                                  entropy_coef, generator=self.update_generator,
-                                                  all_reduce_mean=self.ctx.all_reduce_mean,
-                                                  all_reduce_grads=self.ctx.all_reduce_grads)  # fmt: skip
-                    self.train_steps += 1
-                    self.global_step += cfg.batch_size * self.ctx.world_size
+                    # ---- GAE -> OBS STATS -> UPDATE (esper's or HEAD's loss) -------------------------
+                    update_stats, b_explained_var, lr, entropy_coef = self.update()
 
                     # ---- METRICS: one host sync per update ------------------------------------------
                     row = self._metrics_row(rollout_stats, update_stats, b_explained_var, lr, entropy_coef,
@@ -201,6 +281,59 @@ class Trainer:
                         interrupted = True
                         break
             return self.finish(interrupted=interrupted)
+
+    # =============================================================================================
+    # Update
+    # =============================================================================================
+    def update(self) -> tuple[dict[str, Tensor], Tensor, float, float]:
+        """One update from the rollout in ``self.buffer``: GAE (esper's truncation rule), the obs
+        statistics, the learning-rate / entropy schedules, one PPO update (``ppo_variant``'s loss:
+        :func:`~esper_fast.ppo.update.ppo_update` or :func:`~esper_fast.ppo.head_update.ppo_update_head`);
+        advances ``train_steps`` and ``global_step``. What :meth:`train` does after each :meth:`rollout`.
+
+        Returns ``(update metric tensors, explained variance, learning rate, entropy coef)``.
+        Collective with several processes (call it on every rank). :meth:`train` runs it inside
+        ``cpu_threads(config.torch_threads)`` and ``validation_off(policy)``; a caller on its own should too.
+        """
+        cfg = self.config
+        # ---- GAE: truncated episodes bootstrap, terminal ones do not --------------------
+        b = self.buffer
+        b_advantages, b_returns = compute_gae(b.rewards, b.values, b.dones, b.truncated,
+                                              b.bootstrap_values, cfg.gamma, cfg.gae_lambda)  # fmt: skip
+        b_explained_var = explained_variance(b.values, b_returns)  # (HEAD: de-normalised scale)
+        if self.head:  # critic targets on the normalised scale; advantages with HEAD's std floor
+            self.value_normalizer.update(b_returns)
+            b_targets = self.value_normalizer.normalize(b_returns)
+            if cfg.normalize_advantages:
+                b_advantages = normalize_advantages_floored(b_advantages)[0]
+        elif cfg.normalize_advantages:
+            b_advantages = normalize_advantages(b_advantages)
+
+        # ---- OBS STATS: esper updates them with the batch's raw obs before the update ---
+        self._update_obs_normalizer(b.raw_obs)
+
+        # ---- UPDATE: per-head clipped PPO over whole env sequences -----------------------
+        lr = cfg.learning_rate_at(self.train_steps, self.num_updates)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        entropy_coef = cfg.entropy_coef_at(self.train_steps)
+        self.policy.train()
+        if self.head:
+            update_stats = ppo_update_head(
+                self.policy, self.optimizer, b, self.effective_op, b_advantages, b_targets, cfg,
+                entropy_coef, train_steps=self.head_train_steps,
+                progress=self.train_steps / self.num_updates, generator=self.update_generator,
+                all_reduce_mean=self.ctx.all_reduce_mean, all_reduce_grads=self.ctx.all_reduce_grads)  # fmt: skip
+            # HEAD counts train_steps only after a real optimiser step (ppo_agent.py:1589-1595)
+            self.head_train_steps += int(update_stats["optimizer_steps"].item() > 0)
+        else:
+            update_stats = ppo_update(self.policy, self.optimizer, b, b_advantages, b_returns, cfg,
+                                      entropy_coef, generator=self.update_generator,
+                                      all_reduce_mean=self.ctx.all_reduce_mean,
+                                      all_reduce_grads=self.ctx.all_reduce_grads)  # fmt: skip
+        self.train_steps += 1
+        self.global_step += cfg.batch_size * self.ctx.world_size
+        return update_stats, b_explained_var, lr, entropy_coef
 
     # =============================================================================================
     # Rollout
@@ -418,11 +551,7 @@ class Trainer:
         if interrupted:
             self.log(f"interrupted: checkpoint saved to {ckpt_path}" if ckpt_path else "interrupted")
         if self.config.eval_episodes and not interrupted:
-            with validation_off(self.policy):
-                self.policy.eval()
-                summary["evaluation"] = compare_with_baselines(
-                    self.policy, self.obs_normalizer, self.config, self.config.eval_episodes,
-                    self.config.eval_seed, self.device)  # fmt: skip
+            summary["evaluation"] = self.evaluate()
         if self.run_dir is not None and self.writer is not None:
             if summary.get("evaluation"):
                 self.writer.write_evaluation(summary["evaluation"], self.global_step, evaluation_markdown(
@@ -432,6 +561,17 @@ class Trainer:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
         self.release()
         return summary
+
+    def evaluate(self, episodes: int | None = None, seed: int | None = None) -> dict[str, dict[str, Any]]:
+        """The end-of-run evaluation: the policy (sampled and greedy, with the trainer's obs statistics)
+        against the oracle, heuristic and random baselines on the same ``episodes`` SeedLifecycleEnv
+        episodes (default ``config.eval_episodes``, env seed ``config.eval_seed``);
+        :func:`~esper_fast.ppo.evaluate.compare_with_baselines`. Leaves the policy in eval mode."""
+        with validation_off(self.policy):
+            self.policy.eval()
+            return compare_with_baselines(self.policy, self.obs_normalizer, self.config,
+                                          self.config.eval_episodes if episodes is None else episodes,
+                                          self.config.eval_seed if seed is None else seed, self.device)  # fmt: skip
 
     def release(self) -> None:
         """Give up the run directory's lock (done by :meth:`finish`; also when the process ends)."""

@@ -6,7 +6,8 @@ stored step-0 LSTM state. esper's update is the special case of one pass over on
 Before each optimiser step the causal-weighted KL is checked; above ``1.5 * target_kl`` the update
 stops *without* taking that step (esper). Gradients are averaged over processes (if any) before the
 global-norm clip, so every process takes the same step. A step whose gradient norm is NaN/inf is
-skipped (counted in ``nonfinite_steps``), so a bad batch never writes a NaN network.
+skipped (counted in ``nonfinite_steps``), so a bad batch never writes a NaN network. The loop itself is
+:func:`esper_fast.ppo.epochs.run_epochs` (shared with the esper-HEAD update); this module gives it the loss.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from esper_fast.network import FactoredNetwork
 from esper_fast.rules import causal_masks
 from esper_fast.ppo.buffer import RolloutBuffer
 from esper_fast.ppo.config import PPOConfig
+from esper_fast.ppo.epochs import MinibatchLoss, run_epochs
 from esper_fast.ppo.losses import approx_kl, clip_fraction, entropy_loss, head_ratios, masked_mean, policy_loss, value_loss
 
 __all__ = ["compiled_score_fn", "evaluate_sequences", "ppo_update"]
@@ -113,64 +115,31 @@ def ppo_update(
     ``all_reduce_mean`` averages a tensor over processes (identity when None); ``all_reduce_grads``
     averages the gradients in place. Two host syncs per minibatch (the KL early-stop decision, the finite-gradient check).
     """
-    reduce = all_reduce_mean or (lambda x: x)
-    params = [p for p in policy.parameters() if p.requires_grad]
-    E = buffer.num_envs
     score_fn = compiled_score_fn(policy, config.compile_backend) if config.compile else None
-    sums: dict[str, Tensor] = {}
-    steps_taken, first, nonfinite_steps = 0, True, 0
-    stopped = False
-    for _epoch in range(config.update_epochs):
-        if config.num_minibatches == 1:  # esper: the whole batch, in env order
-            order = torch.arange(E, device=buffer.obs.device)
-        else:
-            order = torch.randperm(E, generator=generator, device="cpu").to(buffer.obs.device)
-        for mb_envs in order.split(config.minibatch_envs):
-            mb = buffer.env_slice(mb_envs)
-            mb_advantages, mb_returns = advantages[mb_envs], returns[mb_envs]
-            with torch.autocast(buffer.obs.device.type, dtype=torch.bfloat16, enabled=config.amp):
-                new_log_probs, new_q, entropy = evaluate_sequences(policy, mb, score_fn)
-            new_q = new_q.float()
-            causal = causal_masks(mb.actions["op"])
-            ratios = head_ratios(new_log_probs, mb.log_probs)
-            kl = reduce(approx_kl(new_log_probs, mb.log_probs, causal))
-            if first:  # entropies and KL as the update found the policy
-                sums["approx_kl_first"] = kl
-                for h in HEAD_NAMES:
-                    sums[f"entropy/{h}"] = masked_mean(entropy[h].detach(), causal[h])
-                first = False
-            if config.target_kl is not None and bool(kl > 1.5 * config.target_kl):
-                stopped = True
-                break
-            loss_pi = policy_loss(ratios, mb_advantages, causal, config.clip_ratio)
-            loss_v = value_loss(new_q, mb.old_q, mb_returns, config.clip_value, config.value_clip)
-            loss_ent = entropy_loss(entropy, causal, config.entropy_coef_per_head)
-            loss = loss_pi + config.value_coef * loss_v + entropy_coef * loss_ent
 
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if all_reduce_grads is not None:
-                all_reduce_grads([p.grad for p in params if p.grad is not None])
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            if not bool(torch.isfinite(grad_norm)):  # NaN/inf loss or gradients: never step on them
-                optimizer.zero_grad(set_to_none=True)  # (identical on every rank: grads were averaged)
-                nonfinite_steps += 1
-                continue
-            optimizer.step()
+    def minibatch_loss(mb_envs: Tensor) -> MinibatchLoss:
+        mb = buffer.env_slice(mb_envs)
+        with torch.autocast(buffer.obs.device.type, dtype=torch.bfloat16, enabled=config.amp):
+            new_log_probs, new_q, entropy = evaluate_sequences(policy, mb, score_fn)
+        new_q = new_q.float()
+        causal = causal_masks(mb.actions["op"])
+        ratios = head_ratios(new_log_probs, mb.log_probs)
+        loss_pi = policy_loss(ratios, advantages[mb_envs], causal, config.clip_ratio)
+        loss_v = value_loss(new_q, mb.old_q, returns[mb_envs], config.clip_value, config.value_clip)
+        loss_ent = entropy_loss(entropy, causal, config.entropy_coef_per_head)
+        return MinibatchLoss(
+            loss=loss_pi + config.value_coef * loss_v + entropy_coef * loss_ent,
+            kl=approx_kl(new_log_probs, mb.log_probs, causal),
+            metrics={"policy_loss": loss_pi, "value_loss": loss_v, "entropy_loss": loss_ent,
+                     "clip_fraction": clip_fraction(ratios, causal, config.clip_ratio)},
+            first=lambda: {f"entropy/{h}": masked_mean(entropy[h].detach(), causal[h]) for h in HEAD_NAMES},
+        )  # fmt: skip
 
-            steps_taken += 1
-            for name, value in (("policy_loss", loss_pi), ("value_loss", loss_v), ("entropy_loss", loss_ent),
-                                ("approx_kl", kl), ("clip_fraction", clip_fraction(ratios, causal, config.clip_ratio)),
-                                ("grad_norm", grad_norm)):  # fmt: skip
-                sums[name] = sums.get(name, 0.0) + value.detach()
-        if stopped:
-            break
-    metrics = {k: (v if k.startswith(("entropy/", "approx_kl_first")) else v / max(steps_taken, 1))
-               for k, v in sums.items()}  # fmt: skip
-    for name in ("policy_loss", "value_loss", "entropy_loss", "clip_fraction", "grad_norm"):
-        metrics.setdefault(name, torch.tensor(float("nan")))
-    metrics.setdefault("approx_kl", metrics.get("approx_kl_first", torch.tensor(float("nan"))))
-    metrics["optimizer_steps"] = torch.tensor(float(steps_taken))
-    metrics["early_stop"] = torch.tensor(float(stopped))
-    metrics["nonfinite_steps"] = torch.tensor(float(nonfinite_steps))
+    metrics = run_epochs(minibatch_loss, buffer.num_envs, policy.parameters(), optimizer,
+                         epochs=config.update_epochs, num_minibatches=config.num_minibatches,
+                         minibatch_rows=config.minibatch_envs, target_kl=config.target_kl,
+                         max_grad_norm=config.max_grad_norm, device=buffer.obs.device, generator=generator,
+                         all_reduce_mean=all_reduce_mean, all_reduce_grads=all_reduce_grads,
+                         metric_names=("policy_loss", "value_loss", "entropy_loss", "clip_fraction"))  # fmt: skip
+    del metrics["skipped"]  # (the callback never skips)
     return metrics

@@ -71,6 +71,7 @@ from esper_fast.envs.exact_mdp import NUM_STATES, ExactMDP, ExactMDPConfig, Exac
 from esper_fast.ops.select import select_op
 from esper_fast.plotting import MODE_COLORS, NO_MATPLOTLIB, new_figure, save_figure
 from esper_fast.ppo.agent import cpu_threads
+from esper_fast.ppo.epochs import MinibatchLoss, run_epochs
 from esper_fast.ppo.gae import compute_gae, explained_variance
 from esper_fast.ppo.losses import value_loss
 
@@ -301,7 +302,8 @@ def learn_critic(policy: TabularPolicy, mode: str, *, config: ExactMDPConfig | N
     """A tabular ``Q(s, op)`` critic learned under ``mode`` with ``policy`` fixed; returns ``(S, NUM_OPS)``.
 
     As :class:`esper_fast.ppo.Trainer`: from Q = 0, each update rolls out with the mode's value path,
-    computes GAE(lambda) returns, and takes ``epochs`` Adam steps on esper's clipped value loss of
+    computes GAE(lambda) returns, and takes ``epochs`` Adam steps (the trainer's epoch loop,
+    :func:`esper_fast.ppo.epochs.run_epochs`, without clipping) on esper's clipped value loss of
     Q(s, stored op) against the returns (anchor: the rollout's Q(s, stored op); legacy: the stored
     value, as the trainer does). Few updates -> an imperfect critic (lagging and noisy).
     """
@@ -321,11 +323,14 @@ def _learn_critic(policy: TabularPolicy, mode: str, config: ExactMDPConfig | Non
         roll = rollout(mdp, policy, q.detach(), mode, steps, gen)
         _, ret = gae(roll, mdp.gamma, lam)
         old_q = roll.value.double() if mode == "legacy" else q.detach()[roll.state, roll.op]
-        for _ in range(epochs):
-            loss = value_loss(q[roll.state, roll.op], old_q, ret, True, 10.0)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+
+        def critic_loss(rows: Tensor, roll: Rollout = roll, old_q: Tensor = old_q, ret: Tensor = ret) -> MinibatchLoss:
+            loss = value_loss(q[roll.state[rows], roll.op[rows]], old_q[rows], ret[rows], True, 10.0)
+            return MinibatchLoss(loss, loss.new_zeros(()), {})  # (no policy: no KL, no early stop)
+
+        # the trainer's epoch loop: one full batch per epoch, no gradient clipping (max_grad_norm None)
+        run_epochs(critic_loss, num_envs, [q], opt, epochs=epochs, num_minibatches=1, minibatch_rows=num_envs,
+                   target_kl=None, max_grad_norm=None, device="cpu")  # fmt: skip
     return q.detach()
 
 

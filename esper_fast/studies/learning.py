@@ -5,12 +5,15 @@ Four suites, each run for every value mode (``exact300``: ``q_op`` and ``expecte
 * ``tabular`` - tabular PPO on :class:`~esper_fast.envs.exact_mdp.ExactMDP`: per-state op logits,
   blueprint logits and an op-conditioned ``Q(s, op)`` table, trained with esper's loss terms
   (:mod:`esper_fast.ppo.losses`: per-head clipped surrogate with esper's causal masks, clipped value
-  loss on Q(s, stored op), per-head entropy) on GAE from :func:`esper_fast.ppo.gae.compute_gae`; the
+  loss on Q(s, stored op), per-head entropy; scored by the update's
+  :func:`~esper_fast.ops.score.score_actions_reference`) in the trainer's epoch loop
+  (:func:`esper_fast.ppo.epochs.run_epochs`) on GAE from :func:`esper_fast.ppo.gae.compute_gae`; the
   value path is :func:`esper_fast.studies.advantage_bias.rollout` (``select_op``). The final policy
   is scored *exactly* (``sum_s rho0(s) V^pi(s)`` by DP).
 * ``exact``   - the real :class:`esper_fast.ppo.Trainer` (LSTM FactoredPolicy / ReferencePolicy,
-  esper's update, hyper-parameters :data:`STUDY_PPO`) on ExactMDP through :class:`~esper_fast.envs.exact_mdp.ExactMDPEsperEnv`; scored
-  by the mean return of 2048 fresh episodes (sampled actions).
+  esper's update, hyper-parameters :data:`STUDY_PPO`) on ExactMDP through :class:`~esper_fast.envs.exact_mdp.ExactMDPEsperEnv`
+  (given to it: ``Trainer(cfg, env=...)``); scored by the mean return of 2048 fresh episodes (sampled
+  actions, the trainer's :class:`~esper_fast.ppo.agent.PolicyActor`).
 * ``exact300`` - the ``exact`` suite run for 300 updates (``q_op`` and ``expected``), with the critic
   diagnostics (:func:`critic_diagnostics`) every 10 updates.
 * ``seed``    - the real Trainer on :class:`~esper_fast.envs.SeedLifecycleEnv` (:data:`STUDY_PPO`,
@@ -31,20 +34,23 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from esper_fast.constants import HEAD_NAMES, MASKED_LOGIT_VALUE, POLICY_VALUE_MODES, LifecycleOp
+from esper_fast.constants import (
+    HEAD_NAMES, POLICY_VALUE_MODES, GerminationStyle, LifecycleOp, get_action_head_sizes,
+)  # fmt: skip
 from esper_fast.envs.exact_mdp import (
     BLUEPRINT_IDS, NUM_STATES, ExactMDP, ExactMDPConfig, ExactMDPEsperEnv, TabularPolicy,
 )  # fmt: skip
 from esper_fast.plotting import MODE_COLORS, NO_MATPLOTLIB, new_figure, save_figure
-from esper_fast.rules import normalized_entropy
 from esper_fast.ppo.config import ENTROPY_COEF_PER_HEAD
 from esper_fast.ppo.gae import compute_gae, explained_variance, normalize_advantages
+from esper_fast.ppo.epochs import MinibatchLoss, run_epochs
 from esper_fast.ppo.losses import approx_kl, entropy_loss, head_ratios, policy_loss, value_loss
 from esper_fast.studies.advantage_bias import MODES, rollout, single_thread
 
@@ -54,6 +60,7 @@ __all__ = ["TabularPPOConfig", "train_tabular", "train_trainer_exact", "train_tr
 
 A, B = ExactMDP.num_ops, ExactMDP.num_sub
 _GERM = int(LifecycleOp.GERMINATE)
+_SIGMOID_ADD = int(GerminationStyle.SIGMOID_ADD)
 
 
 def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
@@ -96,16 +103,38 @@ class TabularPPOConfig:
 
 def _head_terms(op_logits: Tensor, bp_logits: Tensor, s: Tensor, op: Tensor, b: Tensor, op_mask: Tensor,
                 sub_mask: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:  # fmt: skip
-    """Per-head log-probs of the stored actions and normalised entropies (esper's -1e4 masking)."""
-    lo = op_logits[s].masked_fill(~op_mask, MASKED_LOGIT_VALUE)
-    lb = bp_logits[s].masked_fill(~sub_mask, MASKED_LOGIT_VALUE)
-    zero = torch.zeros_like(s, dtype=lo.dtype)
-    log_probs = {h: zero for h in HEAD_NAMES}
-    entropy = {h: zero for h in HEAD_NAMES}
-    log_probs["op"] = torch.log_softmax(lo, -1).gather(-1, op.unsqueeze(-1)).squeeze(-1)
-    log_probs["blueprint"] = torch.log_softmax(lb, -1).gather(-1, b.unsqueeze(-1)).squeeze(-1)
-    entropy["op"], entropy["blueprint"] = normalized_entropy(lo, op_mask), normalized_entropy(lb, sub_mask)
-    return log_probs, entropy
+    """Per-head log-probs of the stored actions and normalised entropies: the update's scoring,
+    :func:`esper_fast.ops.score.score_actions_reference` (esper's -1e4 masking), on the tabular logits.
+
+    The op and blueprint heads are the tables' rows; every other head has a single valid action (as in
+    :class:`~esper_fast.envs.exact_mdp.ExactMDPEsperEnv`), so its log-prob and entropy are exactly 0.
+    """
+    from esper_fast.ops.score import score_actions_reference
+
+    sizes = get_action_head_sizes(3)
+    logits = {h: op_logits.new_zeros(*s.shape, n) for h, n in sizes.items()}
+    single = {h: torch.arange(n, device=s.device) == (_SIGMOID_ADD if h == "style" else 0) for h, n in sizes.items()}
+    masks = {h: m.expand(*s.shape, -1) for h, m in single.items()}
+    actions = {h: torch.full_like(s, _SIGMOID_ADD if h == "style" else 0) for h in HEAD_NAMES}
+    logits["op"], logits["blueprint"] = op_logits[s], bp_logits[s]
+    masks["op"], masks["blueprint"] = op_mask, sub_mask
+    actions["op"], actions["blueprint"] = op, b
+    return score_actions_reference(logits, masks, actions)
+
+
+def _tabular_loss(rows: Tensor, *, cfg: TabularPPOConfig, tables: tuple[Tensor, Tensor, Tensor],
+                  batch: dict[str, Tensor], old_lp: dict[str, Tensor], causal: dict[str, Tensor]) -> MinibatchLoss:  # fmt: skip
+    """esper's loss terms on the tables for the rollout rows ``rows`` (the epoch loop's callback)."""
+    op_logits, bp_logits, q = tables
+    mb = {k: v[rows] for k, v in batch.items()}
+    new_lp, ent = _head_terms(op_logits, bp_logits, mb["s"], mb["op"], mb["b"], mb["om"], mb["sm"])
+    old = {h: v[rows] for h, v in old_lp.items()}
+    cz = {h: v[rows] for h, v in causal.items()}
+    ratios = head_ratios(new_lp, old)
+    loss = (policy_loss(ratios, mb["adv"], cz, cfg.clip_ratio)
+            + cfg.value_coef * value_loss(q[mb["s"], mb["op"]], mb["old_q"], mb["ret"], True, cfg.value_clip)
+            + cfg.entropy_coef * entropy_loss(ent, cz, ENTROPY_COEF_PER_HEAD))  # fmt: skip
+    return MinibatchLoss(loss, approx_kl(new_lp, old, cz), {})
 
 
 def train_tabular(mode: str, seed: int, cfg: TabularPPOConfig = TabularPPOConfig(),
@@ -148,19 +177,14 @@ def _train_tabular(mode: str, seed: int, cfg: TabularPPOConfig, mdp_config: Exac
         old_q = roll.value if mode == "legacy" else q.detach()[s, op]  # the trainer's value-clip anchor
         causal = {h: torch.zeros_like(op, dtype=torch.bool) for h in HEAD_NAMES}
         causal["op"], causal["blueprint"] = torch.ones_like(op, dtype=torch.bool), op == _GERM
-        for _ in range(cfg.epochs):
-            new_lp, ent = _head_terms(op_logits, bp_logits, s, op, b, om, sm)
-            kl = approx_kl(new_lp, old_lp, causal)
-            if cfg.target_kl is not None and float(kl) > 1.5 * cfg.target_kl:
-                break
-            ratios = head_ratios(new_lp, old_lp)
-            loss = (policy_loss(ratios, adv, causal, cfg.clip_ratio)
-                    + cfg.value_coef * value_loss(q[s, op], old_q, ret, True, cfg.value_clip)
-                    + cfg.entropy_coef * entropy_loss(ent, causal, ENTROPY_COEF_PER_HEAD))  # fmt: skip
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([op_logits, bp_logits, q], cfg.max_grad_norm)
-            opt.step()
+
+        batch = {"s": s, "op": op, "b": b, "om": om, "sm": sm, "adv": adv, "ret": ret, "old_q": old_q}
+        loss_fn = partial(_tabular_loss, cfg=cfg, tables=(op_logits, bp_logits, q), batch=batch, old_lp=old_lp,
+                          causal=causal)  # fmt: skip
+        # the trainer's epoch loop: esper's one full batch per epoch, the KL early stop, the clipped step
+        run_epochs(loss_fn, cfg.num_envs, [op_logits, bp_logits, q], opt, epochs=cfg.epochs, num_minibatches=1,
+                   minibatch_rows=cfg.num_envs, target_kl=cfg.target_kl, max_grad_norm=cfg.max_grad_norm,
+                   device="cpu")  # fmt: skip
         objective.append(mdp.objective(current()))
         ret_curve.append(mdp.expected_episode_return(current()))
     tail = max(1, cfg.updates // 5)
@@ -190,27 +214,23 @@ EXACT300_PPO: dict[str, Any] = dict(entropy_coef=0.05, entropy_coef_end=0.0, ent
 def evaluate_on_exact(policy, obs_normalizer, op_conditioned_slot: bool, episodes: int = 2048, seed: int = 12345,
                       mdp_config: ExactMDPConfig | None = None) -> dict[str, float]:  # fmt: skip
     """Mean undiscounted and discounted return of ``episodes`` fresh ExactMDP episodes (sampled actions)."""
-    from esper_fast.ppo.agent import act, validation_off
+    from esper_fast.ppo.agent import PolicyActor
 
     env = ExactMDPEsperEnv(episodes, mdp_config, seed=seed)
     obs = env.reset()
-    device = next(policy.parameters()).device
-    hidden = policy.get_initial_hidden(episodes, device)
-    gen = torch.Generator(device=device).manual_seed(seed)
+    # the trainer's evaluation controller (compare_with_baselines plays SeedLifecycleEnv with it)
+    actor = PolicyActor(policy, obs_normalizer, deterministic=False, op_conditioned_slot=op_conditioned_slot, seed=seed)
     ret = torch.zeros(episodes, dtype=torch.float64)
     disc_ret = torch.zeros(episodes, dtype=torch.float64)
     alive = torch.ones(episodes, dtype=torch.bool)
     policy.eval()
-    with validation_off(policy), torch.no_grad():
-        for t in range(env.mdp.horizon):
-            res = act(policy, obs_normalizer.normalize(obs.obs), obs, hidden, deterministic=False,
-                      op_conditioned_slot=op_conditioned_slot, generator=gen)  # fmt: skip
-            step = env.step(res.actions)
+    with torch.no_grad():
+        for t in range(env.mdp.horizon):  # one episode per row: the LSTM state runs on (no episode_start)
+            step = env.step(actor(obs))
             r = step.reward.double() * alive
             ret += r
             disc_ret += r * env.mdp.gamma**t
             alive &= ~step.terminated
-            hidden = res.hidden
             obs = step.next
     se = float(ret.std()) / math.sqrt(episodes)
     return {"mean_return": float(ret.mean()), "return_se": se, "mean_discounted_return": float(disc_ret.mean())}
@@ -284,9 +304,8 @@ def train_trainer_exact(mode: str, seed: int, updates: int = 120, num_envs: int 
                                   "lstm_hidden_dim": hidden, "num_envs": num_envs, "episode_length": mdp_cfg.horizon,
                                   "rollout_steps": rollout_steps, "total_timesteps": num_envs * rollout_steps * updates,
                                   "gamma": mdp_cfg.gamma, "eval_episodes": 0})  # fmt: skip
-    trainer = Trainer(cfg, run_dir=None, log=lambda _m: None, tensorboard=False)
-    trainer.env = ExactMDPEsperEnv(num_envs, mdp_cfg, seed=seed)
-    trainer.obs = trainer.env.observe()
+    env = ExactMDPEsperEnv(num_envs, mdp_cfg, seed=seed)
+    trainer = Trainer(cfg, run_dir=None, env=env, log=lambda _m: None, tensorboard=False)
     rows: list[dict[str, Any]] = []
     diag_curve: list[dict[str, Any]] = []
 
