@@ -9,7 +9,7 @@ from esper_fast.envs import SeedLifecycleEnv
 from esper_fast.envs.exact_mdp import NUM_STATES, ExactMDPEsperEnv
 from esper_fast.ppo import Trainer, make_config
 from esper_fast.ppo.agent import architecture, build_policy, env_config
-from esper_fast.reference import ReferencePolicy
+from esper_fast.reference_policy import ReferencePolicy
 
 
 def _cfg(**kw):
