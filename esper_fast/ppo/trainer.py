@@ -100,6 +100,10 @@ class Trainer:
         # esper HEAD only: the critic's return scale, the executed op per step, HEAD's train_steps
         self.value_normalizer = ValueNormalizer(device=self.device) if self.head else None
         self.effective_op = torch.zeros(config.num_envs, config.rollout_steps, dtype=torch.int64, device=self.device)
+        # esper HEAD only: the contribution predictor's targets per step (the env's true counterfactuals)
+        S = config.num_slots
+        self.contrib_target = torch.zeros(config.num_envs, config.rollout_steps, S, device=self.device)
+        self.contrib_active = torch.zeros(config.num_envs, config.rollout_steps, S, dtype=torch.bool, device=self.device)
         self.head_train_steps = 0
         self.train_steps, self.global_step = 0, 0
         self.last_row: dict[str, Any] = {}
@@ -169,7 +173,8 @@ class Trainer:
                             self.policy, self.optimizer, b, self.effective_op, b_advantages, b_targets, cfg,
                             entropy_coef, train_steps=self.head_train_steps,
                             progress=self.train_steps / self.num_updates, generator=self.update_generator,
-                            all_reduce_mean=self.ctx.all_reduce_mean, all_reduce_grads=self.ctx.all_reduce_grads)  # fmt: skip
+                            all_reduce_mean=self.ctx.all_reduce_mean, all_reduce_grads=self.ctx.all_reduce_grads,
+                            contributions=(self.contrib_target, self.contrib_active) if cfg.contribution_aux else None)  # fmt: skip
                         # HEAD counts train_steps only after a real optimiser step (ppo_agent.py:1589-1595)
                         self.head_train_steps += int(update_stats["optimizer_steps"].item() > 0)
                     else:
@@ -233,6 +238,8 @@ class Trainer:
                          log_probs=result.log_probs, values=values,
                          old_q=result.values if legacy else result.q_op, op_agree=agree)  # fmt: skip
 
+            if head and cfg.contribution_aux:  # the state env_obs shows (HEAD: targets stored with step t)
+                self.contrib_target[:, t], self.contrib_active[:, t] = env.counterfactual_contributions()
             step = env.step(actions)
             if head:
                 self.effective_op[:, t] = step.effective_op
