@@ -223,3 +223,20 @@ def test_trainer_reports_the_contribution_loss_and_its_ramp(tmp_path):
     assert row["head/contribution_aux_coef"] == pytest.approx(0.05 * 1 / 4)  # second update: train_steps 1
     off = _trainer(tmp_path / "off", contribution_aux=False).train(handle_signals=False)["last_metrics"]
     assert "head/contribution_aux_loss" not in off
+
+
+def test_an_env_without_counterfactuals_runs_without_the_contribution_loss():
+    """A study swaps in ExactMDPEsperEnv, which has no counterfactual contributions: the run trains, says
+    so once, and reports no contribution loss (HEAD: no fresh measurement, no loss)."""
+    from esper_fast.envs.exact_mdp import ExactMDPConfig, ExactMDPEsperEnv
+
+    said = []
+    mdp = ExactMDPConfig()
+    trainer = Trainer(make_config("esper-head", **{**TINY, "episode_length": mdp.horizon, "rollout_steps": 8,
+                                                    "total_timesteps": 32, "gamma": mdp.gamma}),
+                      run_dir=None, log=said.append, tensorboard=False)  # fmt: skip
+    trainer.env = ExactMDPEsperEnv(2, mdp, seed=0)
+    trainer.obs = trainer.env.observe()
+    row = trainer.train(handle_signals=False)["last_metrics"]
+    assert trainer.train_steps == 2 and "head/contribution_aux_loss" not in row
+    assert sum("no counterfactual_contributions" in m for m in said) == 1

@@ -174,7 +174,7 @@ class Trainer:
                             entropy_coef, train_steps=self.head_train_steps,
                             progress=self.train_steps / self.num_updates, generator=self.update_generator,
                             all_reduce_mean=self.ctx.all_reduce_mean, all_reduce_grads=self.ctx.all_reduce_grads,
-                            contributions=(self.contrib_target, self.contrib_active) if cfg.contribution_aux else None)  # fmt: skip
+                            contributions=(self.contrib_target, self.contrib_active) if self._contribution_targets() else None)  # fmt: skip
                         # HEAD counts train_steps only after a real optimiser step (ppo_agent.py:1589-1595)
                         self.head_train_steps += int(update_stats["optimizer_steps"].item() > 0)
                     else:
@@ -238,7 +238,7 @@ class Trainer:
                          log_probs=result.log_probs, values=values,
                          old_q=result.values if legacy else result.q_op, op_agree=agree)  # fmt: skip
 
-            if head and cfg.contribution_aux:  # the state env_obs shows (HEAD: targets stored with step t)
+            if head and self._contribution_targets():  # the state env_obs shows (HEAD: targets stored with step t)
                 self.contrib_target[:, t], self.contrib_active[:, t] = env.counterfactual_contributions()
             step = env.step(actions)
             if head:
@@ -273,6 +273,18 @@ class Trainer:
             self.hidden = (result.hidden[0] * keep, result.hidden[1] * keep)
             self.obs = step.next
         return stats
+
+    def _contribution_targets(self) -> bool:
+        """ppo_variant "head": whether the contribution loss runs (``contribution_aux`` and an env that has
+        counterfactual contributions; another env, e.g. a study's ExactMDP, gets a one-time log line)."""
+        if not self.config.contribution_aux:
+            return False
+        has = hasattr(self.env, "counterfactual_contributions")
+        if not has and not getattr(self, "_said_no_contributions", False):
+            self._said_no_contributions = True
+            self.log(f"contribution_aux: {type(self.env).__name__} has no counterfactual_contributions(); "
+                     "the contribution auxiliary loss is off for this run (no targets)")  # fmt: skip
+        return has
 
     def _head_value(self, result: Any) -> Tensor:
         """ppo_variant "head": the baseline of ``head_baseline`` (V(s), or sum_a pi Q from the same pass)."""
