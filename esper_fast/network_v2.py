@@ -37,7 +37,7 @@ from esper_fast.constants import (
     MASKED_LOGIT_VALUE,
     get_action_head_sizes,
 )
-from esper_fast.constants_v2 import VALUE_HEAD_SCHEMA_VERSION
+from esper_fast.constants_v2 import VALUE_HEAD_SCHEMA_VERSION, get_obs_v3_size
 from esper_fast.errors import InvalidStateMachineError
 from esper_fast.network import (
     SMALL_HEADS,
@@ -402,14 +402,19 @@ def score_head(logits: Tensor, valid: Tensor, floor: float, action: Tensor) -> t
 class FactoredNetworkV2(NetworkV2Mixin, nn.Module):
     """esper HEAD's ``FactoredRecurrentActorCritic`` modules and init (see the module doc).
 
-    Args (HEAD's constructor, positional order): ``state_dim`` (116 for HEAD's 3-slot observation),
-    ``feature_dim=512``, ``lstm_hidden_dim=512``, ``lstm_layers=1``, ``slot_config`` (HEAD's SlotConfig,
-    an int number of slots, or None = 3 slots). Head sizes come from the slot count (HEAD's leyline).
+    Args (HEAD's constructor, positional order): ``state_dim``, ``feature_dim=512``,
+    ``lstm_hidden_dim=512``, ``lstm_layers=1``, ``slot_config`` (HEAD's SlotConfig, an int number of
+    slots, or None = 3 slots). Head sizes come from the slot count (HEAD's leyline). HEAD's class
+    requires ``state_dim``; here ``None`` (the default) is HEAD's observation size for the slot count,
+    ``get_obs_v3_size(S)`` = 23 + 31 S (116 for 3 slots), which is what esper HEAD's ``LSTMPolicyBundle``
+    passes by default (``feature_dim=None`` -> ``get_feature_size(slot_config)``), so
+    ``FactoredNetworkV2()`` has the layout of esper HEAD's default network (``state_dim`` 116,
+    ``feature_net.0`` input 128).
     """
 
     def __init__(
         self,
-        state_dim: int,
+        state_dim: int | None = None,
         feature_dim: int = DEFAULT_FEATURE_DIM,
         lstm_hidden_dim: int = DEFAULT_LSTM_HIDDEN_DIM,
         lstm_layers: int = 1,
@@ -417,6 +422,8 @@ class FactoredNetworkV2(NetworkV2Mixin, nn.Module):
     ) -> None:
         super().__init__()
         sizes = get_action_head_sizes(slot_count(slot_config))
+        if state_dim is None:  # esper HEAD's bundle default: get_feature_size(slot_config)
+            state_dim = get_obs_v3_size(sizes["slot"])
         for name, value in [("state_dim", state_dim), ("feature_dim", feature_dim),
                             ("lstm_hidden_dim", lstm_hidden_dim), ("lstm_layers", lstm_layers),
                             ("number of slots", sizes["slot"])]:  # fmt: skip

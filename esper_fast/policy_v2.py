@@ -234,7 +234,9 @@ class FactoredPolicyV2(FactoredPolicyV2Mixin, FactoredNetworkV2):
 
     Args:
         state_dim, feature_dim, lstm_hidden_dim, lstm_layers, slot_config: HEAD's constructor
-            (positional order and defaults; ``state_dim`` = 116 for HEAD's 3-slot observation).
+            (positional order and defaults); ``state_dim=None`` is HEAD's observation size for the slot
+            count (116 for 3 slots, what esper HEAD's bundle passes by default), so
+            ``FactoredPolicyV2()`` loads a checkpoint of esper HEAD's default network strictly.
         backend: select backend ("auto" picks the fastest available for the tensors' device).
 
     Set ``FactoredPolicyV2.validate = False`` for the sync-free path (HEAD: ``MaskedCategorical.validate``).
@@ -244,7 +246,7 @@ class FactoredPolicyV2(FactoredPolicyV2Mixin, FactoredNetworkV2):
 
     def __init__(
         self,
-        state_dim: int,
+        state_dim: int | None = None,
         feature_dim: int = 512,
         lstm_hidden_dim: int = 512,
         lstm_layers: int = 1,

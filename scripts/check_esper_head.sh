@@ -9,7 +9,10 @@
 # Runs esper's own tests unpatched (baseline) and with esper_fast.patch_esper() applied before collection
 # (scripts/esper_check/esper_patch_plugin.py, which prints the layout found: 2016337e), JUnit XML in
 # OUT_DIR, then a comparison of the two runs (scripts/esper_check/compare_junit.py). Without an importable
-# torchvision an import-only stand-in is put on the path (as check_esper.sh does). (The 0872525b check,
+# torchvision an import-only stand-in is put on the path (as check_esper.sh does). Before the suites,
+# scripts/esper_check/head_state_dict.py compares esper's default network with FactoredPolicyV2() (state_dict.txt)
+# and scripts/esper_check/head_checkpoint.py runs esper's PPOAgent.save()/load() against export-esper / load_policy
+# (checkpoint.txt). (The 0872525b check,
 # with its smoke script, is check_esper.sh.)
 set -uo pipefail
 ESPER=${1:?usage: scripts/check_esper_head.sh ESPER_HEAD_CHECKOUT [OUT_DIR]}
@@ -35,6 +38,8 @@ export PYTHONPATH="$REPO:$HERE/esper_check:$ESPER/src$EXTRA"
 echo "check_esper_head: esper at $ESPER, output in $OUT"
 "$PY" -c "import esper_fast; p = esper_fast.patch_esper(); print('layout', p.layout, 'rebound', p.patched)" \
   2>&1 | tee "$OUT/detect.txt"
+"$PY" "$HERE/esper_check/head_state_dict.py" 2>&1 | tee "$OUT/state_dict.txt"  # esper's default network vs FactoredPolicyV2()
+"$PY" "$HERE/esper_check/head_checkpoint.py" "$OUT/checkpoint" 2>&1 | grep -E '^[0-9] ' | tee "$OUT/checkpoint.txt"  # HEAD save/load vs import/export
 
 run_suites() {  # $1 = name, $2 = ESPER_FAST_PATCH
   (cd "$ESPER" && ESPER_FAST_PATCH=$2 "$PY" -m pytest -p no:cacheprovider -p esper_patch_plugin -q -o addopts="" \

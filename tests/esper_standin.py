@@ -340,6 +340,16 @@ _HEAD_FILES = {
             def network(self):
                 return self._network
 
+            @property
+            def hidden_dim(self):
+                return self._network.lstm_hidden_dim
+
+            def state_dict(self):
+                return self._network.state_dict()
+
+            def load_state_dict(self, state_dict, strict=True):
+                self._network.load_state_dict(state_dict, strict=strict)
+
             def to(self, device):
                 self._network = self._network.to(device)
                 return self
@@ -352,13 +362,70 @@ _HEAD_FILES = {
     "esper/simic/agent/ppo_agent.py": """
         import torch
 
-        class PPOAgent:
-            def __init__(self, policy, lr=3e-4):
+        CHECKPOINT_VERSION = 2
+        VALUE_HEAD_SCHEMA_VERSION = 2
+
+        class ValueNormalizer:
+            def __init__(self):
+                self.mean, self.var, self.count = torch.zeros(()), torch.ones(()), torch.zeros(())
+
+            def state_dict(self):
+                return {"mean": self.mean.clone(), "var": self.var.clone(), "count": self.count.clone()}
+
+            def load_state_dict(self, state):
+                self.mean, self.var, self.count = state["mean"], state["var"], state["count"]
+
+        class PPOAgent:  # HEAD's save()/load() layout (2016337e ppo_agent.py:1599-1879, facts only)
+            def __init__(self, policy, slot_config=None, lr=3e-4, device="cpu", **config):
                 self.policy = policy
+                self.slot_config = slot_config or policy.slot_config
                 from esper.tamiyo.networks import FactoredRecurrentActorCritic
                 assert isinstance(policy.network, FactoredRecurrentActorCritic)
+                self.config = {**config, "lstm_hidden_dim": policy.hidden_dim}
                 self.optimizer = torch.optim.Adam(policy.network.parameters(), lr=lr, eps=1e-5)
-                self.train_steps = 0
+                self.value_normalizer = ValueNormalizer()
+                self.train_steps = self._aux_training_step = 0
+
+            def save(self, path, metadata=None):
+                net = self.policy.network
+                out = {"checkpoint_version": CHECKPOINT_VERSION, "value_head_schema_version": VALUE_HEAD_SCHEMA_VERSION,
+                       "network_state_dict": self.policy.state_dict(), "optimizer_state_dict": self.optimizer.state_dict(),
+                       "value_normalizer_state_dict": self.value_normalizer.state_dict(),
+                       "train_steps": self.train_steps, "aux_training_step": self._aux_training_step,
+                       "config": dict(self.config),
+                       "architecture": {"state_dim": net.state_dim, "slot_ids": self.slot_config.slot_ids,
+                                        "num_slots": self.slot_config.num_slots}}
+                if metadata:
+                    out["metadata"] = metadata
+                torch.save(out, path)
+
+            @classmethod
+            def load(cls, path, device="cuda:0"):
+                from esper.leyline.slot_config import SlotConfig
+                from esper.tamiyo.policy.factory import create_policy
+                ckpt = torch.load(path, map_location="cpu", weights_only=True)
+                for key in ("checkpoint_version", "value_head_schema_version", "network_state_dict",
+                            "optimizer_state_dict", "architecture", "config", "train_steps", "aux_training_step",
+                            "value_normalizer_state_dict"):
+                    if key not in ckpt:
+                        raise RuntimeError(f"Incompatible checkpoint format: missing required field {key!r}")
+                if ckpt["value_head_schema_version"] != VALUE_HEAD_SCHEMA_VERSION:
+                    raise RuntimeError("Value-head schema mismatch")
+                if ckpt["checkpoint_version"] != CHECKPOINT_VERSION:
+                    raise RuntimeError("Checkpoint version mismatch")
+                config, arch = ckpt["config"], ckpt["architecture"]
+                if "compile_mode" not in config or "n_epochs" in config:
+                    raise RuntimeError("Incompatible checkpoint config")
+                slot_config = SlotConfig(slot_ids=tuple(arch["slot_ids"]))
+                policy = create_policy(policy_type="lstm", slot_config=slot_config, state_dim=int(arch["state_dim"]),
+                                       lstm_hidden_dim=config["lstm_hidden_dim"], device=device, compile_mode="off")
+                agent = cls(policy=policy, slot_config=slot_config, device=device,
+                            **{k: v for k, v in config.items() if k != "lstm_hidden_dim"})
+                agent.policy.load_state_dict(ckpt["network_state_dict"])
+                agent.optimizer.load_state_dict(ckpt["optimizer_state_dict"])
+                agent.train_steps, agent._aux_training_step = ckpt["train_steps"], ckpt["aux_training_step"]
+                agent.value_normalizer.load_state_dict(ckpt["value_normalizer_state_dict"])
+                return agent
 
             def update(self, batch):
                 from esper.tamiyo.networks import FactoredRecurrentActorCritic

@@ -279,3 +279,22 @@ def test_v2_argument_errors():
         select_actions_v2(logits, masks, q, value, slot_by_op=sbo[:, :5])
     with pytest.raises(ValueError, match="out must be contiguous"):
         select_actions_v2(logits, masks, q, value, out=(torch.empty(8, 4, dtype=torch.int64), torch.empty(18, 4)))
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
+@pytest.mark.parametrize("with_value", [True, False])
+def test_v2_inputs_that_require_grad(backend, device, with_value):
+    """Logits, q and value that require grad (a policy called outside no_grad): the same plain values
+    as on detached inputs, and nothing in the results requires grad (as select_actions, v1)."""
+    logits, masks, q, value, sbo = make_inputs(9, device, seed=4)
+    noise = gumbel(9, device, seed=5)
+    want = select_actions_v2(logits, masks, q, value if with_value else None, floors=FLOORS, noise=noise,
+                             slot_by_op=sbo, backend=backend)  # fmt: skip
+    g_logits = {h: l.clone().requires_grad_(True) for h, l in logits.items()}
+    g_q, g_value = q.clone().requires_grad_(True), value.clone().requires_grad_(True)
+    got = select_actions_v2(g_logits, masks, g_q, g_value if with_value else None, floors=FLOORS, noise=noise,
+                            slot_by_op=sbo, backend=backend)  # fmt: skip
+    assert_same(got, want, atol=0)
+    outs = [*got.actions.values(), *got.log_probs.values(), *got.entropies.values(), got.values, got.q_op,
+            got.expected_value]  # fmt: skip
+    assert not any(t.requires_grad for t in outs)

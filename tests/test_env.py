@@ -313,6 +313,44 @@ def test_heuristic_clearly_beats_random():
     assert heuristic_score["mean_return"] > random_score["mean_return"] + 8.0
 
 
+# ------------------------------------------------------------------ counterfactual contributions
+def _accuracy_f64(env: SeedLifecycleEnv, keep: torch.Tensor) -> torch.Tensor:
+    """``(E,)`` true accuracy with the seeds in ``keep``, from the module doc's rules in float64: realised =
+    c x style gain (c > 0) or loss x (1 - exp(-train_epochs / maturity_tau)); gain g = sum alpha x realised,
+    saturating g cap / (cap + g) when positive; host + gain clamped to [0, 100]."""
+    c = env.contribution.double()
+    scale = torch.where(c > 0, env._style_gain[env.style].double(), env._style_loss[env.style].double())
+    realised = c * scale * (1 - torch.exp(-env.train_epochs.double() / env.config.maturity_tau))
+    g = (env.alpha.double() * realised * keep).sum(1)
+    cap = env.config.seed_gain_cap
+    g = torch.where(g > 0, g * cap / (cap + g.clamp(min=0)), g)
+    return (env._host_accuracy().double() + g).clamp(0.0, 100.0)
+
+
+def test_counterfactual_contributions_are_accuracy_without_each_seed():
+    env = SeedLifecycleEnv(16, seed=2)
+    policy = HeuristicPolicy(env.config)
+    obs, actives = env.reset(3), 0
+    for _ in range(60):
+        step = env.step(policy(obs))
+        obs = step.next
+        rows = ~(step.terminated | step.truncated)  # ended rows were reset after acc_true was computed
+        seed_stages = torch.tensor([int(x) for x in (St.GERMINATED, St.TRAINING, St.BLENDING, St.HOLDING, St.FOSSILIZED)])
+        live = torch.isin(env.stage, seed_stages)
+        assert torch.allclose(_accuracy_f64(env, live)[rows], env.acc_true.double()[rows], atol=1e-4)
+        targets, active = env.counterfactual_contributions()
+        want_active = live & (env.alpha > 0) & (env.stage != int(St.FOSSILIZED))
+        assert torch.equal(active, want_active)
+        full = _accuracy_f64(env, live)
+        for s in range(env.num_slots):
+            without = live.clone()
+            without[:, s] = False
+            want = torch.where(active[:, s], full - _accuracy_f64(env, without), torch.zeros_like(full))
+            assert torch.allclose(targets[:, s].double(), want, atol=1e-4), s
+        actives += int(active.sum())
+    assert actives > 20  # the heuristic blends seeds in: the targets were exercised
+
+
 # ------------------------------------------------------------------ devices
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -109,6 +111,50 @@ def test_head_checkpoint_loads_strictly_both_ways(default_policy):
     assert list(back) == list(head_sd) and all(torch.equal(back[k], head_sd[k]) for k in head_sd)
     with pytest.raises(RuntimeError, match="Missing key"):  # the 0872525b class is a different network
         FactoredPolicy(D, feature_dim=512, lstm_hidden_dim=512).load_state_dict(head_sd, strict=True)
+
+
+# What esper HEAD's own class builds with torch.manual_seed(0): shape, dtype, sum, sum of |x| and first
+# element of every state_dict tensor, printed from esper-lite 2016337e in a separate venv (numbers only).
+HEAD_SEED0 = Path(__file__).parent / "data" / "head_2016337e_seed0.json"
+
+
+def test_default_constructor_is_heads_default_network():
+    """``FactoredPolicyV2()`` = esper HEAD's default network (bundle default state_dim 23 + 31 * 3 = 116):
+    same keys, shapes, dtypes and, from the same seed, the same weights as HEAD's own class."""
+    head = json.loads(HEAD_SEED0.read_text())["tensors"]
+    torch.manual_seed(0)
+    p = FactoredPolicyV2()
+    assert p.state_dim == 116 and p.feature_net[0].in_features == 116 + 3 * 4
+    sd = p.state_dict()
+    assert list(sd) == list(head)
+    for k, (shape, dtype, total, abs_total, first) in head.items():
+        v = sd[k]
+        assert list(v.shape) == shape and str(v.dtype) == f"torch.{dtype}", k
+        d = v.double()
+        tol = 1e-5 * max(1.0, abs_total)
+        assert abs(float(d.sum()) - total) <= tol and abs(float(d.abs().sum()) - abs_total) <= tol, k
+        assert abs(float(d.flatten()[0]) - first) <= 1e-6, k
+    # a HEAD-shaped checkpoint (random values, HEAD's dtypes) loads strictly into the default build
+    g = torch.Generator().manual_seed(3)
+    ckpt = {k: (torch.tensor(13) if dt == "int64" else torch.randn(s, generator=g)) for k, (s, dt, *_) in head.items()}
+    FactoredPolicyV2().load_state_dict(ckpt, strict=True)
+    with pytest.raises(RuntimeError, match="size mismatch"):  # the env's 114 features: another network
+        FactoredPolicyV2(114).load_state_dict(ckpt, strict=True)
+
+
+@pytest.mark.parametrize("num_slots", [3, 5])
+def test_esper_bundle_default_network_loads_into_default_constructor(esper_standin_head_v2, num_slots):
+    """The stand-in's HEAD bundle with its defaults (state_dim from the slot count, 23 + 31 S) -> its
+    network's state_dict loads strictly into ``FactoredPolicyV2(slot_config=...)`` and back."""
+    from esper.leyline.slot_config import SlotConfig
+    from esper.tamiyo.policy.lstm_bundle import LSTMPolicyBundle
+
+    cfg = SlotConfig(tuple(f"r0c{i}" for i in range(num_slots)))
+    esper_sd = LSTMPolicyBundle(slot_config=cfg).network.state_dict()
+    p = FactoredPolicyV2(slot_config=cfg)
+    assert p.state_dim == 23 + 31 * num_slots
+    p.load_state_dict(esper_sd, strict=True)
+    LSTMPolicyBundle(slot_config=cfg).network.load_state_dict(p.state_dict(), strict=True)
 
 
 def test_residual_lstm_keys_with_layers_and_projection():

@@ -10,7 +10,7 @@ import torch
 from esper_fast import FactoredPolicy, FactoredPolicyV2
 from esper_fast.constants import LifecycleOp
 from esper_fast.ppo import Trainer, make_config
-from esper_fast.ppo.agent import architecture, build_policy
+from esper_fast.ppo.agent import architecture, build_policy, validation_off
 from esper_fast.ppo.checkpoint import load_checkpoint
 from esper_fast.ppo.head_losses import normalize_advantages_floored
 from esper_fast.ppo.head_update import availability_masks, forced_steps, ppo_update_head
@@ -33,7 +33,9 @@ def test_preset_fields_and_the_other_presets_unchanged():
 
 
 @pytest.mark.parametrize("bad, match", [(dict(lstm_hidden_dim=20), "multiple of 8"), (dict(compile=True), "compile"),
-                                        (dict(clip_value=True), "clip_value"), (dict(ppo_variant="x"), "ppo_variant")])
+                                        (dict(clip_value=True), "clip_value"), (dict(ppo_variant="x"), "ppo_variant"),
+                                        (dict(aux_contribution_coef=-1.0), "aux_contribution_coef"),
+                                        (dict(contribution_loss_clip=0.0), "contribution_loss_clip")])
 def test_invalid_head_configs_are_refused(bad, match):
     with pytest.raises(ValueError, match=match):
         make_config("esper-head", **{**TINY, **bad})
@@ -83,9 +85,10 @@ def _update(trainer, b, effective_op, adv, targets):
 
 def test_a_non_finite_epoch_takes_no_optimizer_step():
     trainer, b, adv, targets = _rolled_out()
-    b.log_probs["op"][0, 0] = float("nan")
+    b.obs[0, 0, 0] = float("nan")  # (the ratios' old log-probs come from the anchored replay, not b.log_probs)
     before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
-    stats = _update(trainer, b, trainer.effective_op, adv, targets)
+    with validation_off(trainer.policy):  # as in the trainer (validation would raise on the NaN logits)
+        stats = _update(trainer, b, trainer.effective_op, adv, targets)
     assert stats["head/nonfinite_epochs"].item() == 1 and stats["optimizer_steps"].item() == 0
     assert all(torch.equal(before[k], v) for k, v in trainer.policy.state_dict().items())
 
@@ -160,3 +163,80 @@ def test_study_modes_map_to_presets():
     assert _preset_for("q_op") == ("esper", {"value_mode": "q_op"})
     with pytest.raises(ValueError, match="head_baseline"):
         make_config("esper-head", head_baseline="q_op")
+
+
+def _update_with(trainer, b, adv, targets, train_steps=0, contributions=None):
+    trainer.policy.train()
+    return ppo_update_head(trainer.policy, trainer.optimizer, b, trainer.effective_op, adv, targets, trainer.config,
+                           0.05, train_steps=train_steps, progress=0.0, contributions=contributions)  # fmt: skip
+
+
+def test_ratios_are_anchored_at_the_pre_update_weights():
+    """HEAD's anchored reference pass: the old log-probs are a replay at theta0, so the rollout's stored
+    log-probs do not enter the update (a shifted copy gives the same weights) and epoch 0's KL is 0."""
+    runs = []
+    for shift in (0.0, 0.3):
+        trainer, b, adv, targets = _rolled_out(seed=4, target_kl=None)
+        for h in b.log_probs:
+            b.log_probs[h] += shift
+        stats = _update_with(trainer, b, adv, targets)
+        assert stats["approx_kl_first"].item() == 0.0
+        runs.append({k: v.clone() for k, v in trainer.policy.state_dict().items()})
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_multi_epoch_update_steps_every_epoch_against_the_anchor():
+    trainer, b, adv, targets = _rolled_out(seed=5, target_kl=None, update_epochs=3)
+    stats = _update_with(trainer, b, adv, targets)
+    assert stats["optimizer_steps"].item() == 3 and stats["approx_kl_first"].item() == 0.0
+    assert stats["approx_kl"].item() > 0.0  # epochs 1 and 2 moved away from theta0
+
+
+def test_contribution_aux_loss_trains_only_the_predictor_from_the_envs_counterfactuals():
+    trainer, b, adv, targets = _rolled_out(seed=6, target_kl=None, aux_contribution_coef=1.0, num_envs=4,
+                                           episode_length=30, total_timesteps=240)  # long enough to blend seeds in
+    target, active = trainer.contrib_target, trainer.contrib_active
+    assert active.any() and torch.equal(target != 0, active & (target != 0))  # zero off the active slots
+    pred = trainer.policy.contribution_predictor
+    before = {k: v.clone() for k, v in pred.state_dict().items()}
+    stats = _update_with(trainer, b, adv, targets, train_steps=0, contributions=(target, active))
+    assert stats["head/contribution_aux_coef"].item() == 0.0  # HEAD's ramp starts at 0
+    assert all(torch.equal(before[k], v) for k, v in pred.state_dict().items())
+    losses = []
+    for _ in range(6):
+        stats = _update_with(trainer, b, adv, targets, train_steps=2000, contributions=(target, active))
+        assert stats["head/contribution_aux_coef"].item() == 1.0
+        losses.append(stats["head/contribution_aux_loss"].item())
+    assert any(not torch.equal(before[k], v) for k, v in pred.state_dict().items())
+    assert losses[-1] < losses[0]
+    # without targets the predictor is left alone
+    before = {k: v.clone() for k, v in pred.state_dict().items()}
+    stats = _update_with(trainer, b, adv, targets, train_steps=2000)
+    assert "head/contribution_aux_loss" not in stats
+    assert all(torch.equal(before[k], v) for k, v in pred.state_dict().items())
+
+
+def test_trainer_reports_the_contribution_loss_and_its_ramp(tmp_path):
+    trainer = _trainer(tmp_path / "run", aux_warmup_steps=4)
+    row = trainer.train(handle_signals=False)["last_metrics"]
+    assert math.isfinite(row["head/contribution_aux_loss"])
+    assert row["head/contribution_aux_coef"] == pytest.approx(0.05 * 1 / 4)  # second update: train_steps 1
+    off = _trainer(tmp_path / "off", contribution_aux=False).train(handle_signals=False)["last_metrics"]
+    assert "head/contribution_aux_loss" not in off
+
+
+def test_an_env_without_counterfactuals_runs_without_the_contribution_loss():
+    """A study swaps in ExactMDPEsperEnv, which has no counterfactual contributions: the run trains, says
+    so once, and reports no contribution loss (HEAD: no fresh measurement, no loss)."""
+    from esper_fast.envs.exact_mdp import ExactMDPConfig, ExactMDPEsperEnv
+
+    said = []
+    mdp = ExactMDPConfig()
+    trainer = Trainer(make_config("esper-head", **{**TINY, "episode_length": mdp.horizon, "rollout_steps": 8,
+                                                    "total_timesteps": 32, "gamma": mdp.gamma}),
+                      run_dir=None, log=said.append, tensorboard=False)  # fmt: skip
+    trainer.env = ExactMDPEsperEnv(2, mdp, seed=0)
+    trainer.obs = trainer.env.observe()
+    row = trainer.train(handle_signals=False)["last_metrics"]
+    assert trainer.train_steps == 2 and "head/contribution_aux_loss" not in row
+    assert sum("no counterfactual_contributions" in m for m in said) == 1

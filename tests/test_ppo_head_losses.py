@@ -11,6 +11,7 @@ from esper_fast.constants import HEAD_NAMES
 from esper_fast.rules import causal_masks
 from esper_fast.ppo.head_losses import (
     ValueNormalizer,
+    aux_coef_at,
     contribution_aux_loss,
     entropy_floor_penalty,
     entropy_penalty_schedule,
@@ -126,3 +127,8 @@ def test_entropy_loss_excludes_forced_and_irrelevant_steps():
     coefs = {"blueprint": 2.0}
     # per head: only step 0 counts (step 1 irrelevant, step 2 forced) -> 0.5; blueprint x2
     torch.testing.assert_close(entropy_loss_head(ent, causal, coefs, actor_w), torch.tensor(-(7 * 0.5 + 2 * 0.5)))
+
+
+def test_contribution_coef_ramp():
+    assert [aux_coef_at(n) for n in (0, 500, 1000, 5000)] == [0.0, 0.025, 0.05, 0.05]
+    assert aux_coef_at(3, coef=1.0, warmup_steps=0) == 1.0  # no warm-up: max(1, 0) = 1

@@ -521,6 +521,24 @@ class SeedLifecycleEnv:
         self.train_epochs = self.train_epochs + trains.long()
         self.epoch = self.epoch + 1
 
+    def counterfactual_contributions(self) -> tuple[Tensor, Tensor]:
+        """Each seed's true counterfactual contribution now: ``(targets [E, S] float, active [E, S] bool)``.
+
+        ``targets[e, s]`` = the host's true accuracy with every live seed minus the same with seed ``s``
+        removed (accuracy points; 0 where not active), in the state the current observation shows.
+        ``active``: live, blended in (alpha > 0) and not fossilised - the seeds esper HEAD measures by
+        ablation each epoch (its ``val_acc - baseline_acc`` targets for the contribution predictor), here
+        without measurement noise. A training target only; the observation never contains it.
+        """
+        live = stage_in(self.stage, _SEED_STAGES)
+        active = live & (self.alpha > 0) & (self.stage != int(SeedStage.FOSSILIZED))
+        host, realised = self._host_accuracy(), self._realised()
+        full = (host + self._seed_gain(realised, live)).clamp(0.0, 100.0)
+        eye = torch.eye(self.num_slots, dtype=torch.bool, device=live.device)
+        without = torch.stack([(host + self._seed_gain(realised, live & ~eye[s])).clamp(0.0, 100.0)
+                               for s in range(self.num_slots)], dim=1)  # fmt: skip
+        return torch.where(active, full.unsqueeze(1) - without, torch.zeros_like(without)), active
+
     def _realised(self) -> Tensor:
         """``(E, S)`` what each seed would add at alpha 1 now: style-scaled contribution x maturity."""
         c = self.contribution

@@ -77,6 +77,11 @@ def floor_list(floors: dict[str, float] | None) -> list[float]:
 
 # ---- per-backend launchers: (logits, masks, q, value, floors, noise, slot_by_op, key, det, out) ------------
 def _run_torch(logits, masks, q, value, floors, noise, slot_by_op, key, deterministic, out) -> None:
+    with torch.no_grad():  # inputs that require grad: outputs are plain values on every backend (as v1)
+        _run_torch_nograd(logits, masks, q, value, floors, noise, slot_by_op, key, deterministic, out)
+
+
+def _run_torch_nograd(logits, masks, q, value, floors, noise, slot_by_op, key, deterministic, out) -> None:
     sel = select_actions_v2_reference(logits, masks, q, value, floors=dict(zip(HEAD_NAMES, floors)),
                                       deterministic=deterministic, noise=noise, key=key,
                                       slot_by_op=slot_by_op)  # fmt: skip

@@ -100,7 +100,9 @@ class PPOConfig:
     auxiliary at 0.5 * value_coef (ppo_update.py:362-371), forced-step weights (ppo_update.py:273-377),
     causal masks from the effective op (ppo_agent.py:1163-1170), finiteness gate
     (ppo_agent.py:1068-1135), joint-ratio statistics and KL (ppo_update.py:57-150), train_steps counted
-    after real optimiser steps (ppo_agent.py:1589-1595). The observation is the env's (114 features for
+    after real optimiser steps (ppo_agent.py:1589-1595), the anchored reference pass for every one of
+    update_epochs (HEAD's recurrent_n_epochs, default 1; ppo_agent.py:209-235,921-979,1200-1209), the
+    contribution auxiliary loss (contribution_aux below). The observation is the env's (114 features for
     3 slots) fed unchanged: HEAD's network takes state_dim as an argument, see README."""
     value_warmup_steps: int = 0
     """ppo_variant "head": value_coef warms up linearly from value_coef_start over this many optimiser-stepped
@@ -117,6 +119,21 @@ class PPOConfig:
     entropy_floor: bool = True
     """ppo_variant "head": HEAD's per-head entropy-floor penalty (ENTROPY_FLOOR_PER_HEAD /
     ENTROPY_FLOOR_PENALTY_COEF, scaled by training progress; ppo_update.py:155-240, ppo_agent.py:472-500)."""
+    contribution_aux: bool = True
+    """ppo_variant "head": HEAD's contribution auxiliary loss (enable_contribution_aux, default on;
+    ppo_agent.py:185,1293-1307): MSE of contribution_predictor (trunk detached, aux_stop_gradient) against
+    per-slot counterfactual contributions clipped to +-contribution_loss_clip, over active slots at steps
+    with a fresh measurement (ppo_update.py:442-480). Targets here: the env's true counterfactual
+    (SeedLifecycleEnv.counterfactual_contributions; HEAD's are measured by ablation,
+    action_execution.py:97-143, vectorized_trainer.py:955-992)."""
+    aux_contribution_coef: float = 0.05
+    """ppo_variant "head": the contribution loss's full coefficient (HEAD aux_contribution_coef, ppo_agent.py:164)."""
+    aux_warmup_steps: int = 1000
+    """ppo_variant "head": the coefficient ramps linearly from 0 over this many optimiser-stepped updates
+    (HEAD aux_warmup_steps, ppo_agent.py:165,1301-1304; its counter advances with train_steps, :1595)."""
+    contribution_loss_clip: float = 10.0
+    """ppo_variant "head": contribution targets are clipped to +-this (HEAD contribution_loss_clip,
+    ppo_agent.py:184; ppo_update.py:466-467)."""
 
     # ---- speed of the update (issue 9; none changes the math) -------------------------------------
     compile: bool = False
@@ -309,6 +326,9 @@ class PPOConfig:
             raise ValueError(f"value_warmup_steps: expected >= 0, got {self.value_warmup_steps}")
         if self.value_coef_start is not None and self.value_coef_start < 0:
             raise ValueError(f"value_coef_start: expected >= 0 or None, got {self.value_coef_start}")
+        if self.aux_contribution_coef < 0 or self.aux_warmup_steps < 0 or not self.contribution_loss_clip > 0:
+            raise ValueError("aux_contribution_coef, aux_warmup_steps: expected >= 0; contribution_loss_clip: > 0; got "
+                             f"{self.aux_contribution_coef}, {self.aux_warmup_steps}, {self.contribution_loss_clip}")
         if self.ppo_variant == "head":
             if self.lstm_hidden_dim % 8:
                 raise ValueError(f"lstm_hidden_dim: ppo_variant 'head' (HEAD's heads use H/2, H/4, H/8) needs a "

@@ -198,6 +198,12 @@ def contribution_aux_loss(pred: Tensor, target: Tensor, active: Tensor, fresh: T
     return ((pred - target) ** 2 * mask).sum() / mask.sum().clamp(min=1)
 
 
+def aux_coef_at(aux_steps: int, coef: float = 0.05, warmup_steps: int = 1000) -> float:
+    """HEAD's contribution-loss coefficient: ``coef * min(1, aux_steps / max(1, warmup_steps))``, ``aux_steps``
+    counted like train_steps (updates that stepped the optimiser; ppo_agent.py:1301-1304, 1589-1595)."""
+    return coef * min(1.0, aux_steps / max(1, warmup_steps))
+
+
 def total_loss_head(policy: Tensor, value: Tensor, entropy: Tensor, floor_penalty: Tensor, q_aux: Tensor,
                     value_coef: float, entropy_coef: float) -> Tensor:  # fmt: skip
     """``policy + value_coef * value + entropy_coef * entropy + floor_penalty + 0.5 value_coef * q_aux``."""

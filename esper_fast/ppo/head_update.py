@@ -14,14 +14,18 @@ keep :func:`esper_fast.ppo.update.ppo_update`. Built from the tested pieces of
 * entropy floor penalty over the steps where a head was AVAILABLE (some op that uses it was valid:
   :func:`availability_masks`, HEAD's ``leyline/causal_masks.py:66-117``), scaled by training progress;
 * a finiteness gate: an epoch whose new/old log-probs, V or Q are not finite takes no optimiser step;
-* HEAD's joint-ratio telemetry (its KL drives the ``target_kl`` early stop).
+* HEAD's joint-ratio telemetry (its KL drives the ``target_kl`` early stop);
+* the anchored reference pass: the ratios' old log-probs are one no_grad ``evaluate_actions`` replay of
+  the whole buffer at the pre-update weights (HEAD ``ppo_agent.py:921-979,1200-1209``), not the rollout's
+  stored ones, so the first epoch's ratio is exactly 1 and every epoch of ``update_epochs`` is anchored
+  there (HEAD's ``recurrent_n_epochs``, default 1);
+* the contribution auxiliary loss: :func:`~esper_fast.ppo.head_losses.contribution_aux_loss` of the
+  predictor (trunk detached) against the rollout's per-slot counterfactual targets, coefficient
+  :func:`~esper_fast.ppo.head_losses.aux_coef_at` (ramped over HEAD's train_steps).
 
 The epoch / minibatch loop (shuffle, KL early stop, gradient step, metric sums) is
 :func:`esper_fast.ppo.epochs.run_epochs`, shared with :func:`esper_fast.ppo.update.ppo_update`; this module
 gives it HEAD's per-minibatch loss (``minibatch_loss`` inside :func:`ppo_update_head`).
-
-Not here: the contribution auxiliary loss (SeedLifecycleEnv measures no per-slot counterfactual
-contributions, so there is no target; ``docs/esper-head-ppo.md`` lists it as missing).
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from esper_fast.ppo.buffer import RolloutBuffer
 from esper_fast.ppo.config import PPOConfig
 from esper_fast.ppo.epochs import MinibatchLoss, run_epochs
 from esper_fast.ppo.head_losses import (
+    aux_coef_at,
+    contribution_aux_loss,
     entropy_floor_penalty,
     entropy_loss_head,
     entropy_penalty_schedule,
@@ -50,7 +56,8 @@ from esper_fast.ppo.head_losses import (
 )
 from esper_fast.ppo.losses import head_ratios, masked_mean
 
-__all__ = ["availability_masks", "evaluate_sequences_v2", "forced_steps", "ppo_update_head"]
+__all__ = ["anchored_reference_log_probs", "availability_masks", "evaluate_sequences_v2", "forced_steps",
+           "ppo_update_head"]
 
 
 def forced_steps(op_mask: Tensor) -> Tensor:
@@ -69,10 +76,11 @@ def availability_masks(op_mask: Tensor) -> dict[str, Tensor]:
 
 
 def evaluate_sequences_v2(policy: torch.nn.Module, mb: RolloutBuffer, floors: dict[str, float] | None,
-                          ) -> tuple[dict[str, Tensor], Tensor, dict[str, Tensor], Tensor]:  # fmt: skip
-    """Replay ``mb``'s sequences through HEAD's ``evaluate_actions``: ``(log_probs, V(s), entropy, Q(s, op))``,
-    each ``[B, T]``. The LSTM starts from ``mb.initial_hidden`` and is zeroed at every episode start inside
-    the rollout (as in :func:`esper_fast.ppo.update.evaluate_sequences`)."""
+                          ) -> tuple[dict[str, Tensor], Tensor, dict[str, Tensor], Tensor, Tensor]:  # fmt: skip
+    """Replay ``mb``'s sequences through HEAD's ``evaluate_actions``: ``(log_probs, V(s), entropy, Q(s, op),
+    predicted contributions)``, each ``[B, T]`` (contributions ``[B, T, S]``). The LSTM starts from
+    ``mb.initial_hidden`` and is zeroed at every episode start inside the rollout (as in
+    :func:`esper_fast.ppo.update.evaluate_sequences`)."""
     B, T = mb.dones.shape
     starts = (mb.dones[:, :-1].any(0).nonzero().flatten() + 1).tolist()
     cuts = [0, *starts, T]
@@ -83,16 +91,25 @@ def evaluate_sequences_v2(policy: torch.nn.Module, mb: RolloutBuffer, floors: di
             keep = (~mb.dones[:, start - 1]).to(hidden[0].dtype).view(1, B, 1)
             hidden = (hidden[0] * keep, hidden[1] * keep)
         span = slice(start, end)
-        log_probs, value, entropy, hidden, _contrib, q = policy.evaluate_actions(
+        log_probs, value, entropy, hidden, contrib, q = policy.evaluate_actions(
             mb.obs[:, span], mb.blueprint_indices[:, span], {h: a[:, span] for h, a in mb.actions.items()},
             **{f"{h}_mask": m[:, span] for h, m in mb.masks.items()}, hidden=hidden, probability_floor=floors,
         )  # fmt: skip
-        pieces.append((log_probs, value, entropy, q))
+        pieces.append((log_probs, value, entropy, q, contrib))
     if len(pieces) == 1:
         return pieces[0]
     cat = lambda dicts: {h: torch.cat([d[h] for d in dicts], dim=1) for h in HEAD_NAMES}  # noqa: E731
     return (cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces], dim=1), cat([p[2] for p in pieces]),
-            torch.cat([p[3] for p in pieces], dim=1))  # fmt: skip
+            torch.cat([p[3] for p in pieces], dim=1), torch.cat([p[4] for p in pieces], dim=1))  # fmt: skip
+
+
+def anchored_reference_log_probs(policy: torch.nn.Module, buffer: RolloutBuffer, floors: dict[str, float] | None
+                                 ) -> dict[str, Tensor]:  # fmt: skip
+    """HEAD's anchored reference pass (``ppo_agent.py:921-979``): the stored actions' log-probs under the
+    CURRENT (pre-update) weights, one no_grad replay of the whole buffer; head -> ``[E, T]``. Every epoch's
+    importance ratio is taken against these (``ppo_agent.py:1200-1209``), so epoch 0's is exactly 1."""
+    with torch.no_grad():
+        return {h: lp.detach() for h, lp in evaluate_sequences_v2(policy, buffer, floors)[0].items()}
 
 
 def ppo_update_head(
@@ -110,6 +127,7 @@ def ppo_update_head(
     generator: torch.Generator | None = None,
     all_reduce_mean: Callable[[Tensor], Tensor] | None = None,
     all_reduce_grads: Callable[[list[Tensor]], None] | None = None,
+    contributions: tuple[Tensor, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """One HEAD-style update on ``buffer``; ``effective_op``, ``advantages`` (already normalised with the
     std floor), ``returns_norm`` (critic targets on the normalised scale) are ``[E, T]``.
@@ -117,25 +135,31 @@ def ppo_update_head(
     ``train_steps``: HEAD's counter (updates that stepped the optimiser) for the value-coef warm-up;
     ``progress`` in [0, 1]: the run's progress for the entropy-floor schedule. Returns metric tensors
     (the trainer's names, plus ``head/...``: q_aux_loss, entropy_floor_penalty, value_coef,
-    nonfinite_epochs, joint-ratio statistics).
+    nonfinite_epochs, joint-ratio statistics, contribution_aux_loss / contribution_aux_coef).
+    ``contributions``: ``(targets [E, T, S], active [E, T, S] bool)`` for the contribution auxiliary loss
+    (None: no such loss; a step is fresh where any slot is active); its coefficient ramps over ``train_steps``.
     """
     floors = dict(PROBABILITY_FLOOR_PER_HEAD) if config.probability_floors else None
     value_coef = value_coef_at(train_steps, config.value_coef, config.value_warmup_steps, config.value_coef_start)
     floor_scale = entropy_penalty_schedule(progress)
     floor_coefs = {h: c * floor_scale for h, c in ENTROPY_FLOOR_PENALTY_COEF.items()}
 
+    aux_coef = aux_coef_at(train_steps, config.aux_contribution_coef, config.aux_warmup_steps)
+    ref_log_probs = anchored_reference_log_probs(policy, buffer, floors)  # HEAD's anchor at theta0
+
     def minibatch_loss(mb_envs: Tensor) -> MinibatchLoss | None:
         mb = buffer.env_slice(mb_envs)
-        new_log_probs, new_v, entropy, new_q = evaluate_sequences_v2(policy, mb, floors)
+        new_log_probs, new_v, entropy, new_q, new_contrib = evaluate_sequences_v2(policy, mb, floors)
+        old_log_probs = {h: ref[mb_envs] for h, ref in ref_log_probs.items()}  # anchored, not the rollout's
         # ---- finiteness gate: one fused check; a non-finite epoch takes no step (HEAD: `continue`)
-        checks = [torch.isfinite(t).all() for t in (*new_log_probs.values(), *mb.log_probs.values(), new_v, new_q)]
+        checks = [torch.isfinite(t).all() for t in (*new_log_probs.values(), *old_log_probs.values(), new_v, new_q)]
         if not bool(torch.stack(checks).all()):
             return None
         causal = causal_masks(effective_op[mb_envs])
         forced = forced_steps(mb.masks["op"])
         actor_w, value_w = forced_weights(forced)
-        ratios = head_ratios(new_log_probs, mb.log_probs)
-        joint = joint_ratio_metrics(new_log_probs, mb.log_probs, causal, config.clip_ratio)
+        ratios = head_ratios(new_log_probs, old_log_probs)
+        joint = joint_ratio_metrics(new_log_probs, old_log_probs, causal, config.clip_ratio)
         loss_pi = head_policy_loss(ratios, advantages[mb_envs], causal, config.clip_ratio, actor_w)
         loss_v = weighted_value_loss(new_v.float(), returns_norm[mb_envs], value_w)
         loss_q = weighted_value_loss(new_q.float(), returns_norm[mb_envs], value_w)
@@ -145,12 +169,20 @@ def ppo_update_head(
             penalty = entropy_floor_penalty(entropy, available, ENTROPY_FLOOR_PER_HEAD, floor_coefs, actor_w)
         else:
             penalty = loss_ent.new_zeros(())
+        loss = total_loss_head(loss_pi, loss_v, loss_ent, penalty, loss_q, value_coef, entropy_coef)
+        extra: dict[str, Tensor] = {}
+        if contributions is not None:  # HEAD's contribution auxiliary (ppo_agent.py:1293-1307)
+            target, active = contributions[0][mb_envs], contributions[1][mb_envs]
+            loss_c = contribution_aux_loss(new_contrib.float(), target, active, active.any(-1),
+                                           config.contribution_loss_clip)  # fmt: skip
+            loss = loss + aux_coef * loss_c
+            extra["head/contribution_aux_loss"] = loss_c
         clip_frac = torch.stack([joint[f"clip_fraction/{h}"] for h in HEAD_NAMES]).mean()
         return MinibatchLoss(
-            loss=total_loss_head(loss_pi, loss_v, loss_ent, penalty, loss_q, value_coef, entropy_coef),
+            loss=loss,
             kl=joint["approx_kl"],
             metrics={"policy_loss": loss_pi, "value_loss": loss_v, "entropy_loss": loss_ent, "clip_fraction": clip_frac,
-                     "head/q_aux_loss": loss_q, "head/entropy_floor_penalty": penalty,
+                     "head/q_aux_loss": loss_q, "head/entropy_floor_penalty": penalty, **extra,
                      **{f"head/{k}": v for k, v in joint.items() if k.startswith("joint_")}},
             first=lambda: {f"entropy/{h}": masked_mean(entropy[h].detach(), causal[h]) for h in HEAD_NAMES},
         )  # fmt: skip
@@ -164,4 +196,7 @@ def ppo_update_head(
                                        "head/q_aux_loss", "head/entropy_floor_penalty"))  # fmt: skip
     metrics["head/nonfinite_epochs"] = metrics.pop("skipped")
     metrics["head/value_coef"] = torch.tensor(float(value_coef))
+    if contributions is not None:
+        metrics.setdefault("head/contribution_aux_loss", torch.tensor(float("nan")))
+        metrics["head/contribution_aux_coef"] = torch.tensor(float(aux_coef))
     return metrics

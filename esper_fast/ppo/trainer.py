@@ -215,6 +215,10 @@ class Trainer:
         # esper HEAD only: the critic's return scale, the executed op per step, HEAD's train_steps
         self.value_normalizer = ValueNormalizer(device=self.device) if self.head else None
         self.effective_op = torch.zeros(config.num_envs, config.rollout_steps, dtype=torch.int64, device=self.device)
+        # esper HEAD only: the contribution predictor's targets per step (the env's true counterfactuals)
+        S = config.num_slots
+        self.contrib_target = torch.zeros(config.num_envs, config.rollout_steps, S, device=self.device)
+        self.contrib_active = torch.zeros(config.num_envs, config.rollout_steps, S, dtype=torch.bool, device=self.device)
         self.head_train_steps = 0
         self.train_steps, self.global_step = 0, 0
         self.last_row: dict[str, Any] = {}
@@ -323,7 +327,9 @@ class Trainer:
                 self.policy, self.optimizer, b, self.effective_op, b_advantages, b_targets, cfg,
                 entropy_coef, train_steps=self.head_train_steps,
                 progress=self.train_steps / self.num_updates, generator=self.update_generator,
-                all_reduce_mean=self.ctx.all_reduce_mean, all_reduce_grads=self.ctx.all_reduce_grads)  # fmt: skip
+                all_reduce_mean=self.ctx.all_reduce_mean, all_reduce_grads=self.ctx.all_reduce_grads,
+                contributions=(self.contrib_target, self.contrib_active) if self._contribution_targets() else None,
+            )  # fmt: skip
             # HEAD counts train_steps only after a real optimiser step (ppo_agent.py:1589-1595)
             self.head_train_steps += int(update_stats["optimizer_steps"].item() > 0)
         else:
@@ -368,6 +374,8 @@ class Trainer:
                          log_probs=result.log_probs, values=values,
                          old_q=result.values if legacy else result.q_op, op_agree=agree)  # fmt: skip
 
+            if head and self._contribution_targets():  # the state env_obs shows (HEAD: targets stored with step t)
+                self.contrib_target[:, t], self.contrib_active[:, t] = env.counterfactual_contributions()
             step = env.step(actions)
             if head:
                 self.effective_op[:, t] = step.effective_op
@@ -401,6 +409,18 @@ class Trainer:
             self.hidden = (result.hidden[0] * keep, result.hidden[1] * keep)
             self.obs = step.next
         return stats
+
+    def _contribution_targets(self) -> bool:
+        """ppo_variant "head": whether the contribution loss runs (``contribution_aux`` and an env that has
+        counterfactual contributions; another env, e.g. a study's ExactMDP, gets a one-time log line)."""
+        if not self.config.contribution_aux:
+            return False
+        has = hasattr(self.env, "counterfactual_contributions")
+        if not has and not getattr(self, "_said_no_contributions", False):
+            self._said_no_contributions = True
+            self.log(f"contribution_aux: {type(self.env).__name__} has no counterfactual_contributions(); "
+                     "the contribution auxiliary loss is off for this run (no targets)")  # fmt: skip
+        return has
 
     def _head_value(self, result: Any) -> Tensor:
         """ppo_variant "head": the baseline of ``head_baseline`` (V(s), or sum_a pi Q from the same pass)."""
