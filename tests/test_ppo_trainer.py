@@ -170,3 +170,32 @@ def test_learning_study_trains_the_trainer_on_its_exact_mdp_env():
     optimal = float(mdp.rho0 @ mdp.optimal()[1])  # the exact objective of the optimal policy bounds every policy's
     assert res["tabular_objective"] <= optimal + 1e-6 and res["final_return_se"] > 0
     assert res["final_episode_return"] == res["final_episode_return"]  # a number (2 updates: no learning claimed)
+
+
+def test_state_of_a_given_env_without_state_dict_is_not_resumed_but_the_rest_is():
+    """A checkpoint of a run on an env without ``state_dict`` (ExactMDPEsperEnv) resumes weights, optimizer
+    and counters, and says that the envs start afresh (was: KeyError 'epoch')."""
+    cfg = _cfg(value_mode="expected", gamma=0.95)
+    first = _quiet(cfg, env=ExactMDPEsperEnv(cfg.num_envs, seed=1))
+    first.train(handle_signals=False)
+    ckpt = first.state_dict()
+    assert ckpt["rank_states"][0]["env"] is None and ckpt["rank_states"][0]["env_class"] == "ExactMDPEsperEnv"
+    messages: list[str] = []
+    second = Trainer(cfg, None, log=messages.append, tensorboard=False, env=ExactMDPEsperEnv(cfg.num_envs, seed=2))
+    second.load_state(ckpt)
+    assert second.train_steps == first.train_steps
+    assert all(torch.equal(v, second.policy.state_dict()[k]) for k, v in first.policy.state_dict().items())
+    assert any("no resumable state" in m and "start afresh" in m for m in messages), messages
+
+
+def test_a_seed_lifecycle_checkpoint_does_not_restore_into_another_env_class():
+    cfg = _cfg()
+    first = _quiet(cfg)
+    first.train(handle_signals=False)
+    ckpt = first.state_dict()
+    messages: list[str] = []
+    second = Trainer(cfg, None, log=messages.append, tensorboard=False, env=ExactMDPEsperEnv(cfg.num_envs, seed=2))
+    start = second.env.mdp.state.clone()
+    second.load_state(ckpt)
+    assert any("is SeedLifecycleEnv, this run's is ExactMDPEsperEnv" in m for m in messages), messages
+    assert torch.equal(second.env.mdp.state, start)

@@ -476,13 +476,23 @@ class Trainer:
     # =============================================================================================
     def _rank_state(self) -> dict[str, Any]:
         """This process's own state, on the CPU (gathered to rank 0 for the checkpoint)."""
-        env_state = {k: v.cpu().clone() for k, v in vars(self.env).items() if isinstance(v, Tensor)}
+        env_state = self._env_state()
         return {
-            "env": env_state, "hidden": [self.hidden[0].cpu().clone(), self.hidden[1].cpu().clone()],
+            "env": env_state, "env_class": type(self.env).__qualname__, "num_envs": int(self.env.num_envs),
+            "hidden": [self.hidden[0].cpu().clone(), self.hidden[1].cpu().clone()],
             "reward_normalizer": {k: v.cpu() for k, v in self.reward_normalizer.state_dict().items()},
             "action_generator": self.action_generator.get_state(), "update_generator": self.update_generator.get_state(),
             "torch_rng": torch.get_rng_state(),
         }  # fmt: skip
+
+    def _env_state(self) -> dict[str, Any] | None:
+        """The env's resumable state: a SeedLifecycleEnv's tensor attributes, another env's ``state_dict()``
+        if it has one (with ``load_state_dict``), else None (such an env starts afresh on resume)."""
+        if isinstance(self.env, SeedLifecycleEnv):
+            return {k: v.cpu().clone() for k, v in vars(self.env).items() if isinstance(v, Tensor)}
+        if callable(getattr(self.env, "state_dict", None)) and callable(getattr(self.env, "load_state_dict", None)):
+            return self.env.state_dict()
+        return None
 
     def _head_state(self) -> dict[str, Any]:
         """esper HEAD's extra trainer state (ppo_variant "head"): value normaliser, HEAD's train_steps."""
@@ -544,12 +554,24 @@ class Trainer:
             return
         state = states[self.ctx.rank]
         env_state = state["env"]
-        if env_state["epoch"].shape[0] != self.config.num_envs:
-            self.log(f"resume: checkpoint has {env_state['epoch'].shape[0]} envs per process, config has "
+        # Any env whose state is its tensor attributes (SeedLifecycleEnv, ExactMDPEsperEnv, a user's env):
+        # the checkpoint's env class and count must be this run's, else the envs start afresh.
+        saved_class = state.get("env_class", "SeedLifecycleEnv")  # checkpoints before env_class: Seed only
+        if env_state is None or saved_class != type(self.env).__qualname__:
+            why = "has no resumable state (no state_dict/load_state_dict)" if env_state is None else (
+                f"is {saved_class}, this run's is {type(self.env).__qualname__}")  # fmt: skip
+            self.log(f"resume: the checkpoint's env {why}: envs start afresh (weights, optimizer, counters restored)")
+            return
+        saved_envs = int(state.get("num_envs", env_state["epoch"].shape[0] if "epoch" in env_state else -1))
+        if saved_envs != self.config.num_envs:
+            self.log(f"resume: checkpoint has {saved_envs} envs per process, config has "
                      f"{self.config.num_envs}: envs start afresh")  # fmt: skip
             return
-        for name, value in env_state.items():
-            setattr(self.env, name, value.to(self.device))
+        if isinstance(self.env, SeedLifecycleEnv):
+            for name, value in env_state.items():
+                setattr(self.env, name, value.to(self.device))
+        else:
+            self.env.load_state_dict(env_state)
         self.obs = self.env.observe()
         self.hidden = (state["hidden"][0].to(self.device), state["hidden"][1].to(self.device))
         self.reward_normalizer.load_state_dict(state["reward_normalizer"])
