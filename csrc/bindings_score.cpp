@@ -1,4 +1,5 @@
 // pybind11 module esper_fast._C_score: the CPU scoring op of the PPO update (raw pointers, no libtorch).
+// Both entries take keyword arguments only, named as ScoreArgs' fields (esper_fast/ops/score.py).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -60,7 +61,11 @@ PYBIND11_MODULE(_C_score, m) {
           a.out_entropy = reinterpret_cast<void*>(out_entropy);
           py::gil_scoped_release release;
           score_forward_cpu(a);
-        });
+        },
+        py::kw_only(), py::arg("logits"), py::arg("logits_dtype"), py::arg("logits_stride"),
+        py::arg("mask"), py::arg("mask_stride"), py::arg("actions"), py::arg("actions_stride"),
+        py::arg("slot_by_op"), py::arg("slot_by_op_stride"), py::arg("offset"), py::arg("size"),
+        py::arg("a_total"), py::arg("n"), py::arg("num_threads"), py::arg("out_log_prob"), py::arg("out_entropy"));
   m.def("score_backward",
         [](uintptr_t logits, int logits_dtype, int64_t logits_stride, uintptr_t mask,
            int64_t mask_stride, uintptr_t actions, int64_t actions_stride, uintptr_t slot_by_op,
@@ -74,5 +79,9 @@ PYBIND11_MODULE(_C_score, m) {
           a.grad_logits = reinterpret_cast<void*>(grad_logits);
           py::gil_scoped_release release;
           score_backward_cpu(a);
-        });
+        },
+        py::kw_only(), py::arg("logits"), py::arg("logits_dtype"), py::arg("logits_stride"),
+        py::arg("mask"), py::arg("mask_stride"), py::arg("actions"), py::arg("actions_stride"),
+        py::arg("slot_by_op"), py::arg("slot_by_op_stride"), py::arg("offset"), py::arg("size"),
+        py::arg("a_total"), py::arg("n"), py::arg("num_threads"), py::arg("grad_log_prob"), py::arg("grad_entropy"), py::arg("grad_logits"));
 }

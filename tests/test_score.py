@@ -206,8 +206,8 @@ def test_poisoned_outputs_are_fully_written():
     lp_r, ent_r = score_actions_reference(ref, masks, actions, sbo)
     torch.autograd.backward([torch.stack([lp_r[h] for h in HEAD_NAMES]), torch.stack([ent_r[h] for h in HEAD_NAMES])],
                             [g_lp, g_ent])  # fmt: skip
-    runners = [("cpu", lambda *a: score_mod._NATIVE.score_forward(*score_mod._native_args(*a[:6]), a[6].data_ptr(), a[7].data_ptr()),
-                lambda *a: score_mod._NATIVE.score_backward(*score_mod._native_args(*a[:6]), a[6].data_ptr(), a[7].data_ptr(), a[8].data_ptr())),
+    runners = [("cpu", lambda *a: score_mod._NATIVE.score_forward(**score_mod._native_args(*a[:6]), out_log_prob=a[6].data_ptr(), out_entropy=a[7].data_ptr()),
+                lambda *a: score_mod._NATIVE.score_backward(**score_mod._native_args(*a[:6]), grad_log_prob=a[6].data_ptr(), grad_entropy=a[7].data_ptr(), grad_logits=a[8].data_ptr())),
                ("triton", score_forward_triton, score_backward_triton)]  # fmt: skip
     for name, fwd, bwd in runners:
         dev = "cpu" if name == "cpu" else TRITON_DEVICE
@@ -321,3 +321,18 @@ def test_out_of_range_action_gives_nan_not_garbage():
     actions["tempo"][3] = 7
     lp, _ = score_actions(logits, masks, actions, backend="cpu")
     assert torch.isnan(lp["tempo"][3]) and torch.isfinite(lp["tempo"][[0, 1, 2, 4]]).all()
+
+
+@pytest.mark.skipif(score_mod._NATIVE is None, reason="esper_fast._C_score not built")
+def test_native_entries_take_named_fields_only():
+    """_C_score's entries take keyword arguments named as ScoreArgs' fields: positional integers are refused."""
+    sizes = [get_action_head_sizes(3)[h] for h in HEAD_NAMES]
+    logits = torch.randn(3, sum(sizes))
+    actions = torch.zeros(3, 8, dtype=torch.int64)
+    offsets = [sum(sizes[:h]) for h in range(8)]
+    lp, ent = torch.empty(8, 3), torch.empty(8, 3)
+    fields = score_mod._native_args(logits, None, actions, None, offsets, sizes)
+    with pytest.raises(TypeError):
+        score_mod._NATIVE.score_forward(*fields.values(), lp.data_ptr(), ent.data_ptr())
+    score_mod._NATIVE.score_forward(**fields, out_log_prob=lp.data_ptr(), out_entropy=ent.data_ptr())
+    assert torch.isfinite(lp).all() and torch.isfinite(ent).all()

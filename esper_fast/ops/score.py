@@ -143,13 +143,16 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _native_args(logits, mask, actions, slot_by_op, offsets, sizes):
-    return (
-        logits.data_ptr(), _DTYPE_CODES[logits.dtype], logits.stride(0),
-        0 if mask is None else mask.data_ptr(), 0 if mask is None else mask.stride(0),
-        actions.data_ptr(), actions.stride(0),
-        0 if slot_by_op is None else slot_by_op.data_ptr(), 0 if slot_by_op is None else slot_by_op.stride(0),
-        list(offsets), list(sizes), logits.shape[1], logits.shape[0], torch.get_num_threads(),
+def _native_args(logits, mask, actions, slot_by_op, offsets, sizes) -> dict[str, object]:
+    """The named fields of ``_C_score``'s entries (ScoreArgs in csrc/score_row.h) but the outputs."""
+    return dict(
+        logits=logits.data_ptr(), logits_dtype=_DTYPE_CODES[logits.dtype], logits_stride=logits.stride(0),
+        mask=0 if mask is None else mask.data_ptr(), mask_stride=0 if mask is None else mask.stride(0),
+        actions=actions.data_ptr(), actions_stride=actions.stride(0),
+        slot_by_op=0 if slot_by_op is None else slot_by_op.data_ptr(),
+        slot_by_op_stride=0 if slot_by_op is None else slot_by_op.stride(0),
+        offset=list(offsets), size=list(sizes), a_total=logits.shape[1], n=logits.shape[0],
+        num_threads=torch.get_num_threads(),
     )  # fmt: skip
 
 
@@ -172,8 +175,8 @@ def score_actions_op(
     out_ent = torch.empty_like(out_lp)
     logits, mask, actions, slot_by_op = _prepare(logits, mask, actions, slot_by_op)
     if backend == "cpu":
-        _NATIVE.score_forward(*_native_args(logits, mask, actions, slot_by_op, offsets, sizes),
-                              out_lp.data_ptr(), out_ent.data_ptr())  # fmt: skip
+        _NATIVE.score_forward(**_native_args(logits, mask, actions, slot_by_op, offsets, sizes),
+                              out_log_prob=out_lp.data_ptr(), out_entropy=out_ent.data_ptr())  # fmt: skip
     else:
         from esper_fast.ops.triton_score import score_forward_triton
 
@@ -199,8 +202,9 @@ def score_actions_backward_op(
     grad = torch.empty(logits.shape, dtype=acc, device=logits.device)
     logits, mask, actions, slot_by_op = _prepare(logits, mask, actions, slot_by_op)
     if backend == "cpu":
-        _NATIVE.score_backward(*_native_args(logits, mask, actions, slot_by_op, offsets, sizes),
-                               g_lp.data_ptr(), g_ent.data_ptr(), grad.data_ptr())  # fmt: skip
+        _NATIVE.score_backward(**_native_args(logits, mask, actions, slot_by_op, offsets, sizes),
+                               grad_log_prob=g_lp.data_ptr(), grad_entropy=g_ent.data_ptr(),
+                               grad_logits=grad.data_ptr())  # fmt: skip
     else:
         from esper_fast.ops.triton_score import score_backward_triton
 
