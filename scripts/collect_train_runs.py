@@ -46,6 +46,12 @@ def collect(name: str, label: str) -> dict:
     summary = json.loads((run / "summary.json").read_text())
     config = json.loads((run / "config.json").read_text())
     ev = summary["evaluation"]
+    reeval = Path("runs") / f"{name}_reeval.json"  # `esper-fast evaluate RUN --json` of the same checkpoint
+    if reeval.is_file():  # fills gap_share_se for runs evaluated before it existed, if it reproduced the run
+        again = json.loads(reeval.read_text())["results"]
+        for k, r in ev.items():
+            if k in again and abs(again[k]["mean_return"] - r["mean_return"]) < 1e-6 and "gap_share_se" in again[k]:
+                r["gap_share"], r["gap_share_se"] = again[k]["gap_share"], again[k]["gap_share_se"]
     row = {"name": name, "label": label, "seed": config["config"]["seed"], "fused": config["config"].get("fused", True),
            "num_envs": config["config"]["num_envs"], "total_timesteps": config["config"]["total_timesteps"],
            "updates": summary["updates"], "eval_episodes": ev["heuristic"]["num_episodes"],
