@@ -5,7 +5,9 @@ bare ``PPOConfig()`` is esper's run. Presets (:data:`PRESETS`) override a few fi
 
 * ``smoke``   - seconds on CPU (2 updates, 32 hidden), for tests and a first try;
 * ``default`` - the no-flag CPU run of ``esper-fast train``: 128 hidden, 16 envs x 150 steps, 250
-  updates of 4 epochs x 4 minibatches (600k env steps; measured times in the README); matches the heuristic;
+  updates of 4 epochs x 4 minibatches (600k env steps; measured times in the README); beats the heuristic;
+* ``cpu-fast`` - the default network and PPO on 256 envs (64 updates of 4 epochs x 16 minibatches of 16 envs,
+  2.46M env steps): what the fused paths' cheaper env-step buys; README has its 1024-episode evaluation;
 * ``esper``   - esper's exact run (512 hidden, 4 envs x 150 steps, 100 episodes, one full-batch
   epoch), with the slot drawn from the env mask alone as at 0872525b;
 * ``esper-head`` - esper HEAD (2016337e)'s network (``FactoredPolicyV2``, value-head schema v2) and
