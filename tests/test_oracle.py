@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from esper_fast.envs import EnvConfig, HeuristicPolicy, OraclePolicy, SeedLifecycleEnv, evaluate_policy
@@ -59,7 +61,7 @@ def test_gap_share_standard_error_matches_the_spread_over_replicates():
     assert abs(float(shares.mean()) - 0.3) < 0.01
     assert abs(float(ses.mean()) / float(shares.std()) - 1) < 0.1
     share, se = gap_share_with_se(torch.tensor([1.0, 2.0]), torch.zeros(2, dtype=torch.float64))
-    assert share != share and se != se  # NaN: no gap to close
+    assert math.isnan(share) and math.isnan(se)  # no gap to close
 
 
 def test_evaluation_reports_gap_share_and_margin_for_ppo():

@@ -7,13 +7,18 @@ bookkeeping) at two env counts: the counts must be equal (per-env Python loops w
 from __future__ import annotations
 
 import collections
+import dataclasses
+import sys
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import esper_fast.ppo.evaluate as evaluate_module
+import esper_fast.ppo.trainer as trainer_module
+from esper_fast.envs import HeuristicPolicy, OraclePolicy, RandomMaskedPolicy, SeedLifecycleEnv, evaluate_policy
 from esper_fast.ppo import Trainer, make_config
-from esper_fast.ppo.agent import cpu_threads, validation_off
+from esper_fast.ppo.agent import PolicyActor, cpu_threads, validation_off
 
 
 class OpCounter(TorchDispatchMode):
@@ -64,13 +69,6 @@ def test_a_per_env_python_loop_is_detected(monkeypatch):
 # the auto-reset, the truncation bootstrap, the episode bookkeeping) twice in a 10-step rollout, and
 # the governor is switched off so that no env terminates early: every env count then takes the same
 # branches. A Python-only per-env loop (no torch op in its body) is caught by the traced line count.
-import dataclasses  # noqa: E402
-import sys  # noqa: E402
-
-import esper_fast.ppo.evaluate as evaluate_module  # noqa: E402
-import esper_fast.ppo.trainer as trainer_module  # noqa: E402
-from esper_fast.envs import HeuristicPolicy, OraclePolicy, RandomMaskedPolicy, SeedLifecycleEnv, evaluate_policy  # noqa: E402
-from esper_fast.ppo.agent import PolicyActor  # noqa: E402
 
 
 class LineCounter:
@@ -97,7 +95,7 @@ class LineCounter:
 def no_governor(monkeypatch):
     """Envs of the trainer and the evaluation without the governor's early terminal (same branches for every E)."""
     real = trainer_module.env_config
-    patched = lambda config, **kw: dataclasses.replace(real(config, **kw), governor_drop=1e6)  # noqa: E731
+    patched = lambda config, **kw: dataclasses.replace(real(config, **kw), governor_drop=1e6)
     monkeypatch.setattr(trainer_module, "env_config", patched)
     monkeypatch.setattr(evaluate_module, "env_config", patched)
     return patched

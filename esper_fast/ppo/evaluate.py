@@ -86,7 +86,7 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
                      f"{r['terminated_frac']:>10.3f} {r['num_episodes']:>8d}")  # fmt: skip
     gap = gap_shares(results)
     if gap:
-        with_se = lambda k, v: f"{k} {v:+.1%}" + (  # noqa: E731
+        with_se = lambda k, v: f"{k} {v:+.1%}" + (
             f" +- {results[k]['gap_share_se']:.1%}" if "gap_share_se" in results[k] else "")
         lines.append("share of the heuristic-to-oracle gap closed: " + ", ".join(with_se(k, v) for k, v in gap.items()))
     margins = [f"{k} {r['vs_heuristic'] / r['vs_heuristic_se']:+.1f}" for k, r in results.items()
