@@ -92,3 +92,40 @@ def test_cli_flags():
     over = _config_overrides(args)
     assert over["compile"] is True and over["amp"] is True and over["fused_adam"] is True
     assert over["compile_backend"] == "aot_eager"
+
+
+def test_fused_off_runs_the_reference_paths_from_the_same_weights(monkeypatch):
+    """``fused=False``: ReferencePolicy in the rollout, the per-head evaluate_actions in the update, same init."""
+    from esper_fast import FactoredPolicy
+    from esper_fast.reference import ReferencePolicy
+
+    calls = []
+    real = fused_evaluate.score_actions_packed
+    monkeypatch.setattr(fused_evaluate, "score_actions_packed", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with cpu_threads(1, "cpu"):
+        on = Trainer(make_config("smoke", **TINY), run_dir=None, log=lambda _m: None)
+        off = Trainer(make_config("smoke", **TINY, fused=False), run_dir=None, log=lambda _m: None)
+        assert type(on.policy) is FactoredPolicy and type(off.policy) is ReferencePolicy
+        assert off.policy.fused_evaluate is False and off.policy.value_mode == on.policy.value_mode
+        for (name, a), b in zip(on.policy.state_dict().items(), off.policy.state_dict().values()):
+            torch.testing.assert_close(b, a, rtol=0, atol=0, msg=lambda m: f"{name}: {m}")
+        off.train(handle_signals=False)
+        assert off.train_steps == off.num_updates and not calls  # the fused scoring op never ran
+        on.train(handle_signals=False)
+        assert calls  # ... and the spy sees it when it does
+
+
+@pytest.mark.parametrize("overrides,match", [(dict(compile=True), "compile"), (dict(value_mode="legacy"), "fused"),
+                                             (dict(ppo_variant="head", clip_value=False), "fused")])  # fmt: skip
+def test_fused_off_rejects_what_has_no_unfused_path(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        make_config("smoke", fused=False, **overrides)
+
+
+def test_cpu_fast_preset():
+    """Hundreds of envs, the fused paths, the entropy schedule spanning the run, 1024 evaluation episodes."""
+    cfg = make_config("cpu-fast")
+    assert cfg.num_envs >= 256 and cfg.fused and cfg.ppo_variant == "0872525b"
+    assert cfg.entropy_anneal_updates == cfg.num_updates
+    assert cfg.eval_episodes == 1024
+    assert build_parser().parse_args(["train", "--preset", "cpu-fast", "--no-fused"]).fused is False

@@ -1,6 +1,7 @@
 """The policy as the trainer and the evaluator use it: construction, one decision, an env controller.
 
-* :func:`build_policy` - ``FactoredPolicy(value_mode=...)`` for "q_op" / "expected", esper's buggy
+* :func:`build_policy` - ``FactoredPolicy(value_mode=...)`` for "q_op" / "expected" (``ReferencePolicy`` with the
+  same initial weights when ``config.fused`` is False), esper's buggy
   ``ReferencePolicy(legacy=True)`` for "legacy" (same parameters, so checkpoints are interchangeable).
 * :func:`act` - one ``get_action`` call on an :class:`~esper_fast.envs.EnvObs`, plus the slot mask the
   slot was actually sampled under (the buffer stores it so the update scores the same distribution).
@@ -54,6 +55,11 @@ def build_policy(config: PPOConfig) -> FactoredNetwork:
         policy = ReferencePolicy(*args, **kw, value_mode="q_op", legacy=True)
     else:
         policy = FactoredPolicy(*args, **kw, value_mode=config.value_mode, backend=config.backend)
+        if not config.fused:  # same initial weights, esper's torch ops everywhere (config.fused docs)
+            fused = policy
+            policy = ReferencePolicy(*args, **kw, value_mode=config.value_mode)
+            policy.load_state_dict(fused.state_dict())
+            policy.fused_evaluate = False
     return policy.to(config.device)
 
 

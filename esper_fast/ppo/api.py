@@ -8,7 +8,7 @@
     model.learn()                                     # config.total_timesteps (or learn(total_timesteps=...))
     model.save("policy.pt")
     model = PPO.load("policy.pt")                     # or a run directory (checkpoints/latest.pt)
-    print(format_table(model.evaluate(episodes=256)))
+    print(format_table(model.evaluate(episodes=1024)))
     actions, state = model.predict(obs, state, episode_start, deterministic=True, info=info)
 
 ``predict`` takes either an :class:`~esper_fast.envs.EnvObs` (``SeedLifecycleEnv`` stepped directly;
@@ -177,7 +177,7 @@ class PPO:
         return env_obs, True, single
 
     # ------------------------------------------------------------------ scoring
-    def evaluate(self, episodes: int = 256, seed: int = 12345,
+    def evaluate(self, episodes: int = 1024, seed: int = 12345,
                  modes: tuple[str, ...] = ("sampled", "greedy")) -> dict[str, dict[str, Any]]:  # fmt: skip
         """The policy against the heuristic and random baselines on the same ``episodes`` episodes
         (:func:`~esper_fast.ppo.evaluate.compare_with_baselines`; print it with ``format_table``)."""

@@ -5,7 +5,9 @@ bare ``PPOConfig()`` is esper's run. Presets (:data:`PRESETS`) override a few fi
 
 * ``smoke``   - seconds on CPU (2 updates, 32 hidden), for tests and a first try;
 * ``default`` - the no-flag CPU run of ``esper-fast train``: 128 hidden, 16 envs x 150 steps, 250
-  updates of 4 epochs x 4 minibatches (600k env steps; measured times in the README); matches the heuristic;
+  updates of 4 epochs x 4 minibatches (600k env steps; measured times in the README); beats the heuristic;
+* ``cpu-fast`` - the default network and PPO on 256 envs (64 updates of 4 epochs x 16 minibatches of 16 envs,
+  2.46M env steps): what the fused paths' cheaper env-step buys; README has its 1024-episode evaluation;
 * ``esper``   - esper's exact run (512 hidden, 4 envs x 150 steps, 100 episodes, one full-batch
   epoch), with the slot drawn from the env mask alone as at 0872525b;
 * ``esper-head`` - esper HEAD (2016337e)'s network (``FactoredPolicyV2``, value-head schema v2) and
@@ -136,6 +138,11 @@ class PPOConfig:
     ppo_agent.py:184; ppo_update.py:466-467)."""
 
     # ---- speed of the update (issue 9; none changes the math) -------------------------------------
+    fused: bool = True
+    """The fused paths (FactoredPolicy's fused action selection in the rollout, the fused update path).
+    False: the same run with every fused path off - ReferencePolicy (esper's torch ops) in the rollout and
+    its per-head ``evaluate_actions`` in the update, from the same initial weights (checks that learning is
+    unchanged where the math is unchanged; the action sampler draws a different random stream)."""
     compile: bool = False
     """Compile the update's heads + fused scoring op with torch.compile (the LSTM trunk stays eager:
     nn.LSTM's oneDNN/cuDNN kernel beats an unrolled graph); needs the fused update path (FactoredPolicy)."""
@@ -203,9 +210,10 @@ class PPOConfig:
     checkpoint_interval_s: float = 120.0
     """Refresh checkpoints/latest.pt after any update that ends this many seconds after the last save,
     so a SIGKILL (OOM, preemption) loses at most about this much work; 0 = only at the end and on Ctrl-C."""
-    eval_episodes: int = 256
-    """Episodes of the final evaluation against the heuristic and random baselines (0 = skip); at 256 the
-    README's runs have standard errors of 0.4-0.9 return points (less for paired differences)."""
+    eval_episodes: int = 1024
+    """Episodes of the final evaluation against the oracle, heuristic and random baselines (0 = skip); at 1024
+    the README's runs have standard errors of 0.25-0.45 return points (0.2-0.3 for paired differences to
+    the heuristic), and the evaluation takes about 20 s of a loaded 2-core machine."""
     eval_seed: int = 12345
     """Env seed of the final evaluation (the same episodes for every policy)."""
 
@@ -337,6 +345,11 @@ class PPOConfig:
                 if getattr(self, name):
                     raise ValueError(f"{name}: not supported with ppo_variant 'head' (HEAD: clip_value off; "
                                      "the compiled / autocast update path is FactoredPolicy's)")  # fmt: skip
+        if self.compile and not self.fused:
+            raise ValueError("compile: the compiled update step needs the fused update path (fused True)")
+        if not self.fused and (self.ppo_variant == "head" or self.value_mode == "legacy"):
+            raise ValueError("fused: False applies to FactoredPolicy runs (ppo_variant '0872525b', value_mode "
+                             "'q_op' or 'expected'); 'legacy' and 'head' have no fused path to switch off")
         if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
@@ -367,6 +380,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_envs=16, feature_dim=128, lstm_hidden_dim=128, total_timesteps=16 * 150 * 250,
         update_epochs=4, num_minibatches=4, learning_rate=1e-3, anneal_lr=True, target_kl=0.03,
         gamma=0.995, gae_lambda=0.95, entropy_coef=0.05, entropy_coef_end=0.0, entropy_anneal_updates=250,
+        entropy_coef_min=0.0,
+    ),
+    # 256 envs: the fused paths' cheaper env-step (bench_train_cpu: 4x the env-steps/s of 16 envs) buys 4x the
+    # data in about the default run's CPU time; minibatches of 16 envs keep the default's optimiser steps
+    "cpu-fast": dict(
+        num_envs=256, feature_dim=128, lstm_hidden_dim=128, total_timesteps=256 * 150 * 64,
+        update_epochs=4, num_minibatches=16, learning_rate=1e-3, anneal_lr=True, target_kl=0.03,
+        gamma=0.995, gae_lambda=0.95, entropy_coef=0.05, entropy_coef_end=0.0, entropy_anneal_updates=64,
         entropy_coef_min=0.0,
     ),
     "esper": dict(op_conditioned_slot=False, value_mode="q_op"),

@@ -13,7 +13,7 @@ from esper_fast.ppo.agent import PolicyActor, cpu_threads, env_config
 from esper_fast.ppo.config import PPOConfig
 from esper_fast.ppo.normalize import ObsNormalizer
 
-__all__ = ["compare_with_baselines", "format_table", "evaluation_markdown", "gap_shares"]
+__all__ = ["compare_with_baselines", "format_table", "evaluation_markdown", "gap_shares", "gap_share_with_se"]
 
 
 def compare_with_baselines(policy: FactoredNetwork | None, obs_normalizer: ObsNormalizer | None, config: PPOConfig,
@@ -25,8 +25,9 @@ def compare_with_baselines(policy: FactoredNetwork | None, obs_normalizer: ObsNo
     Every entry plays the same ``episodes`` episodes (env seed ``seed``: the same host curves and
     noise streams), so each entry but the heuristic also gets ``vs_heuristic`` / ``vs_heuristic_se``:
     the mean per-episode difference of its return minus the heuristic's and the standard error of
-    that paired difference (smaller than either return's own, since the episodes are shared).
-    The ``returns`` tensors are dropped.
+    that paired difference (smaller than either return's own, since the episodes are shared); each PPO
+    entry gets ``gap_share`` / ``gap_share_se`` (:func:`gap_share_with_se`: the share of the
+    heuristic-to-oracle gap it closes, with its standard error). The ``returns`` tensors are dropped.
     """
     env = SeedLifecycleEnv(episodes, env_config(config), device=device, seed=seed)
     controllers: dict[str, Any] = {}
@@ -48,9 +49,27 @@ def compare_with_baselines(policy: FactoredNetwork | None, obs_normalizer: ObsNo
             diff = (res["returns"] - base).double()
             res["vs_heuristic"] = float(diff.mean())
             res["vs_heuristic_se"] = float(diff.std() / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
+    oracle_gap = (results["oracle"]["returns"] - base).double()
+    for name, res in results.items():
+        if name.startswith("ppo"):
+            res["gap_share"], res["gap_share_se"] = gap_share_with_se((res["returns"] - base).double(), oracle_gap)
     for res in results.values():
         res.pop("returns", None)
     return results
+
+
+def gap_share_with_se(diff: torch.Tensor, oracle_gap: torch.Tensor) -> tuple[float, float]:
+    """``mean(diff) / mean(oracle_gap)`` and its standard error (delta method for a ratio of paired means).
+
+    ``diff [n]`` is a policy's per-episode return minus the heuristic's, ``oracle_gap [n]`` the oracle's minus
+    the heuristic's on the same episodes: se = std(diff - share * oracle_gap) / (sqrt(n) |mean(oracle_gap)|).
+    NaN share when the oracle gap's mean is 0; se 0 for one episode."""
+    n, gap = diff.numel(), float(oracle_gap.mean())
+    if gap == 0.0:
+        return float("nan"), float("nan")
+    share = float(diff.mean()) / gap
+    se = float((diff - share * oracle_gap).std()) / (math.sqrt(n) * abs(gap)) if n > 1 else 0.0
+    return share, se
 
 
 def format_table(results: dict[str, dict[str, Any]]) -> str:
@@ -67,8 +86,13 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
                      f"{r['terminated_frac']:>10.3f} {r['num_episodes']:>8d}")  # fmt: skip
     gap = gap_shares(results)
     if gap:
-        lines.append("share of the heuristic-to-oracle gap closed: "
-                     + ", ".join(f"{k} {v:+.1%}" for k, v in gap.items()))  # fmt: skip
+        with_se = lambda k, v: f"{k} {v:+.1%}" + (
+            f" +- {results[k]['gap_share_se']:.1%}" if "gap_share_se" in results[k] else "")
+        lines.append("share of the heuristic-to-oracle gap closed: " + ", ".join(with_se(k, v) for k, v in gap.items()))
+    margins = [f"{k} {r['vs_heuristic'] / r['vs_heuristic_se']:+.1f}" for k, r in results.items()
+               if k.startswith("ppo") and r.get("vs_heuristic_se")]  # fmt: skip
+    if margins:
+        lines.append("PPO minus heuristic in paired standard errors: " + ", ".join(margins))
     return "\n".join(lines)
 
 
@@ -80,6 +104,9 @@ def evaluation_markdown(results: dict[str, dict[str, Any]], episodes: int, seed:
         diff = (f"{r['vs_heuristic']:+.2f} | {r['vs_heuristic_se']:.2f}") if "vs_heuristic" in r else "- | -"
         lines.append(f"| {name} | {r['mean_return']:.2f} | {r['se_return']:.2f} | {r['std_return']:.2f} | {diff} | "
                      f"{r['mean_length']:.1f} | {r['terminated_frac']:.3f} |")  # fmt: skip
+    shares = [f"{k} {r['gap_share']:+.1%} +- {r['gap_share_se']:.1%}" for k, r in results.items() if "gap_share" in r]
+    if shares:
+        lines += ["", "share of the heuristic-to-oracle gap closed (+- se): " + ", ".join(shares)]
     return "\n".join(lines)
 
 
