@@ -97,7 +97,7 @@ def test_cli_flags():
 def test_fused_off_runs_the_reference_paths_from_the_same_weights(monkeypatch):
     """``fused=False``: ReferencePolicy in the rollout, the per-head evaluate_actions in the update, same init."""
     from esper_fast import FactoredPolicy
-    from esper_fast.reference import ReferencePolicy
+    from esper_fast.reference_policy import ReferencePolicy
 
     calls = []
     real = fused_evaluate.score_actions_packed
