@@ -50,8 +50,12 @@ CUDA_ARCHS = ("80", "90")
 CXX_FLAGS = ["-O3", "-std=c++17", "-fvisibility=hidden"]
 HEADERS = sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*.h"))
 CUDA_HEADERS = HEADERS + sorted(str(p.relative_to(ROOT)) for p in CSRC.glob("*.cuh"))
-CUDA_SOURCES = ["csrc/select_cuda.cu", "csrc/select_actions_cuda.cu", "csrc/select_actions_v2_cuda.cu",
-                "csrc/bindings_cuda.cpp"]
+CUDA_SOURCES = [
+    "csrc/select_cuda.cu",
+    "csrc/select_actions_cuda.cu",
+    "csrc/select_actions_v2_cuda.cu",
+    "csrc/bindings_cuda.cpp",
+]
 SIMD_SOURCE = "csrc/select_cpu_simd.cpp"
 # name -> (lanes, extra flags). -ffp-contract=off: no FMA contraction, so every build rounds alike.
 SIMD_BUILDS = {
@@ -82,7 +86,7 @@ def find_ninja() -> str:
     except ImportError:
         found = shutil.which("ninja")
         if found is None:
-            raise RuntimeError("building esper_fast._C_cuda needs ninja (pip install ninja)")
+            raise RuntimeError("building esper_fast._C_cuda needs ninja (pip install ninja)") from None
         return found
 
 
@@ -128,9 +132,7 @@ def want_cuda() -> bool:
 
 
 def ninja_file(nvcc: str, build_dir: Path, target: Path) -> str:
-    includes = " ".join(
-        f"-I{p}" for p in (CSRC, pybind11.get_include(), sysconfig.get_paths()["include"])
-    )
+    includes = " ".join(f"-I{p}" for p in (CSRC, pybind11.get_include(), sysconfig.get_paths()["include"]))
     gencode = " ".join(f"-gencode=arch=compute_{a},code=sm_{a}" for a in CUDA_ARCHS)
     gencode += f" -gencode=arch=compute_{CUDA_ARCHS[-1]},code=compute_{CUDA_ARCHS[-1]}"
     host = "-Xcompiler -fPIC -Xcompiler -fvisibility=hidden"
@@ -162,7 +164,9 @@ class BuildExt(build_ext):
             say(f"not building esper_fast._C_cuda: {CUDA_SKIPPED}")
         total = len(self.extensions)
         for i, ext in enumerate(self.extensions, 1):
-            what = "CUDA kernels, nvcc for sm_" + "/sm_".join(CUDA_ARCHS) if ext.name.endswith("_cuda") else "CPU kernels"
+            what = (
+                "CUDA kernels, nvcc for sm_" + "/sm_".join(CUDA_ARCHS) if ext.name.endswith("_cuda") else "CPU kernels"
+            )
             say(f"[{i}/{total}] {ext.name} ({what}: {', '.join(ext.sources)}) ...")
             t0 = time.perf_counter()
             self.build_extension(ext)
@@ -188,13 +192,15 @@ class BuildExt(build_ext):
         """Compiles SIMD_SOURCE once per ISA build (own flags, namespace) into ext.extra_objects."""
         objects = []
         for name, (width, flags) in simd_builds().items():
-            macros = [("EF_SIMD_NS", f"simd_{name}"), ("EF_SIMD_WIDTH", str(width)),
-                      ("EF_SIMD_NAME", f'"{name}"')]  # fmt: skip
+            macros = [("EF_SIMD_NS", f"simd_{name}"), ("EF_SIMD_WIDTH", str(width)), ("EF_SIMD_NAME", f'"{name}"')]
             objects += self.compiler.compile(
-                [SIMD_SOURCE], output_dir=str(Path(self.build_temp) / f"simd_{name}"), macros=macros,
-                include_dirs=ext.include_dirs, depends=HEADERS,
+                [SIMD_SOURCE],
+                output_dir=str(Path(self.build_temp) / f"simd_{name}"),
+                macros=macros,
+                include_dirs=ext.include_dirs,
+                depends=HEADERS,
                 extra_postargs=CXX_FLAGS + ["-ffp-contract=off", "-Wno-maybe-uninitialized"] + flags,
-            )  # fmt: skip
+            )
         ext.extra_objects = list(ext.extra_objects or []) + objects
 
 

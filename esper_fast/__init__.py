@@ -20,12 +20,12 @@ from esper_fast.errors import BackendUnavailableError, InvalidActionMaskError, I
 from esper_fast.version import __version__ as __version__  # re-exported
 
 if TYPE_CHECKING:  # the lazy names, for type checkers and IDEs
+    from esper_fast.integrations.esper import patch_esper, unpatch_esper
     from esper_fast.ops import available_backends, select_op
     from esper_fast.policy import FactoredPolicy, GetActionResult
-    from esper_fast.types import OpSelection
-    from esper_fast.integrations.esper import patch_esper, unpatch_esper
     from esper_fast.policy_v2 import FactoredPolicyV2
     from esper_fast.reference_policy import ReferencePolicy
+    from esper_fast.types import OpSelection
 
 __all__ = [
     "select_op",

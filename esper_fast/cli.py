@@ -26,8 +26,9 @@ import shlex
 import sys
 import time
 import typing
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 __all__ = ["main", "build_parser", "SUBCOMMANDS"]
 
@@ -69,7 +70,8 @@ def _parse_head_coefs(text: str) -> dict[str, float]:
 
 
 TOPOLOGY_NAMES = ("cnn", "transformer")
-"""``esper_fast.envs.masks.TOPOLOGIES``' keys, written out so ``--help`` need not import torch (a test keeps them equal)."""
+"""``esper_fast.envs.masks.TOPOLOGIES``' keys, written out so ``--help`` need not import torch (a test keeps
+them equal)."""
 BACKEND_CHOICES = ("auto", "torch", "cpu", "cuda", "triton")
 """``("auto", *esper_fast.ops.backends.BACKEND_NAMES)``, written out for the same reason (tested)."""
 
@@ -96,8 +98,10 @@ def _add_config_flags(parser: argparse.ArgumentParser, shown_preset: str = "defa
     choices = _choices()
     docs, hints = field_docs(), typing.get_type_hints(PPOConfig)
     shown = make_config(shown_preset)
-    group = parser.add_argument_group(f"training configuration (PPOConfig fields; override the preset; [brackets]: "
-                                      f"the {shown_preset!r} preset's value)")  # fmt: skip
+    group = parser.add_argument_group(
+        f"training configuration (PPOConfig fields; override the preset; [brackets]: "
+        f"the {shown_preset!r} preset's value)"
+    )
     for f in dataclasses.fields(PPOConfig):
         if not f.init:
             continue
@@ -153,8 +157,10 @@ class Progress:
         frac = done / self.total
         bar = "#" * int(24 * frac) + "." * (24 - int(24 * frac))
         ret_text = "   n/a" if ret is None else f"{ret:6.2f}"
-        line = (f"update {done:>5}/{self.total} [{bar}] {100 * frac:5.1f}% | steps {row['global_step']:>9,} | "
-                f"return {ret_text} | sps {row['time/sps']:7.0f} | eta {_duration(eta)}")  # fmt: skip
+        line = (
+            f"update {done:>5}/{self.total} [{bar}] {100 * frac:5.1f}% | steps {row['global_step']:>9,} | "
+            f"return {ret_text} | sps {row['time/sps']:7.0f} | eta {_duration(eta)}"
+        )
         if self.tty:
             self.stream.write("\r" + line + ("\n" if done >= self.total else ""))
             self.stream.flush()
@@ -169,7 +175,9 @@ class Progress:
 
 def _duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
 
 
 def _check_device(device: str) -> None:
@@ -245,25 +253,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     _check_device(config.device)
     run_dir = _resolve_run(args, resume_ckpt, "esper-warmstart" if warm_start else args.preset)
     if resume_ckpt is None and (run_dir / "checkpoints").exists():
-        raise CLIError(f"run directory {run_dir} already has checkpoints: pass --resume {run_dir} to continue, "
-                       "or choose another --name", EXIT_USAGE)  # fmt: skip
+        raise CLIError(
+            f"run directory {run_dir} already has checkpoints: pass --resume {run_dir} to continue, "
+            "or choose another --name",
+            EXIT_USAGE,
+        )
 
     ctx = init_distributed(config.device)
     try:
         log = (lambda msg: print(msg, file=sys.stderr)) if ctx.is_main else (lambda _m: None)
-        trainer = Trainer(config, run_dir if ctx.is_main else None, dist=ctx, resume=resume_ckpt, log=log,
-                          tensorboard=not args.no_tensorboard)  # fmt: skip
+        trainer = Trainer(
+            config,
+            run_dir if ctx.is_main else None,
+            dist=ctx,
+            resume=resume_ckpt,
+            log=log,
+            tensorboard=not args.no_tensorboard,
+        )
         if warm_start is not None:
             from esper_fast.integrations.esper_checkpoint import warm_start_from_esper
 
             warm_start_from_esper(trainer, warm_start)
         if ctx.is_main:
-            what = f"resuming {resume_ckpt['path']} at update {trainer.train_steps}" if resume_ckpt else f"preset {args.preset!r}"
+            what = (
+                f"resuming {resume_ckpt['path']} at update {trainer.train_steps}"
+                if resume_ckpt
+                else f"preset {args.preset!r}"
+            )
             if warm_start is not None:
                 what = f"warm start from esper checkpoint {warm_start['path']} (weights only)"
-            log(f"esper-fast train: {what} -> {run_dir}  ({trainer.num_updates} updates of "
+            log(
+                f"esper-fast train: {what} -> {run_dir}  ({trainer.num_updates} updates of "
                 f"{config.num_envs} envs x {config.rollout_steps} steps x {ctx.world_size} process(es), "
-                f"H={config.lstm_hidden_dim}, value_mode={config.value_mode}, device={ctx.device})")  # fmt: skip
+                f"H={config.lstm_hidden_dim}, value_mode={config.value_mode}, device={ctx.device})"
+            )
         progress = Progress(trainer.num_updates, trainer.train_steps, enabled=not args.no_progress and ctx.is_main)
         summary = trainer.train(on_update=progress)
         progress.close()
@@ -274,8 +297,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     last = summary.get("last_metrics") or {}
     if last:
         ret = last.get("charts/episode_return")
-        print(f"updates {summary['updates']}  env steps {summary['global_step']:,}  last return "
-              f"{'n/a' if ret is None else f'{ret:.2f}'}  value/action op agreement {last['charts/op_agreement']:.3f}")
+        print(
+            f"updates {summary['updates']}  env steps {summary['global_step']:,}  last return "
+            f"{'n/a' if ret is None else f'{ret:.2f}'}  value/action op agreement {last['charts/op_agreement']:.3f}"
+        )
     if summary.get("evaluation"):
         print(f"\nevaluation: {config.eval_episodes} episodes, seed {config.eval_seed}")
         print(format_table(summary["evaluation"]))
@@ -285,7 +310,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if summary.get("plot"):
         print(f"learning curve: {summary['plot']}")
     if summary.get("interrupted"):
-        print(f"\ninterrupted after update {summary['updates']}; to continue:\n  {resume_command(run_dir, ctx.world_size)}")
+        print(
+            f"\ninterrupted after update {summary['updates']}; to continue:\n"
+            f"  {resume_command(run_dir, ctx.world_size)}"
+        )
         return 130
     return 0
 
@@ -299,23 +327,37 @@ def resume_command(run_dir: Path, world_size: int = 1) -> str:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from esper_fast.ppo.config import PRESETS
 
-    p = sub.add_parser("train", help="train PPO on the seed-lifecycle env",
-                       description="Train recurrent PPO (esper's algorithm) on SeedLifecycleEnv. Writes "
-                                   "runs/<name>/: config.json, metrics.csv, metrics.jsonl, TensorBoard events "
-                                   "(if installed), checkpoints/, learning_curve.png, summary.json. Ctrl-C "
-                                   "finishes the current update, saves a checkpoint and prints the --resume "
-                                   "command. The values in [brackets] below are the 'default' preset's "
-                                   "(--print-config shows a whole resolved configuration).")  # fmt: skip
-    p.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                   help="starting configuration: smoke (seconds), default (minutes on CPU), esper (esper's sizes)")
+    p = sub.add_parser(
+        "train",
+        help="train PPO on the seed-lifecycle env",
+        description="Train recurrent PPO (esper's algorithm) on SeedLifecycleEnv. Writes "
+        "runs/<name>/: config.json, metrics.csv, metrics.jsonl, TensorBoard events "
+        "(if installed), checkpoints/, learning_curve.png, summary.json. Ctrl-C "
+        "finishes the current update, saves a checkpoint and prints the --resume "
+        "command. The values in [brackets] below are the 'default' preset's "
+        "(--print-config shows a whole resolved configuration).",
+    )
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="default",
+        help="starting configuration: smoke (seconds), default (minutes on CPU), esper (esper's sizes)",
+    )
     p.add_argument("--name", help="run name (default: <preset>-<date>-<time>)")
     p.add_argument("--runs-dir", default="runs", help="parent directory of run directories (default: runs)")
-    p.add_argument("--resume", metavar="PATH", help="continue from a checkpoint file or a run directory; an esper "
-                   "PPOAgent.save() file is a warm start (its weights, its mapped config, fresh optimizer and counters)")
+    p.add_argument(
+        "--resume",
+        metavar="PATH",
+        help="continue from a checkpoint file or a run directory; an esper "
+        "PPOAgent.save() file is a warm start (its weights, its mapped config, fresh optimizer and counters)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress line")
     p.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
-    p.add_argument("--print-config", action="store_true",
-                   help="print the resolved configuration (preset or checkpoint + flags) as JSON and exit")
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved configuration (preset or checkpoint + flags) as JSON and exit",
+    )
     _add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
@@ -335,25 +377,40 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     modes = {"both": ("sampled", "greedy"), "sampled": ("sampled",), "greedy": ("greedy",)}[args.mode]
     results = compare_with_baselines(policy, obs_norm, config, args.episodes, args.seed, args.device, modes)
     if args.json:
-        print(json.dumps({"checkpoint": ckpt["path"], "train_steps": ckpt["train_steps"], "results": results}, indent=2))
+        print(
+            json.dumps({"checkpoint": ckpt["path"], "train_steps": ckpt["train_steps"], "results": results}, indent=2)
+        )
     else:
-        print(f"checkpoint {ckpt['path']} (update {ckpt['train_steps']}, value_mode {config.value_mode}); "
-              f"{args.episodes} episodes, seed {args.seed}")
+        print(
+            f"checkpoint {ckpt['path']} (update {ckpt['train_steps']}, value_mode {config.value_mode}); "
+            f"{args.episodes} episodes, seed {args.seed}"
+        )
         print(format_table(results))
     return 0
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="score a checkpoint against the heuristic and random baselines",
-                       description="Play the same episodes with the checkpoint's policy, the heuristic and the "
-                                   "random baseline; print a table.")  # fmt: skip
+    p = sub.add_parser(
+        "evaluate",
+        help="score a checkpoint against the heuristic and random baselines",
+        description="Play the same episodes with the checkpoint's policy, the heuristic and the "
+        "random baseline; print a table.",
+    )
     p.add_argument("checkpoint", help="checkpoint file, or a run directory (uses checkpoints/latest.pt)")
-    p.add_argument("--episodes", type=int, default=1024,
-                   help="episodes per policy (default: 1024, where the README's runs have standard errors of 0.25-0.45)")
+    p.add_argument(
+        "--episodes",
+        type=int,
+        default=1024,
+        help="episodes per policy (default: 1024, where the README's runs have standard errors of 0.25-0.45)",
+    )
     p.add_argument("--seed", type=int, default=12345, help="env seed: the same episodes for every policy")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--mode", choices=("both", "sampled", "greedy"), default="both",
-                   help="PPO actions sampled, greedy (argmax), or both rows (default)")
+    p.add_argument(
+        "--mode",
+        choices=("both", "sampled", "greedy"),
+        default="both",
+        help="PPO actions sampled, greedy (argmax), or both rows (default)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_evaluate)
 
@@ -368,18 +425,23 @@ def cmd_export_esper(args: argparse.Namespace) -> int:
     path = export_esper_checkpoint(args.run, args.output, log=lines.append)
     for line in lines:
         print(line, file=sys.stderr)
-    print(f"esper checkpoint: {path}  (open with esper's PPOAgent.load(path); see README 'Using esper_fast inside esper')")
+    print(
+        f"esper checkpoint: {path}  (open with esper's PPOAgent.load(path); see README 'Using esper_fast inside esper')"
+    )
     return 0
 
 
 def _add_export_esper(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export-esper", help="write a checkpoint that esper's PPOAgent.load() opens",
-                       description="Convert an esper-fast checkpoint to esper's PPOAgent.save() layout (esper's "
-                                   "config keys only; what esper cannot represent is printed and kept in "
-                                   "metadata['not_representable']). esper's bundle always builds feature_dim 512 "
-                                   "and one LSTM layer, so other runs are refused. esper 0872525b's own load() "
-                                   "cannot open any checkpoint (its own included: it rebuilds the network with "
-                                   "the wrong state_dim); load under esper_fast.patch_esper(), which fixes that.")  # fmt: skip
+    p = sub.add_parser(
+        "export-esper",
+        help="write a checkpoint that esper's PPOAgent.load() opens",
+        description="Convert an esper-fast checkpoint to esper's PPOAgent.save() layout (esper's "
+        "config keys only; what esper cannot represent is printed and kept in "
+        "metadata['not_representable']). esper's bundle always builds feature_dim 512 "
+        "and one LSTM layer, so other runs are refused. esper 0872525b's own load() "
+        "cannot open any checkpoint (its own included: it rebuilds the network with "
+        "the wrong state_dim); load under esper_fast.patch_esper(), which fixes that.",
+    )
     p.add_argument("run", help="checkpoint file, or a run directory (uses checkpoints/latest.pt)")
     p.add_argument("-o", "--output", help="output file (default: esper.pt beside the checkpoint)")
     p.set_defaults(func=cmd_export_esper)
@@ -396,9 +458,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="run the benchmarks (esper_fast.bench)", add_help=False,
-                       description="Runs esper_fast.bench.main with the remaining arguments "
-                                   "(esper-fast bench --help shows its options).")  # fmt: skip
+    p = sub.add_parser(
+        "bench",
+        help="run the benchmarks (esper_fast.bench)",
+        add_help=False,
+        description="Runs esper_fast.bench.main with the remaining arguments "
+        "(esper-fast bench --help shows its options).",
+    )
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for esper_fast.bench")
     p.set_defaults(func=cmd_bench)  # main() hands everything after "bench" over unparsed, -h included
 
@@ -409,9 +475,11 @@ STUDIES = ("advantage-bias",)
 def cmd_study(args: argparse.Namespace) -> int:
     argv = list(args.study_args)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: esper-fast study NAME [options]\n\nstudies:\n  advantage-bias  which value baseline PPO "
-              "needs, measured exactly on ExactMDP (docs/value-baselines.md)\n\n"
-              "esper-fast study NAME -h shows the study's options.")  # fmt: skip
+        print(
+            "usage: esper-fast study NAME [options]\n\nstudies:\n  advantage-bias  which value baseline PPO "
+            "needs, measured exactly on ExactMDP (docs/value-baselines.md)\n\n"
+            "esper-fast study NAME -h shows the study's options."
+        )
         return 0 if argv else EXIT_USAGE
     if argv[0] not in STUDIES:
         raise CLIError(f"unknown study {argv[0]!r}; expected one of {list(STUDIES)}", EXIT_USAGE)
@@ -421,9 +489,13 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def _add_study(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("study", help="run a study (esper_fast.studies): advantage-bias", add_help=False,
-                       description="esper-fast study advantage-bias [--out DIR ...]: the value-baseline study "
-                                   "(docs/value-baselines.md); --help after the name shows its options.")  # fmt: skip
+    p = sub.add_parser(
+        "study",
+        help="run a study (esper_fast.studies): advantage-bias",
+        add_help=False,
+        description="esper-fast study advantage-bias [--out DIR ...]: the value-baseline study "
+        "(docs/value-baselines.md); --help after the name shows its options.",
+    )
     p.add_argument("study_args", nargs=argparse.REMAINDER, help="the study's name (advantage-bias), then its arguments")
     p.set_defaults(func=cmd_study)  # main() hands everything after "study" over unparsed, -h included
 
@@ -431,14 +503,21 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
 # =================================================================================================
 # entry point
 # =================================================================================================
-SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_train, _add_evaluate, _add_bench,
-                                                                         _add_study, _add_export_esper)
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_train,
+    _add_evaluate,
+    _add_bench,
+    _add_study,
+    _add_export_esper,
+)
 """Each registers one subcommand; add a ``study`` command by appending its ``_add_study``."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="esper-fast", description="esper_fast: train, evaluate and benchmark "
-                                     "esper's factored recurrent PPO policy.")  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="esper-fast",
+        description="esper_fast: train, evaluate and benchmark esper's factored recurrent PPO policy.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in SUBCOMMANDS:
         register(sub)
@@ -452,8 +531,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     if argv[0] in ("bench", "study"):  # pass-through commands: their own parsers see every argument, -h too
-        args = argparse.Namespace(command=argv[0], bench_args=argv[1:], study_args=argv[1:],
-                                  func=cmd_bench if argv[0] == "bench" else cmd_study)  # fmt: skip
+        args = argparse.Namespace(
+            command=argv[0],
+            bench_args=argv[1:],
+            study_args=argv[1:],
+            func=cmd_bench if argv[0] == "bench" else cmd_study,
+        )
     else:
         args = parser.parse_args(argv)
     from esper_fast.ppo.checkpoint import CheckpointError

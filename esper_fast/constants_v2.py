@@ -39,18 +39,36 @@ VALUE_HEAD_SCHEMA_VERSION = 2
 # leyline PROBABILITY_FLOOR_PER_HEAD at HEAD: every valid action keeps at least this probability
 # (capped at 0.99 / #valid), the rest renormalised (floor-preserving, one pass).
 PROBABILITY_FLOOR_PER_HEAD: dict[str, float] = {
-    "op": 0.15, "slot": 0.05, "blueprint": 0.12, "style": 0.08,
-    "tempo": 0.12, "alpha_target": 0.08, "alpha_speed": 0.06, "alpha_curve": 0.06,
-}  # fmt: skip
+    "op": 0.15,
+    "slot": 0.05,
+    "blueprint": 0.12,
+    "style": 0.08,
+    "tempo": 0.12,
+    "alpha_target": 0.08,
+    "alpha_speed": 0.06,
+    "alpha_curve": 0.06,
+}
 # leyline ENTROPY_FLOOR_PER_HEAD / ENTROPY_FLOOR_PENALTY_COEF at HEAD (normalised entropy, 0..1).
 ENTROPY_FLOOR_PER_HEAD: dict[str, float] = {
-    "op": 0.30, "slot": 0.15, "blueprint": 0.20, "style": 0.15,
-    "tempo": 0.20, "alpha_target": 0.10, "alpha_speed": 0.10, "alpha_curve": 0.10,
-}  # fmt: skip
+    "op": 0.30,
+    "slot": 0.15,
+    "blueprint": 0.20,
+    "style": 0.15,
+    "tempo": 0.20,
+    "alpha_target": 0.10,
+    "alpha_speed": 0.10,
+    "alpha_curve": 0.10,
+}
 ENTROPY_FLOOR_PENALTY_COEF: dict[str, float] = {
-    "op": 0.3, "slot": 0.1, "blueprint": 0.3, "style": 0.1,
-    "tempo": 0.3, "alpha_target": 0.1, "alpha_speed": 0.1, "alpha_curve": 0.1,
-}  # fmt: skip
+    "op": 0.3,
+    "slot": 0.1,
+    "blueprint": 0.3,
+    "style": 0.1,
+    "tempo": 0.3,
+    "alpha_target": 0.1,
+    "alpha_speed": 0.1,
+    "alpha_curve": 0.1,
+}
 
 # head -> (the action forced when the op makes the head irrelevant, the ops for which it is relevant).
 # The slot head is special: it is irrelevant only for WAIT and then takes the FIRST valid slot.

@@ -8,9 +8,14 @@ import logging
 import sys
 
 __all__ = [
-    "InvalidActionMaskError", "InvalidStateMachineError", "BackendUnavailableError", "esper_error_class",
-    "KASMINA_HINT", "no_valid_actions_message", "nonfinite_logits_message",
-]  # fmt: skip
+    "InvalidActionMaskError",
+    "InvalidStateMachineError",
+    "BackendUnavailableError",
+    "esper_error_class",
+    "KASMINA_HINT",
+    "no_valid_actions_message",
+    "nonfinite_logits_message",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -65,13 +70,17 @@ def esper_error_class() -> type | None:
         return None
     combined = _COMBINED_ERRORS.get(base)
     if combined is None:
-        combined = type("InvalidStateMachineError", (InvalidStateMachineError, base), {
-            "__module__": __name__,
-            "__doc__": "esper_fast's InvalidStateMachineError that is also esper's "
-                       f"{base.__module__}.InvalidStateMachineError (same message).",
-            # pickles as esper_fast's class, which rebuilds this combined class where esper is importable
-            "__reduce__": lambda self: (InvalidStateMachineError, self.args),
-        })  # fmt: skip
+        combined = type(
+            "InvalidStateMachineError",
+            (InvalidStateMachineError, base),
+            {
+                "__module__": __name__,
+                "__doc__": "esper_fast's InvalidStateMachineError that is also esper's "
+                f"{base.__module__}.InvalidStateMachineError (same message).",
+                # pickles as esper_fast's class, which rebuilds this combined class where esper is importable
+                "__reduce__": lambda self: (InvalidStateMachineError, self.args),
+            },
+        )
         _COMBINED_ERRORS[base] = combined
     return combined
 
@@ -100,8 +109,9 @@ def no_valid_actions_message(
     return msg + (f" {cause}" if cause else "") + "." + (f" {hint}" if hint else "")
 
 
-def nonfinite_logits_message(head: str | None, rows: list[int], count: int, *, valid_only: bool = True,
-                             hint: str = "") -> str:  # fmt: skip
+def nonfinite_logits_message(
+    head: str | None, rows: list[int], count: int, *, valid_only: bool = True, hint: str = ""
+) -> str:
     """``logits['h'] contain inf/nan[ at valid entries] in {count} row(s), first rows [..].[ hint]``."""
     name = "logits" if head is None else f"logits[{head!r}]"
     at = " at valid entries" if valid_only else ""

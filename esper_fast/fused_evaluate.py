@@ -68,9 +68,13 @@ def train_heads(net: FactoredNetwork, lstm_out: Tensor, op: Tensor) -> tuple[Ten
 
 
 def evaluate_actions_fused(
-    net: FactoredNetwork, states: Tensor, blueprint_indices: Tensor, actions: dict[str, Tensor],
-    masks: dict[str, Tensor | None], hidden: Hidden | None,
-) -> tuple[dict[str, Tensor], Tensor, dict[str, Tensor], Hidden]:  # fmt: skip
+    net: FactoredNetwork,
+    states: Tensor,
+    blueprint_indices: Tensor,
+    actions: dict[str, Tensor],
+    masks: dict[str, Tensor | None],
+    hidden: Hidden | None,
+) -> tuple[dict[str, Tensor], Tensor, dict[str, Tensor], Hidden]:
     """esper's ``evaluate_actions`` contract: ``(log_probs head -> [B, T], Q(s, stored op) [B, T],
     normalised entropy head -> [B, T], new hidden)`` for ``[B, T, ...]`` inputs."""
     lstm_out, new_hidden = net.trunk(states, blueprint_indices, hidden)
@@ -80,9 +84,12 @@ def evaluate_actions_fused(
 
 
 def score_lstm_out(
-    net: FactoredNetwork, lstm_out: Tensor, actions: dict[str, Tensor], masks: dict[str, Tensor | None],
+    net: FactoredNetwork,
+    lstm_out: Tensor,
+    actions: dict[str, Tensor],
+    masks: dict[str, Tensor | None],
     indices: dict[str, tuple[Tensor, int | None, int]] | None = None,
-) -> tuple[dict[str, Tensor], Tensor, dict[str, Tensor]]:  # fmt: skip
+) -> tuple[dict[str, Tensor], Tensor, dict[str, Tensor]]:
     """Heads + fused scoring for a trunk output ``lstm_out [B, T, H]``: ``(log_probs, Q(s, op), entropy)``.
 
     The update replays the trunk piece by piece (LSTM resets at episode starts) and calls this once

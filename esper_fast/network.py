@@ -16,8 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from esper_fast.errors import KASMINA_HINT, InvalidStateMachineError, no_valid_actions_message, nonfinite_logits_message
-from esper_fast.types import Hidden
 from esper_fast.constants import (
     DEFAULT_BLUEPRINT_EMBED_DIM,
     DEFAULT_FEATURE_DIM,
@@ -25,6 +23,8 @@ from esper_fast.constants import (
     HEAD_NAMES,
     get_action_head_sizes,
 )
+from esper_fast.errors import KASMINA_HINT, InvalidStateMachineError, no_valid_actions_message, nonfinite_logits_message
+from esper_fast.types import Hidden
 
 __all__ = [
     "BlueprintEmbedding",
@@ -96,8 +96,9 @@ def validate_masks_and_logits(
         if not bool(ok.all()):
             pos = torch.nonzero(~ok.reshape(-1)).flatten()[:8]
             expected = f"< {hi}" if lo is None else f"in [{lo}, {hi})"
-            raise ValueError(f"{name} must be {expected}; got {t.reshape(-1)[pos].tolist()} at (flattened) "
-                             f"positions {pos.tolist()}")  # fmt: skip
+            raise ValueError(
+                f"{name} must be {expected}; got {t.reshape(-1)[pos].tolist()} at (flattened) positions {pos.tolist()}"
+            )
     for head, mask in masks.items():
         if mask is not None and not bool(mask.any(-1).all()):
             empty = torch.nonzero(~mask.any(-1).reshape(-1)).flatten()
@@ -107,10 +108,15 @@ def validate_masks_and_logits(
     for head, l in logits.items():
         if not bool(torch.isfinite(l).all()):
             bad = torch.nonzero(~torch.isfinite(l).all(-1).reshape(-1)).flatten()
-            raise ValueError(nonfinite_logits_message(
-                head, bad[:8].tolist(), bad.numel(), valid_only=False,
-                hint="This indicates network instability (or a non-finite state / weight).",
-            ))  # fmt: skip
+            raise ValueError(
+                nonfinite_logits_message(
+                    head,
+                    bad[:8].tolist(),
+                    bad.numel(),
+                    valid_only=False,
+                    hint="This indicates network instability (or a non-finite state / weight).",
+                )
+            )
 
 
 def _in_range(t: Tensor, lo: int | None, hi: int) -> Tensor:
@@ -166,14 +172,22 @@ class FactoredNetwork(nn.Module):
             num_slots = slot_config.num_slots
         defaults = get_action_head_sizes(3 if num_slots is None else num_slots)
         given = {
-            "blueprint": num_blueprints, "style": num_styles, "tempo": num_tempo,
-            "alpha_target": num_alpha_targets, "alpha_speed": num_alpha_speeds,
-            "alpha_curve": num_alpha_curves, "op": num_ops,
-        }  # fmt: skip
+            "blueprint": num_blueprints,
+            "style": num_styles,
+            "tempo": num_tempo,
+            "alpha_target": num_alpha_targets,
+            "alpha_speed": num_alpha_speeds,
+            "alpha_curve": num_alpha_curves,
+            "op": num_ops,
+        }
         sizes = {h: (defaults[h] if given.get(h) is None else int(given[h])) for h in HEAD_NAMES}
-        for name, value in [("state_dim", state_dim), ("feature_dim", feature_dim),
-                            ("lstm_hidden_dim", lstm_hidden_dim), ("lstm_layers", lstm_layers),
-                            *((f"size of head {h!r}", n) for h, n in sizes.items())]:  # fmt: skip
+        for name, value in [
+            ("state_dim", state_dim),
+            ("feature_dim", feature_dim),
+            ("lstm_hidden_dim", lstm_hidden_dim),
+            ("lstm_layers", lstm_layers),
+            *((f"size of head {h!r}", n) for h, n in sizes.items()),
+        ]:
             if int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if lstm_hidden_dim % 2:
@@ -207,8 +221,10 @@ class FactoredNetwork(nn.Module):
     def _refresh_lstm_weights(self) -> None:
         """Plain (unregistered) references to the LSTM parameters: dynamo can read these, not nn.LSTM."""
         p = self.lstm._parameters
-        refs = [tuple(p[f"{n}_l{k}"] for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-                for k in range(self.lstm_layers)]  # fmt: skip
+        refs = [
+            tuple(p[f"{n}_l{k}"] for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            for k in range(self.lstm_layers)
+        ]
         object.__setattr__(self, "_lstm_weights", refs)
 
     def _sync_lstm_weights(self) -> None:
@@ -260,8 +276,7 @@ class FactoredNetwork(nn.Module):
         """
         for name, t in (("state", state), ("blueprint_indices", blueprint_indices)):
             if not isinstance(t, Tensor):
-                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__} "
-                                "(convert with torch.as_tensor)")  # fmt: skip
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__} (convert with torch.as_tensor)")
         dtype = self.lstm_ln.weight.dtype
         if state.dtype != dtype:
             raise TypeError(f"state must have the network's dtype {dtype}, got {state.dtype}")
@@ -276,16 +291,19 @@ class FactoredNetwork(nn.Module):
         want = (self.lstm_layers, state.shape[0], self.lstm_hidden_dim)
         for name, t in zip(("h", "c"), hidden):
             if tuple(t.shape) != want:
-                raise ValueError(f"hidden {name} must have shape {list(want)} ([lstm_layers, B, lstm_hidden_dim]), "
-                                 f"got {list(t.shape)}")  # fmt: skip
+                raise ValueError(
+                    f"hidden {name} must have shape {list(want)} ([lstm_layers, B, lstm_hidden_dim]), "
+                    f"got {list(t.shape)}"
+                )
             # under autocast (the update's --amp) the carried state is in the autocast dtype
             if t.dtype != dtype and not torch.is_autocast_enabled(state.device.type):
                 raise TypeError(f"hidden {name} must have the network's dtype {dtype}, got {t.dtype}")
             if t.device != state.device:
                 raise ValueError(f"hidden {name} is on {t.device} but state is on {state.device}")
 
-    def trunk(self, state: Tensor, blueprint_indices: Tensor, hidden: Hidden | None,
-              explicit_cells: bool = False) -> tuple[Tensor, Hidden]:  # fmt: skip
+    def trunk(
+        self, state: Tensor, blueprint_indices: Tensor, hidden: Hidden | None, explicit_cells: bool = False
+    ) -> tuple[Tensor, Hidden]:
         """``state [B,T,D]``, ``blueprint_indices [B,T,S]`` -> (lstm_out ``[B,T,H]`` post-LN, new hidden).
 
         ``explicit_cells`` runs the LSTM as explicit cells (:meth:`_lstm_unrolled`, same parameters
@@ -425,8 +443,21 @@ class FactoredNetwork(nn.Module):
         (:mod:`esper_fast.fused_evaluate`); log-probs/entropies come back float32 (float64 for a float64
         network) and equal the per-head path up to GEMM rounding.
         """
-        masks = dict(zip(HEAD_NAMES, (slot_mask, blueprint_mask, style_mask, tempo_mask,
-                                      alpha_target_mask, alpha_speed_mask, alpha_curve_mask, op_mask)))  # fmt: skip
+        masks = dict(
+            zip(
+                HEAD_NAMES,
+                (
+                    slot_mask,
+                    blueprint_mask,
+                    style_mask,
+                    tempo_mask,
+                    alpha_target_mask,
+                    alpha_speed_mask,
+                    alpha_curve_mask,
+                    op_mask,
+                ),
+            )
+        )
         self.check_actions(actions, tuple(states.shape[:-1]) if isinstance(states, Tensor) else None)
         if self.fused_evaluate:
             from esper_fast.fused_evaluate import evaluate_actions_fused
@@ -435,8 +466,11 @@ class FactoredNetwork(nn.Module):
         out = self.heads(states, blueprint_indices, hidden)
         if self.validate:
             ranges = {f"actions[{h!r}]": (actions[h], 0, self.head_sizes[h]) for h in HEAD_NAMES}
-            validate_masks_and_logits(out.logits, masks, indices={
-                "blueprint_indices": (blueprint_indices, None, self.num_blueprints), **ranges})  # fmt: skip
+            validate_masks_and_logits(
+                out.logits,
+                masks,
+                indices={"blueprint_indices": (blueprint_indices, None, self.num_blueprints), **ranges},
+            )
         log_probs, entropy = self.score_actions(out.logits, masks, actions)
         value = out.q_values.gather(-1, actions["op"].unsqueeze(-1)).squeeze(-1)
         return log_probs, value, entropy, out.hidden
@@ -464,4 +498,3 @@ class FactoredNetwork(nn.Module):
         from esper_fast.ops.score import score_actions_reference
 
         return score_actions_reference(logits, masks, actions)
-

@@ -113,8 +113,9 @@ class ResidualLSTM(nn.Module):
         return residual_lstm_forward(self, x, hidden, explicit_cells)
 
 
-def residual_lstm_forward(lstm: nn.Module, x: Tensor, hidden: Hidden | None, explicit_cells: bool = False
-                          ) -> tuple[Tensor, Hidden]:  # fmt: skip
+def residual_lstm_forward(
+    lstm: nn.Module, x: Tensor, hidden: Hidden | None, explicit_cells: bool = False
+) -> tuple[Tensor, Hidden]:
     """HEAD's ResidualLSTM forward over its attributes (works on esper's own module too)."""
     B, L, H = x.shape[0], len(lstm.layers), lstm.layers[0].hidden_size
     if hidden is None:
@@ -145,7 +146,9 @@ def slot_count(slot_config: object) -> int:
         return int(slot_config.num_slots)
     if hasattr(slot_config, "slot_ids"):
         return len(slot_config.slot_ids)
-    raise TypeError(f"slot_config must be a SlotConfig (with num_slots), an int or None, got {type(slot_config).__name__}")
+    raise TypeError(
+        f"slot_config must be a SlotConfig (with num_slots), an int or None, got {type(slot_config).__name__}"
+    )
 
 
 class NetworkV2Mixin:
@@ -183,10 +186,15 @@ class NetworkV2Mixin:
         return getattr(self, f"{head}_head")
 
     _SIZE_ATTR: ClassVar[dict[str, str]] = {
-        "slot": "num_slots", "blueprint": "num_blueprints", "style": "num_styles", "tempo": "num_tempo",
-        "alpha_target": "num_alpha_targets", "alpha_speed": "num_alpha_speeds",
-        "alpha_curve": "num_alpha_curves", "op": "num_ops",
-    }  # fmt: skip
+        "slot": "num_slots",
+        "blueprint": "num_blueprints",
+        "style": "num_styles",
+        "tempo": "num_tempo",
+        "alpha_target": "num_alpha_targets",
+        "alpha_speed": "num_alpha_speeds",
+        "alpha_curve": "num_alpha_curves",
+        "op": "num_ops",
+    }
 
     def head_size(self, head: str) -> int:
         """Actions of ``head`` (HEAD's ``num_*`` attributes)."""
@@ -204,11 +212,13 @@ class NetworkV2Mixin:
         bad = (blueprint_indices < -1) | (blueprint_indices >= nb)
         if bool(bad.any()):
             vals = torch.unique(blueprint_indices[bad]).tolist()
-            raise ValueError(f"BlueprintEmbedding received invalid indices: {vals}. "
-                             f"Valid range is -1 (inactive) or [0, {nb}).")  # fmt: skip
+            raise ValueError(
+                f"BlueprintEmbedding received invalid indices: {vals}. Valid range is -1 (inactive) or [0, {nb})."
+            )
 
-    def trunk(self, state: Tensor, blueprint_indices: Tensor, hidden: Hidden | None,
-              explicit_cells: bool = False) -> tuple[Tensor, Hidden]:  # fmt: skip
+    def trunk(
+        self, state: Tensor, blueprint_indices: Tensor, hidden: Hidden | None, explicit_cells: bool = False
+    ) -> tuple[Tensor, Hidden]:
         """``state [B,T,D]``, ``blueprint_indices [B,T,S]`` -> (lstm_out ``[B,T,H]``, new hidden)."""
         if self._validating():
             self.check_blueprint_indices(blueprint_indices)
@@ -252,12 +262,19 @@ class NetworkV2Mixin:
 
     def _fusable(self) -> bool:
         """Whether every head has HEAD's layout (what :meth:`action_heads`' stacked GEMMs assume)."""
+
         def seq(m, n):
             return isinstance(m, nn.Sequential) and len(m) == n and isinstance(m[0], nn.Linear)
+
         small = all(seq(self.head_module(h), 3) and isinstance(self.head_module(h)[2], nn.Linear) for h in SMALL_HEADS)
-        return (small and seq(self.blueprint_head, 5) and isinstance(self.blueprint_head[2], nn.Linear)
-                and isinstance(self.blueprint_head[4], nn.Linear) and seq(self.state_value_head, 9)
-                and seq(self.q_head, 9))  # fmt: skip
+        return (
+            small
+            and seq(self.blueprint_head, 5)
+            and isinstance(self.blueprint_head[2], nn.Linear)
+            and isinstance(self.blueprint_head[4], nn.Linear)
+            and seq(self.state_value_head, 9)
+            and seq(self.q_head, 9)
+        )
 
     def _fused_first_layers(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(W1, b1, W2, b2): first Linears of the 7 small heads, blueprint_head, state_value_head and
@@ -311,8 +328,9 @@ class NetworkV2Mixin:
         return {h: logits[h] for h in HEAD_NAMES}, value, q
 
     # ---- auxiliary contribution head --------------------------------------------------------------------
-    def predict_contributions(self, state: Tensor, blueprint_indices: Tensor, hidden: Hidden,
-                              stop_gradient: bool = True) -> Tensor:  # fmt: skip
+    def predict_contributions(
+        self, state: Tensor, blueprint_indices: Tensor, hidden: Hidden, stop_gradient: bool = True
+    ) -> Tensor:
         """HEAD's per-slot contribution prediction: ``state [B, D]``, ``blueprint_indices [B, S]`` -> ``[B, S]``."""
         lstm_out, _ = self.trunk(state.unsqueeze(1), blueprint_indices.unsqueeze(1), hidden)
         lstm_out = lstm_out.squeeze(1)
@@ -346,8 +364,21 @@ class NetworkV2Mixin:
         trains only q_head (detached input); contributions detach the trunk when ``aux_stop_gradient``.
         An empty effective mask raises ``invalid_state_error`` even with validation off (one sync).
         """
-        masks = dict(zip(HEAD_NAMES, (slot_mask, blueprint_mask, style_mask, tempo_mask,
-                                      alpha_target_mask, alpha_speed_mask, alpha_curve_mask, op_mask)))  # fmt: skip
+        masks = dict(
+            zip(
+                HEAD_NAMES,
+                (
+                    slot_mask,
+                    blueprint_mask,
+                    style_mask,
+                    tempo_mask,
+                    alpha_target_mask,
+                    alpha_speed_mask,
+                    alpha_curve_mask,
+                    op_mask,
+                ),
+            )
+        )
         lstm_out, new_hidden = self.trunk(states, blueprint_indices, hidden)
         aux_in = lstm_out.detach() if aux_stop_gradient else lstm_out
         pred_contributions = self.contribution_predictor(aux_in)
@@ -424,23 +455,35 @@ class FactoredNetworkV2(NetworkV2Mixin, nn.Module):
         sizes = get_action_head_sizes(slot_count(slot_config))
         if state_dim is None:  # esper HEAD's bundle default: get_feature_size(slot_config)
             state_dim = get_obs_v3_size(sizes["slot"])
-        for name, value in [("state_dim", state_dim), ("feature_dim", feature_dim),
-                            ("lstm_hidden_dim", lstm_hidden_dim), ("lstm_layers", lstm_layers),
-                            ("number of slots", sizes["slot"])]:  # fmt: skip
+        for name, value in [
+            ("state_dim", state_dim),
+            ("feature_dim", feature_dim),
+            ("lstm_hidden_dim", lstm_hidden_dim),
+            ("lstm_layers", lstm_layers),
+            ("number of slots", sizes["slot"]),
+        ]:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if lstm_hidden_dim % 8:
-            raise ValueError(f"lstm_hidden_dim must be a multiple of 8 (heads use H/2, H/4, H/8), got {lstm_hidden_dim}")
+            raise ValueError(
+                f"lstm_hidden_dim must be a multiple of 8 (heads use H/2, H/4, H/8), got {lstm_hidden_dim}"
+            )
         self.head_sizes = sizes
         self.state_dim = state_dim
         self.num_slots, self.num_blueprints, self.num_styles = sizes["slot"], sizes["blueprint"], sizes["style"]
         self.num_tempo, self.num_alpha_targets = sizes["tempo"], sizes["alpha_target"]
-        self.num_alpha_speeds, self.num_alpha_curves, self.num_ops = sizes["alpha_speed"], sizes["alpha_curve"], sizes["op"]
+        self.num_alpha_speeds, self.num_alpha_curves, self.num_ops = (
+            sizes["alpha_speed"],
+            sizes["alpha_curve"],
+            sizes["op"],
+        )
         self.lstm_hidden_dim, self.lstm_layers = lstm_hidden_dim, lstm_layers
         H, half = lstm_hidden_dim, lstm_hidden_dim // 2
         embed = self.num_slots * DEFAULT_BLUEPRINT_EMBED_DIM
         # registration order = HEAD's (state_dict order and RNG consumption order)
-        self.feature_net = nn.Sequential(nn.Linear(state_dim + embed, feature_dim), nn.LayerNorm(feature_dim), nn.ReLU())
+        self.feature_net = nn.Sequential(
+            nn.Linear(state_dim + embed, feature_dim), nn.LayerNorm(feature_dim), nn.ReLU()
+        )
         self.lstm = ResidualLSTM(feature_dim, H, lstm_layers)
         self.lstm_ln = nn.Identity()
         for head in SMALL_HEADS:
@@ -453,9 +496,14 @@ class FactoredNetworkV2(NetworkV2Mixin, nn.Module):
         self.state_value_head = _deep_value_head(H, half)
         self.q_head = _deep_value_head(H + self.num_ops, half)
         self.contribution_predictor = nn.Sequential(
-            nn.Linear(H, half), nn.LayerNorm(half), nn.ReLU(), nn.Dropout(0.1),
-            nn.Linear(half, half // 2), nn.ReLU(), nn.Linear(half // 2, self.num_slots),
-        )  # fmt: skip
+            nn.Linear(H, half),
+            nn.LayerNorm(half),
+            nn.ReLU(),
+            nn.Dropout(0.1),
+            nn.Linear(half, half // 2),
+            nn.ReLU(),
+            nn.Linear(half // 2, self.num_slots),
+        )
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -476,7 +524,13 @@ class FactoredNetworkV2(NetworkV2Mixin, nn.Module):
 def _deep_value_head(inp: int, half: int) -> nn.Sequential:
     """in -> half LN ReLU -> half/2 LN ReLU -> half/4 ReLU -> 1 (HEAD's state_value_head / q_head)."""
     return nn.Sequential(
-        nn.Linear(inp, half), nn.LayerNorm(half), nn.ReLU(),
-        nn.Linear(half, half // 2), nn.LayerNorm(half // 2), nn.ReLU(),
-        nn.Linear(half // 2, half // 4), nn.ReLU(), nn.Linear(half // 4, 1),
-    )  # fmt: skip
+        nn.Linear(inp, half),
+        nn.LayerNorm(half),
+        nn.ReLU(),
+        nn.Linear(half, half // 2),
+        nn.LayerNorm(half // 2),
+        nn.ReLU(),
+        nn.Linear(half // 2, half // 4),
+        nn.ReLU(),
+        nn.Linear(half // 4, 1),
+    )

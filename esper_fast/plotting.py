@@ -18,8 +18,12 @@ NO_MATPLOTLIB = "matplotlib not installed: no PNG (pip install matplotlib)"
 
 # One colour per value mode / study mode, the same in every plot.
 MODE_COLORS: dict[str, str] = {
-    "legacy": "tab:red", "q_op": "tab:orange", "expected": "tab:green", "head_v": "tab:blue", "head_q": "tab:purple",
-}  # fmt: skip
+    "legacy": "tab:red",
+    "q_op": "tab:orange",
+    "expected": "tab:green",
+    "head_v": "tab:blue",
+    "head_q": "tab:purple",
+}
 
 
 def matplotlib_available() -> bool:
@@ -32,7 +36,12 @@ def matplotlib_available() -> bool:
 
 
 def new_figure(
-    nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], dpi: int = 110, squeeze: bool = False,
+    nrows: int = 1,
+    ncols: int = 1,
+    *,
+    figsize: tuple[float, float],
+    dpi: int = 110,
+    squeeze: bool = False,
 ) -> tuple[Any, Any]:
     """``(fig, axes)`` from ``plt.subplots`` on matplotlib's Agg backend; ``axes`` is a ``[nrows][ncols]``
     array unless ``squeeze=True``. Raises ``ImportError`` when matplotlib is missing."""

@@ -31,17 +31,21 @@ MAX_PLAUSIBLE_HEAD_SIZE = 64
 def reject_head_style_call(**sizes: object) -> None:
     """Refuses head sizes that only a HEAD-style positional call produces, e.g. ``FactoredPolicy(116, 512, 512, 1)``
     (512 slots, 512 blueprints, 1 style) or a ``SlotConfig`` in a size slot, pointing to FactoredPolicyV2."""
-    hint = ("esper HEAD's constructor is (state_dim, feature_dim, lstm_hidden_dim, lstm_layers, slot_config): "
-            "use esper_fast.FactoredPolicyV2 for HEAD's network (schema v2); FactoredPolicy is esper 0872525b's "
-            "(state_dim, num_slots, num_blueprints, num_styles, ...)")  # fmt: skip
+    hint = (
+        "esper HEAD's constructor is (state_dim, feature_dim, lstm_hidden_dim, lstm_layers, slot_config): "
+        "use esper_fast.FactoredPolicyV2 for HEAD's network (schema v2); FactoredPolicy is esper 0872525b's "
+        "(state_dim, num_slots, num_blueprints, num_styles, ...)"
+    )
     for name, value in sizes.items():
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"FactoredPolicy: {name} must be an int or None, got {type(value).__name__}. {hint}")
         if value > MAX_PLAUSIBLE_HEAD_SIZE:
-            raise ValueError(f"FactoredPolicy: {name}={value} is implausible (esper heads have at most "
-                             f"{MAX_PLAUSIBLE_HEAD_SIZE} actions). {hint}")  # fmt: skip
+            raise ValueError(
+                f"FactoredPolicy: {name}={value} is implausible (esper heads have at most "
+                f"{MAX_PLAUSIBLE_HEAD_SIZE} actions). {hint}"
+            )
 
 
 def value_read_op(q: Tensor, op: Tensor, q_op: Tensor) -> Tensor:
@@ -49,7 +53,8 @@ def value_read_op(q: Tensor, op: Tensor, q_op: Tensor) -> Tensor:
 
     ``op [N]`` where ``q_op`` equals ``q [N, A]`` at ``op`` bit for bit (every backend reads Q(s, op) as
     ``float(q[n, op])``), else -1: a value read at any other op (unless Q happens to be the same float there) or a
-    bad row's NaN (whose op is -1 too) does not pass as the op. This is ``GetActionResult.sampled_op`` of the fused policies, so
+    bad row's NaN (whose op is -1 too) does not pass as the op. This is ``GetActionResult.sampled_op`` of the fused
+    policies, so
     ``sampled_op == actions["op"]`` (``charts/op_agreement``) observes the kernel instead of comparing a
     tensor with itself. Four small sync-free ops.
     """
@@ -98,13 +103,32 @@ class FactoredPolicy(FactoredNetwork):
     ) -> None:
         if value_mode not in POLICY_VALUE_MODES:
             raise ValueError(f"value_mode must be one of {POLICY_VALUE_MODES}, got {value_mode!r}")
-        reject_head_style_call(num_slots=num_slots, num_blueprints=num_blueprints, num_styles=num_styles,
-                               num_tempo=num_tempo, num_alpha_targets=num_alpha_targets,
-                               num_alpha_speeds=num_alpha_speeds, num_alpha_curves=num_alpha_curves,
-                               num_ops=num_ops)  # fmt: skip
-        super().__init__(state_dim, num_slots, num_blueprints, num_styles, num_tempo,
-                         num_alpha_targets, num_alpha_speeds, num_alpha_curves, num_ops,
-                         feature_dim, lstm_hidden_dim, lstm_layers, slot_config, validate=validate)  # fmt: skip
+        reject_head_style_call(
+            num_slots=num_slots,
+            num_blueprints=num_blueprints,
+            num_styles=num_styles,
+            num_tempo=num_tempo,
+            num_alpha_targets=num_alpha_targets,
+            num_alpha_speeds=num_alpha_speeds,
+            num_alpha_curves=num_alpha_curves,
+            num_ops=num_ops,
+        )
+        super().__init__(
+            state_dim,
+            num_slots,
+            num_blueprints,
+            num_styles,
+            num_tempo,
+            num_alpha_targets,
+            num_alpha_speeds,
+            num_alpha_curves,
+            num_ops,
+            feature_dim,
+            lstm_hidden_dim,
+            lstm_layers,
+            slot_config,
+            validate=validate,
+        )
         self.value_mode = value_mode
         self.backend = backend
 
@@ -113,19 +137,26 @@ class FactoredPolicy(FactoredNetwork):
         """Shape/dtype checks with messages naming the argument (no host sync)."""
         self.check_trunk_inputs(state, blueprint_indices)
         if state.dim() not in (2, 3) or state.shape[-1] != self.state_dim:
-            raise ValueError(f"state must be [B, {self.state_dim}] or [B, T, {self.state_dim}], got {list(state.shape)}")
+            raise ValueError(
+                f"state must be [B, {self.state_dim}] or [B, T, {self.state_dim}], got {list(state.shape)}"
+            )
         lead = tuple(state.shape[:-1])
         if blueprint_indices.dtype != torch.int64:
             raise TypeError(f"blueprint_indices must be int64, got {blueprint_indices.dtype}")
         if tuple(blueprint_indices.shape) != lead + (self.num_slots,):
-            raise ValueError(f"blueprint_indices must have shape {list(lead + (self.num_slots,))}, got {list(blueprint_indices.shape)}")
+            raise ValueError(
+                f"blueprint_indices must have shape {list(lead + (self.num_slots,))}, "
+                f"got {list(blueprint_indices.shape)}"
+            )
         for head, mask in masks.items():
             if mask is None:
                 continue
             if mask.dtype != torch.bool:
                 raise TypeError(f"{head}_mask must be a bool tensor, got {mask.dtype}")
             if tuple(mask.shape) != lead + (self.head_sizes[head],):
-                raise ValueError(f"{head}_mask must have shape {list(lead + (self.head_sizes[head],))}, got {list(mask.shape)}")
+                raise ValueError(
+                    f"{head}_mask must have shape {list(lead + (self.head_sizes[head],))}, got {list(mask.shape)}"
+                )
 
     def _masked_logits(self, logits: dict[str, Tensor], masks: dict[str, Tensor | None]) -> dict[str, Tensor]:
         return {h: (l if masks[h] is None else l.masked_fill(~masks[h], MASKED_LOGIT_VALUE)) for h, l in logits.items()}
@@ -152,26 +183,45 @@ class FactoredPolicy(FactoredNetwork):
         Samples the op once (one select_op call); ``value`` is Q(s, sampled_op) (``q_op`` mode) or
         sum_a pi(a|s) Q(s, a) (``expected``), computed differentiably from the same op.
         """
-        masks = _mask_dict(slot_mask, blueprint_mask, style_mask, tempo_mask,
-                           alpha_target_mask, alpha_speed_mask, alpha_curve_mask, op_mask)  # fmt: skip
+        masks = _mask_dict(
+            slot_mask,
+            blueprint_mask,
+            style_mask,
+            tempo_mask,
+            alpha_target_mask,
+            alpha_speed_mask,
+            alpha_curve_mask,
+            op_mask,
+        )
         self.check_inputs(state, blueprint_indices, masks)
         out = self.heads(state, blueprint_indices, hidden)
         if self.validate:
-            validate_masks_and_logits({"op": out.logits["op"]}, {"op": op_mask}, where=" in forward()",
-                                      indices={"blueprint_indices": (blueprint_indices, None, self.num_blueprints)})  # fmt: skip
+            validate_masks_and_logits(
+                {"op": out.logits["op"]},
+                {"op": op_mask},
+                where=" in forward()",
+                indices={"blueprint_indices": (blueprint_indices, None, self.num_blueprints)},
+            )
         masked = self._masked_logits(out.logits, masks)
         B, T = state.shape[:2]
         flat_mask = None if op_mask is None else op_mask.reshape(B * T, -1)
-        sel = select_op(out.logits["op"].detach().reshape(B * T, -1), out.q_values.detach().reshape(B * T, -1),
-                        flat_mask, generator=generator, backend=self.backend, validate=False)  # fmt: skip
+        sel = select_op(
+            out.logits["op"].detach().reshape(B * T, -1),
+            out.q_values.detach().reshape(B * T, -1),
+            flat_mask,
+            generator=generator,
+            backend=self.backend,
+            validate=False,
+        )
         sampled_op = sel.op.view(B, T)
         if self.value_mode == "q_op":
             value = out.q_values.gather(-1, sampled_op.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         else:
             value = (torch.softmax(masked["op"], -1) * out.q_values).sum(-1)
         result: dict[str, Tensor | Hidden] = {f"{h}_logits": masked[h] for h in HEAD_NAMES}
-        result.update(value=value, lstm_out=out.lstm_out, sampled_op=sampled_op, hidden=out.hidden,
-                      q_values=out.q_values)  # fmt: skip
+        result.update(
+            value=value, lstm_out=out.lstm_out, sampled_op=sampled_op, hidden=out.hidden, q_values=out.q_values
+        )
         return result
 
     # ---- get_action (rollout / bootstrap hot path) ------------------------------------------------
@@ -205,11 +255,21 @@ class FactoredPolicy(FactoredNetwork):
         Extras: ``noise`` (head -> ``[B, n]`` Gumbel noise, for exact tests), ``generator``,
         ``slot_by_op [B, num_ops, S]`` (slots valid per op). No host sync when validation is off.
         """
-        masks = _mask_dict(slot_mask, blueprint_mask, style_mask, tempo_mask,
-                           alpha_target_mask, alpha_speed_mask, alpha_curve_mask, op_mask)  # fmt: skip
+        masks = _mask_dict(
+            slot_mask,
+            blueprint_mask,
+            style_mask,
+            tempo_mask,
+            alpha_target_mask,
+            alpha_speed_mask,
+            alpha_curve_mask,
+            op_mask,
+        )
         self.check_inputs(state, blueprint_indices, masks)
         if state.dim() == 3 and state.shape[1] != 1:
-            raise ValueError(f"get_action takes one timestep: state must be [B, D] or [B, 1, D], got {list(state.shape)}")
+            raise ValueError(
+                f"get_action takes one timestep: state must be [B, D] or [B, 1, D], got {list(state.shape)}"
+            )
         if state.dim() == 2:
             state, blueprint_indices = state.unsqueeze(1), blueprint_indices.unsqueeze(1)
         masks = {h: (None if m is None else m.reshape(m.shape[0], -1)) for h, m in masks.items()}
@@ -222,19 +282,33 @@ class FactoredPolicy(FactoredNetwork):
             lstm_out, new_hidden = self.trunk(state, blueprint_indices, hidden, explicit_cells=cells)
             logits, q = self.action_heads(lstm_out[:, 0])
             if self.validate:
-                validate_masks_and_logits(logits, masks,
-                                          indices={"blueprint_indices": (blueprint_indices, None, self.num_blueprints)})  # fmt: skip
-            sel = select_actions(logits, masks, q, deterministic=deterministic,
-                                 noise=noise, generator=generator, slot_by_op=slot_by_op,
-                                 backend=self.backend,
-                                 validate=self.validate and slot_by_op is not None)  # slot_by_op may empty a slot row
+                validate_masks_and_logits(
+                    logits, masks, indices={"blueprint_indices": (blueprint_indices, None, self.num_blueprints)}
+                )
+            sel = select_actions(
+                logits,
+                masks,
+                q,
+                deterministic=deterministic,
+                noise=noise,
+                generator=generator,
+                slot_by_op=slot_by_op,
+                backend=self.backend,
+                validate=self.validate and slot_by_op is not None,
+            )  # slot_by_op may empty a slot row
             values = sel.q_op if self.value_mode == "q_op" else sel.expected_value
             value_op = value_read_op(q, sel.actions["op"], sel.q_op)
             op_logits = None
             if return_op_logits:
                 op_logits = self._masked_logits({"op": logits["op"]}, {"op": masks["op"]})["op"]
         return GetActionResult(
-            actions=sel.actions, log_probs=sel.log_probs, values=values, hidden=new_hidden,
-            sampled_op=value_op, op_logits=op_logits, head_entropies=sel.entropies,
-            q_op=sel.q_op, expected_value=sel.expected_value,
-        )  # fmt: skip
+            actions=sel.actions,
+            log_probs=sel.log_probs,
+            values=values,
+            hidden=new_hidden,
+            sampled_op=value_op,
+            op_logits=op_logits,
+            head_entropies=sel.entropies,
+            q_op=sel.q_op,
+            expected_value=sel.expected_value,
+        )

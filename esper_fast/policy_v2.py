@@ -21,8 +21,8 @@ from esper_fast.network_v2 import FactoredNetworkV2, NetworkV2Mixin
 from esper_fast.ops.actions_v2 import ActionSelectionV2, select_actions_v2
 from esper_fast.ops.select import select_op
 from esper_fast.policy import value_read_op
-from esper_fast.rules import AFTER_OP
 from esper_fast.reference.actions_v2 import apply_probability_floor, effective_mask
+from esper_fast.rules import AFTER_OP
 from esper_fast.types import GetActionResult, Hidden
 
 __all__ = ["FactoredPolicyV2", "FactoredPolicyV2Mixin", "GetActionResult"]
@@ -63,8 +63,10 @@ class FactoredPolicyV2Mixin(NetworkV2Mixin):
         if blueprint_indices.dtype != torch.int64:
             raise TypeError(f"blueprint_indices must be int64, got {blueprint_indices.dtype}")
         if tuple(blueprint_indices.shape) != lead + (self.num_slots,):
-            raise ValueError(f"blueprint_indices must have shape {list(lead + (self.num_slots,))}, "
-                             f"got {list(blueprint_indices.shape)}")  # fmt: skip
+            raise ValueError(
+                f"blueprint_indices must have shape {list(lead + (self.num_slots,))}, "
+                f"got {list(blueprint_indices.shape)}"
+            )
         for head, mask in masks.items():
             if mask is None:
                 continue
@@ -98,12 +100,22 @@ class FactoredPolicyV2Mixin(NetworkV2Mixin):
         ``q_value`` Q(s, sampled_op) ``[B, T]``, ``lstm_out [B, T, H]``, ``sampled_op [B, T]`` (one
         select_op draw from the op distribution with the op floor of ``probability_floor``), ``hidden``.
         """
-        masks = _mask_dict(slot_mask, blueprint_mask, style_mask, tempo_mask,
-                           alpha_target_mask, alpha_speed_mask, alpha_curve_mask, op_mask)  # fmt: skip
+        masks = _mask_dict(
+            slot_mask,
+            blueprint_mask,
+            style_mask,
+            tempo_mask,
+            alpha_target_mask,
+            alpha_speed_mask,
+            alpha_curve_mask,
+            op_mask,
+        )
         self._check_inputs(state, blueprint_indices, masks)
         lstm_out, new_hidden = self.trunk(state, blueprint_indices, hidden)
         logits = self.head_logits(lstm_out)
-        masked = {h: (l if masks[h] is None else l.masked_fill(~masks[h], MASKED_LOGIT_VALUE)) for h, l in logits.items()}
+        masked = {
+            h: (l if masks[h] is None else l.masked_fill(~masks[h], MASKED_LOGIT_VALUE)) for h, l in logits.items()
+        }
         if self._validating():
             self._validate({"op": masked["op"]}, {"op": op_mask}, where=" in forward()")
         B, T = state.shape[:2]
@@ -119,8 +131,10 @@ class FactoredPolicyV2Mixin(NetworkV2Mixin):
         out.update(
             state_value=self._compute_state_value(lstm_out),
             q_value=self._compute_q(lstm_out, sampled_op.clamp(min=0)),
-            lstm_out=lstm_out, sampled_op=sampled_op, hidden=new_hidden,
-        )  # fmt: skip
+            lstm_out=lstm_out,
+            sampled_op=sampled_op,
+            hidden=new_hidden,
+        )
         return out
 
     # ---- get_action (rollout / bootstrap hot path) -----------------------------------------------------
@@ -164,23 +178,36 @@ class FactoredPolicyV2Mixin(NetworkV2Mixin):
                 f"get_action() requires seq_len=1, got {state.shape[1]}. This method is for single-step "
                 "rollout collection. For multi-step sequence processing, use forward() directly."
             )
-        masks = _mask_dict(slot_mask, blueprint_mask, style_mask, tempo_mask,
-                           alpha_target_mask, alpha_speed_mask, alpha_curve_mask, op_mask)  # fmt: skip
+        masks = _mask_dict(
+            slot_mask,
+            blueprint_mask,
+            style_mask,
+            tempo_mask,
+            alpha_target_mask,
+            alpha_speed_mask,
+            alpha_curve_mask,
+            op_mask,
+        )
         masks = {h: (m.unsqueeze(1) if m is not None and m.dim() == 2 else m) for h, m in masks.items()}
         self._check_inputs(state, blueprint_indices, masks)
         B = state.shape[0]
         masks = {h: (None if m is None else m[:, 0]) for h, m in masks.items()}
         if slot_by_op_mask is not None:
             if slot_by_op_mask.dim() != 3:
-                raise ValueError("slot_by_op_mask must have shape [batch, NUM_OPS, num_slots], "
-                                 f"got {tuple(slot_by_op_mask.shape)}")  # fmt: skip
+                raise ValueError(
+                    f"slot_by_op_mask must have shape [batch, NUM_OPS, num_slots], got {tuple(slot_by_op_mask.shape)}"
+                )
             if slot_by_op_mask.device != state.device:
-                raise ValueError(f"slot_by_op_mask must be on the same device as slot_logits "
-                                 f"(slot_by_op_mask={slot_by_op_mask.device}, slot_logits={state.device})")  # fmt: skip
+                raise ValueError(
+                    f"slot_by_op_mask must be on the same device as slot_logits "
+                    f"(slot_by_op_mask={slot_by_op_mask.device}, slot_logits={state.device})"
+                )
             if tuple(slot_by_op_mask.shape) != (B, self.num_ops, self.num_slots) or slot_by_op_mask.dtype != torch.bool:
-                raise ValueError(f"slot_by_op_mask must be a bool [batch, NUM_OPS, num_slots] = "
-                                 f"[{B}, {self.num_ops}, {self.num_slots}] tensor, got "
-                                 f"{slot_by_op_mask.dtype} {tuple(slot_by_op_mask.shape)}")  # fmt: skip
+                raise ValueError(
+                    f"slot_by_op_mask must be a bool [batch, NUM_OPS, num_slots] = "
+                    f"[{B}, {self.num_ops}, {self.num_slots}] tensor, got "
+                    f"{slot_by_op_mask.dtype} {tuple(slot_by_op_mask.shape)}"
+                )
         validating = self._validating()
         with torch.no_grad() if torch.compiler.is_compiling() else torch.inference_mode():
             cells = state.device.type == "cpu" and B <= 128  # see FactoredPolicy.get_action
@@ -188,24 +215,45 @@ class FactoredPolicyV2Mixin(NetworkV2Mixin):
             logits, value, q = self.action_heads(lstm_out[:, 0])
             if validating:  # HEAD's forward() checks the op mask and op logits first
                 self._validate({"op": logits["op"]}, {"op": masks["op"]}, where=" in forward()")
-            sel = select_actions_v2(logits, masks, q, value, floors=probability_floor, deterministic=deterministic,
-                                    noise=noise, generator=generator, slot_by_op=slot_by_op_mask,
-                                    backend=self.backend)  # fmt: skip
+            sel = select_actions_v2(
+                logits,
+                masks,
+                q,
+                value,
+                floors=probability_floor,
+                deterministic=deterministic,
+                noise=noise,
+                generator=generator,
+                slot_by_op=slot_by_op_mask,
+                backend=self.backend,
+            )
             if validating:
                 self._raise_for_bad_heads(sel, logits, masks, slot_by_op_mask)
             value_op = value_read_op(q, sel.actions["op"], sel.q_op)  # the op q_op was read at (policy.py)
             op_logits = None
             if return_op_logits:
-                op_logits = logits["op"] if masks["op"] is None else logits["op"].masked_fill(~masks["op"], MASKED_LOGIT_VALUE)
+                op_logits = (
+                    logits["op"] if masks["op"] is None else logits["op"].masked_fill(~masks["op"], MASKED_LOGIT_VALUE)
+                )
         return GetActionResult(
-            actions=sel.actions, log_probs=sel.log_probs, values=sel.values, hidden=new_hidden,
-            sampled_op=value_op, op_logits=op_logits,
+            actions=sel.actions,
+            log_probs=sel.log_probs,
+            values=sel.values,
+            hidden=new_hidden,
+            sampled_op=value_op,
+            op_logits=op_logits,
             head_entropies={h: sel.entropies[h] for h in HEAD_NAMES},
-            q_op=sel.q_op, expected_value=sel.expected_value,
-        )  # fmt: skip
+            q_op=sel.q_op,
+            expected_value=sel.expected_value,
+        )
 
-    def _raise_for_bad_heads(self, sel: ActionSelectionV2, logits: dict[str, Tensor],
-                             masks: dict[str, Tensor | None], slot_by_op: Tensor | None) -> None:  # fmt: skip
+    def _raise_for_bad_heads(
+        self,
+        sel: ActionSelectionV2,
+        logits: dict[str, Tensor],
+        masks: dict[str, Tensor | None],
+        slot_by_op: Tensor | None,
+    ) -> None:
         """HEAD's per-head validation (op, then esper's order): empty effective mask -> ``invalid_state_error``
         ("No valid actions available"), inf/nan logits -> ``ValueError``. One sync on the happy path."""
         ok = [(a >= 0).all() for a in sel.actions.values()] + [torch.isfinite(l).all() for l in logits.values()]
@@ -216,17 +264,28 @@ class FactoredPolicyV2Mixin(NetworkV2Mixin):
             if head == "op":
                 valid = masks["op"] if masks["op"] is not None else torch.ones_like(logits["op"], dtype=torch.bool)
             else:
-                valid = effective_mask(head, op, masks[head], logits[head].shape[-1],
-                                       slot_by_op if head == "slot" else None)  # fmt: skip
+                valid = effective_mask(
+                    head, op, masks[head], logits[head].shape[-1], slot_by_op if head == "slot" else None
+                )
             empty = ~valid.any(-1) & (op >= 0 if head != "op" else True)
             if bool(empty.any()):
                 rows = torch.nonzero(empty).flatten()[:8].tolist()
-                raise self.invalid_state_error(no_valid_actions_message(
-                    head, rows, int(empty.sum()), cause="after the op-dependent canonicalisation", hint=KASMINA_HINT))
+                raise self.invalid_state_error(
+                    no_valid_actions_message(
+                        head, rows, int(empty.sum()), cause="after the op-dependent canonicalisation", hint=KASMINA_HINT
+                    )
+                )
             if not bool(torch.isfinite(logits[head]).all()):
                 bad = torch.nonzero(~torch.isfinite(logits[head]).all(-1)).flatten()
-                raise ValueError(nonfinite_logits_message(head, bad[:8].tolist(), bad.numel(), valid_only=False,
-                                                          hint="This indicates network instability."))  # fmt: skip
+                raise ValueError(
+                    nonfinite_logits_message(
+                        head,
+                        bad[:8].tolist(),
+                        bad.numel(),
+                        valid_only=False,
+                        hint="This indicates network instability.",
+                    )
+                )
 
 
 class FactoredPolicyV2(FactoredPolicyV2Mixin, FactoredNetworkV2):

@@ -65,46 +65,110 @@ class ReferencePolicy(FactoredNetwork):
             return self._compute_value(lstm_out, op)
         return (torch.softmax(op_masked, -1) * q_values).sum(-1)
 
-    def forward(self, state, blueprint_indices, hidden=None, slot_mask=None, blueprint_mask=None,
-                style_mask=None, tempo_mask=None, alpha_target_mask=None, alpha_speed_mask=None,
-                alpha_curve_mask=None, op_mask=None, *, noise: Tensor | None = None,
-                generator: torch.Generator | None = None) -> dict:  # fmt: skip
+    def forward(
+        self,
+        state,
+        blueprint_indices,
+        hidden=None,
+        slot_mask=None,
+        blueprint_mask=None,
+        style_mask=None,
+        tempo_mask=None,
+        alpha_target_mask=None,
+        alpha_speed_mask=None,
+        alpha_curve_mask=None,
+        op_mask=None,
+        *,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict:
         """esper's forward: masked logits, one op draw (``noise [B*T, num_ops]`` optional), its value."""
-        masks = dict(zip(HEAD_NAMES, (slot_mask, blueprint_mask, style_mask, tempo_mask,
-                                      alpha_target_mask, alpha_speed_mask, alpha_curve_mask, op_mask)))  # fmt: skip
+        masks = dict(
+            zip(
+                HEAD_NAMES,
+                (
+                    slot_mask,
+                    blueprint_mask,
+                    style_mask,
+                    tempo_mask,
+                    alpha_target_mask,
+                    alpha_speed_mask,
+                    alpha_curve_mask,
+                    op_mask,
+                ),
+            )
+        )
         out = self.heads(state, blueprint_indices, hidden)
         if self.validate:
             validate_masks_and_logits({"op": out.logits["op"]}, {"op": op_mask}, where=" in forward()")
-        masked = {h: (l if masks[h] is None else l.masked_fill(~masks[h], MASKED_LOGIT_VALUE))
-                  for h, l in out.logits.items()}  # fmt: skip
+        masked = {
+            h: (l if masks[h] is None else l.masked_fill(~masks[h], MASKED_LOGIT_VALUE)) for h, l in out.logits.items()
+        }
         B, T = state.shape[:2]
         sampled = _draw(masked["op"].reshape(B * T, -1), False, noise, generator).view(B, T)
         result = {f"{h}_logits": masked[h] for h in HEAD_NAMES}
-        result.update(value=self._value(out.lstm_out, sampled, masked["op"], out.q_values),
-                      lstm_out=out.lstm_out, sampled_op=sampled, hidden=out.hidden, q_values=out.q_values)  # fmt: skip
+        result.update(
+            value=self._value(out.lstm_out, sampled, masked["op"], out.q_values),
+            lstm_out=out.lstm_out,
+            sampled_op=sampled,
+            hidden=out.hidden,
+            q_values=out.q_values,
+        )
         return result
 
-    def get_action(self, state, blueprint_indices, hidden=None, slot_mask=None, blueprint_mask=None,
-                   style_mask=None, tempo_mask=None, alpha_target_mask=None, alpha_speed_mask=None,
-                   alpha_curve_mask=None, op_mask=None, deterministic=False, return_op_logits=False, *,
-                   noise: dict[str, Tensor] | None = None, generator: torch.Generator | None = None,
-                   slot_by_op: Tensor | None = None):  # fmt: skip
+    def get_action(
+        self,
+        state,
+        blueprint_indices,
+        hidden=None,
+        slot_mask=None,
+        blueprint_mask=None,
+        style_mask=None,
+        tempo_mask=None,
+        alpha_target_mask=None,
+        alpha_speed_mask=None,
+        alpha_curve_mask=None,
+        op_mask=None,
+        deterministic=False,
+        return_op_logits=False,
+        *,
+        noise: dict[str, Tensor] | None = None,
+        generator: torch.Generator | None = None,
+        slot_by_op: Tensor | None = None,
+    ):
         """esper's get_action (0872525b, or 97d9ba3f's double draw when ``legacy``).
 
         ``slot_by_op [B, num_ops, S]`` (esper HEAD's op-conditioned slot mask) restricts the slot head
         to the slots valid for the chosen op, as in FactoredPolicy.
         """
         noise = noise or {}
-        masks = dict(zip(HEAD_NAMES, (slot_mask, blueprint_mask, style_mask, tempo_mask,
-                                      alpha_target_mask, alpha_speed_mask, alpha_curve_mask, op_mask)))  # fmt: skip
+        masks = dict(
+            zip(
+                HEAD_NAMES,
+                (
+                    slot_mask,
+                    blueprint_mask,
+                    style_mask,
+                    tempo_mask,
+                    alpha_target_mask,
+                    alpha_speed_mask,
+                    alpha_curve_mask,
+                    op_mask,
+                ),
+            )
+        )
         if state.dim() == 2:
             state, blueprint_indices = state.unsqueeze(1), blueprint_indices.unsqueeze(1)
             masks = {h: (None if m is None else m.unsqueeze(1)) for h, m in masks.items()}
         with torch.inference_mode():
             fwd_noise = noise.get("op_forward" if self.legacy else "op")
-            output = self.forward(state, blueprint_indices, hidden, *masks.values(), noise=fwd_noise, generator=generator)
+            output = self.forward(
+                state, blueprint_indices, hidden, *masks.values(), noise=fwd_noise, generator=generator
+            )
             logits = {h: output[f"{h}_logits"][:, 0] for h in HEAD_NAMES}
-            masks2d = {h: (torch.ones_like(logits[h], dtype=torch.bool) if m is None else m[:, 0]) for h, m in masks.items()}
+            masks2d = {
+                h: (torch.ones_like(logits[h], dtype=torch.bool) if m is None else m[:, 0]) for h, m in masks.items()
+            }
             if self.validate:
                 validate_masks_and_logits(logits, masks2d)
             lstm_out = output["lstm_out"][:, 0:1]
@@ -113,14 +177,17 @@ class ReferencePolicy(FactoredNetwork):
                 values, sampled_op = output["value"][:, 0], output["sampled_op"][:, 0]
             elif deterministic:
                 op = logits["op"].argmax(-1)
-                values = self._value(lstm_out, op[:, None], logits["op"][:, None], output["q_values"][:, 0:1]).squeeze(1)
+                values = self._value(lstm_out, op[:, None], logits["op"][:, None], output["q_values"][:, 0:1]).squeeze(
+                    1
+                )
                 sampled_op = op
             else:
                 op = output["sampled_op"][:, 0]
                 values, sampled_op = output["value"][:, 0], op
             actions, log_probs, entropies = {"op": op}, {}, {}
             masks2d["style"], masks2d["slot"] = op_dependent_masks(
-                op, masks2d["style"], masks2d["slot"], slot_by_op, self.num_styles, self.num_slots)
+                op, masks2d["style"], masks2d["slot"], slot_by_op, self.num_styles, self.num_slots
+            )
             for head in AFTER_OP:
                 masked = logits[head].masked_fill(~masks2d[head], MASKED_LOGIT_VALUE)
                 actions[head] = _draw(masked, deterministic, noise.get(head), generator)
@@ -133,7 +200,13 @@ class ReferencePolicy(FactoredNetwork):
             q_op = q_all.gather(-1, op[:, None]).squeeze(-1)
             expected = (torch.softmax(logits["op"], -1) * q_all).sum(-1)
         return GetActionResult(
-            actions=actions, log_probs=log_probs, values=values, hidden=output["hidden"],
-            sampled_op=sampled_op, op_logits=logits["op"] if return_op_logits else None,
-            head_entropies=entropies, q_op=q_op, expected_value=expected,
-        )  # fmt: skip
+            actions=actions,
+            log_probs=log_probs,
+            values=values,
+            hidden=output["hidden"],
+            sampled_op=sampled_op,
+            op_logits=logits["op"] if return_op_logits else None,
+            head_entropies=entropies,
+            q_op=q_op,
+            expected_value=expected,
+        )

@@ -15,10 +15,12 @@ from __future__ import annotations
 __all__ = ["ENV_IDS", "register_envs"]
 
 ENV_IDS: dict[str, tuple[str, str]] = {
-    "esper_fast/SeedLifecycle-v0": ("esper_fast.envs.gym:SeedLifecycleGymEnv",
-                                    "esper_fast.envs.gym:SeedLifecycleVectorEnv"),
+    "esper_fast/SeedLifecycle-v0": (
+        "esper_fast.envs.gym:SeedLifecycleGymEnv",
+        "esper_fast.envs.gym:SeedLifecycleVectorEnv",
+    ),
     "esper_fast/ExactMDP-v0": ("esper_fast.envs.gym:ExactMDPGymEnv", "esper_fast.envs.gym:ExactMDPVectorEnv"),
-}  # fmt: skip
+}
 """id -> (single-env entry point, vector entry point)."""
 
 

@@ -79,9 +79,13 @@ def slot_for_op(slot_by_op: Tensor, op: Tensor) -> Tensor:
 
 
 def op_dependent_masks(
-    op: Tensor, style_mask: Tensor | None, slot_mask: Tensor | None, slot_by_op: Tensor | None,
-    num_styles: int, num_slots: int,
-) -> tuple[Tensor, Tensor | None]:  # fmt: skip
+    op: Tensor,
+    style_mask: Tensor | None,
+    slot_mask: Tensor | None,
+    slot_by_op: Tensor | None,
+    num_styles: int,
+    num_slots: int,
+) -> tuple[Tensor, Tensor | None]:
     """The style and slot masks once ``op [N]`` is known (no host sync).
 
     * style: :func:`style_override_mask` (``None`` = all styles valid before the override).
@@ -113,9 +117,13 @@ def compose_heads(
     noise = noise or {}
     op_sel = select_fn(logits["op"], q, masks.get("op"), noise.get("op"), "op")
     style_mask, slot_mask = op_dependent_masks(
-        op_sel.op, masks.get("style"), masks.get("slot"), slot_by_op,
-        logits["style"].shape[-1], logits["slot"].shape[-1],
-    )  # fmt: skip
+        op_sel.op,
+        masks.get("style"),
+        masks.get("slot"),
+        slot_by_op,
+        logits["style"].shape[-1],
+        logits["slot"].shape[-1],
+    )
     effective = {**masks, "style": style_mask, "slot": slot_mask}
     actions, log_probs, entropies = {"op": op_sel.op}, {"op": op_sel.log_prob}, {"op": op_sel.entropy}
     for head in AFTER_OP:

@@ -24,7 +24,7 @@ def _time_log(path: Path) -> dict[str, float]:
     m = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", text)
     if m:
         parts = [float(p) for p in m.group(1).split(":")]
-        out["wall_s"] = sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
+        out["wall_s"] = sum(p * 60**i for i, p in enumerate(reversed(parts)))
     for key, name in (("User time (seconds)", "user_s"), ("System time (seconds)", "sys_s")):
         m = re.search(re.escape(key) + r": (\S+)", text)
         if m:
@@ -52,14 +52,26 @@ def collect(name: str, label: str) -> dict:
         for k, r in ev.items():
             if k in again and abs(again[k]["mean_return"] - r["mean_return"]) < 1e-6 and "gap_share_se" in again[k]:
                 r["gap_share"], r["gap_share_se"] = again[k]["gap_share"], again[k]["gap_share_se"]
-    row = {"name": name, "label": label, "seed": config["config"]["seed"], "fused": config["config"].get("fused", True),
-           "num_envs": config["config"]["num_envs"], "total_timesteps": config["config"]["total_timesteps"],
-           "updates": summary["updates"], "eval_episodes": ev["heuristic"]["num_episodes"],
-           "eval_seed": config["config"]["eval_seed"], "last_sps": summary["last_metrics"].get("time/sps"),
-           **_time_log(Path("runs") / f"{name}.err"), **_loads(name)}
+    row = {
+        "name": name,
+        "label": label,
+        "seed": config["config"]["seed"],
+        "fused": config["config"].get("fused", True),
+        "num_envs": config["config"]["num_envs"],
+        "total_timesteps": config["config"]["total_timesteps"],
+        "updates": summary["updates"],
+        "eval_episodes": ev["heuristic"]["num_episodes"],
+        "eval_seed": config["config"]["eval_seed"],
+        "last_sps": summary["last_metrics"].get("time/sps"),
+        **_time_log(Path("runs") / f"{name}.err"),
+        **_loads(name),
+    }
     for k, r in ev.items():
-        row[k] = {key: r[key] for key in ("mean_return", "se_return", "vs_heuristic", "vs_heuristic_se", "gap_share",
-                                          "gap_share_se") if key in r}
+        row[k] = {
+            key: r[key]
+            for key in ("mean_return", "se_return", "vs_heuristic", "vs_heuristic_se", "gap_share", "gap_share_se")
+            if key in r
+        }
         if k.startswith("ppo") and "gap_share" not in r:  # runs evaluated before gap_share_se existed
             h, o = ev["heuristic"]["mean_return"], ev["oracle"]["mean_return"]
             row[k]["gap_share"] = (r["mean_return"] - h) / (o - h)
@@ -95,24 +107,38 @@ def main(argv: list[str]) -> None:
                 vals = [r[pol][key] for r in rs if pol in r and key in r[pol]]
                 if vals:
                     agg[label][f"{pol} {key}"] = dict(zip(("mean", "ci95"), _ci(vals)))
-    payload = {"machine": f"{platform.machine()} {platform.node()}, 2-core VM shared with other jobs, no GPU, one torch thread",
-               "commit": commit, "runs": rows, "over_seeds": agg}  # fmt: skip
+    payload = {
+        "machine": (
+            f"{platform.machine()} {platform.node()}, 2-core VM shared with other jobs, no GPU, one torch thread"
+        ),
+        "commit": commit,
+        "runs": rows,
+        "over_seeds": agg,
+    }
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2))
-    lines = [f"# {stem.name}", "", f"Machine: {payload['machine']}; commit {commit}. Evaluation: the same episodes "
-             "(env seed 12345) for every policy; +- is a standard error; `margin` = paired difference / its se; "
-             "wall / CPU: the whole command (start-up, training, evaluation), /usr/bin/time.", "",
-             "| run | seed | episodes | PPO sampled | PPO greedy | oracle | heuristic | random | sampled - heuristic "
-             "(paired) | margin | gap share | wall s | CPU s | load start / end |", "|---" * 14 + "|"]  # fmt: skip
+    lines = [
+        f"# {stem.name}",
+        "",
+        f"Machine: {payload['machine']}; commit {commit}. Evaluation: the same episodes "
+        "(env seed 12345) for every policy; +- is a standard error; `margin` = paired difference / its se; "
+        "wall / CPU: the whole command (start-up, training, evaluation), /usr/bin/time.",
+        "",
+        "| run | seed | episodes | PPO sampled | PPO greedy | oracle | heuristic | random | sampled - heuristic "
+        "(paired) | margin | gap share | wall s | CPU s | load start / end |",
+        "|---" * 14 + "|",
+    ]
     f = lambda r, k: f"{r[k]['mean_return']:.2f} +- {r[k]['se_return']:.2f}" if k in r else "-"  # noqa: E731
     for r in rows:
         s = r["ppo (sampled)"]
         gap = f"{s['gap_share']:+.1%}" + (f" +- {s['gap_share_se']:.1%}" if "gap_share_se" in s else "")
         cpu = r.get("user_s", 0) + r.get("sys_s", 0)
-        lines.append(f"| {r['label']} | {r['seed']} | {r['eval_episodes']} | {f(r, 'ppo (sampled)')} | {f(r, 'ppo (greedy)')} | "
-                     f"{f(r, 'oracle')} | {f(r, 'heuristic')} | {f(r, 'random')} | {s['vs_heuristic']:+.2f} +- "
-                     f"{s['vs_heuristic_se']:.2f} | {s['margin_se']:.1f} | {gap} | {r.get('wall_s', float('nan')):.0f} | "
-                     f"{cpu:.0f} | {r.get('load_at_start', '?')} / {r.get('load_at_end', '?')} |")  # fmt: skip
+        lines.append(
+            f"| {r['label']} | {r['seed']} | {r['eval_episodes']} | {f(r, 'ppo (sampled)')} | {f(r, 'ppo (greedy)')} | "
+            f"{f(r, 'oracle')} | {f(r, 'heuristic')} | {f(r, 'random')} | {s['vs_heuristic']:+.2f} +- "
+            f"{s['vs_heuristic_se']:.2f} | {s['margin_se']:.1f} | {gap} | {r.get('wall_s', float('nan')):.0f} | "
+            f"{cpu:.0f} | {r.get('load_at_start', '?')} / {r.get('load_at_end', '?')} |"
+        )
     lines += ["", "Over seeds (mean +- 95% t-interval half-width):", ""]
     for label, a in agg.items():
         parts = [f"{k} {v['mean']:.3f} +- {v['ci95']:.3f}" for k, v in a.items() if k != "seeds"]

@@ -237,10 +237,10 @@ _NETWORK = """
 """
 _SIGNATURES = {
     "0872525b": "def __init__(self, state_dim, num_slots=None, num_blueprints=None, num_styles=None, num_tempo=None, "
-                "num_alpha_targets=None, num_alpha_speeds=None, num_alpha_curves=None, num_ops=None, "
-                "feature_dim=512, lstm_hidden_dim=512, lstm_layers=1, slot_config=None):",
+    "num_alpha_targets=None, num_alpha_speeds=None, num_alpha_curves=None, num_ops=None, "
+    "feature_dim=512, lstm_hidden_dim=512, lstm_layers=1, slot_config=None):",
     "head": "def __init__(self, state_dim, feature_dim=512, lstm_hidden_dim=512, lstm_layers=1, slot_config=None):\n"
-            "            num_slots = None",
+    "            num_slots = None",
 }
 _EXTRA = {
     "0872525b": "pass",
@@ -389,7 +389,8 @@ _HEAD_FILES = {
             def save(self, path, metadata=None):
                 net = self.policy.network
                 out = {"checkpoint_version": CHECKPOINT_VERSION, "value_head_schema_version": VALUE_HEAD_SCHEMA_VERSION,
-                       "network_state_dict": self.policy.state_dict(), "optimizer_state_dict": self.optimizer.state_dict(),
+                       "network_state_dict": self.policy.state_dict(),
+                       "optimizer_state_dict": self.optimizer.state_dict(),
                        "value_normalizer_state_dict": self.value_normalizer.state_dict(),
                        "train_steps": self.train_steps, "aux_training_step": self._aux_training_step,
                        "config": dict(self.config),
@@ -455,7 +456,8 @@ def write_standin(root: Path, layout: str = "0872525b") -> Path:
     else:
         signature = _SIGNATURES["head" if layout == "head" else "0872525b"]
         files["esper/tamiyo/networks/factored_lstm.py"] = _NETWORK.replace("{signature}", signature).replace(
-            "{extra}", _EXTRA[layout])
+            "{extra}", _EXTRA[layout]
+        )
     for rel, text in files.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,16 +15,23 @@ from torch import Tensor
 from esper_fast.types import GetActionResult, Hidden
 
 
-def q_of_returned_op(policy, state: Tensor, blueprint_indices: Tensor, res: GetActionResult,
-                     hidden: Hidden | None = None) -> Tensor:  # fmt: skip
+def q_of_returned_op(
+    policy, state: Tensor, blueprint_indices: Tensor, res: GetActionResult, hidden: Hidden | None = None
+) -> Tensor:
     """``[B]`` Q(s, res.actions["op"]) from ``policy.forward``'s ``q_values`` for ``state [B, D]``."""
     with torch.no_grad():
         q = policy.forward(state[:, None], blueprint_indices[:, None], hidden)["q_values"][:, 0]
     return q.gather(-1, res.actions["op"].clamp(min=0)[:, None]).squeeze(-1)
 
 
-def assert_value_read_at_returned_op(policy, state: Tensor, blueprint_indices: Tensor, res: GetActionResult,
-                                     hidden: Hidden | None = None, atol: float = 1e-5) -> None:  # fmt: skip
+def assert_value_read_at_returned_op(
+    policy,
+    state: Tensor,
+    blueprint_indices: Tensor,
+    res: GetActionResult,
+    hidden: Hidden | None = None,
+    atol: float = 1e-5,
+) -> None:
     """``res.q_op`` (and ``res.values`` in ``value_mode="q_op"``) equal Q(s, returned op), recomputed."""
     expected = q_of_returned_op(policy, state, blueprint_indices, res, hidden)
     torch.testing.assert_close(res.q_op, expected, atol=atol, rtol=1e-5)

@@ -76,8 +76,9 @@ def test_fused_deterministic_matches_reference(backend, device, dtype):
 def test_fused_internal_rng_equals_reference_streams(backend, device):
     n = small_n(backend, device, 600)
     logits, masks, q, sbo = make_heads(n, device, seed=4)
-    got = select_actions(logits, masks, q, slot_by_op=sbo, backend=backend,
-                         generator=torch.Generator(device).manual_seed(7))  # fmt: skip
+    got = select_actions(
+        logits, masks, q, slot_by_op=sbo, backend=backend, generator=torch.Generator(device).manual_seed(7)
+    )
     key = draw_key(torch.device(device), torch.Generator(device).manual_seed(7))
     assert_same(got, select_actions_reference(logits, masks, q, deterministic=False, key=key, slot_by_op=sbo))
 

@@ -21,8 +21,16 @@ from tests.conftest import BACKEND_DEVICES, NATIVE_BACKEND_DEVICES, small_n
 
 SIZES = get_action_head_sizes(3)
 # odd sizes; style / alpha_target keep index 2 and tempo index 1 (their canonical actions)
-ODD_SIZES = {"slot": 5, "blueprint": 17, "style": 3, "tempo": 2, "alpha_target": 7, "alpha_speed": 1,
-             "alpha_curve": 9, "op": 7}  # fmt: skip
+ODD_SIZES = {
+    "slot": 5,
+    "blueprint": 17,
+    "style": 3,
+    "tempo": 2,
+    "alpha_target": 7,
+    "alpha_speed": 1,
+    "alpha_curve": 9,
+    "op": 7,
+}
 FLOORS = dict(PROBABILITY_FLOOR_PER_HEAD)
 
 
@@ -75,10 +83,12 @@ def test_v2_equals_reference_under_injected_noise(backend, device, n, with_sbo, 
     logits, masks, q, value, sbo = make_inputs(n, device, seed=n + 11 * with_sbo, with_sbo=with_sbo)
     value = value if with_value else None
     noise = gumbel(n, device, seed=n + 1)
-    got = select_actions_v2(logits, masks, q, value, floors=floors, noise=noise, slot_by_op=sbo, backend=backend,
-                            out=poisoned(n, device))  # fmt: skip
-    ref = select_actions_v2_reference(logits, masks, q, value, floors=floors, deterministic=False, noise=noise,
-                                      slot_by_op=sbo)  # fmt: skip
+    got = select_actions_v2(
+        logits, masks, q, value, floors=floors, noise=noise, slot_by_op=sbo, backend=backend, out=poisoned(n, device)
+    )
+    ref = select_actions_v2_reference(
+        logits, masks, q, value, floors=floors, deterministic=False, noise=noise, slot_by_op=sbo
+    )
     assert_same(got, ref)
     for h in HEAD_NAMES:
         assert (got.actions[h] >= 0).all()
@@ -88,8 +98,17 @@ def test_v2_equals_reference_under_injected_noise(backend, device, n, with_sbo, 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_v2_deterministic_matches_reference_all_dtypes(backend, device, dtype):
     logits, masks, q, value, sbo = make_inputs(65, device, seed=3, dtype=dtype)
-    got = select_actions_v2(logits, masks, q, value, floors=FLOORS, deterministic=True, slot_by_op=sbo,
-                            backend=backend, out=poisoned(65, device))  # fmt: skip
+    got = select_actions_v2(
+        logits,
+        masks,
+        q,
+        value,
+        floors=FLOORS,
+        deterministic=True,
+        slot_by_op=sbo,
+        backend=backend,
+        out=poisoned(65, device),
+    )
     ref = select_actions_v2_reference(logits, masks, q, value, floors=FLOORS, deterministic=True, slot_by_op=sbo)
     assert_same(got, ref)
     torch.testing.assert_close(got.values.cpu(), value.float().cpu())  # V(s) passes through
@@ -101,27 +120,59 @@ def test_v2_odd_sizes(backend, device, deterministic):
     n = 33
     logits, masks, q, value, sbo = make_inputs(n, device, seed=9, sizes=ODD_SIZES)
     noise = None if deterministic else gumbel(n, device, sizes=ODD_SIZES, seed=10)
-    got = select_actions_v2(logits, masks, q, value, floors=FLOORS, deterministic=deterministic, noise=noise,
-                            slot_by_op=sbo, backend=backend, out=poisoned(n, device))  # fmt: skip
-    assert_same(got, select_actions_v2_reference(logits, masks, q, value, floors=FLOORS, deterministic=deterministic,
-                                                 noise=noise, slot_by_op=sbo))  # fmt: skip
+    got = select_actions_v2(
+        logits,
+        masks,
+        q,
+        value,
+        floors=FLOORS,
+        deterministic=deterministic,
+        noise=noise,
+        slot_by_op=sbo,
+        backend=backend,
+        out=poisoned(n, device),
+    )
+    assert_same(
+        got,
+        select_actions_v2_reference(
+            logits, masks, q, value, floors=FLOORS, deterministic=deterministic, noise=noise, slot_by_op=sbo
+        ),
+    )
 
 
 @pytest.mark.parametrize("backend,device", NATIVE_BACKEND_DEVICES)
 def test_v2_internal_rng_equals_reference_streams(backend, device):
     n = small_n(backend, device, 600)
     logits, masks, q, value, sbo = make_inputs(n, device, seed=4)
-    got = select_actions_v2(logits, masks, q, value, floors=FLOORS, slot_by_op=sbo, backend=backend,
-                            generator=torch.Generator(device).manual_seed(7))  # fmt: skip
+    got = select_actions_v2(
+        logits,
+        masks,
+        q,
+        value,
+        floors=FLOORS,
+        slot_by_op=sbo,
+        backend=backend,
+        generator=torch.Generator(device).manual_seed(7),
+    )
     key = draw_key(torch.device(device), torch.Generator(device).manual_seed(7))
-    assert_same(got, select_actions_v2_reference(logits, masks, q, value, floors=FLOORS, deterministic=False, key=key,
-                                                 slot_by_op=sbo))  # fmt: skip
+    assert_same(
+        got,
+        select_actions_v2_reference(
+            logits, masks, q, value, floors=FLOORS, deterministic=False, key=key, slot_by_op=sbo
+        ),
+    )
 
 
 # esper HEAD's get_action: head -> (canonical action, ops for which the head is free), written out
 # literally from HEAD's source (not from esper_fast.constants_v2).
-HEAD_RULES = {"blueprint": (0, {1}), "style": (2, {1, 2}), "tempo": (1, {1}), "alpha_target": (2, {1, 2}),
-              "alpha_speed": (0, {2, 3}), "alpha_curve": (0, {2, 3})}  # fmt: skip
+HEAD_RULES = {
+    "blueprint": (0, {1}),
+    "style": (2, {1, 2}),
+    "tempo": (1, {1}),
+    "alpha_target": (2, {1, 2}),
+    "alpha_speed": (0, {2, 3}),
+    "alpha_curve": (0, {2, 3}),
+}
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICES)
@@ -137,7 +188,9 @@ def test_v2_canonicalisation_by_op(backend, device, with_sbo):
         masks["op"][:, op] = True
         got = select_actions_v2(logits, masks, q, value, floors=FLOORS, slot_by_op=sbo, backend=backend)
         assert (got.actions["op"] == op).all()
-        assert torch.equal(got.log_probs["op"].cpu(), torch.zeros(n)) and torch.equal(got.entropies["op"].cpu(), torch.zeros(n))
+        assert torch.equal(got.log_probs["op"].cpu(), torch.zeros(n)) and torch.equal(
+            got.entropies["op"].cpu(), torch.zeros(n)
+        )
         torch.testing.assert_close(got.q_op, q[:, op])
         for h, (canonical, free_ops) in HEAD_RULES.items():
             if int(op) in free_ops:
@@ -166,8 +219,16 @@ def test_v2_single_valid_masks(backend, device):
     masks["op"][:] = False
     masks["op"][:, int(LifecycleOp.GERMINATE)] = True  # every other head free except alpha_speed / curve
     for det in (True, False):
-        got = select_actions_v2(logits, masks, q, value, floors=FLOORS, deterministic=det, backend=backend,
-                                generator=torch.Generator(device).manual_seed(1))  # fmt: skip
+        got = select_actions_v2(
+            logits,
+            masks,
+            q,
+            value,
+            floors=FLOORS,
+            deterministic=det,
+            backend=backend,
+            generator=torch.Generator(device).manual_seed(1),
+        )
         for h in ("op", "slot", "blueprint", "style", "tempo", "alpha_target"):
             assert torch.equal(got.actions[h], picks[h] if h != "op" else torch.full_like(picks[h], 1)), h
             assert torch.equal(got.log_probs[h].cpu(), torch.zeros(n)), h
@@ -228,8 +289,9 @@ def test_v2_sampling_fits_floored_softmax(backend, device):
     while draws < target:
         sel = select_actions_v2(logits, masks, q, value, floors=FLOORS, backend=backend, generator=gen)
         counts += torch.bincount(sel.actions["blueprint"].cpu(), minlength=13)
-        sel_op = select_actions_v2(logits, {**masks, "op": op_masks}, q, value, floors=FLOORS, backend=backend,
-                                   generator=gen)  # fmt: skip
+        sel_op = select_actions_v2(
+            logits, {**masks, "op": op_masks}, q, value, floors=FLOORS, backend=backend, generator=gen
+        )
         op_counts += torch.bincount(sel_op.actions["op"].cpu(), minlength=6)
         draws += n
     assert counts[~valid].sum() == 0
@@ -259,8 +321,9 @@ def test_v2_bad_rows(backend, device):
     assert got.actions["tempo"][2] == -1 and torch.isnan(got.log_probs["tempo"][2])
     assert got.actions["slot"][1] == -1 and torch.isnan(got.entropies["slot"][1])
     assert (got.actions["op"][:4] == 1).all() and torch.isfinite(got.values[:4]).all()
-    ref = select_actions_v2_reference(logits, masks, q, value, floors=FLOORS, deterministic=False,
-                                      noise=gumbel(6, device))  # fmt: skip
+    ref = select_actions_v2_reference(
+        logits, masks, q, value, floors=FLOORS, deterministic=False, noise=gumbel(6, device)
+    )
     for h in HEAD_NAMES:
         assert torch.equal(got.actions[h] < 0, ref.actions[h] < 0), h
     with pytest.raises(InvalidActionMaskError, match="No valid actions available for head 'op'.*\\[4\\]"):
@@ -288,13 +351,28 @@ def test_v2_inputs_that_require_grad(backend, device, with_value):
     as on detached inputs, and nothing in the results requires grad (as select_actions, v1)."""
     logits, masks, q, value, sbo = make_inputs(9, device, seed=4)
     noise = gumbel(9, device, seed=5)
-    want = select_actions_v2(logits, masks, q, value if with_value else None, floors=FLOORS, noise=noise,
-                             slot_by_op=sbo, backend=backend)  # fmt: skip
+    want = select_actions_v2(
+        logits, masks, q, value if with_value else None, floors=FLOORS, noise=noise, slot_by_op=sbo, backend=backend
+    )
     g_logits = {h: l.clone().requires_grad_(True) for h, l in logits.items()}
     g_q, g_value = q.clone().requires_grad_(True), value.clone().requires_grad_(True)
-    got = select_actions_v2(g_logits, masks, g_q, g_value if with_value else None, floors=FLOORS, noise=noise,
-                            slot_by_op=sbo, backend=backend)  # fmt: skip
+    got = select_actions_v2(
+        g_logits,
+        masks,
+        g_q,
+        g_value if with_value else None,
+        floors=FLOORS,
+        noise=noise,
+        slot_by_op=sbo,
+        backend=backend,
+    )
     assert_same(got, want, atol=0)
-    outs = [*got.actions.values(), *got.log_probs.values(), *got.entropies.values(), got.values, got.q_op,
-            got.expected_value]  # fmt: skip
+    outs = [
+        *got.actions.values(),
+        *got.log_probs.values(),
+        *got.entropies.values(),
+        got.values,
+        got.q_op,
+        got.expected_value,
+    ]
     assert not any(t.requires_grad for t in outs)

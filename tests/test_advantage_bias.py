@@ -19,9 +19,19 @@ import torch
 
 from esper_fast.envs.exact_mdp import ExactMDP
 from esper_fast.studies.advantage_bias import (
-    LAMBDAS, MODES, advantage_stats, analytic_expectation, format_table, gae, learn_critic, rollout, run_study,
-    single_thread, study_policy,
-)  # fmt: skip
+    LAMBDAS,
+    MODES,
+    advantage_stats,
+    analytic_expectation,
+    format_table,
+    gae,
+    learn_critic,
+    rollout,
+    run_study,
+    single_thread,
+    study_policy,
+)
+
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -68,8 +78,9 @@ def test_gae_matches_its_analytic_expectation(setup, mode, lam):
     adv, _ = gae(roll, mdp0.gamma, lam)
     q_full, q, v = exact
     x_op = q[roll.state, roll.op] - v[roll.state]
-    x_boot = (analytic_expectation(roll, exact, "q_op", mdp0.gamma, lam, policy, mdp0)
-              - (q_full[roll.state, roll.op, roll.sub] - q[roll.state, roll.op]))  # fmt: skip
+    x_boot = analytic_expectation(roll, exact, "q_op", mdp0.gamma, lam, policy, mdp0) - (
+        q_full[roll.state, roll.op, roll.sub] - q[roll.state, roll.op]
+    )
     worst = {}
     for formula in MODES:
         resid = adv - analytic_expectation(roll, exact, formula, mdp0.gamma, lam, policy, mdp0)
@@ -167,8 +178,10 @@ def test_learned_critic_is_imperfect_but_improves():
     mdp0 = ExactMDP(1)
     policy = study_policy(mdp0, seed=0)
     _, q, _ = mdp0.solve_full(policy)
-    err = [float((learn_critic(policy, "expected", updates=n, num_envs=64, seed=1) - q)[mdp0.op_mask].abs().mean())
-           for n in (3, 30)]  # fmt: skip
+    err = [
+        float((learn_critic(policy, "expected", updates=n, num_envs=64, seed=1) - q)[mdp0.op_mask].abs().mean())
+        for n in (3, 30)
+    ]
     assert err[1] < err[0]
     assert err[1] > 0.01
 
@@ -189,8 +202,9 @@ def test_run_study_table_and_plot(tmp_path):
 def test_cli_study_advantage_bias(tmp_path, capsys):
     from esper_fast.cli import main
 
-    rc = main(["study", "advantage-bias", "--out", str(tmp_path), "--num-envs", "128", "--critic-updates", "",
-               "--no-plot"])  # fmt: skip
+    rc = main(
+        ["study", "advantage-bias", "--out", str(tmp_path), "--num-envs", "128", "--critic-updates", "", "--no-plot"]
+    )
     assert rc == 0
     assert "| oracle | expected | 0.95 |" in capsys.readouterr().out
     assert (tmp_path / "value_baselines_study.csv").is_file() and (tmp_path / "value_baselines_study.json").is_file()

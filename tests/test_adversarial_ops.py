@@ -152,8 +152,9 @@ def test_cuda_width_limit_is_visible_to_auto(monkeypatch):
     from esper_fast.ops import backends
 
     for name in ("cuda", "triton"):
-        monkeypatch.setitem(backends._BACKENDS, name,
-                            dataclasses.replace(backends._BACKENDS[name], why_not=lambda d: None))  # fmt: skip
+        monkeypatch.setitem(
+            backends._BACKENDS, name, dataclasses.replace(backends._BACKENDS[name], why_not=lambda d: None)
+        )
     dev = torch.device("cuda")
     assert backends.resolve_backend("auto", dev, (4, 1024)).name == "cuda"
     assert backends.resolve_backend("auto", dev, (4, 1025)).name == "triton"

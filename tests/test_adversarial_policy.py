@@ -86,8 +86,9 @@ def test_weights_written_through_data_are_used(B):
     target.get_action(s, bp, deterministic=True)  # warm any cache on the old weights
     for pt, po in zip(target.parameters(), online.parameters()):
         pt.data.copy_(po.data)  # the target-network idiom: bumps no version counter
-    _same_actions_and_log_probs(target.get_action(s, bp, deterministic=True),
-                                online.get_action(s, bp, deterministic=True))  # fmt: skip
+    _same_actions_and_log_probs(
+        target.get_action(s, bp, deterministic=True), online.get_action(s, bp, deterministic=True)
+    )
 
 
 def test_fused_action_heads_read_weights_written_through_data():
@@ -110,7 +111,7 @@ def test_hidden_of_the_wrong_shape_raises(B, shape):
     s, bp = inputs(B)
     shapes = {"BH": (B, 16), "11H": (1, 1, 16) if B > 1 else (1, 2, 16), "2BH": (2, B, 16)}  # 11H: broadcastable
     h = torch.zeros(shapes[shape])
-    with pytest.raises(ValueError, match=r"hidden h must have shape \[1, %d, 16\]" % B):
+    with pytest.raises(ValueError, match=rf"hidden h must have shape \[1, {B}, 16\]"):
         p.get_action(s, bp, hidden=(h, h.clone()))
     with pytest.raises(ValueError, match="hidden h must have shape"):
         p.forward(s.unsqueeze(1), bp.unsqueeze(1), hidden=(h, h.clone()))
@@ -156,7 +157,7 @@ def test_blueprint_index_out_of_range_is_named(B, value):
     p = policy()
     s, bp = inputs(B)
     bp[0, 1] = value
-    with pytest.raises(ValueError, match=r"blueprint_indices must be < 13; got \[%d\]" % value):
+    with pytest.raises(ValueError, match=rf"blueprint_indices must be < 13; got \[{value}\]"):
         p.get_action(s, bp)
     with pytest.raises(ValueError, match="blueprint_indices must be < 13"):
         p.forward(s.unsqueeze(1), bp.unsqueeze(1))
@@ -180,7 +181,9 @@ def test_evaluate_actions_out_of_range_action_is_named(value):
     s, bp = inputs(3, T=2)
     actions = {h: torch.zeros(3, 2, dtype=torch.int64) for h in HEAD_NAMES}
     actions["op"][1, 1] = value
-    with pytest.raises(ValueError, match=r"actions\['op'\] must be in \[0, 6\); got \[%d\] at \(flattened\) positions \[3\]" % value):
+    with pytest.raises(
+        ValueError, match=rf"actions\['op'\] must be in \[0, 6\); got \[{value}\] at \(flattened\) positions \[3\]"
+    ):
         p.evaluate_actions(s, bp, actions)
     with pytest.raises(TypeError, match=r"actions\['op'\] must be an int64 tensor"):
         p.evaluate_actions(s, bp, {**actions, "op": actions["op"].int()})

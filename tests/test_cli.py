@@ -32,10 +32,21 @@ def test_train_smoke_writes_every_output(smoke_run):
     assert cfg["config"]["lstm_hidden_dim"] == 32 and cfg["num_updates"] == 2
     lines = (smoke_run / "metrics.csv").read_text().splitlines()
     header = lines[0].split(",")
-    for column in ("global_step", "charts/episode_return", "charts/episode_length", "losses/policy_loss",
-                   "losses/value_loss", "losses/entropy_loss", "losses/approx_kl", "losses/clip_fraction",
-                   "losses/explained_variance", "entropy/op", "charts/op_frac/wait", "charts/op_agreement",
-                   "time/sps"):  # fmt: skip
+    for column in (
+        "global_step",
+        "charts/episode_return",
+        "charts/episode_length",
+        "losses/policy_loss",
+        "losses/value_loss",
+        "losses/entropy_loss",
+        "losses/approx_kl",
+        "losses/clip_fraction",
+        "losses/explained_variance",
+        "entropy/op",
+        "charts/op_frac/wait",
+        "charts/op_agreement",
+        "time/sps",
+    ):
         assert column in header, column
     assert len(lines) == 1 + 2
     rows = [json.loads(line) for line in (smoke_run / "metrics.jsonl").read_text().splitlines()]
@@ -55,8 +66,12 @@ def test_evaluate_prints_a_table(smoke_run, capsys):
     out = capsys.readouterr().out
     for name in ("ppo (sampled)", "ppo (greedy)", "oracle", "heuristic", "random", "return", "terminated"):
         assert name in out
-    assert main(["evaluate", str(smoke_run / "checkpoints" / "latest.pt"), "--episodes", "2", "--json",
-                 "--mode", "greedy"]) == 0  # fmt: skip
+    assert (
+        main(
+            ["evaluate", str(smoke_run / "checkpoints" / "latest.pt"), "--episodes", "2", "--json", "--mode", "greedy"]
+        )
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert set(data["results"]) == {"ppo (greedy)", "oracle", "heuristic", "random"}
 
@@ -72,18 +87,21 @@ def test_resume_continues_the_run(smoke_run, tmp_path, capsys):
     assert torch.load(run / "checkpoints" / "latest.pt", weights_only=True)["train_steps"] == 3
 
 
-@pytest.mark.parametrize("argv,code,message", [
-    (["train", "--bogus-flag"], 2, "unrecognized arguments: --bogus-flag"),
-    (["train", "--preset", "huge"], 2, "invalid choice: 'huge'"),
-    (["train", "--num-envs", "many"], 2, "invalid int value: 'many'"),
-    (["train", "--num-envs", "0"], 2, "num_envs: expected >= 1, got 0"),
-    (["train", "--num-envs", "4", "--num-minibatches", "3"], 2, "expected a divisor of num_envs (4), got 3"),
-    (["train", "--value-mode", "wrong"], 2, "invalid choice: 'wrong'"),
-    (["train", "--target-kl", "-1"], 2, "target_kl: expected > 0 or None, got -1.0"),
-    (["train", "--resume", "/nonexistent/ckpt.pt"], 1, "checkpoint not found: /nonexistent/ckpt.pt"),
-    (["evaluate", "/nonexistent/ckpt.pt"], 1, "checkpoint not found"),
-    (["evaluate"], 2, "the following arguments are required: checkpoint"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv,code,message",
+    [
+        (["train", "--bogus-flag"], 2, "unrecognized arguments: --bogus-flag"),
+        (["train", "--preset", "huge"], 2, "invalid choice: 'huge'"),
+        (["train", "--num-envs", "many"], 2, "invalid int value: 'many'"),
+        (["train", "--num-envs", "0"], 2, "num_envs: expected >= 1, got 0"),
+        (["train", "--num-envs", "4", "--num-minibatches", "3"], 2, "expected a divisor of num_envs (4), got 3"),
+        (["train", "--value-mode", "wrong"], 2, "invalid choice: 'wrong'"),
+        (["train", "--target-kl", "-1"], 2, "target_kl: expected > 0 or None, got -1.0"),
+        (["train", "--resume", "/nonexistent/ckpt.pt"], 1, "checkpoint not found: /nonexistent/ckpt.pt"),
+        (["evaluate", "/nonexistent/ckpt.pt"], 1, "checkpoint not found"),
+        (["evaluate"], 2, "the following arguments are required: checkpoint"),
+    ],
+)
 def test_bad_input_gives_clear_errors(argv, code, message, capsys):
     try:
         rc = main(argv)
@@ -94,8 +112,22 @@ def test_bad_input_gives_clear_errors(argv, code, message, capsys):
 
 
 def test_mismatched_shapes_are_reported(smoke_run, capsys):
-    assert main([*SMOKE, "--resume", str(smoke_run), "--lstm-hidden-dim", "64", "--name", "x",
-                 "--runs-dir", str(smoke_run.parent)]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                *SMOKE,
+                "--resume",
+                str(smoke_run),
+                "--lstm-hidden-dim",
+                "64",
+                "--name",
+                "x",
+                "--runs-dir",
+                str(smoke_run.parent),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "does not match the configuration" in err and "lstm_hidden_dim: checkpoint 32, config 64" in err
 
@@ -138,10 +170,23 @@ def test_bench_delegates_to_esper_fast_bench(monkeypatch):
 
 def test_ctrl_c_saves_a_checkpoint(tmp_path):
     run = tmp_path / "c"
-    cmd = [sys.executable, "-m", "esper_fast.cli", *SMOKE, "--runs-dir", str(tmp_path), "--name", "c",
-           "--total-timesteps", "1000000", "--rollout-steps", "16"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "esper_fast.cli",
+        *SMOKE,
+        "--runs-dir",
+        str(tmp_path),
+        "--name",
+        "c",
+        "--total-timesteps",
+        "1000000",
+        "--rollout-steps",
+        "16",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     try:
         deadline = time.time() + 60
         while time.time() < deadline and not (run / "metrics.jsonl").is_file():
@@ -165,13 +210,32 @@ def test_tensorboard_events_when_installed(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    assert main(["train", "--preset", "smoke", "--no-progress", "--eval-episodes", "3", "--runs-dir", str(tmp_path),
-                 "--name", "tb"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "smoke",
+                "--no-progress",
+                "--eval-episodes",
+                "3",
+                "--runs-dir",
+                str(tmp_path),
+                "--name",
+                "tb",
+            ]
+        )
+        == 0
+    )
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0, "tensors": 0}).Reload()
     summary = json.loads((tmp_path / "tb" / "summary.json").read_text())
-    for name, tag in (("ppo (sampled)", "ppo_sampled"), ("ppo (greedy)", "ppo_greedy"), ("heuristic", "heuristic"),
-                      ("random", "random")):  # fmt: skip
+    for name, tag in (
+        ("ppo (sampled)", "ppo_sampled"),
+        ("ppo (greedy)", "ppo_greedy"),
+        ("heuristic", "heuristic"),
+        ("random", "random"),
+    ):
         logged = events.Scalars(f"eval/{tag}/mean_return")
         assert len(logged) == 1 and logged[0].value == pytest.approx(summary["evaluation"][name]["mean_return"])
         assert events.Scalars(f"eval/{tag}/se_return")
@@ -181,12 +245,14 @@ def test_tensorboard_events_when_installed(tmp_path):
 
 def test_help_imports_no_torch():
     """``esper-fast --help`` and ``train -h`` build every parser without importing torch (fast help)."""
-    code = ("import sys, contextlib, io; from esper_fast.cli import main\n"
-            "for argv in (['--help'], ['train', '-h']):\n"
-            "    with contextlib.redirect_stdout(io.StringIO()):\n"
-            "        try: main(argv)\n"
-            "        except SystemExit: pass\n"
-            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")  # fmt: skip
+    code = (
+        "import sys, contextlib, io; from esper_fast.cli import main\n"
+        "for argv in (['--help'], ['train', '-h']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        try: main(argv)\n"
+        "        except SystemExit: pass\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
@@ -218,11 +284,14 @@ def test_print_config_of_a_checkpoint(smoke_run, capsys):
     assert data["config"]["lstm_hidden_dim"] == 32 and "checkpoint" in data["source"]
 
 
-@pytest.mark.parametrize("argv,expect", [
-    (["bench", "-h"], "esper-fast bench"),
-    (["bench", "--help"], "--update-results"),
-    (["study", "-h"], "advantage-bias"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv,expect",
+    [
+        (["bench", "-h"], "esper-fast bench"),
+        (["bench", "--help"], "--update-results"),
+        (["study", "-h"], "advantage-bias"),
+    ],
+)
 def test_help_of_pass_through_commands(argv, expect, capsys):
     try:
         rc = main(argv)
@@ -232,10 +301,13 @@ def test_help_of_pass_through_commands(argv, expect, capsys):
     assert expect in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv,expect", [
-    (["bench", "train", "-h"], "bench_train"),
-    (["study", "advantage-bias", "-h"], "--critic-updates"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv,expect",
+    [
+        (["bench", "train", "-h"], "bench_train"),
+        (["study", "advantage-bias", "-h"], "--critic-updates"),
+    ],
+)
 def test_help_of_a_benchmark_or_study(argv, expect, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)

@@ -71,13 +71,17 @@ def test_get_action_compiles_fullgraph_and_matches_eager(no_validation):
 def test_select_op_and_select_actions_compile_fullgraph():
     torch._dynamo.reset()
     logits, q = torch.randn(5, 6), torch.randn(5, 6)
-    f = torch.compile(lambda l, q: select_op(l, q, deterministic=True, validate=False), fullgraph=True, backend="aot_eager")
+    f = torch.compile(
+        lambda l, q: select_op(l, q, deterministic=True, validate=False), fullgraph=True, backend="aot_eager"
+    )
     got, ref = f(logits, q), select_op(logits, q, deterministic=True)
     assert torch.equal(got.op, ref.op)
     torch.testing.assert_close(got.value, ref.value)
     sizes = get_action_head_sizes(3)
     heads = {h: torch.randn(5, sizes[h]) for h in HEAD_NAMES}
-    g = torch.compile(lambda heads, q: select_actions(heads, {}, q, deterministic=True), fullgraph=True, backend="aot_eager")
+    g = torch.compile(
+        lambda heads, q: select_actions(heads, {}, q, deterministic=True), fullgraph=True, backend="aot_eager"
+    )
     got, ref = g(heads, q), select_actions(heads, {}, q, deterministic=True)
     assert all(torch.equal(got.actions[h], ref.actions[h]) for h in HEAD_NAMES)
 

@@ -162,7 +162,7 @@ def test_kernel_strided_and_broadcast_inputs(kernel):
     n, a = 70, 6
     big_l, big_q, _ = make_inputs(n, 2 * a + 1, seed=3)
     logits, q = big_l[:, 1 : a + 1], big_q[:, a : 2 * a]
-    mask = (torch.rand(a, generator=torch.Generator().manual_seed(4)) < 0.6)
+    mask = torch.rand(a, generator=torch.Generator().manual_seed(4)) < 0.6
     mask[2] = True
     mask = mask.expand(n, a)
     assert mask.stride(0) == 0 and logits.stride(0) == 2 * a + 1
@@ -213,8 +213,11 @@ def test_threads_split_rows_without_changing_results():
     for threads in (1, 2):
         with cpu_threads(threads, runtime="native", parallel_threshold=n * a // 2):
             res.append(select_op(logits, q, mask, backend="cpu", generator=torch.Generator().manual_seed(3)))
-            fused.append(select_actions(logits_, masks, q_, slot_by_op=sbo, backend="cpu",
-                                        generator=torch.Generator().manual_seed(5)))  # fmt: skip
+            fused.append(
+                select_actions(
+                    logits_, masks, q_, slot_by_op=sbo, backend="cpu", generator=torch.Generator().manual_seed(5)
+                )
+            )
     assert (_C.get_num_threads(), _C.parallel_threshold()) == (before, threshold)  # restored
     assert_same(fused[0], fused[1], atol=0)
     for x, y in zip(*res):
@@ -265,10 +268,14 @@ def test_lean_entry_declines_non_unit_columns_and_select_op_falls_back():
     assert _C.select_op_tensors(lt, q, mask, None, None, True, op, f) == -1
     assert _C.select_op_tensors(logits, q, mask, noise16, None, False, op, f) == -1
     assert _C.select_op_tensors(logits, q, mask, None, None, True, op, f) == 0
-    assert_matches(select_op(lt, q, mask, deterministic=True, backend="cpu"),
-                   select_op_reference(logits, q, mask, deterministic=True))  # fmt: skip
-    assert_matches(select_op(logits, q, mask, noise=noise16, backend="cpu"),
-                   select_op_reference(logits, q, mask, deterministic=False, noise=noise16.float()))  # fmt: skip
+    assert_matches(
+        select_op(lt, q, mask, deterministic=True, backend="cpu"),
+        select_op_reference(logits, q, mask, deterministic=True),
+    )
+    assert_matches(
+        select_op(logits, q, mask, noise=noise16, backend="cpu"),
+        select_op_reference(logits, q, mask, deterministic=False, noise=noise16.float()),
+    )
 
 
 def test_env_var_kernel_choice_is_honoured_or_fails_loudly():
@@ -367,12 +374,17 @@ def test_select_actions_v2_exact_just_below_and_above_its_row_threshold(two_omp_
     rows = csrc_constant("select_actions_v2_cpu.cpp", r"a\.base\.n < (\d+)")
     for n in (rows - 1, rows):
         logits, masks, q, value, sbo = make_inputs_v2(n, seed=n)
-        run = functools.partial(select_actions_v2, logits, masks, q, value, floors=FLOORS, slot_by_op=sbo,
-                                backend="cpu")
+        run = functools.partial(
+            select_actions_v2, logits, masks, q, value, floors=FLOORS, slot_by_op=sbo, backend="cpu"
+        )
         got = run(generator=torch.Generator().manual_seed(n))
         key = draw_key(torch.device("cpu"), torch.Generator().manual_seed(n))
-        assert_same_v2(got, select_actions_v2_reference(logits, masks, q, value, floors=FLOORS, deterministic=False,
-                                                        key=key, slot_by_op=sbo))  # fmt: skip
+        assert_same_v2(
+            got,
+            select_actions_v2_reference(
+                logits, masks, q, value, floors=FLOORS, deterministic=False, key=key, slot_by_op=sbo
+            ),
+        )
         _C.set_num_threads(1)
         one = run(generator=torch.Generator().manual_seed(n))
         _C.set_num_threads(2)

@@ -6,11 +6,26 @@ import pytest
 import torch
 
 from esper_fast.constants import (
-    HEAD_NAMES, NUM_OPS, AlphaMode, AlphaSpeedAction, AlphaTargetAction, BlueprintAction, GerminationStyle,
-    LifecycleOp, SeedStage, TempoAction, get_action_head_sizes,
+    HEAD_NAMES,
+    NUM_OPS,
+    AlphaMode,
+    AlphaSpeedAction,
+    AlphaTargetAction,
+    BlueprintAction,
+    GerminationStyle,
+    LifecycleOp,
+    SeedStage,
+    TempoAction,
+    get_action_head_sizes,
 )
 from esper_fast.envs import (
-    EnvConfig, EnvObs, HeuristicPolicy, RandomMaskedPolicy, SeedLifecycleEnv, StepResult, evaluate_policy,
+    EnvConfig,
+    EnvObs,
+    HeuristicPolicy,
+    RandomMaskedPolicy,
+    SeedLifecycleEnv,
+    StepResult,
+    evaluate_policy,
 )
 from esper_fast.envs.seed_lifecycle import BASE_FEATURES, SLOT_FEATURES
 
@@ -18,12 +33,29 @@ Op, St = LifecycleOp, SeedStage
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def act(env: SeedLifecycleEnv, op: LifecycleOp = Op.WAIT, slot: int = 0, *, blueprint=BlueprintAction.DEPTHWISE,
-        style=GerminationStyle.SIGMOID_ADD, tempo=TempoAction.FAST, alpha_target=AlphaTargetAction.FULL,
-        alpha_speed=AlphaSpeedAction.INSTANT, alpha_curve=0) -> dict[str, torch.Tensor]:
+def act(
+    env: SeedLifecycleEnv,
+    op: LifecycleOp = Op.WAIT,
+    slot: int = 0,
+    *,
+    blueprint=BlueprintAction.DEPTHWISE,
+    style=GerminationStyle.SIGMOID_ADD,
+    tempo=TempoAction.FAST,
+    alpha_target=AlphaTargetAction.FULL,
+    alpha_speed=AlphaSpeedAction.INSTANT,
+    alpha_curve=0,
+) -> dict[str, torch.Tensor]:
     """The same action in every env."""
-    values = dict(slot=slot, blueprint=blueprint, style=style, tempo=tempo, alpha_target=alpha_target,
-                  alpha_speed=alpha_speed, alpha_curve=alpha_curve, op=op)
+    values = dict(
+        slot=slot,
+        blueprint=blueprint,
+        style=style,
+        tempo=tempo,
+        alpha_target=alpha_target,
+        alpha_speed=alpha_speed,
+        alpha_curve=alpha_curve,
+        op=op,
+    )
     return {h: torch.full((env.num_envs,), int(values[h]), dtype=torch.long, device=env.device) for h in HEAD_NAMES}
 
 
@@ -181,6 +213,7 @@ def test_unfossilized_seeds_are_discarded_at_the_end():
             res = env.step(act(env, op))
         assert res.truncated.all()
         return feature(res.final.obs, "accuracy") * 100
+
     assert (final_acc(True) > final_acc(False) + 2).all()
 
 
@@ -266,12 +299,19 @@ def test_bad_actions_raise():
         env.step({**good, "slot": torch.full((3,), -1)})
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(num_slots=0), "num_slots"), (dict(episode_length=0), "episode_length"),
-    (dict(topology="mlp"), "topology"), (dict(enabled_slots=(3,)), "enabled_slots"),
-    (dict(host_acc_start=(50.0, 40.0)), "host_acc_start"), (dict(rent_coef=-1.0), "rent_coef"),
-    (dict(estimate_ema=1.5), "estimate_ema"), (dict(governor_drop=0.0), "governor_drop"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(num_slots=0), "num_slots"),
+        (dict(episode_length=0), "episode_length"),
+        (dict(topology="mlp"), "topology"),
+        (dict(enabled_slots=(3,)), "enabled_slots"),
+        (dict(host_acc_start=(50.0, 40.0)), "host_acc_start"),
+        (dict(rent_coef=-1.0), "rent_coef"),
+        (dict(estimate_ema=1.5), "estimate_ema"),
+        (dict(governor_drop=0.0), "governor_drop"),
+    ],
+)
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         EnvConfig(**kwargs)
@@ -335,7 +375,9 @@ def test_counterfactual_contributions_are_accuracy_without_each_seed():
         step = env.step(policy(obs))
         obs = step.next
         rows = ~(step.terminated | step.truncated)  # ended rows were reset after acc_true was computed
-        seed_stages = torch.tensor([int(x) for x in (St.GERMINATED, St.TRAINING, St.BLENDING, St.HOLDING, St.FOSSILIZED)])
+        seed_stages = torch.tensor(
+            [int(x) for x in (St.GERMINATED, St.TRAINING, St.BLENDING, St.HOLDING, St.FOSSILIZED)]
+        )
         live = torch.isin(env.stage, seed_stages)
         assert torch.allclose(_accuracy_f64(env, live)[rows], env.acc_true.double()[rows], atol=1e-4)
         targets, active = env.counterfactual_contributions()

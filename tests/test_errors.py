@@ -14,26 +14,38 @@ from esper_fast.errors import (
     InvalidStateMachineError,
     no_valid_actions_message,
     nonfinite_logits_message,
-)  # fmt: skip
+)
 from esper_fast.ops.actions import select_actions
 from esper_fast.ops.select import select_op
 from esper_fast.policy import FactoredPolicy
 from esper_fast.policy_v2 import FactoredPolicyV2
 
 # the one format: "No valid [op ]actions available[where][ for head 'h'] in k row(s), first rows [..][ cause].[ hint]"
-EMPTY = re.compile(r"^No valid (op )?actions available( in forward\(\))?( for head '\w+')? in \d+ row\(s\), "
-                   r"first rows \[[\d, ]*\][^.]*\.( .+)?$")  # fmt: skip
-NONFINITE = re.compile(r"^logits(\['\w+'\])? contain inf/nan( at valid entries)? in \d+ row\(s\), first rows \[[\d, ]*\]\.")
+EMPTY = re.compile(
+    r"^No valid (op )?actions available( in forward\(\))?( for head '\w+')? in \d+ row\(s\), "
+    r"first rows \[[\d, ]*\][^.]*\.( .+)?$"
+)
+NONFINITE = re.compile(
+    r"^logits(\['\w+'\])? contain inf/nan( at valid entries)? in \d+ row\(s\), first rows \[[\d, ]*\]\."
+)
 
 
 def test_the_message_builders():
     assert no_valid_actions_message(None, [3, 7], 2) == "No valid actions available in 2 row(s), first rows [3, 7]."
     assert no_valid_actions_message("op", [0], 1, where=" in forward()", hint=KASMINA_HINT) == (
-        "No valid op actions available in forward() for head 'op' in 1 row(s), first rows [0]. " + KASMINA_HINT)
+        "No valid op actions available in forward() for head 'op' in 1 row(s), first rows [0]. " + KASMINA_HINT
+    )
     assert no_valid_actions_message("slot", [1], 1, cause="once the rules apply") == (
-        "No valid actions available for head 'slot' in 1 row(s), first rows [1] once the rules apply.")
-    assert nonfinite_logits_message("tempo", [2], 1) == "logits['tempo'] contain inf/nan at valid entries in 1 row(s), first rows [2]."
-    assert nonfinite_logits_message(None, [0], 1, valid_only=False) == "logits contain inf/nan in 1 row(s), first rows [0]."
+        "No valid actions available for head 'slot' in 1 row(s), first rows [1] once the rules apply."
+    )
+    assert (
+        nonfinite_logits_message("tempo", [2], 1)
+        == "logits['tempo'] contain inf/nan at valid entries in 1 row(s), first rows [2]."
+    )
+    assert (
+        nonfinite_logits_message(None, [0], 1, valid_only=False)
+        == "logits contain inf/nan in 1 row(s), first rows [0]."
+    )
 
 
 def _heads(n: int = 4):

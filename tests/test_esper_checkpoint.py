@@ -30,34 +30,88 @@ from esper_fast.ppo import (
 # esper 0872525b's save() config keys, written out here from esper's ``simic/agent/ppo.py::save``,
 # independently of the module's constant.
 ESPER_SAVE_KEYS = [
-    "gamma", "gae_lambda", "clip_ratio", "entropy_coef", "entropy_coef_start", "entropy_coef_end",
-    "entropy_coef_min", "adaptive_entropy_floor", "entropy_anneal_steps", "entropy_coef_per_head",
-    "value_coef", "clip_value", "value_clip", "target_kl", "recurrent_n_epochs", "lstm_hidden_dim",
-    "chunk_length", "num_envs", "max_steps_per_env", "n_epochs", "batch_size", "max_grad_norm",
-    "weight_decay", "compile_mode",
-]  # fmt: skip
+    "gamma",
+    "gae_lambda",
+    "clip_ratio",
+    "entropy_coef",
+    "entropy_coef_start",
+    "entropy_coef_end",
+    "entropy_coef_min",
+    "adaptive_entropy_floor",
+    "entropy_anneal_steps",
+    "entropy_coef_per_head",
+    "value_coef",
+    "clip_value",
+    "value_clip",
+    "target_kl",
+    "recurrent_n_epochs",
+    "lstm_hidden_dim",
+    "chunk_length",
+    "num_envs",
+    "max_steps_per_env",
+    "n_epochs",
+    "batch_size",
+    "max_grad_norm",
+    "weight_decay",
+    "compile_mode",
+]
 H, FEAT = 16, 16
 
 
-def esper_file(tmp_path: Path, *, feature_dim: int = FEAT, hidden: int = H, seed: int = 3, **config_changes) -> tuple[Path, FactoredPolicy]:
+def esper_file(
+    tmp_path: Path, *, feature_dim: int = FEAT, hidden: int = H, seed: int = 3, **config_changes
+) -> tuple[Path, FactoredPolicy]:
     """An esper-layout checkpoint (as PPOAgent.save writes it) of a random network."""
     torch.manual_seed(seed)
     net = FactoredPolicy(114, feature_dim=feature_dim, lstm_hidden_dim=hidden)
     opt = torch.optim.Adam(net.parameters(), lr=7e-4, eps=2e-5, foreach=True)
     net.value_head[2].bias.grad = torch.ones(1)
     opt.step()
-    config = dict(gamma=0.99, gae_lambda=0.95, clip_ratio=0.1, entropy_coef=0.02, entropy_coef_start=0.02,
-                  entropy_coef_end=0.02, entropy_coef_min=0.005, adaptive_entropy_floor=False, entropy_anneal_steps=0,
-                  entropy_coef_per_head={"op": 1.0, "slot": 1.0, "blueprint": 1.3, "style": 1.2, "tempo": 1.3,
-                                         "alpha_target": 1.2, "alpha_speed": 1.2, "alpha_curve": 1.2},
-                  value_coef=0.25, clip_value=True, value_clip=5.0, target_kl=0.02, recurrent_n_epochs=2,
-                  lstm_hidden_dim=hidden, chunk_length=20, num_envs=2, max_steps_per_env=20, n_epochs=5,
-                  batch_size=32, max_grad_norm=0.5, weight_decay=0.0, compile_mode="off")  # fmt: skip
+    config = dict(
+        gamma=0.99,
+        gae_lambda=0.95,
+        clip_ratio=0.1,
+        entropy_coef=0.02,
+        entropy_coef_start=0.02,
+        entropy_coef_end=0.02,
+        entropy_coef_min=0.005,
+        adaptive_entropy_floor=False,
+        entropy_anneal_steps=0,
+        entropy_coef_per_head={
+            "op": 1.0,
+            "slot": 1.0,
+            "blueprint": 1.3,
+            "style": 1.2,
+            "tempo": 1.3,
+            "alpha_target": 1.2,
+            "alpha_speed": 1.2,
+            "alpha_curve": 1.2,
+        },
+        value_coef=0.25,
+        clip_value=True,
+        value_clip=5.0,
+        target_kl=0.02,
+        recurrent_n_epochs=2,
+        lstm_hidden_dim=hidden,
+        chunk_length=20,
+        num_envs=2,
+        max_steps_per_env=20,
+        n_epochs=5,
+        batch_size=32,
+        max_grad_norm=0.5,
+        weight_decay=0.0,
+        compile_mode="off",
+    )
     config.update(config_changes)
     assert list(config) == ESPER_SAVE_KEYS
-    payload = {"checkpoint_version": 1, "network_state_dict": net.state_dict(),
-               "optimizer_state_dict": opt.state_dict(), "train_steps": 42, "config": config,
-               "architecture": {"state_dim": 114, "slot_ids": ("r0c0", "r0c1", "r0c2"), "num_slots": 3}}  # fmt: skip
+    payload = {
+        "checkpoint_version": 1,
+        "network_state_dict": net.state_dict(),
+        "optimizer_state_dict": opt.state_dict(),
+        "train_steps": 42,
+        "config": config,
+        "architecture": {"state_dim": 114, "slot_ids": ("r0c0", "r0c1", "r0c2"), "num_slots": 3},
+    }
     path = tmp_path / "esper_agent.pt"
     torch.save(payload, path)
     return path, net
@@ -74,7 +128,12 @@ def test_load_policy_accepts_an_esper_checkpoint(tmp_path, caplog):
     for k, v in net.state_dict().items():
         assert torch.equal(v, policy.state_dict()[k]), k
     assert (config.gamma, config.gae_lambda, config.clip_ratio, config.value_coef) == (0.99, 0.95, 0.1, 0.25)
-    assert (config.value_clip, config.target_kl, config.max_grad_norm, config.entropy_coef_min) == (5.0, 0.02, 0.5, 0.005)
+    assert (config.value_clip, config.target_kl, config.max_grad_norm, config.entropy_coef_min) == (
+        5.0,
+        0.02,
+        0.5,
+        0.005,
+    )
     assert (config.update_epochs, config.num_envs, config.episode_length, config.lstm_hidden_dim) == (2, 2, 20, H)
     assert config.feature_dim == FEAT and config.lstm_layers == 1 and config.entropy_coef == 0.02
     assert config.learning_rate == pytest.approx(7e-4) and config.adam_eps == pytest.approx(2e-5)  # from the optimizer
@@ -89,8 +148,11 @@ def test_load_policy_accepts_an_esper_checkpoint(tmp_path, caplog):
 
 
 def test_every_esper_field_is_mapped_or_listed(tmp_path):
-    for changes in ({}, {"entropy_anneal_steps": 10, "entropy_coef_start": 0.1, "entropy_coef_end": 0.01},
-                    {"weight_decay": 0.01, "adaptive_entropy_floor": True}):
+    for changes in (
+        {},
+        {"entropy_anneal_steps": 10, "entropy_coef_start": 0.1, "entropy_coef_end": 0.01},
+        {"weight_decay": 0.01, "adaptive_entropy_floor": True},
+    ):
         path, _ = esper_file(tmp_path, **changes)
         info = load_checkpoint(path)["esper_import"]
         accounted = set(info["mapped"]) | set(info["ignored"])
@@ -142,8 +204,21 @@ def test_resume_from_an_esper_checkpoint_is_a_warm_start(tmp_path, capsys):
     for k, v in net.state_dict().items():
         assert torch.equal(v, trainer.policy.state_dict()[k]), k
     assert trainer.train_steps == 0  # a warm start: counters start afresh
-    code = main(["train", "--resume", str(path), "--runs-dir", str(tmp_path / "runs"), "--total-timesteps", "40",
-                 "--eval-episodes", "0", "--no-progress", "--no-tensorboard"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--resume",
+            str(path),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--total-timesteps",
+            "40",
+            "--eval-episodes",
+            "0",
+            "--no-progress",
+            "--no-tensorboard",
+        ]
+    )
     assert code == 0
     err = capsys.readouterr().err
     assert "warm start from esper checkpoint" in err and "esper PPOAgent checkpoint" in err
@@ -173,14 +248,18 @@ def test_export_refuses_what_esper_cannot_rebuild(tmp_path):
     trainer = Trainer(make_config("smoke", eval_episodes=0), tmp_path / "run", tensorboard=False, log=lambda m: None)
     trainer.save()
     assert main(["export-esper", str(tmp_path / "run")]) == 1  # CheckpointError -> exit 1 with the message
-    with pytest.raises(CheckpointError, match="always has feature_dim 512 and 1 LSTM layer; this run has feature_dim 32"):
+    with pytest.raises(
+        CheckpointError, match="always has feature_dim 512 and 1 LSTM layer; this run has feature_dim 32"
+    ):
         to_esper_checkpoint(load_checkpoint(tmp_path / "run"))
 
 
 def test_esper_to_esper_fast_to_esper_keeps_the_config(tmp_path):
     path, _ = esper_file(tmp_path, feature_dim=512)
     original = torch.load(path, weights_only=True)
-    back = to_esper_checkpoint(from_esper_checkpoint({**original, "path": str(path)}, log=lambda m: None), log=lambda m: None)
+    back = to_esper_checkpoint(
+        from_esper_checkpoint({**original, "path": str(path)}, log=lambda m: None), log=lambda m: None
+    )
     for key in ESPER_SAVE_KEYS:
         if key in ("compile_mode", "chunk_length"):
             continue  # written as "off" and the episode length; both listed as ignored on the way in

@@ -9,8 +9,13 @@ import torch
 
 from esper_fast.constants import HEAD_NAMES, LifecycleOp
 from esper_fast.envs.exact_mdp import (
-    BLUEPRINT_IDS, NUM_STATES, ExactMDP, ExactMDPConfig, ExactMDPEsperEnv, TabularPolicy,
-)  # fmt: skip
+    BLUEPRINT_IDS,
+    NUM_STATES,
+    ExactMDP,
+    ExactMDPConfig,
+    ExactMDPEsperEnv,
+    TabularPolicy,
+)
 from esper_fast.ppo.agent import cpu_threads
 from tests.op_value import assert_stored_q_is_q_of_stored_op
 
@@ -22,8 +27,14 @@ def _one_thread():
         yield
 
 
-W, G, P, F, ADV, SETA = (int(LifecycleOp.WAIT), int(LifecycleOp.GERMINATE), int(LifecycleOp.PRUNE),
-                         int(LifecycleOp.FOSSILIZE), int(LifecycleOp.ADVANCE), int(LifecycleOp.SET_ALPHA_TARGET))  # fmt: skip
+W, G, P, F, ADV, SETA = (
+    int(LifecycleOp.WAIT),
+    int(LifecycleOp.GERMINATE),
+    int(LifecycleOp.PRUNE),
+    int(LifecycleOp.FOSSILIZE),
+    int(LifecycleOp.ADVANCE),
+    int(LifecycleOp.SET_ALPHA_TARGET),
+)
 
 
 def test_tables_are_distributions_and_masks_depend_on_state():
@@ -89,7 +100,9 @@ def test_transition_frequencies_match_the_table():
         freq = torch.bincount(nxt, minlength=NUM_STATES + 1).double() / 20_000
         p = mdp.P[s, op, b]
         assert (freq - p).abs().max() < 4 * math.sqrt(0.25 / 20_000) + 1e-12, (s, op, b)
-        assert abs(float(r.reward.double().mean()) - float(mdp.R_bar[s, op, b])) < 4 * (0.5 + 8 * p[-1].sqrt()) / math.sqrt(20_000)
+        assert abs(float(r.reward.double().mean()) - float(mdp.R_bar[s, op, b])) < 4 * (
+            0.5 + 8 * p[-1].sqrt()
+        ) / math.sqrt(20_000)
 
 
 def test_dp_value_matches_monte_carlo_returns():
@@ -157,10 +170,20 @@ def test_esper_view_drives_the_real_policy_and_trainer():
     assert [tuple(obs.masks[h].shape) for h in HEAD_NAMES] == [tuple(ref.masks[h].shape) for h in HEAD_NAMES]
     assert torch.equal(env.state_index(obs), env.mdp.state)
     assert obs.masks["blueprint"][0].nonzero().flatten().tolist() == sorted(BLUEPRINT_IDS)
-    cfg = make_config("smoke", value_mode="expected", seed=0, num_envs=8, rollout_steps=20, episode_length=20,
-                      total_timesteps=8 * 20 * 2, eval_episodes=0, gamma=0.95)  # fmt: skip
-    trainer = Trainer(cfg, run_dir=None, env=ExactMDPEsperEnv(cfg.num_envs, seed=1), log=lambda _m: None,
-                      tensorboard=False)  # fmt: skip
+    cfg = make_config(
+        "smoke",
+        value_mode="expected",
+        seed=0,
+        num_envs=8,
+        rollout_steps=20,
+        episode_length=20,
+        total_timesteps=8 * 20 * 2,
+        eval_episodes=0,
+        gamma=0.95,
+    )
+    trainer = Trainer(
+        cfg, run_dir=None, env=ExactMDPEsperEnv(cfg.num_envs, seed=1), log=lambda _m: None, tensorboard=False
+    )
     trainer.train(handle_signals=False)
     row = trainer.last_row
     assert row["charts/invalid_action_frac"] == 0.0

@@ -41,8 +41,10 @@ def run(net, fused, case, with_masks=True):
     return lp, v, ent, new_hidden, {n: p.grad.clone() for n, p in net.named_parameters()}
 
 
-@pytest.mark.parametrize("kw", [dict(feature_dim=16, lstm_hidden_dim=16),
-                                dict(num_slots=5, feature_dim=10, lstm_hidden_dim=6, lstm_layers=2)])  # fmt: skip
+@pytest.mark.parametrize(
+    "kw",
+    [dict(feature_dim=16, lstm_hidden_dim=16), dict(num_slots=5, feature_dim=10, lstm_hidden_dim=6, lstm_layers=2)],
+)
 @pytest.mark.parametrize("with_masks", [True, False])
 def test_fused_equals_per_head_path_values_and_gradients(kw, with_masks):
     torch.manual_seed(0)
@@ -127,8 +129,16 @@ def test_validation_still_raises_on_the_fused_path():
 def test_evaluate_sequences_fused_equals_per_piece_evaluate_actions():
     """A rollout with auto-resets inside it: the fused update path (trunk per piece, heads once) gives
     the per-piece evaluate_actions results and gradients."""
-    cfg = make_config("smoke", num_envs=4, rollout_steps=10, episode_length=6, feature_dim=16,
-                      lstm_hidden_dim=16, total_timesteps=80, eval_episodes=0)  # fmt: skip
+    cfg = make_config(
+        "smoke",
+        num_envs=4,
+        rollout_steps=10,
+        episode_length=6,
+        feature_dim=16,
+        lstm_hidden_dim=16,
+        total_timesteps=80,
+        eval_episodes=0,
+    )
     with cpu_threads(1, "cpu"):
         tr = Trainer(cfg, run_dir=None, log=lambda _m: None)
         with validation_off(tr.policy):
@@ -177,8 +187,18 @@ def test_fused_loss_compiles_fullgraph():
 def test_training_is_unchanged_with_the_fused_update():
     """Same seed, the fused update path on and off: two full updates (rollout + PPO) end with the same
     parameters up to float rounding (the math is the same, only its grouping differs)."""
-    cfg = make_config("smoke", num_envs=4, rollout_steps=10, episode_length=6, feature_dim=16, lstm_hidden_dim=16,
-                      total_timesteps=80, eval_episodes=0, update_epochs=2, num_minibatches=2)  # fmt: skip
+    cfg = make_config(
+        "smoke",
+        num_envs=4,
+        rollout_steps=10,
+        episode_length=6,
+        feature_dim=16,
+        lstm_hidden_dim=16,
+        total_timesteps=80,
+        eval_episodes=0,
+        update_epochs=2,
+        num_minibatches=2,
+    )
     finals = []
     for fused in (False, True):
         tr = Trainer(cfg, run_dir=None, log=lambda _m: None)

@@ -23,7 +23,7 @@ from esper_fast.envs.gym import (
     ExactMDPVectorEnv,
     SeedLifecycleGymEnv,
     SeedLifecycleVectorEnv,
-)  # fmt: skip
+)
 
 IDS = ("esper_fast/SeedLifecycle-v0", "esper_fast/ExactMDP-v0")
 # The features are unbounded, so the Box is (-inf, inf): the checker's two notes about that are expected.
@@ -67,16 +67,17 @@ def test_make_vec_gives_the_batched_vector_env(env_id):
 
 
 def test_module_colon_id_form_imports_esper_fast():
-    code = ("import gymnasium, sys; env = gymnasium.make('esper_fast:esper_fast/SeedLifecycle-v0'); "
-            "print(type(env.unwrapped).__name__)")  # fmt: skip
+    code = (
+        "import gymnasium, sys; env = gymnasium.make('esper_fast:esper_fast/SeedLifecycle-v0'); "
+        "print(type(env.unwrapped).__name__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "SeedLifecycleGymEnv"
 
 
 def test_import_without_gymnasium_still_works():
-    code = ("import sys; sys.modules['gymnasium'] = None; import esper_fast; "
-            "print(esper_fast.FactoredPolicy.__name__)")  # fmt: skip
+    code = "import sys; sys.modules['gymnasium'] = None; import esper_fast; print(esper_fast.FactoredPolicy.__name__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "FactoredPolicy"
@@ -88,8 +89,11 @@ def _flat(masks: dict[str, torch.Tensor]) -> np.ndarray:
 
 def _pairs():
     E = 6
-    yield "seed_lifecycle", SeedLifecycleVectorEnv(E, EnvConfig(episode_length=12)), \
-        SeedLifecycleEnv(E, EnvConfig(episode_length=12), seed=99)
+    yield (
+        "seed_lifecycle",
+        SeedLifecycleVectorEnv(E, EnvConfig(episode_length=12)),
+        SeedLifecycleEnv(E, EnvConfig(episode_length=12), seed=99),
+    )
     yield "exact_mdp", ExactMDPVectorEnv(E, ExactMDPConfig(horizon=7)), ExactMDPEsperEnv(E, ExactMDPConfig(horizon=7))
 
 
@@ -127,18 +131,25 @@ def test_vector_env_matches_the_env_stepped_directly(name):
                     assert info["final_info"]["episode"]["r"][i] == step.episode_return[i].item()
                 else:
                     assert info["final_obs"][i] is None
-            np.testing.assert_array_equal(info["final_info"]["action_mask"]["op"][done],
-                                          step.final.masks["op"][torch.from_numpy(done)].numpy())  # fmt: skip
+            np.testing.assert_array_equal(
+                info["final_info"]["action_mask"]["op"][done], step.final.masks["op"][torch.from_numpy(done)].numpy()
+            )
         else:
             assert "final_obs" not in info
         d_obs = step.next
     assert ends >= 6  # episodes of 12 / 7 steps: autoreset was exercised
 
 
-@pytest.mark.parametrize("make", [lambda: (SeedLifecycleGymEnv(EnvConfig(episode_length=9)),
-                                           SeedLifecycleEnv(1, EnvConfig(episode_length=9), seed=0)),
-                                  lambda: (ExactMDPGymEnv(ExactMDPConfig(horizon=5)),
-                                           ExactMDPEsperEnv(1, ExactMDPConfig(horizon=5)))])  # fmt: skip
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: (
+            SeedLifecycleGymEnv(EnvConfig(episode_length=9)),
+            SeedLifecycleEnv(1, EnvConfig(episode_length=9), seed=0),
+        ),
+        lambda: (ExactMDPGymEnv(ExactMDPConfig(horizon=5)), ExactMDPEsperEnv(1, ExactMDPConfig(horizon=5))),
+    ],
+)
 def test_single_env_matches_the_env_stepped_directly(make):
     env, direct = make()
     policy = RandomMaskedPolicy(seed=3)

@@ -63,8 +63,10 @@ def test_patch_rebinds_everywhere_and_passes_esper_isinstance_checks(esper_stand
     from esper.tamiyo.policy.factory import create_policy
 
     assert patch.layout == "0872525b"
-    assert set(patch.patched) == {"esper.tamiyo.networks.FactoredRecurrentActorCritic",
-                                  "esper.tamiyo.networks.factored_lstm.FactoredRecurrentActorCritic"}
+    assert set(patch.patched) == {
+        "esper.tamiyo.networks.FactoredRecurrentActorCritic",
+        "esper.tamiyo.networks.factored_lstm.FactoredRecurrentActorCritic",
+    }
     assert set(patch.resolved_at_call) == {"esper.tamiyo.policy.lstm_bundle", "esper.simic.agent.ppo"}
     assert patch.wrapped == ["esper.simic.agent.ppo.PPOAgent.load"] and patch.skipped == {}
     assert networks.FactoredRecurrentActorCritic is patch.cls is factored_lstm.FactoredRecurrentActorCritic
@@ -82,8 +84,13 @@ def test_patch_rebinds_everywhere_and_passes_esper_isinstance_checks(esper_stand
     B, T = 2, 4
     states, bp = torch.randn(B, T, 114), torch.randint(-1, 13, (B, T, 3))
     actions = {h: torch.zeros(B, T, dtype=torch.long) for h in HEAD_NAMES}
-    batch = {"states": states, "blueprint_indices": bp, "actions": actions, "returns": torch.randn(B, T),
-             "masks": {h: torch.ones(B, T, n, dtype=torch.bool) for h, n in net.head_sizes.items()}}
+    batch = {
+        "states": states,
+        "blueprint_indices": bp,
+        "actions": actions,
+        "returns": torch.randn(B, T),
+        "masks": {h: torch.ones(B, T, n, dtype=torch.bool) for h, n in net.head_sizes.items()},
+    }
     before = {k: v.clone() for k, v in net.state_dict().items()}
     agent.update(batch)
     assert any(not torch.equal(before[k], v) for k, v in net.state_dict().items())
@@ -164,9 +171,14 @@ def test_a_second_layout_is_one_table_entry(esper_standin_head, monkeypatch):
     def make_class(esper_class, masks_module):
         return type("FactoredRecurrentActorCritic", (esper_class,), {"made_for": "head"})
 
-    integration.register_layout(integration.EsperLayout(
-        name="head", description="esper HEAD (test entry)", make_class=make_class,
-        detect=lambda cls: None if integration.constructor_signature(cls) == head_signature else "not HEAD"))
+    integration.register_layout(
+        integration.EsperLayout(
+            name="head",
+            description="esper HEAD (test entry)",
+            make_class=make_class,
+            detect=lambda cls: None if integration.constructor_signature(cls) == head_signature else "not HEAD",
+        )
+    )
     patch = esper_fast.patch_esper()
     from esper.tamiyo import networks
 
@@ -190,8 +202,10 @@ def test_head_layout_is_detected_and_patched(esper_standin_head_v2):
     from esper.tamiyo.policy.factory import create_policy
 
     assert patch.layout == "2016337e"
-    assert set(patch.patched) == {"esper.tamiyo.networks.FactoredRecurrentActorCritic",
-                                  "esper.tamiyo.networks.factored_lstm.FactoredRecurrentActorCritic"}
+    assert set(patch.patched) == {
+        "esper.tamiyo.networks.FactoredRecurrentActorCritic",
+        "esper.tamiyo.networks.factored_lstm.FactoredRecurrentActorCritic",
+    }
     assert set(patch.resolved_at_call) == {"esper.tamiyo.policy.lstm_bundle", "esper.simic.agent.ppo_agent"}
     assert patch.wrapped == [] and patch.skipped == {}  # HEAD's load() needs no fix; no ppo module is fine
     assert networks.FactoredRecurrentActorCritic is patch.cls is factored_lstm.FactoredRecurrentActorCritic
@@ -206,14 +220,20 @@ def test_head_layout_is_detected_and_patched(esper_standin_head_v2):
     state, bp = _inputs(state_dim=116)
     result = net.get_action(state, bp, deterministic=False)  # esper_fast's (the stand-in's own raises)
     assert result.values.shape == (3,) and result.q_op.shape == (3,)
-    assert torch.equal(result.sampled_op, result.actions["op"]) and bool((result.actions["op"] >= 0).all())  # value_read_op
+    assert torch.equal(result.sampled_op, result.actions["op"]) and bool(
+        (result.actions["op"] >= 0).all()
+    )  # value_read_op
     out = net(state.unsqueeze(1), bp.unsqueeze(1))
     assert out["state_value"].shape == (3, 1) and out["q_value"].shape == (3, 1)
     B, T = 2, 4
     actions = {h: torch.zeros(B, T, dtype=torch.long) for h in HEAD_NAMES}
-    batch = {"states": torch.randn(B, T, 116), "blueprint_indices": torch.randint(-1, 13, (B, T, 3)),
-             "actions": actions, "returns": torch.randn(B, T),
-             "masks": {h: torch.ones(B, T, net.head_size(h), dtype=torch.bool) for h in HEAD_NAMES}}
+    batch = {
+        "states": torch.randn(B, T, 116),
+        "blueprint_indices": torch.randint(-1, 13, (B, T, 3)),
+        "actions": actions,
+        "returns": torch.randn(B, T),
+        "masks": {h: torch.ones(B, T, net.head_size(h), dtype=torch.bool) for h in HEAD_NAMES},
+    }
     before = {k: v.clone() for k, v in net.state_dict().items()}
     assert torch.isfinite(torch.tensor(agent.update(batch)["loss"]))
     assert any(not torch.equal(before[k], v) for k, v in net.state_dict().items())

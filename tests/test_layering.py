@@ -17,17 +17,32 @@ PACKAGE = Path(__file__).resolve().parents[1] / "esper_fast"
 
 # Module-name prefix -> floor; the longest matching prefix wins. Keep in step with README.md.
 FLOORS: dict[str, int] = {
-    "esper_fast.constants": 1, "esper_fast.constants_v2": 1, "esper_fast.errors": 1, "esper_fast.types": 1,
-    "esper_fast.version": 1, "esper_fast.rules": 1, "esper_fast.plotting": 1,
-    "esper_fast.reference": 2, "esper_fast.ops": 2,
+    "esper_fast.constants": 1,
+    "esper_fast.constants_v2": 1,
+    "esper_fast.errors": 1,
+    "esper_fast.types": 1,
+    "esper_fast.version": 1,
+    "esper_fast.rules": 1,
+    "esper_fast.plotting": 1,
+    "esper_fast.reference": 2,
+    "esper_fast.ops": 2,
     "esper_fast.reference_policy": 3,  # ReferencePolicy is a FactoredNetwork: the policy floor
-    "esper_fast.network": 3, "esper_fast.network_v2": 3, "esper_fast.policy": 3, "esper_fast.policy_v2": 3,
-    "esper_fast.fused_evaluate": 3, "esper_fast.envs": 3, "esper_fast.registration": 3,
-    "esper_fast.ppo": 4, "esper_fast.integrations.esper_checkpoint": 4,
-    "esper_fast.cli": 5, "esper_fast.__main__": 5, "esper_fast.bench": 5, "esper_fast.studies": 5,
+    "esper_fast.network": 3,
+    "esper_fast.network_v2": 3,
+    "esper_fast.policy": 3,
+    "esper_fast.policy_v2": 3,
+    "esper_fast.fused_evaluate": 3,
+    "esper_fast.envs": 3,
+    "esper_fast.registration": 3,
+    "esper_fast.ppo": 4,
+    "esper_fast.integrations.esper_checkpoint": 4,
+    "esper_fast.cli": 5,
+    "esper_fast.__main__": 5,
+    "esper_fast.bench": 5,
+    "esper_fast.studies": 5,
     "esper_fast.integrations": 5,
     "esper_fast": 6,  # the package face (esper_fast/__init__.py)
-}  # fmt: skip
+}
 
 
 def floor_of(module: str) -> int:
@@ -78,7 +93,9 @@ MODULES = sorted(PACKAGE.rglob("*.py"))
 def upward_imports(path: Path, source: str | None = None) -> list[str]:
     me = module_name(path)
     mine = floor_of(me)
-    return sorted(f"{m} (floor {floor_of(m)})" for m in imported_modules(path, source) if floor_of(m) > mine and m != me)
+    return sorted(
+        f"{m} (floor {floor_of(m)})" for m in imported_modules(path, source) if floor_of(m) > mine and m != me
+    )
 
 
 @pytest.mark.parametrize("path", [pytest.param(p, id=module_name(p)) for p in MODULES])
@@ -124,7 +141,7 @@ def _readme_floors() -> dict[str, int]:
     readme = (PACKAGE.parent / "README.md").read_text()
     start = readme.index("| floor | module | job |")
     out: dict[str, int] = {}
-    for row in readme[start: readme.index("\n\n", start)].splitlines()[2:]:
+    for row in readme[start : readme.index("\n\n", start)].splitlines()[2:]:
         cells = row.split("|")
         floor, base = int(cells[1]), ""
         for name in re.findall(r"`([^`]+)`", cells[2]):
@@ -143,4 +160,6 @@ def test_readme_architecture_table_names_every_module_on_its_floor():
         named = [p for p in table if rel == p or (p.endswith("/") and rel.startswith(p))]
         assert named, f"{rel} is not in README's architecture table"
         best = max(named, key=len)
-        assert table[best] == floor_of(module_name(path)), f"{rel}: README floor {table[best]}, test floor {floor_of(module_name(path))}"
+        assert table[best] == floor_of(module_name(path)), (
+            f"{rel}: README floor {table[best]}, test floor {floor_of(module_name(path))}"
+        )

@@ -20,8 +20,11 @@ def test_python_and_cpp_layouts_agree():
 
 def test_layout_is_consistent():
     assert layout.NUM_HEADS == layout.ACTION_ROWS == len(HEAD_NAMES)
-    rows = ([layout.log_prob_row(h) for h in range(layout.NUM_HEADS)]
-            + [layout.entropy_row(h) for h in range(layout.NUM_HEADS)] + [layout.Q_OP_ROW, layout.VALUE_ROW])  # fmt: skip
+    rows = (
+        [layout.log_prob_row(h) for h in range(layout.NUM_HEADS)]
+        + [layout.entropy_row(h) for h in range(layout.NUM_HEADS)]
+        + [layout.Q_OP_ROW, layout.VALUE_ROW]
+    )
     assert sorted(rows) == list(range(layout.FLOAT_ROWS))  # every float row named exactly once
     assert layout.STATE_VALUE_ROW_V2 == layout.FLOAT_ROWS and layout.FLOAT_ROWS_V2 == layout.FLOAT_ROWS + 1
 

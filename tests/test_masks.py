@@ -6,11 +6,22 @@ import pytest
 import torch
 
 from esper_fast.constants import (
-    HEAD_NAMES, NUM_OPS, AlphaMode, AlphaTargetAction, BlueprintAction, GerminationStyle, LifecycleOp,
-    SeedStage, get_action_head_sizes,
+    HEAD_NAMES,
+    NUM_OPS,
+    AlphaMode,
+    AlphaTargetAction,
+    BlueprintAction,
+    GerminationStyle,
+    LifecycleOp,
+    SeedStage,
+    get_action_head_sizes,
 )
 from esper_fast.envs.masks import (
-    CNN_BLUEPRINTS, MIN_PRUNE_AGE, TRANSFORMER_BLUEPRINTS, compute_action_masks, compute_slot_by_op_mask,
+    CNN_BLUEPRINTS,
+    MIN_PRUNE_AGE,
+    TRANSFORMER_BLUEPRINTS,
+    compute_action_masks,
+    compute_slot_by_op_mask,
     effective_op,
 )
 
@@ -47,8 +58,11 @@ def _esper_masks_one_env(slots, enabled, total_seeds, max_seeds, topology):
             ops.add(int(Op.ADVANCE))
         if stage == int(St.HOLDING):
             ops.add(int(Op.FOSSILIZE))
-        if stage in (int(St.GERMINATED), int(St.TRAINING), int(St.BLENDING), int(St.HOLDING)) \
-                and age >= MIN_PRUNE_AGE and mode == HOLD:
+        if (
+            stage in (int(St.GERMINATED), int(St.TRAINING), int(St.BLENDING), int(St.HOLDING))
+            and age >= MIN_PRUNE_AGE
+            and mode == HOLD
+        ):
             ops.add(int(Op.PRUNE))
         if stage in (int(St.BLENDING), int(St.HOLDING)) and mode == HOLD:
             ops.add(int(Op.SET_ALPHA_TARGET))
@@ -136,7 +150,11 @@ def test_blending_seed_with_moving_alpha_cannot_be_pruned_or_retargeted():
 
 def test_holding_seed_fossilize_prune_retarget_but_no_advance():
     assert _ops(compute_action_masks(*_state((St.HOLDING, 9, HOLD)))) == {
-        Op.WAIT, Op.FOSSILIZE, Op.PRUNE, Op.SET_ALPHA_TARGET}
+        Op.WAIT,
+        Op.FOSSILIZE,
+        Op.PRUNE,
+        Op.SET_ALPHA_TARGET,
+    }
     assert _ops(compute_action_masks(*_state((St.HOLDING, 9, DOWN)))) == {Op.WAIT, Op.FOSSILIZE}
 
 

@@ -89,8 +89,9 @@ def test_select_actions_never_picks_a_masked_op_at_the_edge_counter(backend):
     op_mask = torch.ones(n, sizes["op"], dtype=torch.bool)
     op_mask[row, col] = False
     out = empty_action_outputs(n, torch.device("cpu"))
-    resolve_backend(backend, torch.device("cpu")).run_actions(logits, {"op": op_mask}, torch.zeros(n, sizes["op"]), {},
-                                                              None, torch.tensor([key]), False, out)  # fmt: skip
+    resolve_backend(backend, torch.device("cpu")).run_actions(
+        logits, {"op": op_mask}, torch.zeros(n, sizes["op"]), {}, None, torch.tensor([key]), False, out
+    )
     sel = unpack_action_outputs(*out)
     assert sel.actions["op"][row] not in (col, -1)
     assert torch.isfinite(sel.log_probs["op"]).all()

@@ -22,7 +22,7 @@ def test_nothing_but_the_helper_imports_pyplot_or_calls_subplots():
                 names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) else [])
                 assert not any(n and n.startswith("matplotlib.pyplot") for n in names), f"{path}:{node.lineno}"
             if isinstance(node, ast.Attribute) and node.attr in ("subplots", "savefig"):
-                assert False, f"{path}:{node.lineno}: .{node.attr} outside esper_fast/plotting.py"
+                raise AssertionError(f"{path}:{node.lineno}: .{node.attr} outside esper_fast/plotting.py")
 
 
 def test_every_value_mode_has_a_colour():

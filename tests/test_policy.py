@@ -25,26 +25,55 @@ def esper_state_dict_shapes(state_dim=114, S=3, H=512, F=512, L=1) -> dict[str, 
     """esper 0872525b's state_dict keys and shapes, written out by hand."""
     half = H // 2
     shapes = {
-        "feature_net.0.weight": (F, state_dim + 4 * S), "feature_net.0.bias": (F,),
-        "feature_net.1.weight": (F,), "feature_net.1.bias": (F,),
-    }  # fmt: skip
+        "feature_net.0.weight": (F, state_dim + 4 * S),
+        "feature_net.0.bias": (F,),
+        "feature_net.1.weight": (F,),
+        "feature_net.1.bias": (F,),
+    }
     for k in range(L):
         inp = F if k == 0 else H
-        shapes.update({f"lstm.weight_ih_l{k}": (4 * H, inp), f"lstm.weight_hh_l{k}": (4 * H, H),
-                       f"lstm.bias_ih_l{k}": (4 * H,), f"lstm.bias_hh_l{k}": (4 * H,)})  # fmt: skip
+        shapes.update(
+            {
+                f"lstm.weight_ih_l{k}": (4 * H, inp),
+                f"lstm.weight_hh_l{k}": (4 * H, H),
+                f"lstm.bias_ih_l{k}": (4 * H,),
+                f"lstm.bias_hh_l{k}": (4 * H,),
+            }
+        )
     shapes.update({"lstm_ln.weight": (H,), "lstm_ln.bias": (H,)})
-    for head, n in [("slot", S), ("style", 4), ("tempo", 3), ("alpha_target", 3), ("alpha_speed", 4),
-                    ("alpha_curve", 5), ("op", 6)]:  # fmt: skip
-        shapes.update({f"{head}_head.0.weight": (half, H), f"{head}_head.0.bias": (half,),
-                       f"{head}_head.2.weight": (n, half), f"{head}_head.2.bias": (n,)})  # fmt: skip
-    shapes.update({
-        "blueprint_embedding.embedding.weight": (14, 4), "blueprint_embedding._null_idx": (),
-        "blueprint_head.0.weight": (H, H), "blueprint_head.0.bias": (H,),
-        "blueprint_head.2.weight": (half, H), "blueprint_head.2.bias": (half,),
-        "blueprint_head.4.weight": (13, half), "blueprint_head.4.bias": (13,),
-        "value_head.0.weight": (half, H + 6), "value_head.0.bias": (half,),
-        "value_head.2.weight": (1, half), "value_head.2.bias": (1,),
-    })  # fmt: skip
+    for head, n in [
+        ("slot", S),
+        ("style", 4),
+        ("tempo", 3),
+        ("alpha_target", 3),
+        ("alpha_speed", 4),
+        ("alpha_curve", 5),
+        ("op", 6),
+    ]:
+        shapes.update(
+            {
+                f"{head}_head.0.weight": (half, H),
+                f"{head}_head.0.bias": (half,),
+                f"{head}_head.2.weight": (n, half),
+                f"{head}_head.2.bias": (n,),
+            }
+        )
+    shapes.update(
+        {
+            "blueprint_embedding.embedding.weight": (14, 4),
+            "blueprint_embedding._null_idx": (),
+            "blueprint_head.0.weight": (H, H),
+            "blueprint_head.0.bias": (H,),
+            "blueprint_head.2.weight": (half, H),
+            "blueprint_head.2.bias": (half,),
+            "blueprint_head.4.weight": (13, half),
+            "blueprint_head.4.bias": (13,),
+            "value_head.0.weight": (half, H + 6),
+            "value_head.0.bias": (half,),
+            "value_head.2.weight": (1, half),
+            "value_head.2.bias": (1,),
+        }
+    )
     return shapes
 
 
@@ -95,8 +124,9 @@ def test_default_parameter_count_matches_esper():
 def test_esper_format_state_dict_loads_strictly_both_ways(cls):
     shapes = esper_state_dict_shapes()
     g = torch.Generator().manual_seed(0)
-    esper_sd = {k: (torch.tensor(13) if k.endswith("_null_idx") else torch.randn(s, generator=g))
-                for k, s in shapes.items()}  # fmt: skip
+    esper_sd = {
+        k: (torch.tensor(13) if k.endswith("_null_idx") else torch.randn(s, generator=g)) for k, s in shapes.items()
+    }
     policy = cls(STATE_DIM)
     policy.load_state_dict(esper_sd, strict=True)
     ours = policy.state_dict()
@@ -112,9 +142,21 @@ def test_state_dict_order_follows_esper_registration_order():
         name = key.split(".")[0]
         if not prefixes or prefixes[-1] != name:
             prefixes.append(name)
-    assert prefixes == ["feature_net", "lstm", "lstm_ln", "slot_head", "style_head", "tempo_head",
-                        "alpha_target_head", "alpha_speed_head", "alpha_curve_head", "op_head",
-                        "blueprint_embedding", "blueprint_head", "value_head"]  # fmt: skip
+    assert prefixes == [
+        "feature_net",
+        "lstm",
+        "lstm_ln",
+        "slot_head",
+        "style_head",
+        "tempo_head",
+        "alpha_target_head",
+        "alpha_speed_head",
+        "alpha_curve_head",
+        "op_head",
+        "blueprint_embedding",
+        "blueprint_head",
+        "value_head",
+    ]
 
 
 def test_two_layer_lstm_keys():
@@ -159,7 +201,13 @@ def test_one_definition_of_the_value_modes():
     package = Path(__file__).resolve().parents[1] / "esper_fast"
     for path in package.rglob("*.py"):  # nothing but constants.py binds a *VALUE_MODES name
         for node in ast.walk(ast.parse(path.read_text())):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+            targets = (
+                node.targets
+                if isinstance(node, ast.Assign)
+                else [node.target]
+                if isinstance(node, ast.AnnAssign)
+                else []
+            )
             names = [t.id for t in targets if isinstance(t, ast.Name)]
             assert path.name == "constants.py" or not any(n.endswith("VALUE_MODES") for n in names), path
     with pytest.raises(ValueError, match="value_mode must be one of"):
@@ -190,7 +238,9 @@ def test_q_values_gradients_equal_one_hot_path():
     policy = small_policy()
     lstm_out = torch.randn(7, 1, 32)
     op = torch.randint(0, 6, (7, 1))
-    g1 = torch.autograd.grad(policy.q_values(lstm_out).gather(-1, op[..., None]).sum(), list(policy.value_head.parameters()))
+    g1 = torch.autograd.grad(
+        policy.q_values(lstm_out).gather(-1, op[..., None]).sum(), list(policy.value_head.parameters())
+    )
     g2 = torch.autograd.grad(policy._compute_value(lstm_out, op).sum(), list(policy.value_head.parameters()))
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
@@ -223,8 +273,10 @@ def test_value_read_op_confirms_every_backends_q_op(backend, device, dtype):
     logits, masks, q, sbo = make_heads(n, device, seed=8, dtype=dtype)
     masks["op"][5] = False  # a bad row: op -1, q_op NaN (validate=False)
     value = torch.randn(n, device=device).to(dtype)
-    for sel in (select_actions(logits, masks, q, slot_by_op=sbo, backend=backend, validate=False),
-                select_actions_v2(logits, masks, q, value, slot_by_op=sbo, backend=backend, validate=False)):  # fmt: skip
+    for sel in (
+        select_actions(logits, masks, q, slot_by_op=sbo, backend=backend, validate=False),
+        select_actions_v2(logits, masks, q, value, slot_by_op=sbo, backend=backend, validate=False),
+    ):
         op = sel.actions["op"]
         assert op[5] == -1 and bool((op >= 0).sum() == n - 1)
         assert torch.equal(value_read_op(q, op, sel.q_op), op)
@@ -270,8 +322,11 @@ def test_agrees_with_reference_policy_on_every_head(value_mode, deterministic):
     torch.testing.assert_close(a.values, b.values, atol=1e-5, rtol=1e-5)
     for x, y in zip(a.hidden, b.hidden):
         torch.testing.assert_close(x, y)
-    assert list(a.actions) == list(b.actions) == ["op", "style", "slot", "blueprint", "tempo",
-                                                   "alpha_target", "alpha_speed", "alpha_curve"]  # fmt: skip
+    assert (
+        list(a.actions)
+        == list(b.actions)
+        == ["op", "style", "slot", "blueprint", "tempo", "alpha_target", "alpha_speed", "alpha_curve"]
+    )
 
 
 def test_legacy_reference_mismatches_value_op_and_fixed_modes_never_do():

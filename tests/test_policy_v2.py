@@ -17,8 +17,16 @@ from esper_fast.reference.policy_v2 import reference_get_action_v2
 
 D = OBS_V3_NON_BLUEPRINT_DIM  # 116
 FLOORS = dict(PROBABILITY_FLOOR_PER_HEAD)
-SIZES = {"slot": 3, "blueprint": 13, "style": 4, "tempo": 3, "alpha_target": 3, "alpha_speed": 4,
-         "alpha_curve": 5, "op": 6}  # fmt: skip
+SIZES = {
+    "slot": 3,
+    "blueprint": 13,
+    "style": 4,
+    "tempo": 3,
+    "alpha_target": 3,
+    "alpha_speed": 4,
+    "alpha_curve": 5,
+    "op": 6,
+}
 
 # The 78 state_dict entries of esper-lite HEAD's FactoredRecurrentActorCritic(116) in order, with shapes
 # (read from HEAD 2016337e: printed from esper's own class in a separate venv).
@@ -104,7 +112,9 @@ def test_state_dict_keys_and_shapes_are_heads(default_policy):
 
 def test_head_checkpoint_loads_strictly_both_ways(default_policy):
     g = torch.Generator().manual_seed(0)
-    head_sd = {k: (torch.tensor(13) if k.endswith("_null_idx") else torch.randn(s, generator=g)) for k, s in head_keys()}
+    head_sd = {
+        k: (torch.tensor(13) if k.endswith("_null_idx") else torch.randn(s, generator=g)) for k, s in head_keys()
+    }
     p = default_policy
     p.load_state_dict(head_sd, strict=True)
     back = p.state_dict()
@@ -160,7 +170,9 @@ def test_esper_bundle_default_network_loads_into_default_constructor(esper_stand
 def test_residual_lstm_keys_with_layers_and_projection():
     p = FactoredPolicyV2(D, 48, 32, 3)
     keys = list(p.state_dict())
-    assert "lstm.input_proj.weight" in keys and "lstm.layers.2.weight_hh_l0" in keys and "lstm.layer_norms.2.bias" in keys
+    assert (
+        "lstm.input_proj.weight" in keys and "lstm.layers.2.weight_hh_l0" in keys and "lstm.layer_norms.2.bias" in keys
+    )
     assert "lstm.input_proj.weight" not in FactoredPolicyV2(D, 32, 32, 1).state_dict()  # Identity when F == H
 
 
@@ -207,10 +219,27 @@ def test_get_action_deterministic_equals_plain_torch_head_algorithm(floors, sbo)
     p = small_policy()
     state, bp, masks, slot_by_op = inputs(40, sbo=sbo)
     hidden = p.get_initial_hidden(40)
-    got = p.get_action(state, bp, hidden, **mask_kwargs(masks), slot_by_op_mask=slot_by_op, deterministic=True,
-                       probability_floor=floors, return_op_logits=True)  # fmt: skip
+    got = p.get_action(
+        state,
+        bp,
+        hidden,
+        **mask_kwargs(masks),
+        slot_by_op_mask=slot_by_op,
+        deterministic=True,
+        probability_floor=floors,
+        return_op_logits=True,
+    )
     ref = reference_get_action_v2(p, state, bp, hidden, masks, slot_by_op, deterministic=True, probability_floor=floors)
-    assert list(got.actions) == ["op", "style", "slot", "blueprint", "tempo", "alpha_target", "alpha_speed", "alpha_curve"]
+    assert list(got.actions) == [
+        "op",
+        "style",
+        "slot",
+        "blueprint",
+        "tempo",
+        "alpha_target",
+        "alpha_speed",
+        "alpha_curve",
+    ]
     assert list(got.head_entropies) == list(HEAD_NAMES)
     for h in HEAD_NAMES:
         assert torch.equal(got.actions[h], ref.actions[h]), h
@@ -230,14 +259,23 @@ def test_get_action_with_injected_noise_is_the_kernel_on_the_networks_outputs():
     state, bp, masks, slot_by_op = inputs(24, sbo=True)
     g = torch.Generator().manual_seed(3)
     noise = {h: -torch.log(-torch.log(torch.rand(24, k, generator=g))) for h, k in SIZES.items()}
-    got = p.get_action(state, bp, None, **mask_kwargs(masks), slot_by_op_mask=slot_by_op, probability_floor=FLOORS,
-                       noise=noise)  # fmt: skip
+    got = p.get_action(
+        state, bp, None, **mask_kwargs(masks), slot_by_op_mask=slot_by_op, probability_floor=FLOORS, noise=noise
+    )
     with torch.no_grad():
         out = p.forward(state[:, None], bp[:, None])
         x = out["lstm_out"][:, 0]
         logits = {h: out[f"{h}_logits"][:, 0] for h in HEAD_NAMES}
-        ref = select_actions_v2_reference(logits, masks, p.q_values(x), p._compute_state_value(x), floors=FLOORS,
-                                          deterministic=False, noise=noise, slot_by_op=slot_by_op)  # fmt: skip
+        ref = select_actions_v2_reference(
+            logits,
+            masks,
+            p.q_values(x),
+            p._compute_state_value(x),
+            floors=FLOORS,
+            deterministic=False,
+            noise=noise,
+            slot_by_op=slot_by_op,
+        )
     for h in HEAD_NAMES:
         assert torch.equal(got.actions[h], ref.actions[h]), h
     torch.testing.assert_close(got.values, ref.values, atol=1e-5, rtol=1e-5)
@@ -250,12 +288,18 @@ def test_rollout_log_probs_equal_update_log_probs(floors):
     p = small_policy()
     state, bp, masks, _ = inputs(64)
     hidden = p.get_initial_hidden(64)
-    res = p.get_action(state, bp, hidden, **mask_kwargs(masks), probability_floor=floors,
-                       generator=torch.Generator().manual_seed(0))  # fmt: skip
+    res = p.get_action(
+        state, bp, hidden, **mask_kwargs(masks), probability_floor=floors, generator=torch.Generator().manual_seed(0)
+    )
     acts = {h: a[:, None].clone() for h, a in res.actions.items()}
-    lp, value, ent, _, contrib, q = p.evaluate_actions(state[:, None], bp[:, None], acts,
-                                                       **{k: m[:, None] for k, m in mask_kwargs(masks).items()},
-                                                       hidden=hidden, probability_floor=floors)  # fmt: skip
+    lp, value, ent, _, contrib, q = p.evaluate_actions(
+        state[:, None],
+        bp[:, None],
+        acts,
+        **{k: m[:, None] for k, m in mask_kwargs(masks).items()},
+        hidden=hidden,
+        probability_floor=floors,
+    )
     for h in HEAD_NAMES:
         torch.testing.assert_close(lp[h][:, 0], res.log_probs[h], atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(ent[h][:, 0], res.head_entropies[h], atol=1e-4, rtol=1e-4)
@@ -319,7 +363,9 @@ def test_empty_masks_raise_when_validating(validation, deterministic):
     with pytest.raises(ValueError, match="invalid indices: \\[-2\\]"):
         p.get_action(state, torch.full_like(bp, -2))
     with pytest.raises(ValueError, match="invalid indices: \\[13\\]"):
-        p.evaluate_actions(state[:, None], torch.full_like(bp, 13)[:, None], {h: torch.zeros(2, 1, dtype=torch.long) for h in SIZES})
+        p.evaluate_actions(
+            state[:, None], torch.full_like(bp, 13)[:, None], {h: torch.zeros(2, 1, dtype=torch.long) for h in SIZES}
+        )
 
 
 def test_validation_off_no_sync_errors_but_evaluate_guard_still_raises(validation):
@@ -346,8 +392,9 @@ def test_evaluate_actions_gradients():
     p.train()
     state, bp, masks, _ = inputs(4, T=5)
     acts = {h: torch.randint(0, k, (4, 5)) for h, k in SIZES.items()}
-    lp, value, _ent, hidden, contrib, q = p.evaluate_actions(state, bp, acts, **mask_kwargs(masks),
-                                                            probability_floor=FLOORS)  # fmt: skip
+    lp, value, _ent, hidden, contrib, q = p.evaluate_actions(
+        state, bp, acts, **mask_kwargs(masks), probability_floor=FLOORS
+    )
     assert value.shape == q.shape == (4, 5) and contrib.shape == (4, 5, 3) and hidden[0].shape == (2, 4, 32)
     p.zero_grad()
     value.sum().backward(retain_graph=True)
@@ -365,7 +412,13 @@ def test_forward_keys_and_predict_contributions():
     p = small_policy()
     state, bp, masks, _ = inputs(3, T=2)
     out = p.forward(state, bp, None, **mask_kwargs(masks), probability_floor=FLOORS)
-    assert set(out) == {f"{h}_logits" for h in HEAD_NAMES} | {"state_value", "q_value", "lstm_out", "sampled_op", "hidden"}
+    assert set(out) == {f"{h}_logits" for h in HEAD_NAMES} | {
+        "state_value",
+        "q_value",
+        "lstm_out",
+        "sampled_op",
+        "hidden",
+    }
     assert out["state_value"].shape == out["q_value"].shape == out["sampled_op"].shape == (3, 2)
     assert masks["op"].gather(-1, out["sampled_op"][..., None]).all()
     torch.testing.assert_close(out["q_value"], p._compute_q(out["lstm_out"], out["sampled_op"]))

@@ -11,8 +11,16 @@ from esper_fast.ppo.checkpoint import CHECKPOINT_VERSION, save_checkpoint
 from esper_fast.reference_policy import ReferencePolicy
 from tests.test_policy import esper_state_dict_shapes
 
-SMALL = dict(num_envs=4, rollout_steps=12, episode_length=8, feature_dim=16, lstm_hidden_dim=16,
-             eval_episodes=0, update_epochs=2, num_minibatches=2)  # fmt: skip
+SMALL = dict(
+    num_envs=4,
+    rollout_steps=12,
+    episode_length=8,
+    feature_dim=16,
+    lstm_hidden_dim=16,
+    eval_episodes=0,
+    update_epochs=2,
+    num_minibatches=2,
+)
 
 
 def config(**overrides):
@@ -49,8 +57,17 @@ def test_checkpoint_layout_and_esper_compatible_network(tmp_path):
     tr = quiet(cfg, tmp_path)
     tr.train(handle_signals=False)
     ckpt = torch.load(tmp_path / "checkpoints" / "latest.pt", weights_only=True)
-    for key in ("checkpoint_version", "network_state_dict", "optimizer_state_dict", "train_steps", "config",
-                "architecture", "obs_normalizer", "rank_states", "global_step"):  # fmt: skip
+    for key in (
+        "checkpoint_version",
+        "network_state_dict",
+        "optimizer_state_dict",
+        "train_steps",
+        "config",
+        "architecture",
+        "obs_normalizer",
+        "rank_states",
+        "global_step",
+    ):
         assert key in ckpt, key
     assert ckpt["checkpoint_version"] == CHECKPOINT_VERSION
     arch = ckpt["architecture"]
@@ -61,7 +78,9 @@ def test_checkpoint_layout_and_esper_compatible_network(tmp_path):
     # esper's network class at this architecture loads it strictly (FactoredPolicy is the drop-in).
     net = FactoredPolicy(arch["state_dim"], arch["num_slots"], feature_dim=16, lstm_hidden_dim=16)
     net.load_state_dict(sd, strict=True)
-    ReferencePolicy(arch["state_dim"], arch["num_slots"], feature_dim=16, lstm_hidden_dim=16).load_state_dict(sd, strict=True)
+    ReferencePolicy(arch["state_dim"], arch["num_slots"], feature_dim=16, lstm_hidden_dim=16).load_state_dict(
+        sd, strict=True
+    )
     assert not (tmp_path / "checkpoints" / "latest.pt.tmp").exists()  # atomic write left no temp file
 
 

@@ -119,8 +119,18 @@ def test_max_grad_norm_none_does_not_clip(max_grad_norm):
     _, _, w2 = _problem(n)
     opt2 = torch.optim.SGD([w2], lr=1.0)
     loss_fn = lambda rows: MinibatchLoss((100 * (x @ w - y) ** 2).mean(), torch.zeros(()), {})  # noqa: E731
-    run_epochs(loss_fn, n, [w], torch.optim.SGD([w], lr=1.0), epochs=1, num_minibatches=1, minibatch_rows=n,
-               target_kl=None, max_grad_norm=max_grad_norm, device="cpu")  # fmt: skip
+    run_epochs(
+        loss_fn,
+        n,
+        [w],
+        torch.optim.SGD([w], lr=1.0),
+        epochs=1,
+        num_minibatches=1,
+        minibatch_rows=n,
+        target_kl=None,
+        max_grad_norm=max_grad_norm,
+        device="cpu",
+    )
     (100 * (x @ w2 - y) ** 2).mean().backward()
     if max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_([w2], max_grad_norm)

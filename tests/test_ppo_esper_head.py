@@ -19,8 +19,9 @@ TINY = dict(num_envs=2, episode_length=8, total_timesteps=32, feature_dim=16, ls
 
 
 def _trainer(run_dir=None, **overrides) -> Trainer:
-    return Trainer(make_config("esper-head", **{**TINY, **overrides}), run_dir=run_dir, log=lambda _m: None,
-                   tensorboard=False)  # fmt: skip
+    return Trainer(
+        make_config("esper-head", **{**TINY, **overrides}), run_dir=run_dir, log=lambda _m: None, tensorboard=False
+    )
 
 
 def test_preset_fields_and_the_other_presets_unchanged():
@@ -28,14 +29,24 @@ def test_preset_fields_and_the_other_presets_unchanged():
     assert (cfg.ppo_variant, cfg.value_coef, cfg.max_grad_norm, cfg.clip_value) == ("head", 1.0, 5.0, False)
     for preset in ("smoke", "default", "esper"):
         assert make_config(preset).ppo_variant == "0872525b"
-        assert type(build_policy(make_config(preset, **{k: TINY[k] for k in ("feature_dim", "lstm_hidden_dim")}))) is FactoredPolicy
+        assert (
+            type(build_policy(make_config(preset, **{k: TINY[k] for k in ("feature_dim", "lstm_hidden_dim")})))
+            is FactoredPolicy
+        )
     assert type(build_policy(make_config("esper-head", **TINY))) is FactoredPolicyV2
 
 
-@pytest.mark.parametrize("bad, match", [(dict(lstm_hidden_dim=20), "multiple of 8"), (dict(compile=True), "compile"),
-                                        (dict(clip_value=True), "clip_value"), (dict(ppo_variant="x"), "ppo_variant"),
-                                        (dict(aux_contribution_coef=-1.0), "aux_contribution_coef"),
-                                        (dict(contribution_loss_clip=0.0), "contribution_loss_clip")])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(lstm_hidden_dim=20), "multiple of 8"),
+        (dict(compile=True), "compile"),
+        (dict(clip_value=True), "clip_value"),
+        (dict(ppo_variant="x"), "ppo_variant"),
+        (dict(aux_contribution_coef=-1.0), "aux_contribution_coef"),
+        (dict(contribution_loss_clip=0.0), "contribution_loss_clip"),
+    ],
+)
 def test_invalid_head_configs_are_refused(bad, match):
     with pytest.raises(ValueError, match=match):
         make_config("esper-head", **{**TINY, **bad})
@@ -53,8 +64,9 @@ def test_smoke_trains_two_updates_and_the_checkpoint_loads_strictly_into_factore
     assert row["losses/optimizer_steps"] == 1 and row["head/nonfinite_epochs"] == 0 and row["head/value_coef"] == 1.0
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
     arch = architecture(trainer.config)
-    net = FactoredPolicyV2(arch["state_dim"], arch["feature_dim"], arch["lstm_hidden_dim"], arch["lstm_layers"],
-                           arch["num_slots"])  # fmt: skip
+    net = FactoredPolicyV2(
+        arch["state_dim"], arch["feature_dim"], arch["lstm_hidden_dim"], arch["lstm_layers"], arch["num_slots"]
+    )
     net.load_state_dict(ckpt["network_state_dict"], strict=True)
     assert ckpt["esper_head"]["head_train_steps"] == 2 and ckpt["esper_head"]["value_normalizer"]["seen"] == 32
     resumed = _trainer(tmp_path / "run2")
@@ -63,8 +75,13 @@ def test_smoke_trains_two_updates_and_the_checkpoint_loads_strictly_into_factore
 
 
 def test_forced_steps_are_the_wait_only_rows():
-    m = torch.tensor([[True, False, False, False, False, False], [True, True, False, False, False, False],
-                      [False, True, False, False, False, False]])  # fmt: skip
+    m = torch.tensor(
+        [
+            [True, False, False, False, False, False],
+            [True, True, False, False, False, False],
+            [False, True, False, False, False, False],
+        ]
+    )
     assert int(LifecycleOp.WAIT) == 0
     assert forced_steps(m).tolist() == [True, False, False]
 
@@ -79,8 +96,18 @@ def _rolled_out(**overrides):
 
 def _update(trainer, b, effective_op, adv, targets):
     trainer.policy.train()
-    return ppo_update_head(trainer.policy, trainer.optimizer, b, effective_op, adv, targets, trainer.config, 0.05,
-                           train_steps=0, progress=0.0)  # fmt: skip
+    return ppo_update_head(
+        trainer.policy,
+        trainer.optimizer,
+        b,
+        effective_op,
+        adv,
+        targets,
+        trainer.config,
+        0.05,
+        train_steps=0,
+        progress=0.0,
+    )
 
 
 def test_a_non_finite_epoch_takes_no_optimizer_step():
@@ -109,9 +136,29 @@ def test_causal_masks_come_from_the_effective_op():
 def test_cli_train_preset_esper_head_then_evaluate(tmp_path, capsys):
     from esper_fast.cli import main
 
-    args = ["train", "--preset", "esper-head", "--num-envs", "2", "--episode-length", "8", "--total-timesteps", "32",
-            "--feature-dim", "16", "--lstm-hidden-dim", "16", "--eval-episodes", "0", "--runs-dir", str(tmp_path),
-            "--name", "h", "--no-progress", "--no-tensorboard"]  # fmt: skip
+    args = [
+        "train",
+        "--preset",
+        "esper-head",
+        "--num-envs",
+        "2",
+        "--episode-length",
+        "8",
+        "--total-timesteps",
+        "32",
+        "--feature-dim",
+        "16",
+        "--lstm-hidden-dim",
+        "16",
+        "--eval-episodes",
+        "0",
+        "--runs-dir",
+        str(tmp_path),
+        "--name",
+        "h",
+        "--no-progress",
+        "--no-tensorboard",
+    ]
     assert main(args) == 0
     ckpt = load_checkpoint(tmp_path / "h" / "checkpoints" / "latest.pt")
     assert ckpt["train_steps"] == 2 and ckpt["config"]["ppo_variant"] == "head"
@@ -128,9 +175,16 @@ def test_availability_masks_follow_which_ops_were_valid():
     rows = [{W}, {W, G}, {W, S}, {W, P}, {W, F}, {W, A}]
     m = torch.tensor([[o in r for o in range(6)] for r in rows])
     got = {h: v.tolist() for h, v in availability_masks(m).items()}
-    want = {"op": [1, 1, 1, 1, 1, 1], "slot": [0, 1, 1, 1, 1, 1], "blueprint": [0, 1, 0, 0, 0, 0],
-            "tempo": [0, 1, 0, 0, 0, 0], "style": [0, 1, 1, 0, 0, 0], "alpha_target": [0, 1, 1, 0, 0, 0],
-            "alpha_speed": [0, 0, 1, 1, 0, 0], "alpha_curve": [0, 0, 1, 1, 0, 0]}
+    want = {
+        "op": [1, 1, 1, 1, 1, 1],
+        "slot": [0, 1, 1, 1, 1, 1],
+        "blueprint": [0, 1, 0, 0, 0, 0],
+        "tempo": [0, 1, 0, 0, 0, 0],
+        "style": [0, 1, 1, 0, 0, 0],
+        "alpha_target": [0, 1, 1, 0, 0, 0],
+        "alpha_speed": [0, 0, 1, 1, 0, 0],
+        "alpha_curve": [0, 0, 1, 1, 0, 0],
+    }
     assert got == {h: [bool(x) for x in v] for h, v in want.items()}
 
 
@@ -147,8 +201,14 @@ def test_head_baseline_picks_the_value_gae_uses(baseline):
     assert torch.equal(trainer.buffer.obs[:, 0], obs0)
     trainer.policy.eval()
     with torch.no_grad():
-        res = act(trainer.policy, obs0, env_obs0, trainer.policy.get_initial_hidden(2), deterministic=True,
-                  op_conditioned_slot=True)  # fmt: skip
+        res = act(
+            trainer.policy,
+            obs0,
+            env_obs0,
+            trainer.policy.get_initial_hidden(2),
+            deterministic=True,
+            op_conditioned_slot=True,
+        )
     want, other = (res.values, res.expected_value) if baseline == "state_value" else (res.expected_value, res.values)
     torch.testing.assert_close(trainer.buffer.values[:, 0], want)
     assert not torch.allclose(trainer.buffer.values[:, 0], other)
@@ -167,8 +227,19 @@ def test_study_modes_map_to_presets():
 
 def _update_with(trainer, b, adv, targets, train_steps=0, contributions=None):
     trainer.policy.train()
-    return ppo_update_head(trainer.policy, trainer.optimizer, b, trainer.effective_op, adv, targets, trainer.config,
-                           0.05, train_steps=train_steps, progress=0.0, contributions=contributions)  # fmt: skip
+    return ppo_update_head(
+        trainer.policy,
+        trainer.optimizer,
+        b,
+        trainer.effective_op,
+        adv,
+        targets,
+        trainer.config,
+        0.05,
+        train_steps=train_steps,
+        progress=0.0,
+        contributions=contributions,
+    )
 
 
 def test_ratios_are_anchored_at_the_pre_update_weights():
@@ -193,8 +264,9 @@ def test_multi_epoch_update_steps_every_epoch_against_the_anchor():
 
 
 def test_contribution_aux_loss_trains_only_the_predictor_from_the_envs_counterfactuals():
-    trainer, b, adv, targets = _rolled_out(seed=6, target_kl=None, aux_contribution_coef=1.0, num_envs=4,
-                                           episode_length=30, total_timesteps=240)  # long enough to blend seeds in
+    trainer, b, adv, targets = _rolled_out(
+        seed=6, target_kl=None, aux_contribution_coef=1.0, num_envs=4, episode_length=30, total_timesteps=240
+    )  # long enough to blend seeds in
     target, active = trainer.contrib_target, trainer.contrib_active
     assert active.any() and torch.equal(target != 0, active & (target != 0))  # zero off the active slots
     pred = trainer.policy.contribution_predictor
@@ -232,9 +304,15 @@ def test_an_env_without_counterfactuals_runs_without_the_contribution_loss():
 
     said = []
     mdp = ExactMDPConfig()
-    trainer = Trainer(make_config("esper-head", **{**TINY, "episode_length": mdp.horizon, "rollout_steps": 8,
-                                                    "total_timesteps": 32, "gamma": mdp.gamma}),
-                      run_dir=None, log=said.append, tensorboard=False)  # fmt: skip
+    trainer = Trainer(
+        make_config(
+            "esper-head",
+            **{**TINY, "episode_length": mdp.horizon, "rollout_steps": 8, "total_timesteps": 32, "gamma": mdp.gamma},
+        ),
+        run_dir=None,
+        log=said.append,
+        tensorboard=False,
+    )
     trainer.env = ExactMDPEsperEnv(2, mdp, seed=0)
     trainer.obs = trainer.env.observe()
     row = trainer.train(handle_signals=False)["last_metrics"]

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from esper_fast.constants import HEAD_NAMES
-from esper_fast.rules import causal_masks
 from esper_fast.ppo.head_losses import (
     ValueNormalizer,
     aux_coef_at,
@@ -22,6 +21,7 @@ from esper_fast.ppo.head_losses import (
     value_coef_at,
     weighted_value_loss,
 )
+from esper_fast.rules import causal_masks
 
 
 def test_value_normalizer_welford_then_ema_and_warmup():

@@ -19,9 +19,18 @@ MARGIN = 5.0  # return points; random scores ~31 on these episodes, the heuristi
 
 @pytest.mark.slow
 def test_short_run_beats_random_clearly():
-    cfg = make_config("default", seed=0, feature_dim=64, lstm_hidden_dim=64, total_timesteps=16 * 150 * 12,
-                      anneal_lr=False, gamma=0.99, entropy_coef=0.01, entropy_anneal_updates=0,
-                      eval_episodes=0)  # fmt: skip
+    cfg = make_config(
+        "default",
+        seed=0,
+        feature_dim=64,
+        lstm_hidden_dim=64,
+        total_timesteps=16 * 150 * 12,
+        anneal_lr=False,
+        gamma=0.99,
+        entropy_coef=0.01,
+        entropy_anneal_updates=0,
+        eval_episodes=0,
+    )
     trainer = Trainer(cfg, run_dir=None, log=lambda _m: None)
     trainer.train(handle_signals=False)
     trainer.rollout()  # one more rollout with the trained policy (unchanged until the next update)

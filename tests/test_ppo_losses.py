@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from esper_fast.constants import HEAD_NAMES, LifecycleOp
-from esper_fast.rules import causal_masks
 from esper_fast.ppo.losses import approx_kl, clip_fraction, entropy_loss, head_ratios, policy_loss, value_loss
+from esper_fast.rules import causal_masks
 
 WAIT, GERMINATE, PRUNE = int(LifecycleOp.WAIT), int(LifecycleOp.GERMINATE), int(LifecycleOp.PRUNE)
 

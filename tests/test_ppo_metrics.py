@@ -9,8 +9,10 @@ from esper_fast.ppo.metrics import MetricsWriter, plot_learning_curve, read_metr
 
 
 def rows(n: int) -> list[dict]:
-    return [{"update": i, "global_step": 10 * i, "charts/episode_return": float(i), "losses/x": 0.5 * i}
-            for i in range(1, n + 1)]  # fmt: skip
+    return [
+        {"update": i, "global_step": 10 * i, "charts/episode_return": float(i), "losses/x": 0.5 * i}
+        for i in range(1, n + 1)
+    ]
 
 
 def test_csv_and_jsonl_hold_the_same_rows(tmp_path):
@@ -25,10 +27,16 @@ def test_csv_and_jsonl_hold_the_same_rows(tmp_path):
 def test_non_finite_values_become_empty_cells_and_json_null(tmp_path):
     w = MetricsWriter(tmp_path, tensorboard=False)
     w.write({"update": 1, "global_step": 1, "a": math.nan, "b": math.inf, "c": None})
-    assert read_metrics_csv(tmp_path / "metrics.csv") == [{"update": 1.0, "global_step": 1.0, "a": None, "b": None,
-                                                           "c": None}]  # fmt: skip
-    assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"update": 1, "global_step": 1, "a": None,
-                                                                    "b": None, "c": None}  # fmt: skip
+    assert read_metrics_csv(tmp_path / "metrics.csv") == [
+        {"update": 1.0, "global_step": 1.0, "a": None, "b": None, "c": None}
+    ]
+    assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {
+        "update": 1,
+        "global_step": 1,
+        "a": None,
+        "b": None,
+        "c": None,
+    }
 
 
 def test_a_resumed_writer_keeps_the_header_and_its_column_order(tmp_path):
@@ -53,8 +61,9 @@ def test_drop_rows_after_keeps_whole_rows_up_to_the_update(tmp_path):
 
 
 def test_plot_learning_curve_writes_a_png(tmp_path):
-    path = plot_learning_curve(rows(4), tmp_path / "curve.png", baselines={"random": 1.0},
-                               finals={"ppo (greedy)": 3.0}, eval_note="8 episodes")  # fmt: skip
+    path = plot_learning_curve(
+        rows(4), tmp_path / "curve.png", baselines={"random": 1.0}, finals={"ppo (greedy)": 3.0}, eval_note="8 episodes"
+    )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     empty = plot_learning_curve([], tmp_path / "empty.png")
     assert empty.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

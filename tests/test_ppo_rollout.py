@@ -15,8 +15,15 @@ from esper_fast.ppo.update import evaluate_sequences, ppo_update
 from tests.op_value import assert_stored_q_is_q_of_stored_op
 
 # Short episodes (6) inside longer rollouts (10) put a truncation and an auto-reset mid-sequence.
-TINY = dict(num_envs=4, rollout_steps=10, episode_length=6, feature_dim=16, lstm_hidden_dim=16,
-            total_timesteps=80, eval_episodes=0)  # fmt: skip
+TINY = dict(
+    num_envs=4,
+    rollout_steps=10,
+    episode_length=6,
+    feature_dim=16,
+    lstm_hidden_dim=16,
+    total_timesteps=80,
+    eval_episodes=0,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -103,7 +110,9 @@ def test_bootstrap_uses_hidden_state_reached_at_truncation(monkeypatch, value_mo
         # expected: V(s') = sum_a pi(a|s') Q(s', a) from that same call
         field = "q_op" if value_mode == "q_op" else "expected_value"
         assert torch.equal(call["result"].values, getattr(call["result"], field))
-    bootstrapped_steps = {t for t in range(TINY["rollout_steps"]) if b.truncated[:, t].any()} | {TINY["rollout_steps"] - 1}
+    bootstrapped_steps = {t for t in range(TINY["rollout_steps"]) if b.truncated[:, t].any()} | {
+        TINY["rollout_steps"] - 1
+    }
     assert sum(c["deterministic"] for c in spy.calls) == len(bootstrapped_steps)
     # After the truncation the LSTM state was reset: step 6's decision started from zeros.
     first_of_new_episode = spy.rollout_calls()[6]

@@ -14,8 +14,18 @@ from esper_fast.ppo.agent import cpu_threads, validation_off
 from esper_fast.ppo.gae import compute_gae
 from esper_fast.ppo.update import ppo_update
 
-TINY = dict(num_envs=4, rollout_steps=10, episode_length=6, feature_dim=16, lstm_hidden_dim=16,
-            total_timesteps=80, eval_episodes=0, update_epochs=2, num_minibatches=2, target_kl=None)  # fmt: skip
+TINY = dict(
+    num_envs=4,
+    rollout_steps=10,
+    episode_length=6,
+    feature_dim=16,
+    lstm_hidden_dim=16,
+    total_timesteps=80,
+    eval_episodes=0,
+    update_epochs=2,
+    num_minibatches=2,
+    target_kl=None,
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +65,15 @@ def test_compile_needs_the_fused_path(rolled_out):
     policy = copy.deepcopy(tr.policy)
     policy.fused_evaluate = False
     with pytest.raises(ValueError, match="fused update path"):
-        ppo_update(policy, torch.optim.Adam(policy.parameters()), tr.buffer, adv, ret,
-                   tr.config.replace(compile=True, compile_backend="aot_eager"), 0.01)  # fmt: skip
+        ppo_update(
+            policy,
+            torch.optim.Adam(policy.parameters()),
+            tr.buffer,
+            adv,
+            ret,
+            tr.config.replace(compile=True, compile_backend="aot_eager"),
+            0.01,
+        )
 
 
 def test_amp_runs_the_heads_in_bf16_and_keeps_fp32_state(rolled_out, monkeypatch):
@@ -87,8 +104,9 @@ def test_fused_adam_flag(flag, fused):
 
 
 def test_cli_flags():
-    args = build_parser().parse_args(["train", "--compile", "--amp", "--fused-adam", "true",
-                                      "--compile-backend", "aot_eager"])  # fmt: skip
+    args = build_parser().parse_args(
+        ["train", "--compile", "--amp", "--fused-adam", "true", "--compile-backend", "aot_eager"]
+    )
     over = _config_overrides(args)
     assert over["compile"] is True and over["amp"] is True and over["fused_adam"] is True
     assert over["compile_backend"] == "aot_eager"
@@ -115,8 +133,14 @@ def test_fused_off_runs_the_reference_paths_from_the_same_weights(monkeypatch):
         assert calls  # ... and the spy sees it when it does
 
 
-@pytest.mark.parametrize("overrides,match", [(dict(compile=True), "compile"), (dict(value_mode="legacy"), "fused"),
-                                             (dict(ppo_variant="head", clip_value=False), "fused")])  # fmt: skip
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (dict(compile=True), "compile"),
+        (dict(value_mode="legacy"), "fused"),
+        (dict(ppo_variant="head", clip_value=False), "fused"),
+    ],
+)
 def test_fused_off_rejects_what_has_no_unfused_path(overrides, match):
     with pytest.raises(ValueError, match=match):
         make_config("smoke", fused=False, **overrides)

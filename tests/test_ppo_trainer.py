@@ -13,8 +13,16 @@ from esper_fast.reference_policy import ReferencePolicy
 
 
 def _cfg(**kw):
-    base = dict(num_envs=4, rollout_steps=8, feature_dim=16, lstm_hidden_dim=16, eval_episodes=0, update_epochs=2,
-                num_minibatches=2, seed=3)  # fmt: skip
+    base = dict(
+        num_envs=4,
+        rollout_steps=8,
+        feature_dim=16,
+        lstm_hidden_dim=16,
+        eval_episodes=0,
+        update_epochs=2,
+        num_minibatches=2,
+        seed=3,
+    )
     cfg = make_config("smoke", **{**base, **kw})
     return cfg.replace(total_timesteps=cfg.batch_size * 2)
 
@@ -88,8 +96,13 @@ def test_run_dir_none_writes_nothing(tmp_path, monkeypatch):
 
 def test_unfused_reference_policy_is_accepted():
     cfg = _cfg()
-    ref = ReferencePolicy(architecture(cfg)["state_dim"], cfg.num_slots, feature_dim=cfg.feature_dim,
-                          lstm_hidden_dim=cfg.lstm_hidden_dim, value_mode=cfg.value_mode)  # fmt: skip
+    ref = ReferencePolicy(
+        architecture(cfg)["state_dim"],
+        cfg.num_slots,
+        feature_dim=cfg.feature_dim,
+        lstm_hidden_dim=cfg.lstm_hidden_dim,
+        value_mode=cfg.value_mode,
+    )
     ref.fused_evaluate = False
     trainer = _quiet(cfg, policy=ref)
     trainer.train(handle_signals=False)
@@ -101,15 +114,21 @@ def _policy(cfg, **kw):
     return build_policy(cfg.replace(**kw)) if kw else build_policy(cfg)
 
 
-@pytest.mark.parametrize("change, match", [
-    (dict(lstm_hidden_dim=32), r"policy: .*lstm_hidden_dim 32 \(config: 16\)"),
-    (dict(feature_dim=8), r"policy: .*feature_dim 8 \(config: 16\)"),
-    (dict(lstm_layers=2), r"policy: .*lstm_layers 2 \(config: 1\)"),
-    (dict(num_slots=2), r"policy: .*state_dim .* \(config: .*head_sizes"),
-    (dict(value_mode="q_op"), r"policy: its value mode is 'q_op'.*config.value_mode is 'expected'"),
-    (dict(value_mode="legacy"), r"policy: its value mode is 'legacy'"),
-    (dict(ppo_variant="head", clip_value=False), r"policy: ppo_variant '0872525b' trains a FactoredNetwork.*FactoredPolicyV2"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(lstm_hidden_dim=32), r"policy: .*lstm_hidden_dim 32 \(config: 16\)"),
+        (dict(feature_dim=8), r"policy: .*feature_dim 8 \(config: 16\)"),
+        (dict(lstm_layers=2), r"policy: .*lstm_layers 2 \(config: 1\)"),
+        (dict(num_slots=2), r"policy: .*state_dim .* \(config: .*head_sizes"),
+        (dict(value_mode="q_op"), r"policy: its value mode is 'q_op'.*config.value_mode is 'expected'"),
+        (dict(value_mode="legacy"), r"policy: its value mode is 'legacy'"),
+        (
+            dict(ppo_variant="head", clip_value=False),
+            r"policy: ppo_variant '0872525b' trains a FactoredNetwork.*FactoredPolicyV2",
+        ),
+    ],
+)
 def test_mismatched_policy_is_refused(change, match):
     cfg = _cfg(value_mode="expected")
     with pytest.raises(ValueError, match=match):
@@ -163,8 +182,9 @@ def test_learning_study_trains_the_trainer_on_its_exact_mdp_env():
     from esper_fast.envs.exact_mdp import ExactMDP
     from esper_fast.studies.learning import train_trainer_exact
 
-    res = train_trainer_exact("q_op", 0, updates=2, num_envs=4, rollout_steps=10, hidden=16, eval_episodes=64,
-                              diag_every=1)  # fmt: skip
+    res = train_trainer_exact(
+        "q_op", 0, updates=2, num_envs=4, rollout_steps=10, hidden=16, eval_episodes=64, diag_every=1
+    )
     assert res["env_steps"] == 2 * 4 * 10 and len(res["train_return_curve"]) == 2 and len(res["diag_curve"]) == 2
     mdp = ExactMDP(1)
     optimal = float(mdp.rho0 @ mdp.optimal()[1])  # the exact objective of the optimal policy bounds every policy's

@@ -33,9 +33,17 @@ class OpCounter(TorchDispatchMode):
 
 def rollout_op_counts(num_envs: int, policy: str) -> collections.Counter:
     # rollout shorter than an episode: the only bootstrap is the last step's, for every env count
-    cfg = make_config("smoke", num_envs=num_envs, rollout_steps=5, episode_length=50, feature_dim=16,
-                      lstm_hidden_dim=16, total_timesteps=num_envs * 5, eval_episodes=0,
-                      value_mode="legacy" if policy == "reference" else "expected")  # fmt: skip
+    cfg = make_config(
+        "smoke",
+        num_envs=num_envs,
+        rollout_steps=5,
+        episode_length=50,
+        feature_dim=16,
+        lstm_hidden_dim=16,
+        total_timesteps=num_envs * 5,
+        eval_episodes=0,
+        value_mode="legacy" if policy == "reference" else "expected",
+    )
     with cpu_threads(1, "cpu"):
         tr = Trainer(cfg, run_dir=None, log=lambda _m: None)
         with validation_off(tr.policy), OpCounter() as counter:
@@ -102,8 +110,17 @@ def no_governor(monkeypatch):
 
 
 def ending_rollout_counts(num_envs: int, fused: bool = True) -> tuple[int, collections.Counter, Trainer]:
-    cfg = make_config("smoke", num_envs=num_envs, rollout_steps=10, episode_length=4, feature_dim=16,
-                      lstm_hidden_dim=16, total_timesteps=num_envs * 10, eval_episodes=0, fused=fused)  # fmt: skip
+    cfg = make_config(
+        "smoke",
+        num_envs=num_envs,
+        rollout_steps=10,
+        episode_length=4,
+        feature_dim=16,
+        lstm_hidden_dim=16,
+        total_timesteps=num_envs * 10,
+        eval_episodes=0,
+        fused=fused,
+    )
     with cpu_threads(1, "cpu"):
         tr = Trainer(cfg, run_dir=None, log=lambda _m: None)
         with validation_off(tr.policy):
@@ -123,8 +140,9 @@ def test_rollout_with_episode_ends_runs_the_same_python_for_any_num_envs(no_gove
     small_lines, small_ops, _ = ending_rollout_counts(3, fused)
     large_lines, large_ops, _ = ending_rollout_counts(29, fused)
     assert small_lines > 10_000 and sum(small_ops.values()) > 1000
-    assert small_ops == large_ops, {k: (small_ops[k], large_ops[k]) for k in set(small_ops) | set(large_ops)
-                                    if small_ops[k] != large_ops[k]}  # fmt: skip
+    assert small_ops == large_ops, {
+        k: (small_ops[k], large_ops[k]) for k in set(small_ops) | set(large_ops) if small_ops[k] != large_ops[k]
+    }
     assert small_lines == large_lines
 
 
@@ -147,8 +165,12 @@ def evaluation_counts(num_envs: int) -> tuple[int, collections.Counter]:
     """Lines / ops of ``evaluate_policy`` over 2 episodes per env for PPO, oracle, heuristic and random."""
     _, _, tr = ending_rollout_counts(num_envs)
     env = SeedLifecycleEnv(num_envs, no_governor_config(tr.config), seed=5)
-    controllers = [PolicyActor(tr.policy, tr.obs_normalizer, seed=1), OraclePolicy(env), HeuristicPolicy(env.config),
-                   RandomMaskedPolicy(seed=1)]  # fmt: skip
+    controllers = [
+        PolicyActor(tr.policy, tr.obs_normalizer, seed=1),
+        OraclePolicy(env),
+        HeuristicPolicy(env.config),
+        RandomMaskedPolicy(seed=1),
+    ]
     with cpu_threads(1, "cpu"), validation_off(tr.policy):
         for c in controllers:  # warm-up
             evaluate_policy(env, c, num_episodes=2 * num_envs, seed=7)
@@ -169,6 +191,7 @@ def no_governor_config(config):
 def test_evaluation_runs_the_same_python_for_any_num_envs(no_governor):
     small_lines, small_ops = evaluation_counts(3)
     large_lines, large_ops = evaluation_counts(29)
-    assert small_ops == large_ops, {k: (small_ops[k], large_ops[k]) for k in set(small_ops) | set(large_ops)
-                                    if small_ops[k] != large_ops[k]}  # fmt: skip
+    assert small_ops == large_ops, {
+        k: (small_ops[k], large_ops[k]) for k in set(small_ops) | set(large_ops) if small_ops[k] != large_ops[k]
+    }
     assert small_lines == large_lines

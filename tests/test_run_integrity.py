@@ -22,8 +22,16 @@ from esper_fast.ppo import CheckpointError, PPOConfig, Trainer, load_checkpoint,
 from esper_fast.ppo.checkpoint import save_checkpoint
 from esper_fast.ppo.runlock import RunDirInUseError, RunLock
 
-SMALL = dict(num_envs=4, rollout_steps=12, episode_length=8, feature_dim=16, lstm_hidden_dim=16,
-             eval_episodes=0, update_epochs=1, num_minibatches=2)  # fmt: skip
+SMALL = dict(
+    num_envs=4,
+    rollout_steps=12,
+    episode_length=8,
+    feature_dim=16,
+    lstm_hidden_dim=16,
+    eval_episodes=0,
+    update_epochs=1,
+    num_minibatches=2,
+)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -32,8 +40,9 @@ def config(**overrides):
 
 
 def quiet(cfg, run_dir, logs=None, **kw):
-    return Trainer(cfg, run_dir=run_dir, log=(logs.append if logs is not None else lambda _m: None),
-                   tensorboard=False, **kw)  # fmt: skip
+    return Trainer(
+        cfg, run_dir=run_dir, log=(logs.append if logs is not None else lambda _m: None), tensorboard=False, **kw
+    )
 
 
 def trained(tmp_path, updates=1, **overrides) -> Path:
@@ -43,26 +52,38 @@ def trained(tmp_path, updates=1, **overrides) -> Path:
 
 
 # ---- config: finite, in range, of the right type --------------------------------------------------
-@pytest.mark.parametrize("field,value,pattern", [
-    ("learning_rate", float("inf"), "learning_rate: expected a finite number"),
-    ("max_grad_norm", float("nan"), "max_grad_norm: expected a finite number"),
-    ("target_kl", float("nan"), "target_kl: expected a finite number"),
-    ("obs_clip", float("nan"), "obs_clip: expected a finite number"),
-    ("gamma", float("nan"), "gamma: expected a finite number"),
-    ("entropy_coef_end", float("-inf"), "entropy_coef_end: expected a finite number"),
-    ("entropy_coef_per_head", {"op": float("nan")}, r"entropy_coef_per_head\['op'\]: expected a finite"),
-    ("seed", 2**70, r"seed: expected an int in \[0, 2\*\*62\)"),
-    ("eval_seed", -1, r"eval_seed: expected an int in \[0, 2\*\*62\)"),
-    ("device", "tpu", "device: expected 'cpu', 'cuda' or 'cuda:N'"),
-    ("checkpoint_interval_s", -1.0, "checkpoint_interval_s: expected >= 0"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "field,value,pattern",
+    [
+        ("learning_rate", float("inf"), "learning_rate: expected a finite number"),
+        ("max_grad_norm", float("nan"), "max_grad_norm: expected a finite number"),
+        ("target_kl", float("nan"), "target_kl: expected a finite number"),
+        ("obs_clip", float("nan"), "obs_clip: expected a finite number"),
+        ("gamma", float("nan"), "gamma: expected a finite number"),
+        ("entropy_coef_end", float("-inf"), "entropy_coef_end: expected a finite number"),
+        ("entropy_coef_per_head", {"op": float("nan")}, r"entropy_coef_per_head\['op'\]: expected a finite"),
+        ("seed", 2**70, r"seed: expected an int in \[0, 2\*\*62\)"),
+        ("eval_seed", -1, r"eval_seed: expected an int in \[0, 2\*\*62\)"),
+        ("device", "tpu", "device: expected 'cpu', 'cuda' or 'cuda:N'"),
+        ("checkpoint_interval_s", -1.0, "checkpoint_interval_s: expected >= 0"),
+    ],
+)
 def test_config_values_are_checked(field, value, pattern):
     with pytest.raises(ValueError, match=pattern):
         PPOConfig(**{field: value})
 
 
-@pytest.mark.parametrize("field,value", [("num_envs", "4"), ("learning_rate", "3e-4"), ("anneal_lr", 1),
-                                         ("topology", 3), ("num_envs", 4.0), ("num_envs", True)])  # fmt: skip
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("num_envs", "4"),
+        ("learning_rate", "3e-4"),
+        ("anneal_lr", 1),
+        ("topology", 3),
+        ("num_envs", 4.0),
+        ("num_envs", True),
+    ],
+)
 def test_config_types_are_checked(field, value):
     with pytest.raises(TypeError, match=f"^{field}: expected"):
         PPOConfig(**{field: value})
@@ -74,16 +95,31 @@ def test_default_run_checkpoints_within_minutes():
     assert make_config("default").checkpoint_interval_s == cfg.checkpoint_interval_s
 
 
-@pytest.mark.parametrize("flags,pattern", [
-    (["--learning-rate", "inf"], "learning_rate: expected a finite number"),
-    (["--max-grad-norm", "nan"], "max_grad_norm: expected a finite number"),
-    (["--target-kl", "nan"], "target_kl: expected a finite number"),
-    (["--obs-clip", "nan"], "obs_clip: expected a finite number"),
-    (["--seed", str(2**70)], "seed: expected an int"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "flags,pattern",
+    [
+        (["--learning-rate", "inf"], "learning_rate: expected a finite number"),
+        (["--max-grad-norm", "nan"], "max_grad_norm: expected a finite number"),
+        (["--target-kl", "nan"], "target_kl: expected a finite number"),
+        (["--obs-clip", "nan"], "obs_clip: expected a finite number"),
+        (["--seed", str(2**70)], "seed: expected an int"),
+    ],
+)
 def test_cli_refuses_bad_values_before_training(tmp_path, capsys, flags, pattern):
-    code = main(["train", "--preset", "smoke", "--no-progress", "--no-tensorboard", "--runs-dir", str(tmp_path),
-                 "--name", "x", *flags])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--preset",
+            "smoke",
+            "--no-progress",
+            "--no-tensorboard",
+            "--runs-dir",
+            str(tmp_path),
+            "--name",
+            "x",
+            *flags,
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "error:" in err and pattern.split(":")[0] in err and "Traceback" not in err
@@ -93,8 +129,12 @@ def test_cli_refuses_bad_values_before_training(tmp_path, capsys, flags, pattern
 def test_cli_file_system_and_device_errors_are_clean(tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("")
-    assert main(["train", "--preset", "smoke", "--no-progress", "--no-tensorboard", "--runs-dir", str(afile),
-                 "--name", "x"]) == 1  # fmt: skip
+    assert (
+        main(
+            ["train", "--preset", "smoke", "--no-progress", "--no-tensorboard", "--runs-dir", str(afile), "--name", "x"]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert err.startswith("esper-fast train: error: ") and "afile" in err and "Traceback" not in err
     assert main(["evaluate", str(tmp_path), "--device", "tpu"]) == 2
@@ -105,8 +145,10 @@ def test_cli_file_system_and_device_errors_are_clean(tmp_path, capsys):
 def test_cli_read_only_runs_dir_is_clean(tmp_path, capsys):
     ro = tmp_path / "ro"
     ro.mkdir(mode=0o555)
-    assert main(["train", "--preset", "smoke", "--no-progress", "--no-tensorboard", "--runs-dir", str(ro),
-                 "--name", "x"]) == 1  # fmt: skip
+    assert (
+        main(["train", "--preset", "smoke", "--no-progress", "--no-tensorboard", "--runs-dir", str(ro), "--name", "x"])
+        == 1
+    )
     assert "Permission denied" in capsys.readouterr().err
 
 
@@ -197,8 +239,10 @@ def test_second_run_in_a_directory_is_refused_naming_the_first(tmp_path):
 
 
 def test_lock_held_by_another_process(tmp_path):
-    code = ("import sys, time; from esper_fast.ppo.runlock import RunLock; "
-            f"lock = RunLock({str(tmp_path)!r}); print('locked', flush=True); time.sleep(30)")  # fmt: skip
+    code = (
+        "import sys, time; from esper_fast.ppo.runlock import RunLock; "
+        f"lock = RunLock({str(tmp_path)!r}); print('locked', flush=True); time.sleep(30)"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
     try:
@@ -269,18 +313,47 @@ def test_latest_checkpoint_refreshed_by_time(tmp_path):
     seen = []
     tr = quiet(config(total_timesteps=48 * 3, checkpoint_interval_s=1e-9), tmp_path)
     latest = tmp_path / "checkpoints" / "latest.pt"
-    tr.train(on_update=lambda r: seen.append((r["update"], latest.is_file() and load_checkpoint(latest)["train_steps"])),
-             handle_signals=False)  # fmt: skip
+    tr.train(
+        on_update=lambda r: seen.append((r["update"], latest.is_file() and load_checkpoint(latest)["train_steps"])),
+        handle_signals=False,
+    )
     assert seen == [(1, False), (2, 1), (3, 2)]
 
 
 @pytest.mark.slow
 def test_sigkill_then_resume_keeps_one_row_per_update(tmp_path):
     """A real SIGKILL of `esper-fast train` mid-run, then --resume: rows 1..N exactly once."""
-    flags = ["--no-progress", "--no-tensorboard", "--num-envs", "2", "--episode-length", "6", "--feature-dim", "8",
-             "--lstm-hidden-dim", "8", "--eval-episodes", "0", "--checkpoint-interval-s", "0.000001"]  # fmt: skip
-    cmd = [sys.executable, "-m", "esper_fast.cli", "train", "--preset", "smoke", "--runs-dir", str(tmp_path),
-           "--name", "k", "--total-timesteps", str(2 * 6 * 12), *flags]  # fmt: skip
+    flags = [
+        "--no-progress",
+        "--no-tensorboard",
+        "--num-envs",
+        "2",
+        "--episode-length",
+        "6",
+        "--feature-dim",
+        "8",
+        "--lstm-hidden-dim",
+        "8",
+        "--eval-episodes",
+        "0",
+        "--checkpoint-interval-s",
+        "0.000001",
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "esper_fast.cli",
+        "train",
+        "--preset",
+        "smoke",
+        "--runs-dir",
+        str(tmp_path),
+        "--name",
+        "k",
+        "--total-timesteps",
+        str(2 * 6 * 12),
+        *flags,
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run = tmp_path / "k"
@@ -297,8 +370,13 @@ def test_sigkill_then_resume_keeps_one_row_per_update(tmp_path):
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert (run / "checkpoints" / "latest.pt").is_file()  # the default-style time refresh left one
-    code = subprocess.run([sys.executable, "-m", "esper_fast.cli", "train", "--resume", str(run), *flags[:2]],
-                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    code = subprocess.run(
+        [sys.executable, "-m", "esper_fast.cli", "train", "--resume", str(run), *flags[:2]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert code.returncode == 0, code.stderr
     csv_updates, jsonl_updates = _updates(run)
     assert csv_updates == list(range(1, 13)) and jsonl_updates == csv_updates

@@ -21,12 +21,19 @@ from esper_fast.ops.triton_score import score_backward_triton, score_forward_tri
 from tests.conftest import BACKEND_DEVICES
 
 KERNELS = [(b, d) for b, d in BACKEND_DEVICES if b in ("cpu", "triton")]
-ODD_SIZES = {"slot": 5, "blueprint": 7, "style": 4, "tempo": 1, "alpha_target": 3, "alpha_speed": 2,
-             "alpha_curve": 9, "op": 6}  # fmt: skip
+ODD_SIZES = {
+    "slot": 5,
+    "blueprint": 7,
+    "style": 4,
+    "tempo": 1,
+    "alpha_target": 3,
+    "alpha_speed": 2,
+    "alpha_curve": 9,
+    "op": 6,
+}
 
 
-def make_inputs(n, sizes=None, *, dtype=torch.float64, device="cpu", seed=0, p_valid=0.7, slot_by_op=False,
-                scale=2.0):  # fmt: skip
+def make_inputs(n, sizes=None, *, dtype=torch.float64, device="cpu", seed=0, p_valid=0.7, slot_by_op=False, scale=2.0):
     """Random heads with ragged masks (>= 1 valid per row except forced all-masked rows)."""
     g = torch.Generator().manual_seed(seed)
     sizes = sizes or get_action_head_sizes(3)
@@ -46,15 +53,21 @@ def make_inputs(n, sizes=None, *, dtype=torch.float64, device="cpu", seed=0, p_v
     if slot_by_op:
         sbo = torch.rand(n, sizes["op"], sizes["slot"], generator=g) < 0.6
     to = lambda t: None if t is None else t.to(device)  # noqa: E731
-    return ({h: to(t) for h, t in logits.items()}, {h: to(t) for h, t in masks.items()},
-            {h: to(t) for h, t in actions.items()}, to(sbo))  # fmt: skip
+    return (
+        {h: to(t) for h, t in logits.items()},
+        {h: to(t) for h, t in masks.items()},
+        {h: to(t) for h, t in actions.items()},
+        to(sbo),
+    )
 
 
 def weighted_loss(lp: dict, ent: dict, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(2, 8, *lp["op"].shape, generator=g, dtype=torch.float64)
-    return sum((lp[h].double() * w[0, k].to(lp[h].device)).sum() + (ent[h].double() * w[1, k].to(lp[h].device)).sum()
-               for k, h in enumerate(HEAD_NAMES))  # fmt: skip
+    return sum(
+        (lp[h].double() * w[0, k].to(lp[h].device)).sum() + (ent[h].double() * w[1, k].to(lp[h].device)).sum()
+        for k, h in enumerate(HEAD_NAMES)
+    )
 
 
 def grads(fn, logits):
@@ -66,7 +79,9 @@ def grads(fn, logits):
 
 def assert_close_dicts(a, b, atol, rtol=1e-6):
     for h in HEAD_NAMES:
-        torch.testing.assert_close(a[h].double().cpu(), b[h].double().cpu(), atol=atol, rtol=rtol, msg=lambda m: f"{h}: {m}")
+        torch.testing.assert_close(
+            a[h].double().cpu(), b[h].double().cpu(), atol=atol, rtol=rtol, msg=lambda m: f"{h}: {m}"
+        )
 
 
 # ---- the reference is FactoredNetwork.score_actions -----------------------------------------------
@@ -89,12 +104,15 @@ def test_reference_slot_by_op_is_the_op_dependent_slot_mask():
 
 # ---- values and gradients ----------------------------------------------------------------------------
 @pytest.mark.parametrize("backend,device", KERNELS)
-@pytest.mark.parametrize("n,sizes,sbo", [(1, None, False), (7, ODD_SIZES, True), (37, None, True),
-                                          (130, ODD_SIZES, False)])  # fmt: skip
+@pytest.mark.parametrize(
+    "n,sizes,sbo", [(1, None, False), (7, ODD_SIZES, True), (37, None, True), (130, ODD_SIZES, False)]
+)
 def test_values_and_grads_equal_reference(backend, device, n, sizes, sbo):
     dtype = torch.float64 if backend == "cpu" else torch.float32
     logits, masks, actions, slot_by_op = make_inputs(n, sizes, dtype=dtype, device=device, slot_by_op=sbo)
-    ref = grads(lambda l: score_actions_reference({h: t.double() for h, t in l.items()}, masks, actions, slot_by_op), logits)
+    ref = grads(
+        lambda l: score_actions_reference({h: t.double() for h, t in l.items()}, masks, actions, slot_by_op), logits
+    )
     got = grads(lambda l: score_actions(l, masks, actions, slot_by_op, backend=backend), logits)
     tol = 1e-10 if dtype == torch.float64 else 2e-5
     for a, b in zip(got, ref):
@@ -179,8 +197,9 @@ def test_non_contiguous_inputs(backend, device):
     big = torch.randn(3, 9, packed.shape[1], device=device)
     big_acts = torch.stack([torch.randint(0, s, (3, 9), device=device) for s in layout.sizes], -1)
     lp3, _ = score_actions_packed(big[:, 2:7], layout, big_acts[:, 2:7], None, None, backend=backend)
-    lp3_ref, _ = score_actions_packed(big[:, 2:7].contiguous(), layout, big_acts[:, 2:7].contiguous(), None, None,
-                                      backend="torch")  # fmt: skip
+    lp3_ref, _ = score_actions_packed(
+        big[:, 2:7].contiguous(), layout, big_acts[:, 2:7].contiguous(), None, None, backend="torch"
+    )
     assert lp3.shape == (8, 3, 5)
     torch.testing.assert_close(lp3, lp3_ref, atol=1e-5, rtol=1e-5)
 
@@ -204,11 +223,24 @@ def test_poisoned_outputs_are_fully_written():
     g_lp, g_ent = torch.randn(8, n), torch.randn(8, n)
     ref = {h: l.detach().clone().requires_grad_() for h, l in logits.items()}
     lp_r, ent_r = score_actions_reference(ref, masks, actions, sbo)
-    torch.autograd.backward([torch.stack([lp_r[h] for h in HEAD_NAMES]), torch.stack([ent_r[h] for h in HEAD_NAMES])],
-                            [g_lp, g_ent])  # fmt: skip
-    runners = [("cpu", lambda *a: score_mod._NATIVE.score_forward(**score_mod._native_args(*a[:6]), out_log_prob=a[6].data_ptr(), out_entropy=a[7].data_ptr()),
-                lambda *a: score_mod._NATIVE.score_backward(**score_mod._native_args(*a[:6]), grad_log_prob=a[6].data_ptr(), grad_entropy=a[7].data_ptr(), grad_logits=a[8].data_ptr())),
-               ("triton", score_forward_triton, score_backward_triton)]  # fmt: skip
+    torch.autograd.backward(
+        [torch.stack([lp_r[h] for h in HEAD_NAMES]), torch.stack([ent_r[h] for h in HEAD_NAMES])], [g_lp, g_ent]
+    )
+    runners = [
+        (
+            "cpu",
+            lambda *a: score_mod._NATIVE.score_forward(
+                **score_mod._native_args(*a[:6]), out_log_prob=a[6].data_ptr(), out_entropy=a[7].data_ptr()
+            ),
+            lambda *a: score_mod._NATIVE.score_backward(
+                **score_mod._native_args(*a[:6]),
+                grad_log_prob=a[6].data_ptr(),
+                grad_entropy=a[7].data_ptr(),
+                grad_logits=a[8].data_ptr(),
+            ),
+        ),
+        ("triton", score_forward_triton, score_backward_triton),
+    ]
     for name, fwd, bwd in runners:
         dev = "cpu" if name == "cpu" else TRITON_DEVICE
         if dev is None:
@@ -223,7 +255,9 @@ def test_poisoned_outputs_are_fully_written():
         assert torch.all(grad[:, 6:8] == 0), name  # the gap columns
         torch.testing.assert_close(out_lp, torch.stack([lp_r[h] for h in HEAD_NAMES]).detach(), atol=1e-3, rtol=1e-5)
         for h, o, s in zip(HEAD_NAMES, layout.offsets, layout.sizes):
-            torch.testing.assert_close(grad[:, o : o + s], ref[h].grad, atol=1e-5, rtol=1e-5, msg=lambda m: f"{name} {h}: {m}")
+            torch.testing.assert_close(
+                grad[:, o : o + s], ref[h].grad, atol=1e-5, rtol=1e-5, msg=lambda m: f"{name} {h}: {m}"
+            )
 
 
 # ---- gradcheck, and a wrong gradient is caught ---------------------------------------------------------
@@ -233,8 +267,13 @@ def _gradcheck_packed(n=6, seed=0, slot_by_op=True):
     packed = torch.cat([logits[h] for h in HEAD_NAMES], -1).requires_grad_()
     mask = torch.cat([masks[h] for h in HEAD_NAMES], -1)
     acts = torch.stack([actions[h] for h in HEAD_NAMES], -1)
-    return torch.autograd.gradcheck(lambda x: score_actions_packed(x, layout, acts, mask, sbo, backend="cpu"),
-                                    (packed,), eps=1e-6, atol=1e-7, rtol=1e-5)  # fmt: skip
+    return torch.autograd.gradcheck(
+        lambda x: score_actions_packed(x, layout, acts, mask, sbo, backend="cpu"),
+        (packed,),
+        eps=1e-6,
+        atol=1e-7,
+        rtol=1e-5,
+    )
 
 
 def test_gradcheck_float64_cpu():

@@ -44,9 +44,13 @@ def assert_matches(got: OpSelection, ref: OpSelection, atol: float = 2e-5) -> No
     assert torch.equal(got.op.cpu(), ref.op.cpu()), "chosen ops differ from the reference"
     for name in ("log_prob", "entropy", "q_op", "value"):
         torch.testing.assert_close(
-            getattr(got, name).cpu(), getattr(ref, name).cpu(), atol=atol, rtol=1e-5,
-            equal_nan=True, msg=lambda m, name=name: f"{name}: {m}",
-        )  # fmt: skip
+            getattr(got, name).cpu(),
+            getattr(ref, name).cpu(),
+            atol=atol,
+            rtol=1e-5,
+            equal_nan=True,
+            msg=lambda m, name=name: f"{name}: {m}",
+        )
 
 
 # ---- agreement with the reference -----------------------------------------------------------
@@ -208,7 +212,7 @@ def test_non_contiguous_views(backend, device):
         "row_slice": (big_l[3:30, 4:11], big_q[3:30, 4:11], big_m[3:30, 4:11]),
         "transposed": (big_l[:7].t(), big_q[:7].t(), big_m[:7].t()),
     }
-    for name, (l, q, m) in views.items():
+    for l, q, m in views.values():
         m = m.clone()
         m[:, 0] = True
         noise = torch.rand(l.shape, device=device).t().contiguous().t()  # non-contiguous noise
@@ -382,8 +386,9 @@ def test_torch_backend_is_the_reference(device):
     def same(a, b):
         for x, y in zip(a, b):
             if isinstance(x, dict):
-                assert list(x) == list(y) and all(torch.equal(x[h], y[h]) or torch.allclose(x[h], y[h], 0, 0, True)
-                                                  for h in x)  # fmt: skip
+                assert list(x) == list(y) and all(
+                    torch.equal(x[h], y[h]) or torch.allclose(x[h], y[h], 0, 0, True) for h in x
+                )
             else:
                 assert torch.equal(x, y) or torch.allclose(x, y, rtol=0, atol=0, equal_nan=True)
 
@@ -393,20 +398,43 @@ def test_torch_backend_is_the_reference(device):
     noise = torch.rand(n, 7, device=device)
     key = draw_key(torch.device(device), torch.Generator(device).manual_seed(4))
     for kw in ({"deterministic": True}, {"noise": noise}):
-        same(select_op(logits, q, mask, backend="torch", validate=False, **kw),
-             select_op_reference(logits, q, mask, deterministic=kw.get("deterministic", False), noise=kw.get("noise")))
-    same(select_op(logits, q, mask, backend="torch", validate=False, generator=torch.Generator(device).manual_seed(4)),
-         select_op_reference(logits, q, mask, deterministic=False, key=key))  # fmt: skip
+        same(
+            select_op(logits, q, mask, backend="torch", validate=False, **kw),
+            select_op_reference(logits, q, mask, deterministic=kw.get("deterministic", False), noise=kw.get("noise")),
+        )
+    same(
+        select_op(logits, q, mask, backend="torch", validate=False, generator=torch.Generator(device).manual_seed(4)),
+        select_op_reference(logits, q, mask, deterministic=False, key=key),
+    )
     heads, masks, hq, sbo = make_heads(n, device, seed=22)
     value = torch.randn(n, device=device)
     for det in (True, False):
         key = draw_key(torch.device(device), torch.Generator(device).manual_seed(5))
-        same(select_actions(heads, masks, hq, slot_by_op=sbo, deterministic=det, backend="torch",
-                            generator=torch.Generator(device).manual_seed(5)),
-             select_actions_reference(heads, masks, hq, slot_by_op=sbo, deterministic=det, key=key))
-        same(select_actions_v2(heads, masks, hq, value, slot_by_op=sbo, deterministic=det, backend="torch",
-                               generator=torch.Generator(device).manual_seed(5)),
-             select_actions_v2_reference(heads, masks, hq, value, slot_by_op=sbo, deterministic=det, key=key))
+        same(
+            select_actions(
+                heads,
+                masks,
+                hq,
+                slot_by_op=sbo,
+                deterministic=det,
+                backend="torch",
+                generator=torch.Generator(device).manual_seed(5),
+            ),
+            select_actions_reference(heads, masks, hq, slot_by_op=sbo, deterministic=det, key=key),
+        )
+        same(
+            select_actions_v2(
+                heads,
+                masks,
+                hq,
+                value,
+                slot_by_op=sbo,
+                deterministic=det,
+                backend="torch",
+                generator=torch.Generator(device).manual_seed(5),
+            ),
+            select_actions_v2_reference(heads, masks, hq, value, slot_by_op=sbo, deterministic=det, key=key),
+        )
 
 
 def test_available_backends_on_cpu_has_reference_and_cpu():

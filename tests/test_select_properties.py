@@ -26,8 +26,13 @@ from esper_fast.ops.select import select_op
 from esper_fast.reference.select import select_op_reference
 from tests.conftest import BACKEND_DEVICES
 
-settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])  # fmt: skip
+settings.register_profile(
+    "ci",
+    deadline=None,
+    derandomize=True,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 settings.register_profile("long", parent=settings.get_profile("ci"), derandomize=False)
 PROFILE = os.environ.get("ESPER_FAST_HYPOTHESIS", "ci")
 SCALE = {"ci": 1, "long": 20}[PROFILE]
@@ -53,7 +58,10 @@ def values(seed: int, shape: tuple[int, int], dtype: torch.dtype, kind: str) -> 
     elif kind == "tiny":
         x = torch.randn(shape, generator=g) * torch.finfo(dtype).tiny
     else:  # mixed: each entry from a different scale
-        x = torch.randn(shape, generator=g) * torch.tensor([1e-30, 1.0, 1e4, 1e30])[torch.randint(0, 4, shape, generator=g)]
+        x = (
+            torch.randn(shape, generator=g)
+            * torch.tensor([1e-30, 1.0, 1e4, 1e30])[torch.randint(0, 4, shape, generator=g)]
+        )
     return x.clamp(-fmax, fmax).to(dtype)
 
 
@@ -142,13 +150,22 @@ BAD_ARGS = {
     "mask shape": (lambda l, q, m: (l, q, m[:, :1]), {}, "mask"),
     "noise shape": (lambda l, q, m: (l, q, m), {"noise": torch.zeros(1, 1)}, "noise"),
     "empty row": (lambda l, q, m: (l, q, torch.zeros_like(m)), {"validate": True}, "No valid actions"),
-    "nan logit": (lambda l, q, m: (l.masked_fill(torch.ones_like(m), float("nan")), q, m), {"validate": True}, "logits"),
+    "nan logit": (
+        lambda l, q, m: (l.masked_fill(torch.ones_like(m), float("nan")), q, m),
+        {"validate": True},
+        "logits",
+    ),
     "backend": (lambda l, q, m: (l, q, m), {"backend": "gpu"}, "backend"),
 }
 
 
-@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 6), a=st.integers(2, 12), case=st.sampled_from(sorted(BAD_ARGS)),
-       backend=st.sampled_from([b for b, d in BACKEND_DEVICES if d == "cpu" and b not in SLOW]))  # fmt: skip
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    n=st.integers(1, 6),
+    a=st.integers(2, 12),
+    case=st.sampled_from(sorted(BAD_ARGS)),
+    backend=st.sampled_from([b for b, d in BACKEND_DEVICES if d == "cpu" and b not in SLOW]),
+)
 @settings(settings.get_profile(PROFILE), max_examples=SCALE * 60)
 def test_bad_arguments_name_the_argument(seed, n, a, case, backend):
     l = values(seed, (n, a), torch.float32, "normal")
@@ -174,8 +191,9 @@ ACTIONS_CASE = dict(
 )
 
 
-def check_select_actions(backend, seed, n, num_slots, dtype, kind, density, with_sbo, style_excludes_forced,
-                         sampling) -> None:  # fmt: skip
+def check_select_actions(
+    backend, seed, n, num_slots, dtype, kind, density, with_sbo, style_excludes_forced, sampling
+) -> None:
     if backend in SLOW:
         assume(n <= 3)
     sizes = get_action_head_sizes(num_slots)

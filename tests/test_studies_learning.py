@@ -26,8 +26,18 @@ def test_t_interval_and_summary():
     mean, half = t_interval([1.0, 2.0, 3.0])
     assert mean == 2.0 and math.isclose(half, 4.302652729911275 * 1.0 / math.sqrt(3), rel_tol=1e-6)
     assert math.isnan(t_interval([5.0])[1])
-    runs = [{"suite": "tabular", "mode": m, "seed": s, "final_objective": float(s), "final_episode_return": 1.0,
-             "explained_variance": 0.5} for m in MODES for s in range(3)]  # fmt: skip
+    runs = [
+        {
+            "suite": "tabular",
+            "mode": m,
+            "seed": s,
+            "final_objective": float(s),
+            "final_episode_return": 1.0,
+            "explained_variance": 0.5,
+        }
+        for m in MODES
+        for s in range(3)
+    ]
     summary = summarize(runs)
     assert [r["mode"] for r in summary] == list(MODES) and summary[0]["seeds"] == 3
     assert "1.00 ± 2.48" in format_summary(summary)
@@ -69,8 +79,10 @@ def test_final_objective_falls_back_to_the_last_diagnostic_and_smoothing_skips_g
 def test_runs_csv_has_one_row_per_run_and_blanks_for_missing_metrics(tmp_path):
     from esper_fast.studies.learning import write_runs_csv
 
-    runs = [{"suite": "tabular", "mode": "expected", "seed": 0, "final_objective": 6.5},
-            {"suite": "exact", "mode": "q_op", "seed": 1, "explained_variance": 0.25, "seconds": 3.0}]  # fmt: skip
+    runs = [
+        {"suite": "tabular", "mode": "expected", "seed": 0, "final_objective": 6.5},
+        {"suite": "exact", "mode": "q_op", "seed": 1, "explained_variance": 0.25, "seconds": 3.0},
+    ]
     with open(write_runs_csv(runs, tmp_path / "runs.csv"), newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["suite"], r["mode"], r["seed"]) for r in rows] == [("tabular", "expected", "0"), ("exact", "q_op", "1")]

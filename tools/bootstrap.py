@@ -97,8 +97,10 @@ def ensure_project(python: Path, extras: str) -> None:
     # pip -v passes setup.py's output through; show the build's own lines and pip's summary, log the rest.
     cmd = [str(python), "-m", "pip", "install", "-v", "--progress-bar", "off", "-e", f".[{extras}]"]
     say("$ " + " ".join(cmd))
-    with open(log, "w") as f, subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                                text=True) as proc:  # fmt: skip
+    with (
+        open(log, "w") as f,
+        subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc,
+    ):
         for line in proc.stdout:
             f.write(line)
             text = line.strip()
@@ -115,7 +117,7 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] not in EXTRAS:
         print(__doc__)
         return 2
-    if sys.version_info < (3, 10):
+    if sys.version_info < (3, 10):  # noqa: UP036 - this script runs under whatever python3 the machine has
         say(f"Python >= 3.10 needed, this is {sys.version.split()[0]}")
         return 2
     command, args = argv[0], argv[1:]

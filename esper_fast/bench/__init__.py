@@ -20,19 +20,29 @@ import sys
 
 __all__ = ["main"]
 
-_COMMANDS = {"select": "esper_fast.bench.select", "get_action": "esper_fast.bench.get_action",
-             "train": "esper_fast.bench.train"}  # fmt: skip
+_COMMANDS = {
+    "select": "esper_fast.bench.select",
+    "get_action": "esper_fast.bench.get_action",
+    "train": "esper_fast.bench.train",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="esper-fast bench", description=__doc__, add_help=False,
-                                usage="esper-fast bench {select,get_action,train,all} [--out DIR | --update-results] "
-                                      "[options of the benchmark]",
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="esper-fast bench",
+        description=__doc__,
+        add_help=False,
+        usage="esper-fast bench {select,get_action,train,all} [--out DIR | --update-results] "
+        "[options of the benchmark]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("which", choices=[*_COMMANDS, "all"], help="benchmark to run")
     p.add_argument("--out", help="output folder (default: $OUT when set, else ./bench-results)")
-    p.add_argument("--update-results", action="store_true",
-                   help="write into the checkout's benchmarks/results/ (the committed results)")
+    p.add_argument(
+        "--update-results",
+        action="store_true",
+        help="write into the checkout's benchmarks/results/ (the committed results)",
+    )
     return p
 
 

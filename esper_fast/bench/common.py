@@ -8,13 +8,20 @@ import platform
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-__all__ = ["median_us", "machine_info", "write_results", "markdown_table", "default_out_dir", "committed_results_dir",
-           "CaseProgress"]
+__all__ = [
+    "median_us",
+    "machine_info",
+    "write_results",
+    "markdown_table",
+    "default_out_dir",
+    "committed_results_dir",
+    "CaseProgress",
+]
 
 
 def _sync(device: torch.device) -> None:
@@ -22,8 +29,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_us(fn: Callable[[], object], device: torch.device, *, warmup: int = 5, repeats: int = 15,
-              min_time_s: float = 0.02, max_calls: int = 2000) -> float:  # fmt: skip
+def median_us(
+    fn: Callable[[], object],
+    device: torch.device,
+    *,
+    warmup: int = 5,
+    repeats: int = 15,
+    min_time_s: float = 0.02,
+    max_calls: int = 2000,
+) -> float:
     """Median over ``repeats`` of the mean wall time per call (µs) of back-to-back calls.
 
     Each repeat runs enough calls to last ``min_time_s`` (capped at ``max_calls``) between two
@@ -53,8 +67,12 @@ def _git_sha() -> str:
         return os.environ["ESPER_FAST_GIT_SHA"]
     try:
         root = Path(__file__).resolve().parents[2]
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                              text=True, timeout=5).stdout.strip() or "unknown"  # fmt: skip
+        return (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or "unknown"
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -69,7 +87,9 @@ def machine_info(device: torch.device) -> dict:
         triton_version = None
     info = {
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
@@ -108,14 +128,18 @@ def committed_results_dir() -> Path:
     root = Path(__file__).resolve().parents[2]
     results = root / "benchmarks" / "results"
     if not (root / "pyproject.toml").is_file() or not results.is_dir():
-        raise FileNotFoundError(f"--update-results: {results} is not a checkout's benchmarks/results/ "
-                                "(esper_fast is not running from a source checkout); use --out DIR")
+        raise FileNotFoundError(
+            f"--update-results: {results} is not a checkout's benchmarks/results/ "
+            "(esper_fast is not running from a source checkout); use --out DIR"
+        )
     return results
 
 
 def _clock(seconds: float) -> str:
     seconds = int(max(seconds, 0))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
 
 
 class CaseProgress:
@@ -136,10 +160,12 @@ class CaseProgress:
         self.done += 1
         elapsed = time.perf_counter() - self.t0
         eta = elapsed / self.done * max(self.total - self.done, 0)
-        fields = "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-                           if v is not None)  # fmt: skip
-        self.stream.write(f"{self.name} [{self.done:>3}/{self.total}] {_clock(elapsed)} elapsed, eta {_clock(eta)} | "
-                          f"{fields}\n")  # fmt: skip
+        fields = "  ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if v is not None
+        )
+        self.stream.write(
+            f"{self.name} [{self.done:>3}/{self.total}] {_clock(elapsed)} elapsed, eta {_clock(eta)} | {fields}\n"
+        )
         self.stream.flush()
 
 
@@ -148,8 +174,10 @@ def write_results(name: str, info: dict, rows: list[dict], columns: list[str], o
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps({"machine": info, "notes": notes, "rows": rows}, indent=1))
-    header = f"# {name}\n\nMachine: {info['device_name']} ({info['device']}), torch {info['torch']}, " \
-             f"triton {info['triton']}, git {info['git_sha']}, {info['date']}\n\n{notes}\n\n"  # fmt: skip
+    header = (
+        f"# {name}\n\nMachine: {info['device_name']} ({info['device']}), torch {info['torch']}, "
+        f"triton {info['triton']}, git {info['git_sha']}, {info['date']}\n\n{notes}\n\n"
+    )
     (out_dir / f"{name}.md").write_text(header + markdown_table(rows, columns) + "\n")
     try:  # PNG next to the JSON when matplotlib is installed
         from esper_fast.bench.plots import plot_file

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import torch
 
+from esper_fast.bench.common import CaseProgress, default_out_dir, machine_info, median_us, write_results
+from esper_fast.constants_v2 import OBS_V3_NON_BLUEPRINT_DIM, PROBABILITY_FLOOR_PER_HEAD
 from esper_fast.policy import FactoredPolicy
 from esper_fast.policy_v2 import FactoredPolicyV2
-from esper_fast.constants_v2 import OBS_V3_NON_BLUEPRINT_DIM, PROBABILITY_FLOOR_PER_HEAD
 from esper_fast.ppo.agent import validation_off
 from esper_fast.reference.policy_v2 import reference_get_action_v2
-from esper_fast.bench.common import CaseProgress, default_out_dir, machine_info, median_us, write_results
 from esper_fast.reference_policy import ReferencePolicy
 
 BATCHES = (1, 8, 64, 512, 4096)
@@ -125,9 +125,12 @@ def run_head(device: torch.device, batches, hidden_dim: int, budget_s: float) ->
             row = {"batch": batch}
             row["head_reference_us"] = median_us(
                 lambda: reference_get_action_v2(fused, state, bp, hidden, plain_masks, probability_floor=floors),
-                device, repeats=9)  # fmt: skip
+                device,
+                repeats=9,
+            )
             row["head_fused_us"] = median_us(
-                lambda: fused.get_action(state, bp, hidden, **masks, probability_floor=floors), device, repeats=9)
+                lambda: fused.get_action(state, bp, hidden, **masks, probability_floor=floors), device, repeats=9
+            )
             if device.type == "cuda":
                 graph, _ = capture_get_action(fused, state, bp, hidden, **masks, probability_floor=floors)
                 row["head_fused_graph_us"] = median_us(graph.replay, device)
@@ -151,8 +154,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--budget-s", type=float, default=1e9)
     p.add_argument("--out", default=None, help="output folder (default: $OUT when set, else ./bench-results)")
     p.add_argument("--profile-batch", type=int, default=0, help="also write a torch.profiler table at this batch")
-    p.add_argument("--network", choices=("0872525b", "head", "both"), default="0872525b",
-                   help="which esper network: 0872525b (FactoredPolicy), head (FactoredPolicyV2, schema v2), both")
+    p.add_argument(
+        "--network",
+        choices=("0872525b", "head", "both"),
+        default="0872525b",
+        help="which esper network: 0872525b (FactoredPolicy), head (FactoredPolicyV2, schema v2), both",
+    )
     args = p.parse_args(argv)
     device = torch.device(args.device)
     out = Path(args.out) if args.out else default_out_dir()
@@ -162,10 +169,16 @@ def main(argv: list[str] | None = None) -> None:
         cols = ["batch", "head_reference_us", "head_fused_us", "head_fused_speedup"]
         if device.type == "cuda":
             cols += ["head_fused_graph_us", "head_fused_graph_speedup"]
-        write_results(f"bench_get_action_head_{kind}", machine_info(device), head_rows, cols, out,
-                      notes=f"esper HEAD network (schema v2, state_dim 116, H={args.hidden_dim}), all-valid masks, "
-                            "HEAD's probability floors, validation off, stochastic; median µs per call; "
-                            "speedup = head_reference_us / variant_us")  # fmt: skip
+        write_results(
+            f"bench_get_action_head_{kind}",
+            machine_info(device),
+            head_rows,
+            cols,
+            out,
+            notes=f"esper HEAD network (schema v2, state_dim 116, H={args.hidden_dim}), all-valid masks, "
+            "HEAD's probability floors, validation off, stochastic; median µs per call; "
+            "speedup = head_reference_us / variant_us",
+        )
         print(f"wrote {out / f'bench_get_action_head_{kind}'}.json / .md / .png")
         if args.network == "head":
             return
@@ -178,15 +191,22 @@ def main(argv: list[str] | None = None) -> None:
         kind = "gpu" if device.type == "cuda" else "cpu"
         (out / f"bench_get_action_profile_{kind}.md").write_text(
             f"# FactoredPolicy.get_action profile, batch {args.profile_batch}, 10 eager calls "
-            f"({machine_info(device)['device_name']})\n\n```\n{table}\n```\n")
+            f"({machine_info(device)['device_name']})\n\n```\n{table}\n```\n"
+        )
         print(table)
     cols = ["batch", "reference_us", "legacy_us", "fused_us", "fused_speedup"]
     if device.type == "cuda":
         cols += ["fused_graph_us", "fused_graph_speedup", "fused_compiled_us", "fused_compiled_speedup"]
     name = f"bench_get_action_{'gpu' if device.type == 'cuda' else 'cpu'}"
-    write_results(name, machine_info(device), rows, cols, out,
-                  notes=f"esper default sizes (H={args.hidden_dim}), all-valid masks, validation off, stochastic; "
-                        "median µs per call; speedup = reference_us / variant_us")  # fmt: skip
+    write_results(
+        name,
+        machine_info(device),
+        rows,
+        cols,
+        out,
+        notes=f"esper default sizes (H={args.hidden_dim}), all-valid masks, validation off, stochastic; "
+        "median µs per call; speedup = reference_us / variant_us",
+    )
     print(f"wrote {out / name}.json / .md / .png")
 
 

@@ -27,8 +27,13 @@ def _plot_select(data: dict, ax_speed, ax_bw) -> None:
         if ax_bw is not None and sel and sel[0].get("copy_GBps"):
             ax_bw.plot(ns, [r["copy_GBps"] for r in sel], "k--", alpha=0.3)
     base = "eager torch" if metric == "vs_eager" else "eager reference"
-    ax_speed.set(xscale="log", yscale="log", xlabel="rows N", ylabel=f"speed-up over {base}",
-                 title=f"select_op argmax, {rows[0]['dtype']}")  # fmt: skip
+    ax_speed.set(
+        xscale="log",
+        yscale="log",
+        xlabel="rows N",
+        ylabel=f"speed-up over {base}",
+        title=f"select_op argmax, {rows[0]['dtype']}",
+    )
     ax_speed.legend(fontsize=6)
     if ax_bw is not None:
         ax_bw.set(xscale="log", xlabel="rows N", ylabel="GB/s (dashed: copy)", title="achieved bandwidth")
@@ -37,8 +42,16 @@ def _plot_select(data: dict, ax_speed, ax_bw) -> None:
 
 def _plot_get_action(data: dict, ax) -> None:
     rows = data["rows"]
-    for key in ("reference", "legacy", "fused", "fused_graph", "fused_compiled",
-                "head_reference", "head_fused", "head_fused_graph"):  # fmt: skip
+    for key in (
+        "reference",
+        "legacy",
+        "fused",
+        "fused_graph",
+        "fused_compiled",
+        "head_reference",
+        "head_fused",
+        "head_fused_graph",
+    ):
         pts = [(r["batch"], r[f"{key}_us"]) for r in rows if r.get(f"{key}_us") is not None]
         if pts:
             ax.plot(*zip(*pts), marker="o", label=key)
@@ -55,19 +68,29 @@ def _plot_train(data: dict, ax) -> None:
         return
     if "variant" not in rows[0]:  # older files: one bar per policy
         ax.bar([r["policy"] for r in rows], [r["env_steps_per_s"] for r in rows], color=["tab:gray", "tab:blue"])
-        ax.set(ylabel="env-steps/s", title=f"trainer throughput ({rows[0]['preset']} preset, {rows[0]['num_envs']} envs)")
+        ax.set(
+            ylabel="env-steps/s", title=f"trainer throughput ({rows[0]['preset']} preset, {rows[0]['num_envs']} envs)"
+        )
         return
     parts = ("env_s", "act_s", "rollout_other_s", "update_s", "other_s")
-    labels = [f"{r['variant']}\n{r['num_envs']} envs" + (f" {r['threads']}t" if r.get("threads", 1) != 1 else "")
-              for r in rows]  # fmt: skip
+    labels = [
+        f"{r['variant']}\n{r['num_envs']} envs" + (f" {r['threads']}t" if r.get("threads", 1) != 1 else "")
+        for r in rows
+    ]
     bottom = [0.0] * len(rows)
     for part in parts:
         vals = [r[part] for r in rows]
         ax.bar(labels, vals, bottom=bottom, label=part[:-2])
         bottom = [b + v for b, v in zip(bottom, vals)]
     for i, r in enumerate(rows):
-        ax.text(i, bottom[i], f"{r['env_steps_per_s']:.0f}/s" + (f"\n{r['speedup']:.2f}x" if r.get("speedup") else ""),
-                ha="center", va="bottom", fontsize=6)  # fmt: skip
+        ax.text(
+            i,
+            bottom[i],
+            f"{r['env_steps_per_s']:.0f}/s" + (f"\n{r['speedup']:.2f}x" if r.get("speedup") else ""),
+            ha="center",
+            va="bottom",
+            fontsize=6,
+        )
     ax.set(ylabel="seconds per update", title=f"trainer time split ({rows[0]['preset']} preset)")
     ax.tick_params(axis="x", labelsize=6)
     ax.legend(fontsize=6)

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
+from esper_fast.bench.common import CaseProgress, default_out_dir, machine_info, median_us, write_results
 from esper_fast.ops import available_backends, select_op
 from esper_fast.ops.threads import cpu_threads
-from esper_fast.bench.common import CaseProgress, default_out_dir, machine_info, median_us, write_results
 from esper_fast.reference import select_op_reference
 
 GPU_NS = (64, 1024, 16384, 262144, 4194304)
@@ -103,13 +103,21 @@ def run(device: torch.device, ns, as_, dtypes, budget_s: float = 1e9) -> list[di
                 t = _timing(n, a)
                 copy = _copy_gbps(nbytes, device, t)
                 for det in (True, False):
-                    row = dict(N=n, A=a, dtype=str(dtype).replace("torch.", ""), mode="argmax" if det else "sample",
-                               copy_GBps=copy)  # fmt: skip
+                    row = dict(
+                        N=n,
+                        A=a,
+                        dtype=str(dtype).replace("torch.", ""),
+                        mode="argmax" if det else "sample",
+                        copy_GBps=copy,
+                    )
                     row["eager_us"] = median_us(lambda: eager_select(logits, q, mask, det), device, **t)
                     row["reference_us"] = median_us(lambda: _reference(logits, q, mask, det), device, **t)
                     for b in backends:
-                        us = median_us(lambda: select_op(logits, q, mask, deterministic=det, backend=b, validate=False),
-                                       device, **t)  # fmt: skip
+                        us = median_us(
+                            lambda: select_op(logits, q, mask, deterministic=det, backend=b, validate=False),
+                            device,
+                            **t,
+                        )
                         row[f"{b}_us"] = us
                         row[f"{b}_vs_eager"] = row["eager_us"] / us
                         row[f"{b}_speedup"] = row["reference_us"] / us
@@ -119,12 +127,20 @@ def run(device: torch.device, ns, as_, dtypes, budget_s: float = 1e9) -> list[di
                         default = C.cpu_kernel()
                         C.set_cpu_kernel("scalar")
                         row["cpu_scalar_us"] = median_us(
-                            lambda: select_op(logits, q, mask, deterministic=det, backend="cpu", validate=False), device, **t)
+                            lambda: select_op(logits, q, mask, deterministic=det, backend="cpu", validate=False),
+                            device,
+                            **t,
+                        )
                         C.set_cpu_kernel(default)
                         if n * a >= 1 << 18:  # two threads, whatever the default threshold
                             with cpu_threads(2, runtime="native", parallel_threshold=0):
                                 row["cpu_2t_us"] = median_us(
-                                    lambda: select_op(logits, q, mask, deterministic=det, backend="cpu", validate=False), device, **t)
+                                    lambda: select_op(
+                                        logits, q, mask, deterministic=det, backend="cpu", validate=False
+                                    ),
+                                    device,
+                                    **t,
+                                )
                             row["cpu_2t_scaling"] = row["cpu_us"] / row["cpu_2t_us"]
                     rows.append(row)
                     progress(row)
@@ -154,8 +170,12 @@ def call_overhead(device: torch.device) -> list[dict]:
         qa = torch.randn(n, sizes["op"], device=device)
         for det in (True, False):
             row = dict(N=n, mode="argmax" if det else "sample")
-            row["select_op_us"] = median_us(lambda: select_op(logits, q, mask, deterministic=det, validate=False), device, **timing)
-            row["select_actions_us"] = median_us(lambda: select_actions(heads, masks, qa, deterministic=det), device, **timing)
+            row["select_op_us"] = median_us(
+                lambda: select_op(logits, q, mask, deterministic=det, validate=False), device, **timing
+            )
+            row["select_actions_us"] = median_us(
+                lambda: select_actions(heads, masks, qa, deterministic=det), device, **timing
+            )
             if device.type == "cpu" and _cpu_module() is not None:
                 C = _cpu_module()
                 key = None if det else draw_key(device)
@@ -191,7 +211,10 @@ def threads_table(ns=(4096, 16384, 65536, 262144, 1048576, 4194304)) -> list[dic
             for threads in (1, 2):
                 with cpu_threads(threads, runtime="native", parallel_threshold=0):
                     row[f"t{threads}_us"] = median_us(
-                        lambda: select_op(logits, q, mask, deterministic=det, backend="cpu", validate=False), device, **t)
+                        lambda: select_op(logits, q, mask, deterministic=det, backend="cpu", validate=False),
+                        device,
+                        **t,
+                    )
             row["scaling"] = row["t1_us"] / row["t2_us"]
             out.append(row)
             print(row, flush=True)
@@ -230,13 +253,18 @@ def merge_runs(paths: list[Path], out: Path, name: str) -> Path:
     overhead, threads = merge([r["overhead"] for r in runs]), merge([r["threads"] for r in runs])
     for r in threads:
         r["scaling"] = r["t1_us"] / r["t2_us"]
-    notes = first["notes"] + f" Medians over {len(runs)} runs of the whole benchmark (git " + \
-        ", ".join(sorted({r["machine"]["git_sha"] for r in runs})) + ")."  # fmt: skip
+    notes = (
+        first["notes"]
+        + f" Medians over {len(runs)} runs of the whole benchmark (git "
+        + ", ".join(sorted({r["machine"]["git_sha"] for r in runs}))
+        + ")."
+    )
     cols = list(dict.fromkeys(k for r in rows for k in r))
     path = write_results(name, first["machine"], rows, cols, out, notes=notes)
     data = json.loads(path.read_text())
-    data.update(backends=first.get("backends", []), overhead=overhead, threads=threads,
-                runs=[r["machine"] for r in runs])  # fmt: skip
+    data.update(
+        backends=first.get("backends", []), overhead=overhead, threads=threads, runs=[r["machine"] for r in runs]
+    )
     path.write_text(json.dumps(data, indent=1))
     md = out / f"{name}.md"
     extra = "\n## Call overhead (call time, kernel time, overhead = call - kernel; N = 0 and 64)\n\n"
@@ -250,8 +278,13 @@ def merge_runs(paths: list[Path], out: Path, name: str) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="bench_select", description=__doc__)
-    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
-                   help="only merge these runs' JSON files (per-cell medians) into --out/--name")  # fmt: skip
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="only merge these runs' JSON files (per-cell medians) into --out/--name",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="small sizes only (smoke run)")
     p.add_argument("--budget-s", type=float, default=1e9, help="stop after this many seconds")
@@ -281,10 +314,11 @@ def main(argv: list[str] | None = None) -> None:
     cols += ["copy_GBps"] + ([] if on_gpu else ["cpu_scalar_us", "cpu_2t_us", "cpu_2t_scaling"])
     out = Path(args.out) if args.out else default_out_dir()
     name = args.name or f"bench_select_{'gpu' if on_gpu else 'cpu'}"
-    notes = ("median µs per call (back-to-back calls between syncs); vs_eager = eager_us / backend_us; "
-             "speedup = reference_us / backend_us; of_copy = backend GB/s / copy GB/s; validate=False; "
-             f"torch threads {torch.get_num_threads()}, cpu backend threads 1 unless a column says 2t. "
-             + args.note)  # fmt: skip
+    notes = (
+        "median µs per call (back-to-back calls between syncs); vs_eager = eager_us / backend_us; "
+        "speedup = reference_us / backend_us; of_copy = backend GB/s / copy GB/s; validate=False; "
+        f"torch threads {torch.get_num_threads()}, cpu backend threads 1 unless a column says 2t. " + args.note
+    )
     from esper_fast.bench.common import markdown_table
 
     info = machine_info(device)

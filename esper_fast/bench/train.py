@@ -26,9 +26,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -45,17 +45,32 @@ def _trainer(preset: str, device: str, num_envs: int, variant: str, threads: int
     from esper_fast.ppo.trainer import Trainer
     from esper_fast.reference_policy import ReferencePolicy
 
-    cfg = make_config(preset, **{"device": device, "eval_episodes": 0, "num_envs": num_envs, "target_kl": None,
-                                 "torch_threads": threads, **overrides})  # fmt: skip
+    cfg = make_config(
+        preset,
+        **{
+            "device": device,
+            "eval_episodes": 0,
+            "num_envs": num_envs,
+            "target_kl": None,
+            "torch_threads": threads,
+            **overrides,
+        },
+    )
     cfg = cfg.replace(total_timesteps=cfg.batch_size * 10_000)  # never the end of the schedule
     policy = None
     if variant == "unfused":  # same weights, esper's torch-op selection and per-head evaluate_actions
         torch.manual_seed(cfg.seed)  # the fused trainer's initial weights (Trainer seeds the same way)
         fused = build_policy(cfg)
         legacy = cfg.value_mode == "legacy"
-        policy = ReferencePolicy(fused.state_dim, fused.num_slots, feature_dim=cfg.feature_dim,
-                                 lstm_hidden_dim=cfg.lstm_hidden_dim, lstm_layers=cfg.lstm_layers,
-                                 value_mode="q_op" if legacy else cfg.value_mode, legacy=legacy).to(device)  # fmt: skip
+        policy = ReferencePolicy(
+            fused.state_dim,
+            fused.num_slots,
+            feature_dim=cfg.feature_dim,
+            lstm_hidden_dim=cfg.lstm_hidden_dim,
+            lstm_layers=cfg.lstm_layers,
+            value_mode="q_op" if legacy else cfg.value_mode,
+            legacy=legacy,
+        ).to(device)
         policy.load_state_dict(fused.state_dict())
         policy.fused_evaluate = False
     trainer = Trainer(cfg, None, policy=policy, log=lambda _m: None, tensorboard=False)
@@ -111,8 +126,10 @@ def one_update(trainer, timer: SplitTimer | None) -> tuple[float, float]:
         torch.cuda.synchronize(device)
     t0, c0 = time.perf_counter(), time.process_time()
     with _instrumented(trainer, timer):
-        trainer.train(on_update=lambda _row: (stamps.append((time.perf_counter(), time.process_time())),
-                                              trainer.request_stop()), handle_signals=False)  # fmt: skip
+        trainer.train(
+            on_update=lambda _row: (stamps.append((time.perf_counter(), time.process_time())), trainer.request_stop()),
+            handle_signals=False,
+        )
     return stamps[0][0] - t0, stamps[0][1] - c0
 
 
@@ -132,33 +149,55 @@ def measure(preset: str, device: str, num_envs: int, repeats: int, threads: int)
             if not cpu:
                 wall, _ = one_update(trainer, None)
             t = timer.t
-            samples[v].append({
-                "total": split_total if cpu else wall, "wall": wall, "env": t["env"], "act": t["act"],
-                "update": t["update"], "rollout_other": t["rollout"] - t["env"] - t["act"],
-                "other": split_total - t["rollout"] - t["update"], "steps": cfg.batch_size,
-            })  # fmt: skip
+            samples[v].append(
+                {
+                    "total": split_total if cpu else wall,
+                    "wall": wall,
+                    "env": t["env"],
+                    "act": t["act"],
+                    "update": t["update"],
+                    "rollout_other": t["rollout"] - t["env"] - t["act"],
+                    "other": split_total - t["rollout"] - t["update"],
+                    "steps": cfg.batch_size,
+                }
+            )
     rows = []
     for v in VARIANTS:
         s = samples[v]
         med = {k: statistics.median(x[k] for x in s) for k in ("total", "wall", *SPLIT)}
-        row = {"variant": v, "preset": preset, "num_envs": num_envs, "hidden": trainers[v][1].lstm_hidden_dim,
-               "threads": threads, "repeats": repeats, "clock": "cpu" if dev.type == "cpu" else "wall",
-               "env_steps_per_s": s[0]["steps"] / med["total"], "s_per_update": med["total"],
-               "wall_env_steps_per_s": s[0]["steps"] / med["wall"], **{f"{k}_s": med[k] for k in SPLIT}}  # fmt: skip
+        row = {
+            "variant": v,
+            "preset": preset,
+            "num_envs": num_envs,
+            "hidden": trainers[v][1].lstm_hidden_dim,
+            "threads": threads,
+            "repeats": repeats,
+            "clock": "cpu" if dev.type == "cpu" else "wall",
+            "env_steps_per_s": s[0]["steps"] / med["total"],
+            "s_per_update": med["total"],
+            "wall_env_steps_per_s": s[0]["steps"] / med["wall"],
+            **{f"{k}_s": med[k] for k in SPLIT},
+        }
         rows.append(row)
     fused, unfused = rows[1], rows[0]
     ratios = [u["total"] / f["total"] for u, f in zip(samples["unfused"], samples["fused"])]
     upd = [u["update"] / f["update"] for u, f in zip(samples["unfused"], samples["fused"])]
     fused["speedup"] = statistics.median(ratios)
     fused["update_speedup"] = statistics.median(upd)
-    fused["wall_speedup"] = statistics.median(u["wall"] / f["wall"] for u, f in zip(samples["unfused"], samples["fused"]))
+    fused["wall_speedup"] = statistics.median(
+        u["wall"] / f["wall"] for u, f in zip(samples["unfused"], samples["fused"])
+    )
     fused["rollout_speedup"] = (unfused["env_s"] + unfused["act_s"] + unfused["rollout_other_s"]) / max(
-        fused["env_s"] + fused["act_s"] + fused["rollout_other_s"], 1e-12)
+        fused["env_s"] + fused["act_s"] + fused["rollout_other_s"], 1e-12
+    )
     return rows
 
 
-_GROUPS = (("LSTM (oneDNN/cuDNN kernel)", ("rnn", "lstm")), ("GEMM (mm / addmm)", ("aten::mm", "aten::addmm", "aten::bmm")),
-           ("fused scoring op", ("esper_fast::score", "esper_fast_score")))  # fmt: skip
+_GROUPS = (
+    ("LSTM (oneDNN/cuDNN kernel)", ("rnn", "lstm")),
+    ("GEMM (mm / addmm)", ("aten::mm", "aten::addmm", "aten::bmm")),
+    ("fused scoring op", ("esper_fast::score", "esper_fast_score")),
+)
 
 
 def profile_update(preset: str, device: str, num_envs: int, threads: int) -> str:
@@ -183,7 +222,12 @@ def profile_update(preset: str, device: str, num_envs: int, threads: int) -> str
             name = next((g for g, keys in _GROUPS if any(k in e.key for k in keys)), "everything else")
             groups[name] += e.self_cpu_time_total
         calls = sum(e.count for e in events)
-        lines += [f"## {v}: {total / 1e6:.2f} s self CPU, {calls} op calls", "", "| group | s | share |", "|---|---|---|"]
+        lines += [
+            f"## {v}: {total / 1e6:.2f} s self CPU, {calls} op calls",
+            "",
+            "| group | s | share |",
+            "|---|---|---|",
+        ]
         lines += [f"| {g} | {t / 1e6:.3f} | {t / total:.0%} |" for g, t in groups.items()]
         top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]
         lines += ["", "| op | calls | self s |", "|---|---|---|"]
@@ -206,26 +250,49 @@ def threads_compare(preset: str, device: str, num_envs: int, counts: list[int], 
             with cpu_threads(k, device):
                 walls[k].append(one_update(trainer, None)[0])
     base = statistics.median(walls[counts[0]])
-    return [{"variant": "fused", "num_envs": num_envs, "threads": k, "repeats": repeats, "clock": "wall",
-             "wall_env_steps_per_s": cfg.batch_size / statistics.median(w), "s_per_update": statistics.median(w),
-             "speedup_vs_first": base / statistics.median(w)} for k, w in walls.items()]  # fmt: skip
+    return [
+        {
+            "variant": "fused",
+            "num_envs": num_envs,
+            "threads": k,
+            "repeats": repeats,
+            "clock": "wall",
+            "wall_env_steps_per_s": cfg.batch_size / statistics.median(w),
+            "s_per_update": statistics.median(w),
+            "speedup_vs_first": base / statistics.median(w),
+        }
+        for k, w in walls.items()
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="bench_train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="bench_train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--preset", default="default")
-    p.add_argument("--num-envs", default=None, help="comma-separated env counts (default: CPU 16,256; GPU 16,1024,4096)")
+    p.add_argument(
+        "--num-envs", default=None, help="comma-separated env counts (default: CPU 16,256; GPU 16,1024,4096)"
+    )
     p.add_argument("--repeats", type=int, default=3, help="timed updates per variant (medians reported)")
     p.add_argument("--threads", default="1", help="comma-separated torch thread counts (CPU)")
-    p.add_argument("--budget-s", type=float, default=None, help="skip the remaining sizes once this many seconds have passed")
+    p.add_argument(
+        "--budget-s", type=float, default=None, help="skip the remaining sizes once this many seconds have passed"
+    )
     p.add_argument("--out", default=None, help="output folder (default: $OUT when set, else ./bench-results)")
     p.add_argument("--name", default=None, help="result file name (default bench_train_<cpu|gpu>)")
-    p.add_argument("--threads-compare", action="store_true", help="only the fused trainer at the largest size with each "
-                   "--threads count, alternating (wall clock): <name>_threads.*")
-    p.add_argument("--profile", action="store_true", help="only write <name>_profile.md: the update's op profile "
-                   "at the largest size (torch.profiler, one epoch per variant)")
+    p.add_argument(
+        "--threads-compare",
+        action="store_true",
+        help="only the fused trainer at the largest size with each "
+        "--threads count, alternating (wall clock): <name>_threads.*",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="only write <name>_profile.md: the update's op profile "
+        "at the largest size (torch.profiler, one epoch per variant)",
+    )
     args = p.parse_args(argv)
     gpu = args.device.startswith("cuda")
     sizes = [int(x) for x in (args.num_envs or ("16,1024,4096" if gpu else "16,256")).split(",")]
@@ -237,11 +304,24 @@ def main(argv: list[str] | None = None) -> None:
         rows = threads_compare(args.preset, args.device, max(sizes), counts, repeats)
         for row in rows:
             print(row, flush=True)
-        write_results(f"{name}_threads", machine_info(torch.device(args.device)), rows,
-                      ["variant", "num_envs", "threads", "repeats", "clock", "wall_env_steps_per_s", "s_per_update",
-                       "speedup_vs_first"], out,
-                      notes="Fused trainer, one trainer, thread counts alternating update by update; wall clock "
-                            "(more threads only pay in wall time).")  # fmt: skip
+        write_results(
+            f"{name}_threads",
+            machine_info(torch.device(args.device)),
+            rows,
+            [
+                "variant",
+                "num_envs",
+                "threads",
+                "repeats",
+                "clock",
+                "wall_env_steps_per_s",
+                "s_per_update",
+                "speedup_vs_first",
+            ],
+            out,
+            notes="Fused trainer, one trainer, thread counts alternating update by update; wall clock "
+            "(more threads only pay in wall time).",
+        )
         return
     if args.profile:
         text = profile_update(args.preset, args.device, max(sizes), int(args.threads.split(",")[0]))
@@ -259,17 +339,35 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             case = measure(args.preset, args.device, n, repeats, threads)
             rows.extend(case)
-            progress({"num_envs": n, "threads": threads, **{f"{r['variant']}_env_steps_per_s": r["env_steps_per_s"]
-                                                             for r in case}})  # fmt: skip
-    notes = ("One update = rollout + GAE + PPO update (default preset: 150 steps per env, 4 epochs x 4 minibatches, "
-             "target_kl off). Medians over the repeats, fused/unfused alternating. `clock`: cpu = process CPU time "
-             "(robust to other processes on a shared machine), wall = wall clock. env_steps_per_s, s_per_update, "
-             "the split columns (seconds per update) and speedup / update_speedup (median over repeats of "
-             "unfused/fused, whole update and ppo_update alone) use that clock; wall_* are wall clock.") + (
-             f" Skipped (budget): {', '.join(skipped)}." if skipped else "")  # fmt: skip
-    columns = ["variant", "num_envs", "hidden", "threads", "clock", "env_steps_per_s", "wall_env_steps_per_s",
-               "s_per_update", *[f"{k}_s" for k in SPLIT], "speedup", "update_speedup", "rollout_speedup",
-               "wall_speedup"]  # fmt: skip
+            progress(
+                {
+                    "num_envs": n,
+                    "threads": threads,
+                    **{f"{r['variant']}_env_steps_per_s": r["env_steps_per_s"] for r in case},
+                }
+            )
+    notes = (
+        "One update = rollout + GAE + PPO update (default preset: 150 steps per env, 4 epochs x 4 minibatches, "
+        "target_kl off). Medians over the repeats, fused/unfused alternating. `clock`: cpu = process CPU time "
+        "(robust to other processes on a shared machine), wall = wall clock. env_steps_per_s, s_per_update, "
+        "the split columns (seconds per update) and speedup / update_speedup (median over repeats of "
+        "unfused/fused, whole update and ppo_update alone) use that clock; wall_* are wall clock."
+    ) + (f" Skipped (budget): {', '.join(skipped)}." if skipped else "")
+    columns = [
+        "variant",
+        "num_envs",
+        "hidden",
+        "threads",
+        "clock",
+        "env_steps_per_s",
+        "wall_env_steps_per_s",
+        "s_per_update",
+        *[f"{k}_s" for k in SPLIT],
+        "speedup",
+        "update_speedup",
+        "rollout_speedup",
+        "wall_speedup",
+    ]
     write_results(name, machine_info(torch.device(args.device)), rows, columns, out, notes=notes)
     print(f"wrote {out / name}.json / .md / .png")
 

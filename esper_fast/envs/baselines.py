@@ -22,12 +22,23 @@ import torch
 from torch import Tensor
 
 from esper_fast.constants import (
-    HEAD_NAMES, AlphaMode, AlphaSpeedAction, AlphaTargetAction, GerminationStyle, LifecycleOp,
-    SeedStage, TempoAction,
+    HEAD_NAMES,
+    AlphaMode,
+    AlphaSpeedAction,
+    AlphaTargetAction,
+    GerminationStyle,
+    LifecycleOp,
+    SeedStage,
+    TempoAction,
 )
 from esper_fast.envs.masks import FULL_EVALUATION_AGE, MIN_HOLDING_EPOCHS, topology_blueprints
 from esper_fast.envs.seed_lifecycle import (
-    BASE_FEATURES, SLOT_FEATURES, STAGE_ORDER, EnvConfig, EnvObs, SeedLifecycleEnv,
+    BASE_FEATURES,
+    SLOT_FEATURES,
+    STAGE_ORDER,
+    EnvConfig,
+    EnvObs,
+    SeedLifecycleEnv,
 )
 from esper_fast.rules import slot_for_op
 
@@ -80,8 +91,15 @@ class HeuristicPolicy:
     style/tempo, full alpha) before ``germinate_until`` of the episode; else WAIT.
     """
 
-    def __init__(self, config: EnvConfig | None = None, prune_below: float = 0.0, fossilize_above: float = 0.5,
-                 min_age: int = 4, endgame: int = 12, germinate_until: float = 0.75) -> None:
+    def __init__(
+        self,
+        config: EnvConfig | None = None,
+        prune_below: float = 0.0,
+        fossilize_above: float = 0.5,
+        min_age: int = 4,
+        endgame: int = 12,
+        germinate_until: float = 0.75,
+    ) -> None:
         self.config = config if config is not None else EnvConfig()
         self.prune_below, self.fossilize_above = prune_below, fossilize_above
         self.min_age, self.endgame, self.germinate_until = min_age, endgame, germinate_until
@@ -93,26 +111,31 @@ class HeuristicPolicy:
     def _lookup(self, device: torch.device) -> tuple[Tensor, Tensor]:
         """(stage values in one-hot order, blueprint rotation) on ``device``, built once per device."""
         if device not in self._tables:
-            self._tables[device] = (torch.tensor([int(s) for s in STAGE_ORDER], device=device),
-                                    torch.tensor(self.blueprints, device=device))
+            self._tables[device] = (
+                torch.tensor([int(s) for s in STAGE_ORDER], device=device),
+                torch.tensor(self.blueprints, device=device),
+            )
         return self._tables[device]
 
     def _parse(self, obs: EnvObs) -> dict[str, Tensor]:
         """Per-slot readings ``[E, S]`` (stage values, age, EMA in points ...) and per-env ones ``[E]``."""
         num_envs, num_slots = obs.blueprint_indices.shape
         base = obs.obs[:, : len(BASE_FEATURES)]
-        slots = obs.obs[:, len(BASE_FEATURES):].view(num_envs, num_slots, len(SLOT_FEATURES))
+        slots = obs.obs[:, len(BASE_FEATURES) :].view(num_envs, num_slots, len(SLOT_FEATURES))
         f = lambda name: slots[..., self._slot[name]]  # noqa: E731
         first = self._slot[f"stage_{STAGE_ORDER[0].name.lower()}"]
         stage_values = self._lookup(obs.obs.device)[0]
-        stage = stage_values[slots[..., first:first + len(STAGE_ORDER)].argmax(-1)]
+        stage = stage_values[slots[..., first : first + len(STAGE_ORDER)].argmax(-1)]
         left = (1.0 - base[:, self._base["epoch_frac"]]) * self.config.episode_length
         return {
-            "stage": stage, "age": (f("age") * FULL_EVALUATION_AGE).round(),
+            "stage": stage,
+            "age": (f("age") * FULL_EVALUATION_AGE).round(),
             "stage_epochs": (f("stage_epochs") * FULL_EVALUATION_AGE).round(),
-            "ema": f("estimate_ema") * 10, "alpha": f("alpha"),
+            "ema": f("estimate_ema") * 10,
+            "alpha": f("alpha"),
             "ramp_done": f(f"alpha_mode_{AlphaMode.HOLD.name.lower()}") > 0.5,
-            "epoch_frac": base[:, self._base["epoch_frac"]], "left": left,
+            "epoch_frac": base[:, self._base["epoch_frac"]],
+            "left": left,
             "germinated": (base[:, self._base["seeds_germinated"]] * 10).round().long(),
         }
 
@@ -122,15 +145,23 @@ class HeuristicPolicy:
         endgame = (p["left"] <= self.endgame).unsqueeze(1)
         valid = lambda op: sbo[:, int(op)]  # noqa: E731
         prune = valid(LifecycleOp.PRUNE) & (age >= self.min_age) & (ema < self.prune_below)
-        fossil = valid(LifecycleOp.FOSSILIZE) & (ema > self.fossilize_above) & (
-            (p["stage_epochs"] >= MIN_HOLDING_EPOCHS) | endgame)
+        fossil = (
+            valid(LifecycleOp.FOSSILIZE)
+            & (ema > self.fossilize_above)
+            & ((p["stage_epochs"] >= MIN_HOLDING_EPOCHS) | endgame)
+        )
         advance = valid(LifecycleOp.ADVANCE) & (
             (st == int(SeedStage.GERMINATED))
             | ((st == int(SeedStage.TRAINING)) & (ema > 0) & ((age >= self.min_age) | endgame))
-            | ((st == int(SeedStage.BLENDING)) & p["ramp_done"]))
+            | ((st == int(SeedStage.BLENDING)) & p["ramp_done"])
+        )
         germ = valid(LifecycleOp.GERMINATE) & (p["epoch_frac"] < self.germinate_until).unsqueeze(1)
-        rules = [(LifecycleOp.PRUNE, prune), (LifecycleOp.FOSSILIZE, fossil),
-                 (LifecycleOp.ADVANCE, advance), (LifecycleOp.GERMINATE, germ)]
+        rules = [
+            (LifecycleOp.PRUNE, prune),
+            (LifecycleOp.FOSSILIZE, fossil),
+            (LifecycleOp.ADVANCE, advance),
+            (LifecycleOp.GERMINATE, germ),
+        ]
         op = torch.full_like(p["germinated"], int(LifecycleOp.WAIT))
         slot = torch.zeros_like(op)
         for rule_op, cand in reversed(rules):  # earlier rules overwrite later ones
@@ -142,9 +173,14 @@ class HeuristicPolicy:
         speed = torch.where(alpha_here > 0, int(AlphaSpeedAction.FAST), int(AlphaSpeedAction.INSTANT))
         full = lambda v: torch.full_like(op, int(v))  # noqa: E731
         return {
-            "slot": slot, "blueprint": bps[(p["germinated"] + slot) % len(self.blueprints)],
-            "style": full(GerminationStyle.SIGMOID_ADD), "tempo": full(TempoAction.STANDARD),
-            "alpha_target": full(AlphaTargetAction.FULL), "alpha_speed": speed, "alpha_curve": full(0), "op": op,
+            "slot": slot,
+            "blueprint": bps[(p["germinated"] + slot) % len(self.blueprints)],
+            "style": full(GerminationStyle.SIGMOID_ADD),
+            "tempo": full(TempoAction.STANDARD),
+            "alpha_target": full(AlphaTargetAction.FULL),
+            "alpha_speed": speed,
+            "alpha_curve": full(0),
+            "op": op,
         }
 
 
@@ -165,8 +201,15 @@ class OraclePolicy(HeuristicPolicy):
     mean return over 256 episodes there). ``env`` must be the env whose observations it is called with.
     """
 
-    def __init__(self, env: SeedLifecycleEnv, prune_below: float = 6.0, fossilize_above: float = 6.0,
-                 min_age: int = 4, endgame: int = 12, germinate_until: float = 0.75) -> None:  # fmt: skip
+    def __init__(
+        self,
+        env: SeedLifecycleEnv,
+        prune_below: float = 6.0,
+        fossilize_above: float = 6.0,
+        min_age: int = 4,
+        endgame: int = 12,
+        germinate_until: float = 0.75,
+    ) -> None:
         super().__init__(env.config, prune_below, fossilize_above, min_age, endgame, germinate_until)
         self.env = env
 
@@ -182,8 +225,12 @@ class OraclePolicy(HeuristicPolicy):
         return p
 
 
-def evaluate_policy(env: SeedLifecycleEnv | Callable[[], SeedLifecycleEnv], policy: Policy,
-                    num_episodes: int | None = None, seed: int | None = None) -> dict[str, object]:
+def evaluate_policy(
+    env: SeedLifecycleEnv | Callable[[], SeedLifecycleEnv],
+    policy: Policy,
+    num_episodes: int | None = None,
+    seed: int | None = None,
+) -> dict[str, object]:
     """Score ``policy`` on the first episodes of every env.
 
     Runs ``ceil(num_episodes / num_envs)`` episodes per env (default 1) from ``env.reset(seed)``
@@ -210,8 +257,11 @@ def evaluate_policy(env: SeedLifecycleEnv | Callable[[], SeedLifecycleEnv], poli
         start = res.terminated | res.truncated
         done = start & (count < per_env)
         col = count.clamp(max=per_env - 1)
-        for buf, value in ((returns, res.episode_return), (lengths, res.episode_length.float()),
-                           (terminal, res.terminated.float())):
+        for buf, value in (
+            (returns, res.episode_return),
+            (lengths, res.episode_length.float()),
+            (terminal, res.terminated.float()),
+        ):
             buf[rows, col] = torch.where(done, value, buf[rows, col])
         count = count + done.long()
         obs = res.next
@@ -219,6 +269,12 @@ def evaluate_policy(env: SeedLifecycleEnv | Callable[[], SeedLifecycleEnv], poli
     flat = lambda t: t.t().reshape(-1)[:n].cpu()  # noqa: E731
     r = flat(returns)
     std = float(r.std()) if n > 1 else 0.0
-    return {"mean_return": float(r.mean()), "std_return": std, "se_return": std / math.sqrt(n),
-            "mean_length": float(flat(lengths).mean()), "terminated_frac": float(flat(terminal).mean()),
-            "num_episodes": n, "returns": r}
+    return {
+        "mean_return": float(r.mean()),
+        "std_return": std,
+        "se_return": std / math.sqrt(n),
+        "mean_length": float(flat(lengths).mean()),
+        "terminated_frac": float(flat(terminal).mean()),
+        "num_episodes": n,
+        "returns": r,
+    }

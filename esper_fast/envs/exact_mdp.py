@@ -38,33 +38,62 @@ observation, so :class:`esper_fast.ppo.Trainer` (LSTM policy, real value modes) 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from esper_fast.constants import (
-    HEAD_NAMES, NUM_OPS, BlueprintAction, GerminationStyle, LifecycleOp, get_action_head_sizes, get_feature_size,
-)  # fmt: skip
+    HEAD_NAMES,
+    NUM_OPS,
+    BlueprintAction,
+    GerminationStyle,
+    LifecycleOp,
+    get_action_head_sizes,
+    get_feature_size,
+)
 from esper_fast.envs.seed_lifecycle import EnvObs, StepResult
 
 __all__ = [
-    "ExactMDPConfig", "ExactMDP", "ExactObs", "ExactStep", "TabularPolicy", "ExactValues", "ExactMDPEsperEnv",
-    "STATE_NAMES", "BLUEPRINT_IDS", "masked_softmax",
-]  # fmt: skip
+    "ExactMDPConfig",
+    "ExactMDP",
+    "ExactObs",
+    "ExactStep",
+    "TabularPolicy",
+    "ExactValues",
+    "ExactMDPEsperEnv",
+    "STATE_NAMES",
+    "BLUEPRINT_IDS",
+    "masked_softmax",
+]
 
 NB = 3
 NUM_STATES = 1 + 3 * NB
 EMPTY = 0
-_WAIT, _GERM, _SETA, _PRUNE, _FOSS, _ADV = (int(o) for o in (LifecycleOp.WAIT, LifecycleOp.GERMINATE,
-                                                             LifecycleOp.SET_ALPHA_TARGET, LifecycleOp.PRUNE,
-                                                             LifecycleOp.FOSSILIZE, LifecycleOp.ADVANCE))  # fmt: skip
-BLUEPRINT_IDS: tuple[int, ...] = (int(BlueprintAction.CONV_LIGHT), int(BlueprintAction.ATTENTION), int(BlueprintAction.NORM))
+_WAIT, _GERM, _SETA, _PRUNE, _FOSS, _ADV = (
+    int(o)
+    for o in (
+        LifecycleOp.WAIT,
+        LifecycleOp.GERMINATE,
+        LifecycleOp.SET_ALPHA_TARGET,
+        LifecycleOp.PRUNE,
+        LifecycleOp.FOSSILIZE,
+        LifecycleOp.ADVANCE,
+    )
+)
+BLUEPRINT_IDS: tuple[int, ...] = (
+    int(BlueprintAction.CONV_LIGHT),
+    int(BlueprintAction.ATTENTION),
+    int(BlueprintAction.NORM),
+)
 """esper blueprint index of sub-action b (what :class:`ExactMDPEsperEnv` shows on the blueprint head)."""
 _BP_SHORT = ("conv_light", "attention", "norm")
-STATE_NAMES: tuple[str, ...] = ("empty", *(f"{stage}({bp})" for stage in ("training", "blending", "fossilized")
-                                           for bp in _BP_SHORT))  # fmt: skip
+STATE_NAMES: tuple[str, ...] = (
+    "empty",
+    *(f"{stage}({bp})" for stage in ("training", "blending", "fossilized") for bp in _BP_SHORT),
+)
 
 
 def _training(b: int) -> int:
@@ -159,15 +188,19 @@ class TabularPolicy:
 
     @classmethod
     def uniform(cls) -> TabularPolicy:
-        return cls(torch.zeros(NUM_STATES, NUM_OPS, dtype=torch.float64),
-                   torch.zeros(NUM_STATES, NUM_OPS, NB, dtype=torch.float64))  # fmt: skip
+        return cls(
+            torch.zeros(NUM_STATES, NUM_OPS, dtype=torch.float64),
+            torch.zeros(NUM_STATES, NUM_OPS, NB, dtype=torch.float64),
+        )
 
     @classmethod
     def random(cls, seed: int = 0, scale: float = 1.0) -> TabularPolicy:
         """Logits ~ N(0, scale^2): a fixed, fairly stochastic policy."""
         g = torch.Generator().manual_seed(seed)
-        return cls(scale * torch.randn(NUM_STATES, NUM_OPS, generator=g, dtype=torch.float64),
-                   scale * torch.randn(NUM_STATES, NUM_OPS, NB, generator=g, dtype=torch.float64))  # fmt: skip
+        return cls(
+            scale * torch.randn(NUM_STATES, NUM_OPS, generator=g, dtype=torch.float64),
+            scale * torch.randn(NUM_STATES, NUM_OPS, NB, generator=g, dtype=torch.float64),
+        )
 
     def probs(self, mdp: ExactMDP) -> tuple[Tensor, Tensor]:
         """``(pi_op (S, NUM_OPS), pi_sub (S, NUM_OPS, NB))`` under ``mdp``'s masks (float64)."""
@@ -199,8 +232,9 @@ class ExactMDP:
     num_ops = NUM_OPS
     num_sub = NB
 
-    def __init__(self, num_envs: int = 1, config: ExactMDPConfig | None = None, device: str | torch.device = "cpu",
-                 seed: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self, num_envs: int = 1, config: ExactMDPConfig | None = None, device: str | torch.device = "cpu", seed: int = 0
+    ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs: expected >= 1, got {num_envs}")
         self.config = config or ExactMDPConfig()
@@ -260,7 +294,9 @@ class ExactMDP:
             set_all_b(bl, _PRUNE, {EMPTY: 1.0}, -c.prune_cost)
             # FOSSILIZED(b)
             mask[fo, [_WAIT, _PRUNE]] = True
-            set_all_b(fo, _WAIT, {fo: 1.0 - c.fossil_expire, EMPTY: c.fossil_expire}, c.gain[b] - c.fossil_rent * c.cost[b])
+            set_all_b(
+                fo, _WAIT, {fo: 1.0 - c.fossil_expire, EMPTY: c.fossil_expire}, c.gain[b] - c.fossil_rent * c.cost[b]
+            )
             set_all_b(fo, _PRUNE, {EMPTY: 1.0}, -c.prune_fossil_cost)
         # invalid ops act as WAIT (esper); the blueprint of a non-GERMINATE op is ignored (rows equal over b)
         for s in range(S):
@@ -383,8 +419,10 @@ class ExactMDP:
             op, sub = actions["op"], actions["blueprint"]
         op, sub = op.to(self.device, torch.long), sub.to(self.device, torch.long)
         if bool(((op < 0) | (op >= NUM_OPS) | (sub < 0) | (sub >= NB)).any()):
-            raise ValueError(f"actions: op must be in [0, {NUM_OPS}) and blueprint in [0, {NB}), got op={op.tolist()}, "
-                             f"blueprint={sub.tolist()}")  # fmt: skip
+            raise ValueError(
+                f"actions: op must be in [0, {NUM_OPS}) and blueprint in [0, {NB}), got op={op.tolist()}, "
+                f"blueprint={sub.tolist()}"
+            )
         s, E = self.state, self.num_envs
         valid = self._op_mask_d[s, op]
         eff = torch.where(valid, op, torch.full_like(op, _WAIT))
@@ -424,8 +462,9 @@ class ExactMDPEsperEnv:
     ``step`` takes esper's action dict and returns :class:`esper_fast.envs.StepResult`.
     """
 
-    def __init__(self, num_envs: int, config: ExactMDPConfig | None = None, device: str | torch.device = "cpu",
-                 seed: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self, num_envs: int, config: ExactMDPConfig | None = None, device: str | torch.device = "cpu", seed: int = 0
+    ) -> None:
         self.mdp = ExactMDP(num_envs, config, device, seed)
         self.num_envs, self.device, self.num_slots = num_envs, self.mdp.device, 3
         self.head_sizes = get_action_head_sizes(self.num_slots)
@@ -469,6 +508,13 @@ class ExactMDPEsperEnv:
     def step(self, actions: Mapping[str, Tensor]) -> StepResult:
         sub = self._bp_to_sub[actions["blueprint"].clamp(0, self.head_sizes["blueprint"] - 1)]
         r = self.mdp.step({"op": actions["op"], "blueprint": sub})
-        return StepResult(self._view(r.next), r.reward, r.terminated, r.truncated, self._view(r.final),
-                          r.effective_op, r.episode_return, r.episode_length)  # fmt: skip
-
+        return StepResult(
+            self._view(r.next),
+            r.reward,
+            r.terminated,
+            r.truncated,
+            self._view(r.final),
+            r.effective_op,
+            r.episode_return,
+            r.episode_length,
+        )

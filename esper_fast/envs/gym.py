@@ -12,7 +12,8 @@ Spaces: observation ``Box(-inf, inf, (obs_dim,), float32)`` (esper's 24 + 30 * s
 114 for three slots; :class:`ExactMDP` is shown through esper's eight heads and 114 features by
 :class:`~esper_fast.envs.exact_mdp.ExactMDPEsperEnv`); action ``MultiDiscrete`` over the eight heads
 in esper's order (:data:`esper_fast.HEAD_NAMES`: slot, blueprint, style, tempo, alpha_target,
-alpha_speed, alpha_curve, op; sizes 3, 13, 4, 3, 3, 4, 5, 6 for three slots). An action a mask forbids acts as WAIT (esper's rule); ``info["effective_op"]``
+alpha_speed, alpha_curve, op; sizes 3, 13, 4, 3, 3, 4, 5, 6 for three slots). An action a mask forbids acts as
+WAIT (esper's rule); ``info["effective_op"]``
 says what ran.
 
 Masks: ``info["action_mask"]`` holds one boolean array per head (True = valid), ``action_masks()``
@@ -52,8 +53,14 @@ from esper_fast.envs.seed_lifecycle import (
     StepResult,
 )
 
-__all__ = ["SeedLifecycleVectorEnv", "SeedLifecycleGymEnv", "ExactMDPVectorEnv", "ExactMDPGymEnv", "action_space_for",
-           "observation_space_for"]  # fmt: skip
+__all__ = [
+    "SeedLifecycleVectorEnv",
+    "SeedLifecycleGymEnv",
+    "ExactMDPVectorEnv",
+    "ExactMDPGymEnv",
+    "action_space_for",
+    "observation_space_for",
+]
 
 _SEED_BOUND = 2**31 - 1
 
@@ -75,8 +82,11 @@ def _np(t: Tensor) -> np.ndarray:
 
 def _infos(env_obs: EnvObs) -> dict[str, Any]:
     """Batched info arrays of an observation: per-head masks, slot_by_op, blueprint indices."""
-    return {"action_mask": {h: _np(env_obs.masks[h]) for h in HEAD_NAMES}, "slot_by_op": _np(env_obs.slot_by_op),
-            "blueprint_indices": _np(env_obs.blueprint_indices)}  # fmt: skip
+    return {
+        "action_mask": {h: _np(env_obs.masks[h]) for h in HEAD_NAMES},
+        "slot_by_op": _np(env_obs.slot_by_op),
+        "blueprint_indices": _np(env_obs.blueprint_indices),
+    }
 
 
 def _flat_masks(env_obs: EnvObs) -> np.ndarray:
@@ -95,8 +105,9 @@ class _Batched:
         a = torch.as_tensor(np.asarray(actions), device=self.env.device)
         shape = (len(HEAD_NAMES),) if rows is None else (rows, len(HEAD_NAMES))
         if a.shape != shape:
-            raise ValueError(f"actions: expected shape {shape} (one index per head, {list(HEAD_NAMES)}), "
-                             f"got {tuple(a.shape)}")  # fmt: skip
+            raise ValueError(
+                f"actions: expected shape {shape} (one index per head, {list(HEAD_NAMES)}), got {tuple(a.shape)}"
+            )
         if a.dtype.is_floating_point or a.dtype == torch.bool:
             raise ValueError(f"actions: expected integer head indices, got dtype {a.dtype}")
         a = a.long().reshape(-1, len(HEAD_NAMES))
@@ -104,8 +115,10 @@ class _Batched:
         bad = (a < 0) | (a >= sizes)
         if bool(bad.any()):
             row, col = (int(x) for x in bad.nonzero()[0])
-            raise ValueError(f"actions: head {HEAD_NAMES[col]!r} must be in [0, {int(sizes[col])}), "
-                             f"got {int(a[row, col])} (row {row})")  # fmt: skip
+            raise ValueError(
+                f"actions: head {HEAD_NAMES[col]!r} must be in [0, {int(sizes[col])}), "
+                f"got {int(a[row, col])} (row {row})"
+            )
         return {h: a[:, i] for i, h in enumerate(HEAD_NAMES)}
 
     def _env_seed(self, seed: int | None) -> int:
@@ -155,8 +168,12 @@ class _BatchedVectorEnv(_Batched, gymnasium.vector.VectorEnv):
             for i in np.flatnonzero(done):
                 final_obs[i] = obs_rows[i]
             final_info = self._batched_info(step.final, present=done)
-            final_info["episode"] = {"r": _np(step.episode_return), "l": _np(step.episode_length),
-                                     "_r": done.copy(), "_l": done.copy()}  # fmt: skip
+            final_info["episode"] = {
+                "r": _np(step.episode_return),
+                "l": _np(step.episode_length),
+                "_r": done.copy(),
+                "_l": done.copy(),
+            }
             final_info["_episode"] = done.copy()
             info.update(final_obs=final_obs, _final_obs=done.copy(), final_info=final_info, _final_info=done.copy())
         return (_np(step.next.obs), _np(step.reward), _np(step.terminated), _np(step.truncated), info)
@@ -182,19 +199,26 @@ class SeedLifecycleVectorEnv(_BatchedVectorEnv):
         num_envs: rows stepped together.
         config: :class:`EnvConfig` (default: esper's layout, 3 slots, 150-epoch episodes).
         device: where the torch env runs ("cpu" or "cuda"); observations come back as numpy.
-        seed: the torch env's seed until the first ``reset()`` (which reseeds it: with its ``seed``, else from ``np_random``).
+        seed: the torch env's seed until the first ``reset()`` (which reseeds it: with its ``seed``, else from
+            ``np_random``).
     """
 
-    def __init__(self, num_envs: int = 1, config: EnvConfig | None = None, device: str | torch.device = "cpu",
-                 seed: int | None = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        num_envs: int = 1,
+        config: EnvConfig | None = None,
+        device: str | torch.device = "cpu",
+        seed: int | None = 0,
+    ) -> None:
         super().__init__(SeedLifecycleEnv(num_envs, config, device=device, seed=seed))
 
 
 class ExactMDPVectorEnv(_BatchedVectorEnv):
     """``gymnasium.make_vec("esper_fast/ExactMDP-v0", num_envs)``: :class:`ExactMDP` through esper's eight heads."""
 
-    def __init__(self, num_envs: int = 1, config: ExactMDPConfig | None = None, device: str | torch.device = "cpu",
-                 seed: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self, num_envs: int = 1, config: ExactMDPConfig | None = None, device: str | torch.device = "cpu", seed: int = 0
+    ) -> None:
         super().__init__(ExactMDPEsperEnv(num_envs, config, device=device, seed=seed))
 
 
@@ -238,8 +262,11 @@ class _BatchedSingleEnv(_Batched, gymnasium.Env):
     @staticmethod
     def _info(env_obs: EnvObs) -> dict[str, Any]:
         batched = _infos(env_obs)
-        return {"action_mask": {h: m[0] for h, m in batched["action_mask"].items()},
-                "slot_by_op": batched["slot_by_op"][0], "blueprint_indices": batched["blueprint_indices"][0]}  # fmt: skip
+        return {
+            "action_mask": {h: m[0] for h, m in batched["action_mask"].items()},
+            "slot_by_op": batched["slot_by_op"][0],
+            "blueprint_indices": batched["blueprint_indices"][0],
+        }
 
 
 class SeedLifecycleGymEnv(_BatchedSingleEnv):
@@ -248,10 +275,13 @@ class SeedLifecycleGymEnv(_BatchedSingleEnv):
     Args:
         config: :class:`EnvConfig` (default: esper's layout, 3 slots, 150-epoch episodes).
         device: where the torch env runs; observations come back as numpy.
-        seed: the torch env's seed until the first ``reset()`` (which reseeds it: with its ``seed``, else from ``np_random``).
+        seed: the torch env's seed until the first ``reset()`` (which reseeds it: with its ``seed``, else from
+            ``np_random``).
     """
 
-    def __init__(self, config: EnvConfig | None = None, device: str | torch.device = "cpu", seed: int | None = 0) -> None:
+    def __init__(
+        self, config: EnvConfig | None = None, device: str | torch.device = "cpu", seed: int | None = 0
+    ) -> None:
         super().__init__(SeedLifecycleEnv(1, config, device=device, seed=seed))
 
 

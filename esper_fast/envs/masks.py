@@ -15,7 +15,7 @@ at execution time (:func:`effective_op`), exactly as esper's ``_parse_sampled_ac
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import torch
 from torch import Tensor
@@ -58,12 +58,10 @@ MIN_HOLDING_EPOCHS = 5  # esper's minimum dwell in HOLDING before fossilisation 
 
 B = BlueprintAction
 CNN_BLUEPRINTS: tuple[int, ...] = tuple(
-    int(b) for b in (B.NOOP, B.NORM, B.ATTENTION, B.CONV_LIGHT, B.DEPTHWISE, B.BOTTLENECK,
-                     B.CONV_SMALL, B.CONV_HEAVY)
+    int(b) for b in (B.NOOP, B.NORM, B.ATTENTION, B.CONV_LIGHT, B.DEPTHWISE, B.BOTTLENECK, B.CONV_SMALL, B.CONV_HEAVY)
 )
 TRANSFORMER_BLUEPRINTS: tuple[int, ...] = tuple(
-    int(b) for b in (B.NOOP, B.NORM, B.ATTENTION, B.LORA, B.LORA_LARGE, B.MLP_SMALL, B.MLP,
-                     B.FLEX_ATTENTION)
+    int(b) for b in (B.NOOP, B.NORM, B.ATTENTION, B.LORA, B.LORA_LARGE, B.MLP_SMALL, B.MLP, B.FLEX_ATTENTION)
 )
 TOPOLOGIES: dict[str, tuple[int, ...]] = {"cnn": CNN_BLUEPRINTS, "transformer": TRANSFORMER_BLUEPRINTS}
 
@@ -85,7 +83,7 @@ def blueprint_mask_for(topology: str, device: torch.device | str | None = None) 
     return _blueprint_mask(topology, torch.device(device) if device is not None else torch.device("cpu"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _blueprint_mask(topology: str, device: torch.device) -> Tensor:
     mask = torch.zeros(NUM_BLUEPRINTS, dtype=torch.bool)
     mask[list(topology_blueprints(topology))] = True
@@ -93,7 +91,7 @@ def _blueprint_mask(topology: str, device: torch.device) -> Tensor:
     return mask.to(device)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _stage_table(stages: tuple[int, ...], device: torch.device) -> Tensor:
     """``[max SeedStage + 1]`` bool lookup table: True for ``stages`` (cached per device)."""
     table = torch.zeros(max(SeedStage) + 1, dtype=torch.bool)
@@ -120,8 +118,9 @@ def _check_state(stage: Tensor, age: Tensor, alpha_mode: Tensor, enabled: Tensor
     if enabled.dim() == 1:
         enabled = enabled.unsqueeze(0)
     if enabled.shape[-1] != stage.shape[1] or enabled.shape[0] not in (1, stage.shape[0]):
-        raise ValueError(f"enabled: expected shape {tuple(stage.shape)} or [{stage.shape[1]}], "
-                         f"got {tuple(enabled.shape)}")
+        raise ValueError(
+            f"enabled: expected shape {tuple(stage.shape)} or [{stage.shape[1]}], got {tuple(enabled.shape)}"
+        )
     return enabled.expand_as(stage)
 
 

@@ -53,18 +53,42 @@ import torch
 from torch import Tensor
 
 from esper_fast.constants import (
-    ALPHA_CURVE_STEEPNESS, ALPHA_SPEED_STEPS, ALPHA_TARGET_VALUES, HEAD_NAMES, NUM_OPS,
-    TEMPO_EPOCHS, AlphaCurveAction, AlphaMode, BlueprintAction, GerminationStyle, LifecycleOp,
-    SeedStage, get_action_head_sizes, get_feature_size,
+    ALPHA_CURVE_STEEPNESS,
+    ALPHA_SPEED_STEPS,
+    ALPHA_TARGET_VALUES,
+    HEAD_NAMES,
+    NUM_OPS,
+    TEMPO_EPOCHS,
+    AlphaCurveAction,
+    AlphaMode,
+    BlueprintAction,
+    GerminationStyle,
+    LifecycleOp,
+    SeedStage,
+    get_action_head_sizes,
+    get_feature_size,
 )
 from esper_fast.envs.masks import (
-    FULL_EVALUATION_AGE, blueprint_mask_for, compute_action_masks, compute_slot_by_op_mask,
-    effective_op, stage_in, topology_blueprints,
+    FULL_EVALUATION_AGE,
+    blueprint_mask_for,
+    compute_action_masks,
+    compute_slot_by_op_mask,
+    effective_op,
+    stage_in,
+    topology_blueprints,
 )
 
 __all__ = [
-    "EnvConfig", "EnvObs", "StepResult", "SeedLifecycleEnv", "BLUEPRINT_PROFILES", "STYLE_PROFILES", "TEMPO_RISK",
-    "BASE_FEATURES", "SLOT_FEATURES", "STAGE_ORDER",
+    "EnvConfig",
+    "EnvObs",
+    "StepResult",
+    "SeedLifecycleEnv",
+    "BLUEPRINT_PROFILES",
+    "STYLE_PROFILES",
+    "TEMPO_RISK",
+    "BASE_FEATURES",
+    "SLOT_FEATURES",
+    "STAGE_ORDER",
 ]
 
 _BP = BlueprintAction
@@ -95,24 +119,49 @@ STYLE_PROFILES: dict[GerminationStyle, tuple[float, float, float, AlphaCurveActi
 TEMPO_RISK: tuple[float, ...] = (1.5, 1.0, 0.6)  # blend-surprise multiplier for FAST, STANDARD, SLOW
 # Stage one-hot order: SeedStage values ascending, 5 (reserved) skipped.
 STAGE_ORDER: tuple[SeedStage, ...] = tuple(SeedStage)
-_SEED_STAGES = (SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.HOLDING,
-                SeedStage.FOSSILIZED)
+_SEED_STAGES = (SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.HOLDING, SeedStage.FOSSILIZED)
 _COOLING_STAGES = (SeedStage.PRUNED, SeedStage.EMBARGOED, SeedStage.RESETTING)
 _TRAINING_STAGES = (SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.HOLDING)
 _BLENDED_STAGES = (SeedStage.BLENDING, SeedStage.HOLDING)
 
 BASE_FEATURES: tuple[str, ...] = (
-    "epoch_frac", "accuracy", "accuracy_delta", "accuracy_trend", "best_accuracy",
-    "epochs_since_best", "param_cost", "rent", "active_seeds", "fossilized_seeds", "empty_slots",
-    "cooling_slots", "seeds_germinated", "last_reward",
+    "epoch_frac",
+    "accuracy",
+    "accuracy_delta",
+    "accuracy_trend",
+    "best_accuracy",
+    "epochs_since_best",
+    "param_cost",
+    "rent",
+    "active_seeds",
+    "fossilized_seeds",
+    "empty_slots",
+    "cooling_slots",
+    "seeds_germinated",
+    "last_reward",
     *(f"last_op_{op.name.lower()}" for op in LifecycleOp),
-    "last_action_invalid", "fossilized_estimate", "blended_estimate", "governor_margin",
+    "last_action_invalid",
+    "fossilized_estimate",
+    "blended_estimate",
+    "governor_margin",
 )
 SLOT_FEATURES: tuple[str, ...] = (
-    "enabled", "occupied", *(f"stage_{s.name.lower()}" for s in STAGE_ORDER), "age", "stage_epochs",
-    "alpha", "alpha_target", *(f"alpha_mode_{m.name.lower()}" for m in AlphaMode), "ramp_progress",
-    "estimate", "estimate_std", "estimate_ema", "param_cost",
-    *(f"style_{s.name.lower()}" for s in GerminationStyle), "tempo", "pruning",
+    "enabled",
+    "occupied",
+    *(f"stage_{s.name.lower()}" for s in STAGE_ORDER),
+    "age",
+    "stage_epochs",
+    "alpha",
+    "alpha_target",
+    *(f"alpha_mode_{m.name.lower()}" for m in AlphaMode),
+    "ramp_progress",
+    "estimate",
+    "estimate_std",
+    "estimate_ema",
+    "param_cost",
+    *(f"style_{s.name.lower()}" for s in GerminationStyle),
+    "tempo",
+    "pruning",
 )
 
 
@@ -177,8 +226,9 @@ class EnvConfig:
         if self.enabled_slots is not None:
             bad = [s for s in self.enabled_slots if not 0 <= s < self.num_slots]
             if bad or not self.enabled_slots:
-                raise ValueError(f"enabled_slots: expected a non-empty subset of 0..{self.num_slots - 1}, "
-                                 f"got {self.enabled_slots}")
+                raise ValueError(
+                    f"enabled_slots: expected a non-empty subset of 0..{self.num_slots - 1}, got {self.enabled_slots}"
+                )
         for name in ("max_seeds", "embargo_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
@@ -193,8 +243,15 @@ class EnvConfig:
         for name in ("maturity_tau", "seed_gain_cap", "governor_drop"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: expected > 0, got {getattr(self, name)}")
-        for name in ("blend_surprise", "shock_coef", "acc_noise", "est_noise", "rent_coef", "terminal_acc_bonus",
-                     "death_penalty"):
+        for name in (
+            "blend_surprise",
+            "shock_coef",
+            "acc_noise",
+            "est_noise",
+            "rent_coef",
+            "terminal_acc_bonus",
+            "death_penalty",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
         for name in ("estimate_ema", "fossil_rent_factor"):
@@ -274,8 +331,9 @@ class SeedLifecycleEnv:
     ``contribution`` (hidden true value), ``epoch`` ...), ``[E]`` or ``[E, S]``; tests may edit them.
     """
 
-    def __init__(self, num_envs: int, config: EnvConfig | None = None,
-                 device: str | torch.device = "cpu", seed: int | None = 0) -> None:
+    def __init__(
+        self, num_envs: int, config: EnvConfig | None = None, device: str | torch.device = "cpu", seed: int | None = 0
+    ) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs: expected >= 1, got {num_envs}")
         self.config = config if config is not None else EnvConfig()
@@ -323,17 +381,34 @@ class SeedLifecycleEnv:
         sf, si = torch.zeros(E, S, device=dev), torch.zeros(E, S, dtype=torch.long, device=dev)
         state = {name: zf for name in ("damage", "acc_delta", "acc_trend", "last_reward", "last_rent", "ep_return")}
         state.update({name: zi for name in ("epoch", "best_epoch", "total_seeds", "last_op")})
-        state.update(acc0=acc0, acc_max=lerp(cfg.host_acc_max, u[:, 1]), host_tau=lerp(cfg.host_tau, u[:, 2]),
-                     acc_true=acc0, acc_obs=acc0, best_true=acc0, best_obs=acc0,
-                     last_invalid=torch.zeros(E, dtype=torch.bool, device=dev))
-        state.update({name: sf for name in ("alpha", "alpha_start", "alpha_target", "contribution", "cost",
-                                            "estimate", "estimate_ema")})
-        state.update({name: si for name in ("age", "stage_epochs", "train_epochs", "style", "tempo", "curve",
-                                            "ramp_steps", "ramp_k")})
-        state.update(stage=torch.full((E, S), int(SeedStage.DORMANT), device=dev),
-                     blueprint=torch.full((E, S), -1, device=dev),
-                     alpha_mode=torch.full((E, S), int(AlphaMode.HOLD), device=dev),
-                     pruning=torch.zeros(E, S, dtype=torch.bool, device=dev))
+        state.update(
+            acc0=acc0,
+            acc_max=lerp(cfg.host_acc_max, u[:, 1]),
+            host_tau=lerp(cfg.host_tau, u[:, 2]),
+            acc_true=acc0,
+            acc_obs=acc0,
+            best_true=acc0,
+            best_obs=acc0,
+            last_invalid=torch.zeros(E, dtype=torch.bool, device=dev),
+        )
+        state.update(
+            {
+                name: sf
+                for name in ("alpha", "alpha_start", "alpha_target", "contribution", "cost", "estimate", "estimate_ema")
+            }
+        )
+        state.update(
+            {
+                name: si
+                for name in ("age", "stage_epochs", "train_epochs", "style", "tempo", "curve", "ramp_steps", "ramp_k")
+            }
+        )
+        state.update(
+            stage=torch.full((E, S), int(SeedStage.DORMANT), device=dev),
+            blueprint=torch.full((E, S), -1, device=dev),
+            alpha_mode=torch.full((E, S), int(AlphaMode.HOLD), device=dev),
+            pruning=torch.zeros(E, S, dtype=torch.bool, device=dev),
+        )
         return state
 
     def reset(self, seed: int | None = None) -> EnvObs:
@@ -355,10 +430,19 @@ class SeedLifecycleEnv:
     # ------------------------------------------------------------------ observation
     def observe(self) -> EnvObs:
         """Observation, blueprint indices and masks of the current state."""
-        sbo = compute_slot_by_op_mask(self.stage, self.age, self.alpha_mode, self.enabled,
-                                      self.total_seeds, self.config.max_seeds)
-        masks = compute_action_masks(self.stage, self.age, self.alpha_mode, self.enabled, self.total_seeds,
-                                     self.config.max_seeds, self.config.topology, slot_by_op=sbo)
+        sbo = compute_slot_by_op_mask(
+            self.stage, self.age, self.alpha_mode, self.enabled, self.total_seeds, self.config.max_seeds
+        )
+        masks = compute_action_masks(
+            self.stage,
+            self.age,
+            self.alpha_mode,
+            self.enabled,
+            self.total_seeds,
+            self.config.max_seeds,
+            self.config.topology,
+            slot_by_op=sbo,
+        )
         live = stage_in(self.stage, _SEED_STAGES)
         bp_idx = torch.where(live, self.blueprint, torch.full_like(self.blueprint, -1))
         slots = self._slot_features(live)
@@ -371,16 +455,28 @@ class SeedLifecycleEnv:
         blended = stage_in(self.stage, _BLENDED_STAGES)
         empty = ((self.stage == int(SeedStage.DORMANT)) & self.enabled).float().sum(1)
         cols = [
-            self.epoch.float() / cfg.episode_length, self.acc_obs / 100, self.acc_delta / 10,
-            self.acc_trend / 10, self.best_obs / 100, (self.epoch - self.best_epoch).float() / cfg.episode_length,
-            (self.cost * live).sum(1), self.last_rent / 10, (live & ~fossil).float().sum(1) / S,
-            fossil.float().sum(1) / S, empty / S, stage_in(self.stage, _COOLING_STAGES).float().sum(1) / S,
-            self.total_seeds.float() / 10, self.last_reward / 10,
+            self.epoch.float() / cfg.episode_length,
+            self.acc_obs / 100,
+            self.acc_delta / 10,
+            self.acc_trend / 10,
+            self.best_obs / 100,
+            (self.epoch - self.best_epoch).float() / cfg.episode_length,
+            (self.cost * live).sum(1),
+            self.last_rent / 10,
+            (live & ~fossil).float().sum(1) / S,
+            fossil.float().sum(1) / S,
+            empty / S,
+            stage_in(self.stage, _COOLING_STAGES).float().sum(1) / S,
+            self.total_seeds.float() / 10,
+            self.last_reward / 10,
         ]
         last_op = _one_hot(self.last_op, NUM_OPS)
-        tail = [self.last_invalid.float(), (self.estimate_ema * fossil).sum(1) / 10,
-                (self.alpha * self.estimate_ema * blended).sum(1) / 10,
-                (self.acc_obs - self.best_obs + cfg.governor_drop) / cfg.governor_drop]
+        tail = [
+            self.last_invalid.float(),
+            (self.estimate_ema * fossil).sum(1) / 10,
+            (self.alpha * self.estimate_ema * blended).sum(1) / 10,
+            (self.acc_obs - self.best_obs + cfg.governor_drop) / cfg.governor_drop,
+        ]
         return torch.cat([torch.stack(cols, 1), last_op, torch.stack(tail, 1)], dim=1)
 
     def _slot_features(self, live: Tensor) -> Tensor:
@@ -389,17 +485,32 @@ class SeedLifecycleEnv:
         mode_oh = _one_hot(self.alpha_mode, len(AlphaMode)) * live.unsqueeze(-1)
         style_oh = _one_hot(self.style, len(GerminationStyle)) * live.unsqueeze(-1)
         ramping = self.alpha_mode != int(AlphaMode.HOLD)
-        progress = torch.where(ramping, self.ramp_k.float() / self.ramp_steps.clamp(min=1).float(),
-                               torch.ones_like(self.alpha))
+        progress = torch.where(
+            ramping, self.ramp_k.float() / self.ramp_steps.clamp(min=1).float(), torch.ones_like(self.alpha)
+        )
         est_std = cfg.est_noise / torch.sqrt(1.0 + self.age.float())
         lf = live.float()
         front = [self.enabled.expand_as(live).float(), lf]
-        middle = [self.age.float() * lf / FULL_EVALUATION_AGE, self.stage_epochs.float() / FULL_EVALUATION_AGE,
-                  self.alpha, self.alpha_target * lf]
+        middle = [
+            self.age.float() * lf / FULL_EVALUATION_AGE,
+            self.stage_epochs.float() / FULL_EVALUATION_AGE,
+            self.alpha,
+            self.alpha_target * lf,
+        ]
         seed = [progress * lf, self.estimate / 10, est_std * lf / 10, self.estimate_ema / 10, self.cost * lf]
         back = [self._tempo_epochs[self.tempo].float() / TEMPO_EPOCHS[-1] * lf, self.pruning.float()]
-        feats = torch.cat([torch.stack(front, -1), stage_oh, torch.stack(middle, -1), mode_oh,
-                           torch.stack(seed, -1), style_oh, torch.stack(back, -1)], dim=-1)
+        feats = torch.cat(
+            [
+                torch.stack(front, -1),
+                stage_oh,
+                torch.stack(middle, -1),
+                mode_oh,
+                torch.stack(seed, -1),
+                style_oh,
+                torch.stack(back, -1),
+            ],
+            dim=-1,
+        )
         return feats * self.enabled.view(1, -1, 1)  # (E, S, 30)
 
     # ------------------------------------------------------------------ step
@@ -421,8 +532,10 @@ class SeedLifecycleEnv:
             bad = torch.stack([(out[h] < 0) | (out[h] >= self.head_sizes[h]) for h in HEAD_NAMES])
             if bool(bad.any()):
                 head = HEAD_NAMES[int(bad.any(1).long().argmax())]
-                raise ValueError(f"actions[{head!r}]: expected values in [0, {self.head_sizes[head]}), "
-                                 f"got {out[head][bad[HEAD_NAMES.index(head)]].tolist()[:8]}")
+                raise ValueError(
+                    f"actions[{head!r}]: expected values in [0, {self.head_sizes[head]}), "
+                    f"got {out[head][bad[HEAD_NAMES.index(head)]].tolist()[:8]}"
+                )
         return out
 
     def _set(self, name: str, where: Tensor, value: Tensor | float | int) -> None:
@@ -454,10 +567,20 @@ class SeedLifecycleEnv:
         g, bp, style = is_op(LifecycleOp.GERMINATE), col("blueprint"), col("style")
         self._set("contribution", g, self._bp_mean[bp] + self._bp_std[bp] * z_germ)
         self._set("cost", g, self._bp_cost[bp] + self._style_cost[style])
-        for name, value in (("blueprint", bp), ("style", style), ("tempo", col("tempo")),
-                            ("curve", self._style_curve[style]),
-                            ("alpha_target", self._target_values[col("alpha_target")]), ("alpha", 0.0), ("age", 0), ("train_epochs", 0), ("pruning", False),
-                            ("estimate", 0.0), ("estimate_ema", 0.0), ("alpha_mode", int(AlphaMode.HOLD))):
+        for name, value in (
+            ("blueprint", bp),
+            ("style", style),
+            ("tempo", col("tempo")),
+            ("curve", self._style_curve[style]),
+            ("alpha_target", self._target_values[col("alpha_target")]),
+            ("alpha", 0.0),
+            ("age", 0),
+            ("train_epochs", 0),
+            ("pruning", False),
+            ("estimate", 0.0),
+            ("estimate_ema", 0.0),
+            ("alpha_mode", int(AlphaMode.HOLD)),
+        ):
             self._set(name, g, value)
         self.total_seeds = self.total_seeds + g.any(1).long()
         # ADVANCE: GERMINATED -> TRAINING -> BLENDING (ramp over the tempo) -> HOLDING (ramp done).
@@ -473,8 +596,9 @@ class SeedLifecycleEnv:
         # SET_ALPHA_TARGET: new target/speed/curve/style; a HOLDING seed whose alpha moves re-enters BLENDING.
         sat = is_op(LifecycleOp.SET_ALPHA_TARGET)
         target, steps = self._target_values[col("alpha_target")], self._speed_steps[col("alpha_speed")]
-        new_stage = torch.where(sat & (stage == int(SeedStage.HOLDING)) & (target != self.alpha),
-                                int(SeedStage.BLENDING), new_stage)
+        new_stage = torch.where(
+            sat & (stage == int(SeedStage.HOLDING)) & (target != self.alpha), int(SeedStage.BLENDING), new_stage
+        )
         self._set("style", sat, style)
         self._set("cost", sat, self._bp_cost[self.blueprint.clamp(min=0)] + self._style_cost[style])
         self._start_ramp(sat, target, steps, col("alpha_curve"))
@@ -497,8 +621,9 @@ class SeedLifecycleEnv:
         p = (self.ramp_k.float() / self.ramp_steps.clamp(min=1).float()).clamp(max=1.0)
         shape = _curve_shape(p, self.curve, self._steepness)
         done = ramping & (self.ramp_k >= self.ramp_steps)
-        ramp_alpha = torch.where(done, self.alpha_target,
-                                 self.alpha_start + (self.alpha_target - self.alpha_start) * shape)
+        ramp_alpha = torch.where(
+            done, self.alpha_target, self.alpha_start + (self.alpha_target - self.alpha_start) * shape
+        )
         self.alpha = torch.where(ramping, ramp_alpha, self.alpha)
         self._set("alpha_mode", done, int(AlphaMode.HOLD))
         pruned = done & self.pruning
@@ -507,8 +632,9 @@ class SeedLifecycleEnv:
         self._set("pruning", pruned, False)
         se, st = self.stage_epochs, self.stage
         nxt = torch.where((st == int(SeedStage.PRUNED)) & (se >= 1), int(SeedStage.EMBARGOED), st)
-        nxt = torch.where((st == int(SeedStage.EMBARGOED)) & (se >= self.config.embargo_epochs),
-                          int(SeedStage.RESETTING), nxt)
+        nxt = torch.where(
+            (st == int(SeedStage.EMBARGOED)) & (se >= self.config.embargo_epochs), int(SeedStage.RESETTING), nxt
+        )
         nxt = torch.where((st == int(SeedStage.RESETTING)) & (se >= 1), int(SeedStage.DORMANT), nxt)
         self.stage_epochs = torch.where(nxt != st, 0, se)
         self.stage = nxt
@@ -535,8 +661,9 @@ class SeedLifecycleEnv:
         host, realised = self._host_accuracy(), self._realised()
         full = (host + self._seed_gain(realised, live)).clamp(0.0, 100.0)
         eye = torch.eye(self.num_slots, dtype=torch.bool, device=live.device)
-        without = torch.stack([(host + self._seed_gain(realised, live & ~eye[s])).clamp(0.0, 100.0)
-                               for s in range(self.num_slots)], dim=1)  # fmt: skip
+        without = torch.stack(
+            [(host + self._seed_gain(realised, live & ~eye[s])).clamp(0.0, 100.0) for s in range(self.num_slots)], dim=1
+        )
         return torch.where(active, full.unsqueeze(1) - without, torch.zeros_like(without)), active
 
     def _realised(self) -> Tensor:
@@ -568,9 +695,10 @@ class SeedLifecycleEnv:
         cfg, S = self.config, self.num_slots
         a = self._check_actions(actions)
         z = _normals(self._env_key, self._counter, _STEP_LANES, 1 + 3 * S)
-        z_acc, z_est, z_germ, z_blend = z[:, 0], z[:, 1:1 + S], z[:, 1 + S:1 + 2 * S], z[:, 1 + 2 * S:]
-        eff = effective_op(a["op"], a["slot"], self.stage, self.age, self.alpha_mode, self.enabled,
-                           self.total_seeds, cfg.max_seeds)
+        z_acc, z_est, z_germ, z_blend = z[:, 0], z[:, 1 : 1 + S], z[:, 1 + S : 1 + 2 * S], z[:, 1 + 2 * S :]
+        eff = effective_op(
+            a["op"], a["slot"], self.stage, self.age, self.alpha_mode, self.enabled, self.total_seeds, cfg.max_seeds
+        )
         bad_bp = (eff == int(LifecycleOp.GERMINATE)) & ~self._bp_valid[a["blueprint"].clamp(0, len(self._bp_valid) - 1)]
         eff = torch.where(bad_bp, torch.zeros_like(eff), eff)
         alpha_before = self.alpha

@@ -103,9 +103,21 @@ class EsperLayout:
 
 
 # esper 0872525b's constructor (``FactoredRecurrentActorCritic.__init__``), in order.
-_SIGNATURE_0872525B = ("state_dim", "num_slots", "num_blueprints", "num_styles", "num_tempo",
-                       "num_alpha_targets", "num_alpha_speeds", "num_alpha_curves", "num_ops",
-                       "feature_dim", "lstm_hidden_dim", "lstm_layers", "slot_config")  # fmt: skip
+_SIGNATURE_0872525B = (
+    "state_dim",
+    "num_slots",
+    "num_blueprints",
+    "num_styles",
+    "num_tempo",
+    "num_alpha_targets",
+    "num_alpha_speeds",
+    "num_alpha_curves",
+    "num_ops",
+    "feature_dim",
+    "lstm_hidden_dim",
+    "lstm_layers",
+    "slot_config",
+)
 _PROBE = dict(state_dim=5, num_slots=3, feature_dim=8, lstm_hidden_dim=8, lstm_layers=1)
 
 
@@ -192,10 +204,25 @@ def _make_0872525b(esper_class: type, action_masks: ModuleType) -> type:
             backend: str = "auto",
             validate: bool | None = None,
         ) -> None:
-            FactoredPolicy.__init__(self, state_dim, num_slots, num_blueprints, num_styles, num_tempo,
-                                    num_alpha_targets, num_alpha_speeds, num_alpha_curves, num_ops,
-                                    feature_dim, lstm_hidden_dim, lstm_layers, slot_config,
-                                    value_mode=value_mode, backend=backend, validate=validate)  # fmt: skip
+            FactoredPolicy.__init__(
+                self,
+                state_dim,
+                num_slots,
+                num_blueprints,
+                num_styles,
+                num_tempo,
+                num_alpha_targets,
+                num_alpha_speeds,
+                num_alpha_curves,
+                num_ops,
+                feature_dim,
+                lstm_hidden_dim,
+                lstm_layers,
+                slot_config,
+                value_mode=value_mode,
+                backend=backend,
+                validate=validate,
+            )
 
         @property
         def validate(self) -> bool:  # type: ignore[override]
@@ -264,17 +291,19 @@ def _make_head(esper_class: type, action_masks: ModuleType) -> type:
 LAYOUTS: list[EsperLayout] = [
     EsperLayout(
         name="0872525b",
-        description="esper-lite 0872525b: FactoredRecurrentActorCritic(" + ", ".join(_SIGNATURE_0872525B)
-                    + "), nn.LSTM trunk, 8 heads, op-conditioned value_head Q(s, op)",
+        description="esper-lite 0872525b: FactoredRecurrentActorCritic("
+        + ", ".join(_SIGNATURE_0872525B)
+        + "), nn.LSTM trunk, 8 heads, op-conditioned value_head Q(s, op)",
         detect=_detect_0872525b,
         make_class=_make_0872525b,
         agent_load_fix=True,
     ),
     EsperLayout(
         name="2016337e",
-        description="esper-lite HEAD 2016337e: FactoredRecurrentActorCritic(" + ", ".join(_SIGNATURE_HEAD)
-                    + "), ResidualLSTM trunk, 8 heads, state_value_head V(s) + q_head Q(s, op) + "
-                    "contribution_predictor (value-head schema v2)",
+        description="esper-lite HEAD 2016337e: FactoredRecurrentActorCritic("
+        + ", ".join(_SIGNATURE_HEAD)
+        + "), ResidualLSTM trunk, 8 heads, state_value_head V(s) + q_head Q(s, op) + "
+        "contribution_predictor (value-head schema v2)",
         detect=_detect_head,
         make_class=_make_head,
     ),
@@ -330,8 +359,11 @@ def _import_esper() -> ModuleType:
 
 
 def _esper_modules() -> list[tuple[str, ModuleType]]:
-    return [(name, mod) for name, mod in list(sys.modules.items())
-            if isinstance(mod, ModuleType) and (name == "esper" or name.startswith("esper."))]  # fmt: skip
+    return [
+        (name, mod)
+        for name, mod in list(sys.modules.items())
+        if isinstance(mod, ModuleType) and (name == "esper" or name.startswith("esper."))
+    ]
 
 
 def _rebind(old: type, new: type) -> list[tuple[ModuleType, str]]:
@@ -356,8 +388,10 @@ def _call_time_importers(rebound: set[str]) -> list[str]:
             source = inspect.getsource(mod)
         except (OSError, TypeError):
             continue
-        if any(line.startswith((" ", "\t")) and "import FactoredRecurrentActorCritic" in line
-               for line in source.splitlines()):  # fmt: skip
+        if any(
+            line.startswith((" ", "\t")) and "import FactoredRecurrentActorCritic" in line
+            for line in source.splitlines()
+        ):
             out.append(name)
     return out
 
@@ -400,8 +434,9 @@ def _wrap_agent_load(patch: EsperPatch) -> None:
         finally:
             factory.create_policy = create_policy
 
-    load.__doc__ = (original_load.__doc__ or "") + "\n\n(esper_fast.patch_esper: the network is rebuilt " \
-        "with architecture['state_dim'].)"
+    load.__doc__ = (
+        original_load.__doc__ or ""
+    ) + "\n\n(esper_fast.patch_esper: the network is rebuilt with architecture['state_dim'].)"
     load.__wrapped__ = original_load  # type: ignore[attr-defined]
     agent_cls.load = classmethod(load)
     patch.wrapped.append(f"{ESPER_AGENT_MODULE}.PPOAgent.load")
@@ -447,8 +482,9 @@ def patch_esper(*, fix_agent_load: bool = True) -> EsperPatch:
     masks_module = sys.modules.get(ESPER_MASKS_MODULE)
     if network_module is None or masks_module is None:
         missing = [n for n in (ESPER_NETWORK_MODULE, ESPER_MASKS_MODULE) if n not in sys.modules]
-        raise UnsupportedEsperError(f"esper is importable but {missing} are not: "
-                                    + "; ".join(f"{k}: {skipped.get(k, '?')}" for k in missing))  # fmt: skip
+        raise UnsupportedEsperError(
+            f"esper is importable but {missing} are not: " + "; ".join(f"{k}: {skipped.get(k, '?')}" for k in missing)
+        )
     original = getattr(network_module, "FactoredRecurrentActorCritic", None)
     if not isinstance(original, type):
         raise UnsupportedEsperError(f"{ESPER_NETWORK_MODULE} has no class FactoredRecurrentActorCritic")

@@ -60,20 +60,46 @@ logger = logging.getLogger(__name__)
 
 # The keys of esper's saved ``config`` (0872525b), i.e. PPOAgent.__init__ keywords PPOAgent.load() passes back.
 ESPER_CONFIG_FIELDS = (
-    "gamma", "gae_lambda", "clip_ratio", "entropy_coef", "entropy_coef_start", "entropy_coef_end",
-    "entropy_coef_min", "adaptive_entropy_floor", "entropy_anneal_steps", "entropy_coef_per_head",
-    "value_coef", "clip_value", "value_clip", "target_kl", "recurrent_n_epochs", "lstm_hidden_dim",
-    "chunk_length", "num_envs", "max_steps_per_env", "n_epochs", "batch_size", "max_grad_norm",
-    "weight_decay", "compile_mode",
-)  # fmt: skip
+    "gamma",
+    "gae_lambda",
+    "clip_ratio",
+    "entropy_coef",
+    "entropy_coef_start",
+    "entropy_coef_end",
+    "entropy_coef_min",
+    "adaptive_entropy_floor",
+    "entropy_anneal_steps",
+    "entropy_coef_per_head",
+    "value_coef",
+    "clip_value",
+    "value_clip",
+    "target_kl",
+    "recurrent_n_epochs",
+    "lstm_hidden_dim",
+    "chunk_length",
+    "num_envs",
+    "max_steps_per_env",
+    "n_epochs",
+    "batch_size",
+    "max_grad_norm",
+    "weight_decay",
+    "compile_mode",
+)
 # esper field -> PPOConfig field, same meaning and units.
 DIRECT_FIELDS = {
-    "gamma": "gamma", "gae_lambda": "gae_lambda", "clip_ratio": "clip_ratio",
-    "entropy_coef_min": "entropy_coef_min", "value_coef": "value_coef", "clip_value": "clip_value",
-    "value_clip": "value_clip", "target_kl": "target_kl", "max_grad_norm": "max_grad_norm",
-    "lstm_hidden_dim": "lstm_hidden_dim", "num_envs": "num_envs",
+    "gamma": "gamma",
+    "gae_lambda": "gae_lambda",
+    "clip_ratio": "clip_ratio",
+    "entropy_coef_min": "entropy_coef_min",
+    "value_coef": "value_coef",
+    "clip_value": "clip_value",
+    "value_clip": "value_clip",
+    "target_kl": "target_kl",
+    "max_grad_norm": "max_grad_norm",
+    "lstm_hidden_dim": "lstm_hidden_dim",
+    "num_envs": "num_envs",
     "max_steps_per_env": "episode_length",  # esper's buffer holds one episode of max_epochs steps per env
-}  # fmt: skip
+}
 # Fields esper stores that have no meaning in esper_fast's trainer, with the reason.
 IGNORED_FIELDS = {
     "n_epochs": "stored but unused by esper's update() (it runs recurrent_n_epochs passes)",
@@ -83,20 +109,50 @@ IGNORED_FIELDS = {
 }
 # The keys of esper HEAD's saved ``config`` (2016337e, ppo_agent.py:1626-1663), in its order.
 ESPER_HEAD_CONFIG_FIELDS = (
-    "gamma", "gae_lambda", "clip_ratio", "entropy_coef", "entropy_coef_start", "entropy_coef_end",
-    "entropy_coef_min", "entropy_anneal_steps", "entropy_coef_per_head", "entropy_floor",
-    "entropy_floor_penalty_coef", "total_train_steps", "value_coef", "value_coef_start", "value_warmup_steps",
-    "clip_value", "value_clip", "target_kl", "recurrent_n_epochs", "lstm_hidden_dim", "chunk_length", "num_envs",
-    "max_steps_per_env", "batch_size", "max_grad_norm", "weight_decay", "compile_mode", "aux_contribution_coef",
-    "aux_warmup_steps", "aux_stop_gradient", "contribution_loss_clip", "enable_contribution_aux",
-)  # fmt: skip
+    "gamma",
+    "gae_lambda",
+    "clip_ratio",
+    "entropy_coef",
+    "entropy_coef_start",
+    "entropy_coef_end",
+    "entropy_coef_min",
+    "entropy_anneal_steps",
+    "entropy_coef_per_head",
+    "entropy_floor",
+    "entropy_floor_penalty_coef",
+    "total_train_steps",
+    "value_coef",
+    "value_coef_start",
+    "value_warmup_steps",
+    "clip_value",
+    "value_clip",
+    "target_kl",
+    "recurrent_n_epochs",
+    "lstm_hidden_dim",
+    "chunk_length",
+    "num_envs",
+    "max_steps_per_env",
+    "batch_size",
+    "max_grad_norm",
+    "weight_decay",
+    "compile_mode",
+    "aux_contribution_coef",
+    "aux_warmup_steps",
+    "aux_stop_gradient",
+    "contribution_loss_clip",
+    "enable_contribution_aux",
+)
 ESPER_HEAD_CHECKPOINT_VERSION = 2  # HEAD's CHECKPOINT_VERSION (ppo_agent.py:67); load requires equality
 # HEAD field -> PPOConfig field, same meaning (beyond DIRECT_FIELDS).
 HEAD_DIRECT_FIELDS = {
-    **DIRECT_FIELDS, "value_coef_start": "value_coef_start", "value_warmup_steps": "value_warmup_steps",
-    "aux_contribution_coef": "aux_contribution_coef", "aux_warmup_steps": "aux_warmup_steps",
-    "contribution_loss_clip": "contribution_loss_clip", "enable_contribution_aux": "contribution_aux",
-}  # fmt: skip
+    **DIRECT_FIELDS,
+    "value_coef_start": "value_coef_start",
+    "value_warmup_steps": "value_warmup_steps",
+    "aux_contribution_coef": "aux_contribution_coef",
+    "aux_warmup_steps": "aux_warmup_steps",
+    "contribution_loss_clip": "contribution_loss_clip",
+    "enable_contribution_aux": "contribution_aux",
+}
 ESPER_FEATURE_DIM = 512  # esper's LSTMPolicyBundle always builds feature_net with DEFAULT_FEATURE_DIM
 ESPER_DEFAULTS = {"n_epochs": 10, "batch_size": 64}  # esper's PPOAgent defaults (unused by its update)
 
@@ -142,28 +198,39 @@ def from_esper_checkpoint(ckpt: dict[str, Any], log: Callable[[str], None] | Non
         if key not in sd:
             raise CheckpointError(f"{source}: esper checkpoint without {key!r} in network_state_dict")
     if "state_dim" not in arch or "num_slots" not in arch:
-        raise CheckpointError(f"{source}: esper checkpoint architecture needs state_dim and num_slots, got {sorted(arch)}")
+        raise CheckpointError(
+            f"{source}: esper checkpoint architecture needs state_dim and num_slots, got {sorted(arch)}"
+        )
     num_slots, state_dim = int(arch["num_slots"]), int(arch["state_dim"])
     hidden = int(sd["lstm.weight_hh_l0"].shape[1])
     problems = []
     if int(sd["slot_head.2.weight"].shape[0]) != num_slots:
-        problems.append(f"architecture num_slots {num_slots} but slot_head.2.weight has {sd['slot_head.2.weight'].shape[0]} rows")
+        problems.append(
+            f"architecture num_slots {num_slots} but slot_head.2.weight has {sd['slot_head.2.weight'].shape[0]} rows"
+        )
     if int(sd["feature_net.0.weight"].shape[1]) != state_dim + 4 * num_slots:
-        problems.append(f"architecture state_dim {state_dim} + 4 x {num_slots} slots != feature_net.0.weight "
-                        f"input width {sd['feature_net.0.weight'].shape[1]}")  # fmt: skip
+        problems.append(
+            f"architecture state_dim {state_dim} + 4 x {num_slots} slots != feature_net.0.weight "
+            f"input width {sd['feature_net.0.weight'].shape[1]}"
+        )
     if "lstm_hidden_dim" in config and int(config["lstm_hidden_dim"]) != hidden:
         problems.append(f"config lstm_hidden_dim {config['lstm_hidden_dim']} but lstm.weight_hh_l0 says {hidden}")
     if state_dim != get_feature_size(num_slots):
-        problems.append(f"state_dim {state_dim} is not esper_fast's observation size for {num_slots} slots "
-                        f"({get_feature_size(num_slots)} = 24 + 30 x slots)")  # fmt: skip
+        problems.append(
+            f"state_dim {state_dim} is not esper_fast's observation size for {num_slots} slots "
+            f"({get_feature_size(num_slots)} = 24 + 30 x slots)"
+        )
     if problems:
         raise CheckpointError(f"{source}: esper checkpoint cannot be used here: " + "; ".join(problems))
 
     mapped: dict[str, str] = {}
     ignored: dict[str, str] = {}
-    values: dict[str, Any] = {"num_slots": num_slots, "lstm_hidden_dim": hidden,
-                              "feature_dim": int(sd["feature_net.0.weight"].shape[0]),
-                              "lstm_layers": _lstm_layers(sd)}  # fmt: skip
+    values: dict[str, Any] = {
+        "num_slots": num_slots,
+        "lstm_hidden_dim": hidden,
+        "feature_dim": int(sd["feature_net.0.weight"].shape[0]),
+        "lstm_layers": _lstm_layers(sd),
+    }
     for field, ours in DIRECT_FIELDS.items():
         if field in config and config[field] is not None:
             values[ours] = config[field]
@@ -182,10 +249,16 @@ def from_esper_checkpoint(ckpt: dict[str, Any], log: Callable[[str], None] | Non
             ignored["entropy_coef_per_head (heads " + ", ".join(extra) + ")"] = "not heads of this policy"
     steps = int(config.get("entropy_anneal_steps") or 0)
     if steps > 0:  # esper: linear entropy_coef_start -> entropy_coef_end over entropy_anneal_steps updates
-        values.update(entropy_coef=config.get("entropy_coef_start", config.get("entropy_coef")),
-                      entropy_coef_end=config.get("entropy_coef_end"), entropy_anneal_updates=steps)  # fmt: skip
-        mapped.update(entropy_coef_start="entropy_coef", entropy_coef_end="entropy_coef_end",
-                      entropy_anneal_steps="entropy_anneal_updates")  # fmt: skip
+        values.update(
+            entropy_coef=config.get("entropy_coef_start", config.get("entropy_coef")),
+            entropy_coef_end=config.get("entropy_coef_end"),
+            entropy_anneal_updates=steps,
+        )
+        mapped.update(
+            entropy_coef_start="entropy_coef",
+            entropy_coef_end="entropy_coef_end",
+            entropy_anneal_steps="entropy_anneal_updates",
+        )
         if "entropy_coef" in config:
             ignored["entropy_coef"] = f"{config['entropy_coef']!r}: esper uses entropy_coef_start while annealing"
     else:  # esper: max(entropy_coef, entropy_coef_min); start/end unused
@@ -196,8 +269,9 @@ def from_esper_checkpoint(ckpt: dict[str, Any], log: Callable[[str], None] | Non
             if field in config:
                 ignored[field] = f"{config[field]!r}: unused by esper without annealing (entropy_anneal_steps = 0)"
     if config.get("adaptive_entropy_floor"):
-        ignored["adaptive_entropy_floor"] = ("True: no effect in esper's update at 0872525b "
-                                             "(get_entropy_coef() is called without a mask)")  # fmt: skip
+        ignored["adaptive_entropy_floor"] = (
+            "True: no effect in esper's update at 0872525b (get_entropy_coef() is called without a mask)"
+        )
     elif "adaptive_entropy_floor" in config:
         mapped["adaptive_entropy_floor"] = "(False: esper_fast has no adaptive floor)"
     wd = config.get("weight_decay", 0.0) or 0.0
@@ -213,8 +287,9 @@ def from_esper_checkpoint(ckpt: dict[str, Any], log: Callable[[str], None] | Non
         for key, ours in (("lr", "learning_rate"), ("eps", "adam_eps")):
             if key in groups[0]:
                 values[ours], mapped[f"optimizer {key}"] = float(groups[0][key]), ours
-    unknown = sorted(set(config) - set(mapped) - set(ignored) - {"entropy_coef_start", "entropy_coef_end",
-                                                                   "entropy_anneal_steps"})  # fmt: skip
+    unknown = sorted(
+        set(config) - set(mapped) - set(ignored) - {"entropy_coef_start", "entropy_coef_end", "entropy_anneal_steps"}
+    )
     for field in unknown:
         ignored[field] = f"{config[field]!r}: not an esper 0872525b field esper_fast knows"
     try:
@@ -222,23 +297,37 @@ def from_esper_checkpoint(ckpt: dict[str, Any], log: Callable[[str], None] | Non
     except ValueError as exc:
         raise CheckpointError(f"{source}: esper config does not map to a valid PPOConfig: {exc}") from exc
 
-    notes = ["observation normaliser statistics are not in esper's checkpoint (esper keeps them in its "
-             "training loop): they start at mean 0, var 1",
-             "value_mode 'q_op' and op_conditioned_slot False (the 'esper' preset: esper 0872525b's rules)"]  # fmt: skip
+    notes = [
+        "observation normaliser statistics are not in esper's checkpoint (esper keeps them in its "
+        "training loop): they start at mean 0, var 1",
+        "value_mode 'q_op' and op_conditioned_slot False (the 'esper' preset: esper 0872525b's rules)",
+    ]
     ours_arch = architecture(ppo_config)
     if "slot_ids" in arch and list(arch["slot_ids"]) != ours_arch["slot_ids"]:
         notes.append(f"esper slot_ids {list(arch['slot_ids'])} are used in their order as slots 0..{num_slots - 1}")
-    log(f"{source}: esper PPOAgent checkpoint (update {ckpt.get('train_steps')}); mapped "
+    log(
+        f"{source}: esper PPOAgent checkpoint (update {ckpt.get('train_steps')}); mapped "
         + ", ".join(f"{k}->{v}" for k, v in mapped.items())
-        + "; ignored: " + ("; ".join(f"{k} = {v}" for k, v in ignored.items()) or "nothing")
-        + "; notes: " + "; ".join(notes))  # fmt: skip
+        + "; ignored: "
+        + ("; ".join(f"{k} = {v}" for k, v in ignored.items()) or "nothing")
+        + "; notes: "
+        + "; ".join(notes)
+    )
     out = {
-        "checkpoint_version": ckpt["checkpoint_version"], "network_state_dict": sd,
-        "optimizer_state_dict": ckpt["optimizer_state_dict"], "train_steps": int(ckpt["train_steps"]),
-        "config": ppo_config.to_dict(), "architecture": ours_arch,
-        "esper_import": {"source_config": config, "source_architecture": arch, "mapped": mapped,
-                         "ignored": ignored, "notes": notes},
-    }  # fmt: skip
+        "checkpoint_version": ckpt["checkpoint_version"],
+        "network_state_dict": sd,
+        "optimizer_state_dict": ckpt["optimizer_state_dict"],
+        "train_steps": int(ckpt["train_steps"]),
+        "config": ppo_config.to_dict(),
+        "architecture": ours_arch,
+        "esper_import": {
+            "source_config": config,
+            "source_architecture": arch,
+            "mapped": mapped,
+            "ignored": ignored,
+            "notes": notes,
+        },
+    }
     if "metadata" in ckpt:
         out["metadata"] = ckpt["metadata"]
     if "path" in ckpt:
@@ -274,19 +363,31 @@ def to_esper_checkpoint(ckpt: dict[str, Any], log: Callable[[str], None] | None 
     imported = ckpt.get("esper_import") or {}
     src_config = imported.get("source_config", {})
     config = {
-        "gamma": cfg.gamma, "gae_lambda": cfg.gae_lambda, "clip_ratio": cfg.clip_ratio,
-        "entropy_coef": cfg.entropy_coef, "entropy_coef_start": cfg.entropy_coef,
+        "gamma": cfg.gamma,
+        "gae_lambda": cfg.gae_lambda,
+        "clip_ratio": cfg.clip_ratio,
+        "entropy_coef": cfg.entropy_coef,
+        "entropy_coef_start": cfg.entropy_coef,
         "entropy_coef_end": cfg.entropy_coef_end if annealed else cfg.entropy_coef,
-        "entropy_coef_min": cfg.entropy_coef_min, "adaptive_entropy_floor": False,
+        "entropy_coef_min": cfg.entropy_coef_min,
+        "adaptive_entropy_floor": False,
         "entropy_anneal_steps": cfg.entropy_anneal_updates if annealed else 0,
         "entropy_coef_per_head": {h: float(cfg.entropy_coef_per_head.get(h, 1.0)) for h in HEAD_NAMES},
-        "value_coef": cfg.value_coef, "clip_value": cfg.clip_value, "value_clip": cfg.value_clip,
-        "target_kl": cfg.target_kl, "recurrent_n_epochs": cfg.update_epochs, "lstm_hidden_dim": cfg.lstm_hidden_dim,
-        "chunk_length": cfg.episode_length, "num_envs": cfg.num_envs, "max_steps_per_env": cfg.episode_length,
+        "value_coef": cfg.value_coef,
+        "clip_value": cfg.clip_value,
+        "value_clip": cfg.value_clip,
+        "target_kl": cfg.target_kl,
+        "recurrent_n_epochs": cfg.update_epochs,
+        "lstm_hidden_dim": cfg.lstm_hidden_dim,
+        "chunk_length": cfg.episode_length,
+        "num_envs": cfg.num_envs,
+        "max_steps_per_env": cfg.episode_length,
         "n_epochs": src_config.get("n_epochs", ESPER_DEFAULTS["n_epochs"]),
         "batch_size": src_config.get("batch_size", ESPER_DEFAULTS["batch_size"]),
-        "max_grad_norm": cfg.max_grad_norm, "weight_decay": 0.0, "compile_mode": "off",
-    }  # fmt: skip
+        "max_grad_norm": cfg.max_grad_norm,
+        "weight_decay": 0.0,
+        "compile_mode": "off",
+    }
     assert tuple(config) == ESPER_CONFIG_FIELDS
     lost: dict[str, str] = {}
     if cfg.num_minibatches != 1:
@@ -297,36 +398,55 @@ def to_esper_checkpoint(ckpt: dict[str, Any], log: Callable[[str], None] | None 
         lost["value_mode"] = f"{cfg.value_mode!r}: esper 0872525b's value is Q(s, op) (the weights load all the same)"
     if cfg.op_conditioned_slot:
         lost["op_conditioned_slot"] = "True: esper 0872525b draws the slot from the env mask alone"
-    for field, esper_value in (("normalize_advantages", True), ("normalize_obs", True), ("normalize_rewards", True),
-                               ("obs_norm_momentum", 0.99), ("reward_clip", 10.0)):  # fmt: skip
+    for field, esper_value in (
+        ("normalize_advantages", True),
+        ("normalize_obs", True),
+        ("normalize_rewards", True),
+        ("obs_norm_momentum", 0.99),
+        ("reward_clip", 10.0),
+    ):
         if getattr(cfg, field) != esper_value:
             lost[field] = f"{getattr(cfg, field)!r}: esper always uses {esper_value!r}"
     if cfg.rollout_steps != cfg.episode_length:
-        lost["rollout_steps"] = f"{cfg.rollout_steps}: esper collects one whole episode ({cfg.episode_length}) per update"
+        lost["rollout_steps"] = (
+            f"{cfg.rollout_steps}: esper collects one whole episode ({cfg.episode_length}) per update"
+        )
     lost["obs_normalizer"] = "esper's checkpoint has no place for it: kept in metadata['esper_fast_obs_normalizer']"
     lost["learning_rate / adam_eps"] = "carried by optimizer_state_dict (esper's load() restores them from it)"
     metadata = dict(ckpt.get("metadata") or {})
-    metadata.update({
-        "exported_by": f"esper_fast {__version__}", "source_checkpoint": str(source),
-        "esper_fast_config": cfg.to_dict(), "not_representable": lost,
-    })  # fmt: skip
+    metadata.update(
+        {
+            "exported_by": f"esper_fast {__version__}",
+            "source_checkpoint": str(source),
+            "esper_fast_config": cfg.to_dict(),
+            "not_representable": lost,
+        }
+    )
     if "obs_normalizer" in ckpt:
         metadata["esper_fast_obs_normalizer"] = ckpt["obs_normalizer"]
     slot_ids = imported.get("source_architecture", {}).get("slot_ids", arch["slot_ids"])
-    log(f"{source}: export for esper's PPOAgent.load(); not representable in esper's checkpoint: "
-        + "; ".join(f"{k} = {v}" for k, v in lost.items()))  # fmt: skip
+    log(
+        f"{source}: export for esper's PPOAgent.load(); not representable in esper's checkpoint: "
+        + "; ".join(f"{k} = {v}" for k, v in lost.items())
+    )
     return {
-        "checkpoint_version": 1, "network_state_dict": ckpt["network_state_dict"],
-        "optimizer_state_dict": ckpt["optimizer_state_dict"], "train_steps": int(ckpt["train_steps"]),
+        "checkpoint_version": 1,
+        "network_state_dict": ckpt["network_state_dict"],
+        "optimizer_state_dict": ckpt["optimizer_state_dict"],
+        "train_steps": int(ckpt["train_steps"]),
         "config": config,
-        "architecture": {"state_dim": int(arch["state_dim"]), "slot_ids": list(slot_ids),
-                         "num_slots": int(arch["num_slots"])},
+        "architecture": {
+            "state_dim": int(arch["state_dim"]),
+            "slot_ids": list(slot_ids),
+            "num_slots": int(arch["num_slots"]),
+        },
         "metadata": metadata,
-    }  # fmt: skip
+    }
 
 
-def export_esper_checkpoint(src: str | os.PathLike, dst: str | os.PathLike | None = None,
-                            log: Callable[[str], None] | None = None) -> Path:  # fmt: skip
+def export_esper_checkpoint(
+    src: str | os.PathLike, dst: str | os.PathLike | None = None, log: Callable[[str], None] | None = None
+) -> Path:
     """Write esper's layout of the checkpoint ``src`` (a file or a run directory) to ``dst``.
 
     ``dst`` defaults to ``esper.pt`` beside the source checkpoint. Returns the path written.
@@ -350,8 +470,10 @@ def warm_start_from_esper(trainer: Any, ckpt: dict[str, Any], log: Callable[[str
 
     check_architecture(ckpt, trainer.config)
     load_network_state(trainer.policy, ckpt["network_state_dict"], source=f"esper checkpoint {ckpt.get('path', '')}")
-    (log or trainer.log)(f"warm start: network weights from esper checkpoint {ckpt.get('path', '')} "
-                         f"(esper update {ckpt.get('train_steps')}); optimizer state and counters start afresh")
+    (log or trainer.log)(
+        f"warm start: network weights from esper checkpoint {ckpt.get('path', '')} "
+        f"(esper update {ckpt.get('train_steps')}); optimizer state and counters start afresh"
+    )
 
 
 # ---- esper HEAD (2016337e, value-head schema v2) ----------------------------------------------------------
@@ -360,22 +482,36 @@ def _head_layout(sd: dict[str, Any], arch: dict[str, Any], source: str) -> dict[
     against its ``architecture`` (HEAD load's pre-checks, ppo_agent.py:1796-1824)."""
     from esper_fast.ppo.checkpoint import CheckpointError
 
-    for key in ("feature_net.0.weight", "lstm.layers.0.weight_hh_l0", "slot_head.2.weight", "state_value_head.0.weight"):
+    for key in (
+        "feature_net.0.weight",
+        "lstm.layers.0.weight_hh_l0",
+        "slot_head.2.weight",
+        "state_value_head.0.weight",
+    ):
         if key not in sd:
             raise CheckpointError(f"{source}: esper HEAD checkpoint without {key!r} in network_state_dict")
     if "state_dim" not in arch or "num_slots" not in arch:
-        raise CheckpointError(f"{source}: esper checkpoint architecture needs state_dim and num_slots, got {sorted(arch)}")
-    out = {"num_slots": int(arch["num_slots"]), "state_dim": int(arch["state_dim"]),
-           "feature_dim": int(sd["feature_net.0.weight"].shape[0]),
-           "lstm_hidden_dim": int(sd["lstm.layers.0.weight_hh_l0"].shape[1]),
-           "lstm_layers": sum(1 for k in sd if re.fullmatch(r"lstm\.layers\.\d+\.weight_ih_l0", k))}  # fmt: skip
+        raise CheckpointError(
+            f"{source}: esper checkpoint architecture needs state_dim and num_slots, got {sorted(arch)}"
+        )
+    out = {
+        "num_slots": int(arch["num_slots"]),
+        "state_dim": int(arch["state_dim"]),
+        "feature_dim": int(sd["feature_net.0.weight"].shape[0]),
+        "lstm_hidden_dim": int(sd["lstm.layers.0.weight_hh_l0"].shape[1]),
+        "lstm_layers": sum(1 for k in sd if re.fullmatch(r"lstm\.layers\.\d+\.weight_ih_l0", k)),
+    }
     problems = []
     if int(sd["slot_head.2.weight"].shape[0]) != out["num_slots"]:
-        problems.append(f"architecture num_slots {out['num_slots']} but slot_head.2.weight has "
-                        f"{sd['slot_head.2.weight'].shape[0]} rows")  # fmt: skip
+        problems.append(
+            f"architecture num_slots {out['num_slots']} but slot_head.2.weight has "
+            f"{sd['slot_head.2.weight'].shape[0]} rows"
+        )
     if int(sd["feature_net.0.weight"].shape[1]) != out["state_dim"] + 4 * out["num_slots"]:
-        problems.append(f"architecture state_dim {out['state_dim']} + 4 x {out['num_slots']} slots != "
-                        f"feature_net.0.weight input width {sd['feature_net.0.weight'].shape[1]}")  # fmt: skip
+        problems.append(
+            f"architecture state_dim {out['state_dim']} + 4 x {out['num_slots']} slots != "
+            f"feature_net.0.weight input width {sd['feature_net.0.weight'].shape[1]}"
+        )
     if problems:
         raise CheckpointError(f"{source}: esper HEAD checkpoint is inconsistent: " + "; ".join(problems))
     return out
@@ -399,8 +535,9 @@ def load_esper_head_network(ckpt: dict[str, Any] | str | os.PathLike, device: st
     if not is_esper_head_checkpoint(ckpt):
         raise CheckpointError(f"{source}: not an esper HEAD checkpoint (no value_head_schema_version)")
     lay = _head_layout(ckpt["network_state_dict"], dict(ckpt["architecture"]), source)
-    net = FactoredPolicyV2(lay["state_dim"], lay["feature_dim"], lay["lstm_hidden_dim"], lay["lstm_layers"],
-                           lay["num_slots"]).to(device)  # fmt: skip
+    net = FactoredPolicyV2(
+        lay["state_dim"], lay["feature_dim"], lay["lstm_hidden_dim"], lay["lstm_layers"], lay["num_slots"]
+    ).to(device)
     load_network_state(net, ckpt["network_state_dict"], source=str(source))
     return net.eval()
 
@@ -421,11 +558,15 @@ def from_esper_head_checkpoint(ckpt: dict[str, Any], log: Callable[[str], None] 
     log = log or logger.warning
     source = ckpt.get("path", "esper HEAD checkpoint")
     if ckpt.get("value_head_schema_version") != VALUE_HEAD_SCHEMA_VERSION:
-        raise CheckpointError(f"{source}: value_head_schema_version {ckpt.get('value_head_schema_version')!r}, "
-                              f"expected {VALUE_HEAD_SCHEMA_VERSION} (esper HEAD refuses other schemas too)")  # fmt: skip
+        raise CheckpointError(
+            f"{source}: value_head_schema_version {ckpt.get('value_head_schema_version')!r}, "
+            f"expected {VALUE_HEAD_SCHEMA_VERSION} (esper HEAD refuses other schemas too)"
+        )
     if ckpt.get("checkpoint_version") != ESPER_HEAD_CHECKPOINT_VERSION:
-        raise CheckpointError(f"{source}: esper HEAD checkpoint_version {ckpt.get('checkpoint_version')!r}, "
-                              f"expected {ESPER_HEAD_CHECKPOINT_VERSION}")  # fmt: skip
+        raise CheckpointError(
+            f"{source}: esper HEAD checkpoint_version {ckpt.get('checkpoint_version')!r}, "
+            f"expected {ESPER_HEAD_CHECKPOINT_VERSION}"
+        )
     config, arch, sd = dict(ckpt["config"]), dict(ckpt["architecture"]), ckpt["network_state_dict"]
     lay = _head_layout(sd, arch, source)
     if lay["state_dim"] != get_feature_size(lay["num_slots"]):
@@ -449,15 +590,29 @@ def from_esper_head_checkpoint(ckpt: dict[str, Any], log: Callable[[str], None] 
         mapped["entropy_coef_per_head"] = "entropy_coef_per_head"
     steps = int(config.get("entropy_anneal_steps") or 0)  # HEAD's get_entropy_coef (ppo_agent.py:432-451)
     if steps > 0:
-        values.update(entropy_coef=config.get("entropy_coef_start", config.get("entropy_coef")),
-                      entropy_coef_end=config.get("entropy_coef_end"), entropy_anneal_updates=steps)  # fmt: skip
-        mapped.update(entropy_coef_start="entropy_coef", entropy_coef_end="entropy_coef_end",
-                      entropy_anneal_steps="entropy_anneal_updates", entropy_coef="(unused while annealing)")  # fmt: skip
+        values.update(
+            entropy_coef=config.get("entropy_coef_start", config.get("entropy_coef")),
+            entropy_coef_end=config.get("entropy_coef_end"),
+            entropy_anneal_updates=steps,
+        )
+        mapped.update(
+            entropy_coef_start="entropy_coef",
+            entropy_coef_end="entropy_coef_end",
+            entropy_anneal_steps="entropy_anneal_updates",
+            entropy_coef="(unused while annealing)",
+        )
     else:
         values.update(entropy_coef=config.get("entropy_coef", 0.05), entropy_coef_end=None, entropy_anneal_updates=0)
-        mapped.update(entropy_coef="entropy_coef", entropy_coef_start="(unused: no annealing)",
-                      entropy_coef_end="(unused: no annealing)", entropy_anneal_steps="entropy_anneal_updates = 0")  # fmt: skip
-    for field, default in (("entropy_floor", ENTROPY_FLOOR_PER_HEAD), ("entropy_floor_penalty_coef", ENTROPY_FLOOR_PENALTY_COEF)):
+        mapped.update(
+            entropy_coef="entropy_coef",
+            entropy_coef_start="(unused: no annealing)",
+            entropy_coef_end="(unused: no annealing)",
+            entropy_anneal_steps="entropy_anneal_updates = 0",
+        )
+    for field, default in (
+        ("entropy_floor", ENTROPY_FLOOR_PER_HEAD),
+        ("entropy_floor_penalty_coef", ENTROPY_FLOOR_PENALTY_COEF),
+    ):
         if field in config:
             if config[field] == default:
                 mapped[field] = "entropy_floor (HEAD's leyline values)"
@@ -476,10 +631,15 @@ def from_esper_head_checkpoint(ckpt: dict[str, Any], log: Callable[[str], None] 
     elif "weight_decay" in config:
         mapped["weight_decay"] = "(0: esper_fast's Adam has no weight decay)"
     if "total_train_steps" in config:
-        ignored["total_train_steps"] = (f"{config['total_train_steps']!r}: HEAD's entropy-floor schedule denominator; "
-                                        "esper_fast uses the run's number of updates")  # fmt: skip
-    for field, why in (("chunk_length", IGNORED_FIELDS["chunk_length"]), ("compile_mode", IGNORED_FIELDS["compile_mode"]),
-                       ("batch_size", "stored but unused by HEAD's update() (one full batch)")):  # fmt: skip
+        ignored["total_train_steps"] = (
+            f"{config['total_train_steps']!r}: HEAD's entropy-floor schedule denominator; "
+            "esper_fast uses the run's number of updates"
+        )
+    for field, why in (
+        ("chunk_length", IGNORED_FIELDS["chunk_length"]),
+        ("compile_mode", IGNORED_FIELDS["compile_mode"]),
+        ("batch_size", "stored but unused by HEAD's update() (one full batch)"),
+    ):
         if field in config:
             ignored[field] = f"{config[field]!r}: {why}"
     for field in sorted(set(config) - set(mapped) - set(ignored)):
@@ -493,24 +653,39 @@ def from_esper_head_checkpoint(ckpt: dict[str, Any], log: Callable[[str], None] 
         ppo_config = make_config("esper-head", **values)
     except ValueError as exc:
         raise CheckpointError(f"{source}: esper HEAD config does not map to a valid PPOConfig: {exc}") from exc
-    notes = ["observation normaliser statistics are not in esper's checkpoint: they start at mean 0, var 1",
-             f"value normaliser and HEAD's train_steps {ckpt.get('train_steps')} kept in esper_import "
-             "(a warm start loads the weights only)"]  # fmt: skip
+    notes = [
+        "observation normaliser statistics are not in esper's checkpoint: they start at mean 0, var 1",
+        f"value normaliser and HEAD's train_steps {ckpt.get('train_steps')} kept in esper_import "
+        "(a warm start loads the weights only)",
+    ]
     ours_arch = architecture(ppo_config)
-    log(f"{source}: esper HEAD PPOAgent checkpoint (update {ckpt.get('train_steps')}); mapped "
+    log(
+        f"{source}: esper HEAD PPOAgent checkpoint (update {ckpt.get('train_steps')}); mapped "
         + ", ".join(f"{k}->{v}" for k, v in mapped.items())
-        + "; ignored: " + ("; ".join(f"{k} = {v}" for k, v in ignored.items()) or "nothing")
-        + "; notes: " + "; ".join(notes))  # fmt: skip
+        + "; ignored: "
+        + ("; ".join(f"{k} = {v}" for k, v in ignored.items()) or "nothing")
+        + "; notes: "
+        + "; ".join(notes)
+    )
     out = {
-        "checkpoint_version": CHECKPOINT_VERSION, "network_state_dict": sd,
-        "optimizer_state_dict": ckpt["optimizer_state_dict"], "train_steps": int(ckpt["train_steps"]),
-        "config": ppo_config.to_dict(), "architecture": ours_arch,
-        "esper_import": {"format": "2016337e", "source_config": config, "source_architecture": arch,
-                         "source_checkpoint_version": ckpt.get("checkpoint_version"),
-                         "value_normalizer_state_dict": ckpt.get("value_normalizer_state_dict"),
-                         "aux_training_step": ckpt.get("aux_training_step"),
-                         "mapped": mapped, "ignored": ignored, "notes": notes},
-    }  # fmt: skip
+        "checkpoint_version": CHECKPOINT_VERSION,
+        "network_state_dict": sd,
+        "optimizer_state_dict": ckpt["optimizer_state_dict"],
+        "train_steps": int(ckpt["train_steps"]),
+        "config": ppo_config.to_dict(),
+        "architecture": ours_arch,
+        "esper_import": {
+            "format": "2016337e",
+            "source_config": config,
+            "source_architecture": arch,
+            "source_checkpoint_version": ckpt.get("checkpoint_version"),
+            "value_normalizer_state_dict": ckpt.get("value_normalizer_state_dict"),
+            "aux_training_step": ckpt.get("aux_training_step"),
+            "mapped": mapped,
+            "ignored": ignored,
+            "notes": notes,
+        },
+    }
     for key in ("metadata", "path"):
         if key in ckpt:
             out[key] = ckpt[key]
@@ -537,37 +712,57 @@ def to_esper_head_checkpoint(ckpt: dict[str, Any], log: Callable[[str], None] | 
     head_state = ckpt.get("esper_head") or {}
     vn = head_state.get("value_normalizer")
     if vn is None:
-        raise CheckpointError(f"{source}: esper-head checkpoint without its value normaliser (esper_head.value_normalizer)")
+        raise CheckpointError(
+            f"{source}: esper-head checkpoint without its value normaliser (esper_head.value_normalizer)"
+        )
     steps = int(head_state.get("head_train_steps", ckpt["train_steps"]))
     annealed = cfg.entropy_anneal_updates > 0 and cfg.entropy_coef_end is not None
     imported = ckpt.get("esper_import") or {}
     src = imported.get("source_config", {}) if imported.get("format") == "2016337e" else {}
     config = {
-        "gamma": cfg.gamma, "gae_lambda": cfg.gae_lambda, "clip_ratio": cfg.clip_ratio,
-        "entropy_coef": cfg.entropy_coef, "entropy_coef_start": cfg.entropy_coef,
+        "gamma": cfg.gamma,
+        "gae_lambda": cfg.gae_lambda,
+        "clip_ratio": cfg.clip_ratio,
+        "entropy_coef": cfg.entropy_coef,
+        "entropy_coef_start": cfg.entropy_coef,
         "entropy_coef_end": cfg.entropy_coef_end if annealed else cfg.entropy_coef,
-        "entropy_coef_min": cfg.entropy_coef_min, "entropy_anneal_steps": cfg.entropy_anneal_updates if annealed else 0,
+        "entropy_coef_min": cfg.entropy_coef_min,
+        "entropy_anneal_steps": cfg.entropy_anneal_updates if annealed else 0,
         "entropy_coef_per_head": {h: float(cfg.entropy_coef_per_head.get(h, 1.0)) for h in HEAD_NAMES},
         "entropy_floor": dict(ENTROPY_FLOOR_PER_HEAD),
-        "entropy_floor_penalty_coef": {h: (c if cfg.entropy_floor else 0.0) for h, c in ENTROPY_FLOOR_PENALTY_COEF.items()},
+        "entropy_floor_penalty_coef": {
+            h: (c if cfg.entropy_floor else 0.0) for h, c in ENTROPY_FLOOR_PENALTY_COEF.items()
+        },
         "total_train_steps": src.get("total_train_steps", 1_000_000),
-        "value_coef": cfg.value_coef, "value_coef_start": cfg.value_coef_start,
-        "value_warmup_steps": cfg.value_warmup_steps, "clip_value": False, "value_clip": cfg.value_clip,
-        "target_kl": cfg.target_kl, "recurrent_n_epochs": cfg.update_epochs, "lstm_hidden_dim": cfg.lstm_hidden_dim,
-        "chunk_length": cfg.episode_length, "num_envs": cfg.num_envs, "max_steps_per_env": cfg.episode_length,
-        "batch_size": src.get("batch_size", ESPER_DEFAULTS["batch_size"]), "max_grad_norm": cfg.max_grad_norm,
-        "weight_decay": 0.0, "compile_mode": "off", "aux_contribution_coef": cfg.aux_contribution_coef,
-        "aux_warmup_steps": cfg.aux_warmup_steps, "aux_stop_gradient": True,
-        "contribution_loss_clip": cfg.contribution_loss_clip, "enable_contribution_aux": cfg.contribution_aux,
-    }  # fmt: skip
+        "value_coef": cfg.value_coef,
+        "value_coef_start": cfg.value_coef_start,
+        "value_warmup_steps": cfg.value_warmup_steps,
+        "clip_value": False,
+        "value_clip": cfg.value_clip,
+        "target_kl": cfg.target_kl,
+        "recurrent_n_epochs": cfg.update_epochs,
+        "lstm_hidden_dim": cfg.lstm_hidden_dim,
+        "chunk_length": cfg.episode_length,
+        "num_envs": cfg.num_envs,
+        "max_steps_per_env": cfg.episode_length,
+        "batch_size": src.get("batch_size", ESPER_DEFAULTS["batch_size"]),
+        "max_grad_norm": cfg.max_grad_norm,
+        "weight_decay": 0.0,
+        "compile_mode": "off",
+        "aux_contribution_coef": cfg.aux_contribution_coef,
+        "aux_warmup_steps": cfg.aux_warmup_steps,
+        "aux_stop_gradient": True,
+        "contribution_loss_clip": cfg.contribution_loss_clip,
+        "enable_contribution_aux": cfg.contribution_aux,
+    }
     assert tuple(config) == ESPER_HEAD_CONFIG_FIELDS
     lost: dict[str, str] = {
         "observation": f"this network reads SeedLifecycleEnv's {arch['state_dim']}-feature observation, not esper "
-                       f"HEAD's {23 + 31 * int(arch['num_slots'])} features: HEAD's load() rebuilds it with "
-                       f"state_dim {arch['state_dim']}, but esper's own environments feed other features",
+        f"HEAD's {23 + 31 * int(arch['num_slots'])} features: HEAD's load() rebuilds it with "
+        f"state_dim {arch['state_dim']}, but esper's own environments feed other features",
         "obs_normalizer": "esper's checkpoint has no place for it: kept in metadata['esper_fast_obs_normalizer']",
         "learning_rate / adam_eps": "carried by optimizer_state_dict (esper's load() restores them from it)",
-    }  # fmt: skip
+    }
     if cfg.num_minibatches != 1:
         lost["num_minibatches"] = f"{cfg.num_minibatches}: HEAD's update uses one full batch"
     if cfg.anneal_lr:
@@ -577,23 +772,43 @@ def to_esper_head_checkpoint(ckpt: dict[str, Any], log: Callable[[str], None] | 
     if cfg.head_baseline != "state_value":
         lost["head_baseline"] = f"{cfg.head_baseline!r}: HEAD's baseline is V(s) from state_value_head"
     if cfg.rollout_steps != cfg.episode_length:
-        lost["rollout_steps"] = f"{cfg.rollout_steps}: HEAD collects one whole episode ({cfg.episode_length}) per update"
+        lost["rollout_steps"] = (
+            f"{cfg.rollout_steps}: HEAD collects one whole episode ({cfg.episode_length}) per update"
+        )
     metadata = dict(ckpt.get("metadata") or {})
-    metadata.update({"exported_by": f"esper_fast {__version__}", "source_checkpoint": str(source),
-                     "esper_fast_config": cfg.to_dict(), "not_representable": lost})  # fmt: skip
+    metadata.update(
+        {
+            "exported_by": f"esper_fast {__version__}",
+            "source_checkpoint": str(source),
+            "esper_fast_config": cfg.to_dict(),
+            "not_representable": lost,
+        }
+    )
     if "obs_normalizer" in ckpt:
         metadata["esper_fast_obs_normalizer"] = ckpt["obs_normalizer"]
     slot_ids = imported.get("source_architecture", {}).get("slot_ids", arch["slot_ids"])
-    (log or logger.warning)(f"{source}: export for esper HEAD's PPOAgent.load(); not representable: "
-                            + "; ".join(f"{k} = {v}" for k, v in lost.items()))  # fmt: skip
+    (log or logger.warning)(
+        f"{source}: export for esper HEAD's PPOAgent.load(); not representable: "
+        + "; ".join(f"{k} = {v}" for k, v in lost.items())
+    )
     as_tensor = lambda v: torch.as_tensor(v, dtype=torch.float32).clone()  # noqa: E731
     return {
-        "checkpoint_version": ESPER_HEAD_CHECKPOINT_VERSION, "value_head_schema_version": VALUE_HEAD_SCHEMA_VERSION,
-        "network_state_dict": ckpt["network_state_dict"], "optimizer_state_dict": ckpt["optimizer_state_dict"],
-        "value_normalizer_state_dict": {"mean": as_tensor(vn["mean"]), "var": as_tensor(vn["var"]),
-                                        "count": as_tensor(vn["count"])},
-        "train_steps": steps, "aux_training_step": steps, "config": config,
-        "architecture": {"state_dim": int(arch["state_dim"]), "slot_ids": list(slot_ids),
-                         "num_slots": int(arch["num_slots"])},
+        "checkpoint_version": ESPER_HEAD_CHECKPOINT_VERSION,
+        "value_head_schema_version": VALUE_HEAD_SCHEMA_VERSION,
+        "network_state_dict": ckpt["network_state_dict"],
+        "optimizer_state_dict": ckpt["optimizer_state_dict"],
+        "value_normalizer_state_dict": {
+            "mean": as_tensor(vn["mean"]),
+            "var": as_tensor(vn["var"]),
+            "count": as_tensor(vn["count"]),
+        },
+        "train_steps": steps,
+        "aux_training_step": steps,
+        "config": config,
+        "architecture": {
+            "state_dim": int(arch["state_dim"]),
+            "slot_ids": list(slot_ids),
+            "num_slots": int(arch["num_slots"]),
+        },
         "metadata": metadata,
-    }  # fmt: skip
+    }

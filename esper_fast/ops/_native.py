@@ -21,9 +21,18 @@ from esper_fast.constants import HEAD_NAMES
 from esper_fast.types import OpSelection
 
 __all__ = [
-    "DTYPE_CODES", "ActionInputs", "OpInputs", "action_fields", "load_module", "op_fields", "prepare_actions",
-    "prepare_op", "run_native", "run_native_actions", "unit_cols",
-]  # fmt: skip
+    "DTYPE_CODES",
+    "ActionInputs",
+    "OpInputs",
+    "action_fields",
+    "load_module",
+    "op_fields",
+    "prepare_actions",
+    "prepare_op",
+    "run_native",
+    "run_native_actions",
+    "unit_cols",
+]
 
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
@@ -79,13 +88,26 @@ def op_fields(inp: OpInputs, key: Tensor | None, deterministic: bool, out: OpSel
     """The pointer entry ``select_op``'s keyword arguments (csrc/select_args.h ``SelectArgs`` fields)."""
     n, a = inp.logits.shape
     return dict(
-        logits=inp.logits.data_ptr(), logits_dtype=DTYPE_CODES[inp.logits.dtype], logits_stride=inp.logits.stride(0),
-        q=_ptr(inp.q), q_dtype=_code(inp.q), q_stride=_stride(inp.q),
-        mask=_ptr(inp.mask), mask_stride=_stride(inp.mask), noise=_ptr(inp.noise), noise_stride=_stride(inp.noise),
-        key=_ptr(key), n=n, a=a, deterministic=deterministic,
-        out_op=out.op.data_ptr(), out_log_prob=out.log_prob.data_ptr(), out_entropy=out.entropy.data_ptr(),
-        out_q_op=out.q_op.data_ptr(), out_value=out.value.data_ptr(),
-    )  # fmt: skip
+        logits=inp.logits.data_ptr(),
+        logits_dtype=DTYPE_CODES[inp.logits.dtype],
+        logits_stride=inp.logits.stride(0),
+        q=_ptr(inp.q),
+        q_dtype=_code(inp.q),
+        q_stride=_stride(inp.q),
+        mask=_ptr(inp.mask),
+        mask_stride=_stride(inp.mask),
+        noise=_ptr(inp.noise),
+        noise_stride=_stride(inp.noise),
+        key=_ptr(key),
+        n=n,
+        a=a,
+        deterministic=deterministic,
+        out_op=out.op.data_ptr(),
+        out_log_prob=out.log_prob.data_ptr(),
+        out_entropy=out.entropy.data_ptr(),
+        out_q_op=out.q_op.data_ptr(),
+        out_value=out.value.data_ptr(),
+    )
 
 
 class ActionInputs(NamedTuple):
@@ -117,10 +139,12 @@ def prepare_actions(
         return [d.get(h) for h in HEAD_NAMES] if isinstance(d, Mapping) else list(d)
 
     return ActionInputs(
-        [unit_cols(t) for t in per_head(logits)], [_opt(m) for m in per_head(masks)],
-        [_noise(g) for g in per_head(noise)], unit_cols(q),
+        [unit_cols(t) for t in per_head(logits)],
+        [_opt(m) for m in per_head(masks)],
+        [_noise(g) for g in per_head(noise)],
+        unit_cols(q),
         None if slot_by_op is None else slot_by_op.contiguous(),
-    )  # fmt: skip
+    )
 
 
 def action_fields(
@@ -134,18 +158,29 @@ def action_fields(
     """The pointer entry ``select_actions``' keyword arguments (``ActionArgs`` fields, csrc/select_actions.h);
     with ``floors`` those of ``select_actions_v2`` (plus floor, value, value_dtype, value_stride)."""
     fields = dict(
-        logits=[t.data_ptr() for t in inp.logits], logits_dtype=[DTYPE_CODES[t.dtype] for t in inp.logits],
+        logits=[t.data_ptr() for t in inp.logits],
+        logits_dtype=[DTYPE_CODES[t.dtype] for t in inp.logits],
         logits_stride=[t.stride(0) for t in inp.logits],
-        mask=[_ptr(m) for m in inp.masks], mask_stride=[_stride(m) for m in inp.masks],
-        noise=[_ptr(g) for g in inp.noise], noise_stride=[_stride(g) for g in inp.noise], size=inp.sizes,
-        q=inp.q.data_ptr(), q_dtype=DTYPE_CODES[inp.q.dtype], q_stride=inp.q.stride(0),
-        slot_by_op=_ptr(inp.slot_by_op), slot_by_op_stride=_stride(inp.slot_by_op),
-        key=_ptr(key), n=inp.q.shape[0], deterministic=deterministic,
-        out_actions=out[0].data_ptr(), out_f=out[1].data_ptr(),
-    )  # fmt: skip
+        mask=[_ptr(m) for m in inp.masks],
+        mask_stride=[_stride(m) for m in inp.masks],
+        noise=[_ptr(g) for g in inp.noise],
+        noise_stride=[_stride(g) for g in inp.noise],
+        size=inp.sizes,
+        q=inp.q.data_ptr(),
+        q_dtype=DTYPE_CODES[inp.q.dtype],
+        q_stride=inp.q.stride(0),
+        slot_by_op=_ptr(inp.slot_by_op),
+        slot_by_op_stride=_stride(inp.slot_by_op),
+        key=_ptr(key),
+        n=inp.q.shape[0],
+        deterministic=deterministic,
+        out_actions=out[0].data_ptr(),
+        out_f=out[1].data_ptr(),
+    )
     if floors is not None:
-        fields.update(floor=[float(f) for f in floors], value=_ptr(value), value_dtype=_code(value),
-                      value_stride=_stride(value))  # fmt: skip
+        fields.update(
+            floor=[float(f) for f in floors], value=_ptr(value), value_dtype=_code(value), value_stride=_stride(value)
+        )
     return fields
 
 

@@ -30,8 +30,10 @@ _NO_NOISE: dict = {}
 
 def empty_action_outputs(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """(actions ``[ACTION_ROWS, n]`` int64, floats ``[FLOAT_ROWS, n]`` float32), see :mod:`esper_fast.ops.layout`."""
-    return (torch.empty(ACTION_ROWS, n, dtype=torch.int64, device=device),
-            torch.empty(FLOAT_ROWS, n, dtype=torch.float32, device=device))  # fmt: skip
+    return (
+        torch.empty(ACTION_ROWS, n, dtype=torch.int64, device=device),
+        torch.empty(FLOAT_ROWS, n, dtype=torch.float32, device=device),
+    )
 
 
 def unpack_action_outputs(actions: Tensor, floats: Tensor) -> ActionSelection:
@@ -54,22 +56,31 @@ def _check(logits, masks, q, noise, slot_by_op) -> tuple[int, torch.device]:
     for h in HEAD_NAMES:
         l = logits[h]
         if l.dim() != 2 or l.shape[0] != n or l.dtype not in FLOAT_DTYPES or l.device != device:
-            raise ValueError(f"logits[{h!r}] must be a float [{n}, n_{h}] tensor on {device}, "
-                             f"got {l.dtype} {list(l.shape)} on {l.device}")  # fmt: skip
+            raise ValueError(
+                f"logits[{h!r}] must be a float [{n}, n_{h}] tensor on {device}, "
+                f"got {l.dtype} {list(l.shape)} on {l.device}"
+            )
         m = masks.get(h)
         if m is not None and (m.dtype != torch.bool or m.shape != l.shape or m.device != device):
-            raise ValueError(f"masks[{h!r}] must be a bool {list(l.shape)} tensor on {device}, "
-                             f"got {m.dtype} {list(m.shape)} on {m.device}")  # fmt: skip
+            raise ValueError(
+                f"masks[{h!r}] must be a bool {list(l.shape)} tensor on {device}, "
+                f"got {m.dtype} {list(m.shape)} on {m.device}"
+            )
         g = (noise or {}).get(h)
         if g is not None and (g.shape != l.shape or g.device != device or not g.is_floating_point()):
             raise ValueError(f"noise[{h!r}] must be a float {list(l.shape)} tensor on {device}")
     n_ops, n_slots = logits["op"].shape[1], logits["slot"].shape[1]
     if q.shape != (n, n_ops) or q.dtype not in FLOAT_DTYPES or q.device != device:
-        raise ValueError(f"q must be a float [{n}, {n_ops}] tensor on {device}, got {q.dtype} {list(q.shape)} on {q.device}")
-    if slot_by_op is not None and (slot_by_op.dtype != torch.bool or slot_by_op.shape != (n, n_ops, n_slots)
-                                   or slot_by_op.device != device):  # fmt: skip
-        raise ValueError(f"slot_by_op must be a bool [{n}, {n_ops}, {n_slots}] tensor on {device}, "
-                         f"got {slot_by_op.dtype} {list(slot_by_op.shape)}")  # fmt: skip
+        raise ValueError(
+            f"q must be a float [{n}, {n_ops}] tensor on {device}, got {q.dtype} {list(q.shape)} on {q.device}"
+        )
+    if slot_by_op is not None and (
+        slot_by_op.dtype != torch.bool or slot_by_op.shape != (n, n_ops, n_slots) or slot_by_op.device != device
+    ):
+        raise ValueError(
+            f"slot_by_op must be a bool [{n}, {n_ops}, {n_slots}] tensor on {device}, "
+            f"got {slot_by_op.dtype} {list(slot_by_op.shape)}"
+        )
     return n, device
 
 
@@ -111,9 +122,15 @@ def select_actions(
         lean = lean_select_actions(backend)  # the cpu backend's one C++ entry (checks, outputs, key, kernel)
         if lean is not None:
             g = noise or _NO_NOISE
-            res = lean([logits.get(h) for h in HEAD_NAMES], [masks.get(h) for h in HEAD_NAMES],
-                       [g.get(h) for h in HEAD_NAMES], q, slot_by_op, bool(deterministic),
-                       _key_buffer())  # fmt: skip
+            res = lean(
+                [logits.get(h) for h in HEAD_NAMES],
+                [masks.get(h) for h in HEAD_NAMES],
+                [g.get(h) for h in HEAD_NAMES],
+                q,
+                slot_by_op,
+                bool(deterministic),
+                _key_buffer(),
+            )
             if res is not None:  # None: not the plain case, nothing drawn or run; the path below decides
                 sel = unpack_action_outputs(res[0], res[1])
                 if validate and res[2]:
@@ -124,10 +141,15 @@ def select_actions(
         check_noise_finite(noise)
     if not fused:
         sel = compose_heads(
-            lambda l, q_, m, g, head: select_op(l, q_, m, deterministic=deterministic, noise=g,
-                                                generator=generator, backend=backend, validate=False),
-            logits, masks, q, noise, slot_by_op,
-        )  # fmt: skip
+            lambda l, q_, m, g, head: select_op(
+                l, q_, m, deterministic=deterministic, noise=g, generator=generator, backend=backend, validate=False
+            ),
+            logits,
+            masks,
+            q,
+            noise,
+            slot_by_op,
+        )
     else:
         needs_key = not deterministic and any((noise or {}).get(h) is None for h in HEAD_NAMES)
         key = draw_key(device, generator) if needs_key else None
@@ -135,8 +157,16 @@ def select_actions(
             from esper_fast.ops.library import select_actions_op
 
             per_head = lambda d: [d.get(h) for h in HEAD_NAMES]  # noqa: E731
-            out = select_actions_op([logits[h] for h in HEAD_NAMES], per_head(masks), per_head(noise or {}),
-                                    q, slot_by_op, key, deterministic, backend)  # fmt: skip
+            out = select_actions_op(
+                [logits[h] for h in HEAD_NAMES],
+                per_head(masks),
+                per_head(noise or {}),
+                q,
+                slot_by_op,
+                key,
+                deterministic,
+                backend,
+            )
         else:
             out = empty_action_outputs(n, device)
             impl = resolve_backend(backend, device)
@@ -148,9 +178,15 @@ def select_actions(
     return sel
 
 
-def raise_for_bad_rows(actions: dict[str, Tensor], logits: dict[str, Tensor], masks: dict[str, Tensor | None], *,
-                       rules: str, mask_heads: tuple[str, ...] | None = None,
-                       skip_rows_of_bad_op: bool = False) -> None:  # fmt: skip
+def raise_for_bad_rows(
+    actions: dict[str, Tensor],
+    logits: dict[str, Tensor],
+    masks: dict[str, Tensor | None],
+    *,
+    rules: str,
+    mask_heads: tuple[str, ...] | None = None,
+    skip_rows_of_bad_op: bool = False,
+) -> None:
     """The fused ops' validation (select_actions and select_actions_v2): one sync on the happy path; on
     failure, names the head, the rows and the cause.
 

@@ -21,14 +21,21 @@ from torch import Tensor
 from esper_fast.constants import HEAD_NAMES
 from esper_fast.ops._native import prepare_actions, run_native_actions
 from esper_fast.ops.actions import _check, raise_for_bad_rows
-from esper_fast.ops.layout import (
-    ACTION_ROWS, ENTROPY_ROW, FLOAT_ROWS_V2, LOG_PROB_ROW, Q_OP_ROW, STATE_VALUE_ROW_V2, VALUE_ROW, write_selection,
-)  # fmt: skip
 from esper_fast.ops.backends import (
     _cpu_module,
     _cuda_module,
     device_guard,
     resolve_backend,
+)
+from esper_fast.ops.layout import (
+    ACTION_ROWS,
+    ENTROPY_ROW,
+    FLOAT_ROWS_V2,
+    LOG_PROB_ROW,
+    Q_OP_ROW,
+    STATE_VALUE_ROW_V2,
+    VALUE_ROW,
+    write_selection,
 )
 from esper_fast.ops.select import FLOAT_DTYPES, draw_key
 from esper_fast.reference.actions_v2 import select_actions_v2_reference
@@ -44,8 +51,10 @@ N_FLOAT_ROWS = FLOAT_ROWS_V2  # log_prob x8, entropy x8, q_op, expected value, v
 def empty_action_outputs_v2(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """(actions ``[ACTION_ROWS, n]`` int64, floats ``[FLOAT_ROWS_V2, n]`` float32: log_prob x8, entropy x8,
     q_op, expected, value; :mod:`esper_fast.ops.layout`)."""
-    return (torch.empty(ACTION_ROWS, n, dtype=torch.int64, device=device),
-            torch.empty(N_FLOAT_ROWS, n, dtype=torch.float32, device=device))  # fmt: skip
+    return (
+        torch.empty(ACTION_ROWS, n, dtype=torch.int64, device=device),
+        torch.empty(N_FLOAT_ROWS, n, dtype=torch.float32, device=device),
+    )
 
 
 def unpack_action_outputs_v2(actions: Tensor, floats: Tensor) -> ActionSelectionV2:
@@ -55,8 +64,10 @@ def unpack_action_outputs_v2(actions: Tensor, floats: Tensor) -> ActionSelection
         {h: actions[idx[h]] for h in _ORDER},
         {h: floats[LOG_PROB_ROW + idx[h]] for h in _ORDER},
         {h: floats[ENTROPY_ROW + idx[h]] for h in _ORDER},
-        floats[Q_OP_ROW], floats[VALUE_ROW], floats[STATE_VALUE_ROW_V2],
-    )  # fmt: skip
+        floats[Q_OP_ROW],
+        floats[VALUE_ROW],
+        floats[STATE_VALUE_ROW_V2],
+    )
 
 
 def floor_list(floors: dict[str, float] | None) -> list[float]:
@@ -82,9 +93,17 @@ def _run_torch(logits, masks, q, value, floors, noise, slot_by_op, key, determin
 
 
 def _run_torch_nograd(logits, masks, q, value, floors, noise, slot_by_op, key, deterministic, out) -> None:
-    sel = select_actions_v2_reference(logits, masks, q, value, floors=dict(zip(HEAD_NAMES, floors)),
-                                      deterministic=deterministic, noise=noise, key=key,
-                                      slot_by_op=slot_by_op)  # fmt: skip
+    sel = select_actions_v2_reference(
+        logits,
+        masks,
+        q,
+        value,
+        floors=dict(zip(HEAD_NAMES, floors)),
+        deterministic=deterministic,
+        noise=noise,
+        key=key,
+        slot_by_op=slot_by_op,
+    )
     write_selection(sel, out)
     out[1][STATE_VALUE_ROW_V2].copy_(sel.values)
 
@@ -97,16 +116,25 @@ def _run_cpu(logits, masks, q, value, floors, noise, slot_by_op, key, determinis
 def _run_cuda(logits, masks, q, value, floors, noise, slot_by_op, key, deterministic, out) -> None:
     with device_guard(q.device):
         inp = prepare_actions(logits, masks, noise, q, slot_by_op)
-        run_native_actions(_cuda_module()[0], inp, key, deterministic, out,
-                           torch.cuda.current_stream(q.device).cuda_stream, floors=floors, value=value)  # fmt: skip
+        run_native_actions(
+            _cuda_module()[0],
+            inp,
+            key,
+            deterministic,
+            out,
+            torch.cuda.current_stream(q.device).cuda_stream,
+            floors=floors,
+            value=value,
+        )
 
 
 def _run_triton(logits, masks, q, value, floors, noise, slot_by_op, key, deterministic, out) -> None:
     from esper_fast.ops.triton_actions_v2 import select_actions_v2_triton
 
     with device_guard(q.device):
-        select_actions_v2_triton(prepare_actions(logits, masks, noise, q, slot_by_op), value, floors, key,
-                                 deterministic, out)  # fmt: skip
+        select_actions_v2_triton(
+            prepare_actions(logits, masks, noise, q, slot_by_op), value, floors, key, deterministic, out
+        )
 
 
 _RUNNERS = {"torch": _run_torch, "cpu": _run_cpu, "cuda": _run_cuda, "triton": _run_triton}
@@ -152,14 +180,21 @@ def select_actions_v2(
     """
     n, device = _check(logits, masks, q, noise, slot_by_op)
     if value is not None and (value.shape != (n,) or value.dtype not in FLOAT_DTYPES or value.device != device):
-        raise ValueError(f"value must be a float [{n}] tensor on {device}, got {value.dtype} "
-                         f"{list(value.shape)} on {value.device}")  # fmt: skip
+        raise ValueError(
+            f"value must be a float [{n}] tensor on {device}, got {value.dtype} {list(value.shape)} on {value.device}"
+        )
     floors_l = floor_list(floors)
     chosen = resolve_backend(backend, device)
     if out is None:
         out = empty_action_outputs_v2(n, device)
-    elif (out[0].shape != (ACTION_ROWS, n) or out[0].dtype != torch.int64 or out[1].shape != (N_FLOAT_ROWS, n)
-          or out[1].dtype != torch.float32 or not out[0].is_contiguous() or not out[1].is_contiguous()):  # fmt: skip
+    elif (
+        out[0].shape != (ACTION_ROWS, n)
+        or out[0].dtype != torch.int64
+        or out[1].shape != (N_FLOAT_ROWS, n)
+        or out[1].dtype != torch.float32
+        or not out[0].is_contiguous()
+        or not out[1].is_contiguous()
+    ):
         raise ValueError(f"out must be contiguous (int64 [8, {n}], float32 [{N_FLOAT_ROWS}, {n}]) tensors")
     if n > 0:
         needs_key = not deterministic and any((noise or {}).get(h) is None for h in HEAD_NAMES)
@@ -174,5 +209,6 @@ def select_actions_v2(
 def _raise_for_bad_rows_v2(sel: ActionSelectionV2, logits, masks) -> None:
     """:func:`esper_fast.ops.actions.raise_for_bad_rows` with v2's rules: only the op's mask is checked
     as such (the other heads are canonicalised by the op), bad ops reported once, under the op."""
-    raise_for_bad_rows(sel.actions, logits, masks, rules="canonicalisation / slot_by_op", mask_heads=("op",),
-                       skip_rows_of_bad_op=True)  # fmt: skip
+    raise_for_bad_rows(
+        sel.actions, logits, masks, rules="canonicalisation / slot_by_op", mask_heads=("op",), skip_rows_of_bad_op=True
+    )

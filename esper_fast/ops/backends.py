@@ -24,21 +24,29 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
 
-from esper_fast.errors import BackendUnavailableError
 from esper_fast.constants import HEAD_NAMES
+from esper_fast.errors import BackendUnavailableError
 from esper_fast.ops._native import load_module, prepare_actions, run_native, run_native_actions
 from esper_fast.ops.layout import write_selection
 from esper_fast.reference.actions import select_actions_reference
 from esper_fast.reference.select import select_op_reference
 from esper_fast.types import OpSelection
 
-__all__ = ["BACKEND_NAMES", "available_backends", "lean_select_actions", "lean_select_op", "reload_env", "resolve_backend", "Backend"]
+__all__ = [
+    "BACKEND_NAMES",
+    "available_backends",
+    "lean_select_actions",
+    "lean_select_op",
+    "reload_env",
+    "resolve_backend",
+    "Backend",
+]
 
 BACKEND_NAMES = ("torch", "cpu", "cuda", "triton")
 ENV_VAR = "ESPER_FAST_BACKEND"
@@ -56,12 +64,12 @@ class Backend:
     name: str
     run: RunFn
     run_actions: RunActionsFn
-    why_not: Callable[[torch.device], "str | None"]
+    why_not: Callable[[torch.device], str | None]
     # The lean call path (cpu): run_lean(logits, q, mask, noise, key, deterministic, op [N], floats
     # [4, N]) and run_actions_lean(..., (actions, floats) as in ops/layout.py) take the tensors straight
     # into one C++ entry. None: select_op / select_actions use run / run_actions.
-    run_lean: "Callable[..., int | None] | None" = None
-    run_actions_lean: "Callable[..., int | None] | None" = None
+    run_lean: Callable[..., int | None] | None = None
+    run_actions_lean: Callable[..., int | None] | None = None
 
 
 # ---- torch (reference) --------------------------------------------------------------------------
@@ -78,8 +86,9 @@ def _run_actions_torch(logits, masks, q, noise, slot_by_op, key, deterministic, 
 
 
 def _run_actions_torch_nograd(logits, masks, q, noise, slot_by_op, key, deterministic, out) -> None:
-    sel = select_actions_reference(logits, masks, q, deterministic=deterministic, noise=noise,
-                                   key=key, slot_by_op=slot_by_op)  # fmt: skip
+    sel = select_actions_reference(
+        logits, masks, q, deterministic=deterministic, noise=noise, key=key, slot_by_op=slot_by_op
+    )
     write_selection(sel, out)
 
 
@@ -98,8 +107,9 @@ def _run_cpu(logits, q, mask, noise, key, deterministic, out) -> int:
 
 
 def _run_actions_cpu(logits, masks, q, noise, slot_by_op, key, deterministic, out) -> int:
-    return run_native_actions(_cpu_module()[0], prepare_actions(logits, masks, noise, q, slot_by_op), key,
-                              deterministic, out)  # fmt: skip
+    return run_native_actions(
+        _cpu_module()[0], prepare_actions(logits, masks, noise, q, slot_by_op), key, deterministic, out
+    )
 
 
 def _run_cpu_lean(logits, q, mask, noise, key, deterministic, op, f) -> int:
@@ -112,9 +122,17 @@ def _run_cpu_lean(logits, q, mask, noise, key, deterministic, op, f) -> int:
 
 def _run_actions_cpu_lean(logits, masks, q, noise, slot_by_op, key, deterministic, out) -> int:
     mod = _cpu_module()[0]
-    bad = mod.select_actions_tensors([logits[h] for h in HEAD_NAMES], [masks.get(h) for h in HEAD_NAMES],
-                                     [noise.get(h) for h in HEAD_NAMES], q, slot_by_op, key, deterministic,
-                                     out[0], out[1])  # fmt: skip
+    bad = mod.select_actions_tensors(
+        [logits[h] for h in HEAD_NAMES],
+        [masks.get(h) for h in HEAD_NAMES],
+        [noise.get(h) for h in HEAD_NAMES],
+        q,
+        slot_by_op,
+        key,
+        deterministic,
+        out[0],
+        out[1],
+    )
     if bad < 0:
         bad = _run_actions_cpu(logits, masks, q, noise, slot_by_op, key, deterministic, out)
     return bad
@@ -162,8 +180,14 @@ def _run_cuda(logits, q, mask, noise, key, deterministic, out) -> None:
 def _run_actions_cuda(logits, masks, q, noise, slot_by_op, key, deterministic, out) -> None:
     with device_guard(q.device):
         stream = torch.cuda.current_stream(q.device).cuda_stream
-        run_native_actions(_cuda_module()[0], prepare_actions(logits, masks, noise, q, slot_by_op), key,
-                           deterministic, out, stream=stream)  # fmt: skip
+        run_native_actions(
+            _cuda_module()[0],
+            prepare_actions(logits, masks, noise, q, slot_by_op),
+            key,
+            deterministic,
+            out,
+            stream=stream,
+        )
 
 
 def _cuda_why_not(device: torch.device) -> str | None:
@@ -264,11 +288,11 @@ def reload_env() -> None:
     _LEAN_SELECT_ACTIONS.clear()
 
 
-_LEAN_SELECT_OP: dict[str, "Callable | None"] = {}
-_LEAN_SELECT_ACTIONS: dict[str, "Callable | None"] = {}
+_LEAN_SELECT_OP: dict[str, Callable | None] = {}
+_LEAN_SELECT_ACTIONS: dict[str, Callable | None] = {}
 
 
-def _lean(requested: str, cache: dict, entry: str) -> "Callable | None":
+def _lean(requested: str, cache: dict, entry: str) -> Callable | None:
     try:
         return cache[requested]
     except (KeyError, TypeError):  # TypeError: an unhashable backend, left to the regular path
@@ -281,7 +305,7 @@ def _lean(requested: str, cache: dict, entry: str) -> "Callable | None":
     return lean
 
 
-def lean_select_op(requested: str) -> "Callable | None":
+def lean_select_op(requested: str) -> Callable | None:
     """The cpu module's one-entry ``select_op_lean`` when ``requested`` resolves to the cpu backend for
     CPU tensors, else None (cached per name until :func:`reload_env`; resolution errors are left to
     the regular path, which raises them). The entry declines (returns None) anything but the plain
@@ -289,7 +313,7 @@ def lean_select_op(requested: str) -> "Callable | None":
     return _lean(requested, _LEAN_SELECT_OP, "select_op_lean")
 
 
-def lean_select_actions(requested: str) -> "Callable | None":
+def lean_select_actions(requested: str) -> Callable | None:
     """``select_actions_lean`` of the cpu module, as :func:`lean_select_op`."""
     return _lean(requested, _LEAN_SELECT_ACTIONS, "select_actions_lean")
 
@@ -316,9 +340,7 @@ def _resolve(requested: str, env: str | None, device: torch.device, shape: tuple
                 return _BACKENDS[candidate]
     if name not in _BACKENDS:
         source = f" (from ${ENV_VAR})" if requested == "auto" else ""
-        raise ValueError(
-            f"backend must be one of {('auto',) + BACKEND_NAMES}, got {name!r}{source}"
-        )
+        raise ValueError(f"backend must be one of {('auto',) + BACKEND_NAMES}, got {name!r}{source}")
     why = _BACKENDS[name].why_not(device) or _shape_why_not(name, shape)
     if why is not None:
         raise BackendUnavailableError(f"backend {name!r} cannot run here: {why}")

@@ -27,9 +27,7 @@ __all__ = [
 ]
 
 
-def check_action_dicts(
-    logits: object, masks: object, q: object, noise: object
-) -> dict[str, Tensor | None]:
+def check_action_dicts(logits: object, masks: object, q: object, noise: object) -> dict[str, Tensor | None]:
     """``select_actions``' containers: dicts keyed by head names only, ``q`` a tensor, 2-D logits.
 
     Returns ``masks`` as a dict (``None`` means no mask on any head). Unknown keys (a typo such as
@@ -65,11 +63,15 @@ def check_action_dicts(
 
 def _looks_fine(logits: object, masks: object, q: object, noise: object) -> bool:
     try:
-        return (isinstance(q, Tensor) and _HEADS.issuperset(logits) and _HEADS.issuperset(masks)
-                and (noise is None or _HEADS.issuperset(noise))
-                and all(isinstance(t, Tensor) and t.dim() == 2 for t in logits.values())
-                and all(m is None or isinstance(m, Tensor) for m in masks.values())
-                and (noise is None or all(g is None or isinstance(g, Tensor) for g in noise.values())))  # fmt: skip
+        return (
+            isinstance(q, Tensor)
+            and _HEADS.issuperset(logits)
+            and _HEADS.issuperset(masks)
+            and (noise is None or _HEADS.issuperset(noise))
+            and all(isinstance(t, Tensor) and t.dim() == 2 for t in logits.values())
+            and all(m is None or isinstance(m, Tensor) for m in masks.values())
+            and (noise is None or all(g is None or isinstance(g, Tensor) for g in noise.values()))
+        )
     except (TypeError, AttributeError):  # not dicts: the slow path names the argument
         return False
 
@@ -113,8 +115,9 @@ def normalize_out(out: object, n: int) -> OpSelection | None:
     elif isinstance(out, (tuple, list)) and len(out) == len(OpSelection._fields):
         sel = OpSelection(*out)
     else:
-        raise TypeError(f"out must be an OpSelection {OpSelection._fields} of [{n}] tensors or None, "
-                        f"got {type(out).__name__}")  # fmt: skip
+        raise TypeError(
+            f"out must be an OpSelection {OpSelection._fields} of [{n}] tensors or None, got {type(out).__name__}"
+        )
     return sel
 
 

@@ -14,9 +14,20 @@ the ``_C`` module exposes as ``OUTPUT_LAYOUT``.
 from __future__ import annotations
 
 __all__ = [
-    "NUM_HEADS", "ACTION_ROWS", "LOG_PROB_ROW", "ENTROPY_ROW", "Q_OP_ROW", "VALUE_ROW", "FLOAT_ROWS",
-    "STATE_VALUE_ROW_V2", "FLOAT_ROWS_V2", "PYTHON_LAYOUT", "log_prob_row", "entropy_row", "write_selection",
-]  # fmt: skip
+    "NUM_HEADS",
+    "ACTION_ROWS",
+    "LOG_PROB_ROW",
+    "ENTROPY_ROW",
+    "Q_OP_ROW",
+    "VALUE_ROW",
+    "FLOAT_ROWS",
+    "STATE_VALUE_ROW_V2",
+    "FLOAT_ROWS_V2",
+    "PYTHON_LAYOUT",
+    "log_prob_row",
+    "entropy_row",
+    "write_selection",
+]
 
 NUM_HEADS = 8  # len(HEAD_NAMES)
 ACTION_ROWS = NUM_HEADS
@@ -30,10 +41,16 @@ FLOAT_ROWS_V2 = STATE_VALUE_ROW_V2 + 1
 
 # The names the C++ module exposes (``esper_fast._C.OUTPUT_LAYOUT``), for the agreement test.
 PYTHON_LAYOUT = {
-    "num_heads": NUM_HEADS, "action_rows": ACTION_ROWS, "log_prob_row": LOG_PROB_ROW,
-    "entropy_row": ENTROPY_ROW, "q_op_row": Q_OP_ROW, "value_row": VALUE_ROW, "float_rows": FLOAT_ROWS,
-    "state_value_row_v2": STATE_VALUE_ROW_V2, "float_rows_v2": FLOAT_ROWS_V2,
-}  # fmt: skip
+    "num_heads": NUM_HEADS,
+    "action_rows": ACTION_ROWS,
+    "log_prob_row": LOG_PROB_ROW,
+    "entropy_row": ENTROPY_ROW,
+    "q_op_row": Q_OP_ROW,
+    "value_row": VALUE_ROW,
+    "float_rows": FLOAT_ROWS,
+    "state_value_row_v2": STATE_VALUE_ROW_V2,
+    "float_rows_v2": FLOAT_ROWS_V2,
+}
 
 
 def log_prob_row(head: int) -> int:

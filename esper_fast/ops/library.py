@@ -12,35 +12,44 @@ has ``torch.library.custom_op``.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
 from esper_fast.constants import HEAD_NAMES
-from esper_fast.ops.layout import ACTION_ROWS, FLOAT_ROWS
 from esper_fast.ops.backends import resolve_backend
+from esper_fast.ops.layout import ACTION_ROWS, FLOAT_ROWS
 from esper_fast.types import OpSelection
 
 __all__ = ["select_op_op", "select_actions_op"]
 
 
-SELECT_OP_SCHEMA = ("(Tensor logits, Tensor? q, Tensor? mask, Tensor? noise, Tensor? key, bool deterministic, "
-                    "str backend) -> (Tensor, Tensor)")
-SELECT_ACTIONS_SCHEMA = ("(Tensor[] logits, Tensor?[] masks, Tensor?[] noise, Tensor q, Tensor? slot_by_op, "
-                         "Tensor? key, bool deterministic, str backend) -> (Tensor, Tensor)")
+SELECT_OP_SCHEMA = (
+    "(Tensor logits, Tensor? q, Tensor? mask, Tensor? noise, Tensor? key, bool deterministic, "
+    "str backend) -> (Tensor, Tensor)"
+)
+SELECT_ACTIONS_SCHEMA = (
+    "(Tensor[] logits, Tensor?[] masks, Tensor?[] noise, Tensor q, Tensor? slot_by_op, "
+    "Tensor? key, bool deterministic, str backend) -> (Tensor, Tensor)"
+)
 
 
 @torch.library.custom_op("esper_fast::select_op", mutates_args=(), schema=SELECT_OP_SCHEMA)
 def select_op_op(
-    logits: Tensor, q: Optional[Tensor], mask: Optional[Tensor], noise: Optional[Tensor],
-    key: Optional[Tensor], deterministic: bool, backend: str,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
+    logits: Tensor,
+    q: Tensor | None,
+    mask: Tensor | None,
+    noise: Tensor | None,
+    key: Tensor | None,
+    deterministic: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
     """(op ``[N]`` int64, floats ``[4, N]``: log_prob, entropy, q_op, value)."""
     n = logits.shape[0]
     op = torch.empty(n, dtype=torch.int64, device=logits.device)
     f = torch.empty(4, n, dtype=torch.float32, device=logits.device)
-    resolve_backend(backend, logits.device, tuple(logits.shape)).run(logits, q, mask, noise, key, deterministic, OpSelection(op, *f))
+    resolve_backend(backend, logits.device, tuple(logits.shape)).run(
+        logits, q, mask, noise, key, deterministic, OpSelection(op, *f)
+    )
     return op, f
 
 
@@ -52,13 +61,21 @@ def _select_op_fake(logits, q, mask, noise, key, deterministic, backend):
 
 @torch.library.custom_op("esper_fast::select_actions", mutates_args=(), schema=SELECT_ACTIONS_SCHEMA)
 def select_actions_op(
-    logits: list[Tensor], masks: list[Optional[Tensor]], noise: list[Optional[Tensor]], q: Tensor,
-    slot_by_op: Optional[Tensor], key: Optional[Tensor], deterministic: bool, backend: str,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
+    logits: list[Tensor],
+    masks: list[Tensor | None],
+    noise: list[Tensor | None],
+    q: Tensor,
+    slot_by_op: Tensor | None,
+    key: Tensor | None,
+    deterministic: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
     """(actions ``[ACTION_ROWS, N]`` int64, floats ``[FLOAT_ROWS, N]``; :mod:`esper_fast.ops.layout`)."""
     n = q.shape[0]
-    out = (torch.empty(ACTION_ROWS, n, dtype=torch.int64, device=q.device),
-           torch.empty(FLOAT_ROWS, n, dtype=torch.float32, device=q.device))  # fmt: skip
+    out = (
+        torch.empty(ACTION_ROWS, n, dtype=torch.int64, device=q.device),
+        torch.empty(FLOAT_ROWS, n, dtype=torch.float32, device=q.device),
+    )
     as_dict = lambda ts: {h: t for h, t in zip(HEAD_NAMES, ts) if t is not None}  # noqa: E731
     resolve_backend(backend, q.device).run_actions(
         dict(zip(HEAD_NAMES, logits)), as_dict(masks), q, as_dict(noise), slot_by_op, key, deterministic, out

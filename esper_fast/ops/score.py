@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -41,8 +40,14 @@ from esper_fast.errors import BackendUnavailableError
 from esper_fast.ops._native import DTYPE_CODES, load_module, unit_cols
 from esper_fast.rules import normalized_entropy, slot_for_op, style_override_mask
 
-__all__ = ["SCORE_BACKENDS", "ScoreLayout", "score_actions", "score_actions_packed", "score_actions_reference",
-           "resolve_score_backend"]
+__all__ = [
+    "SCORE_BACKENDS",
+    "ScoreLayout",
+    "score_actions",
+    "score_actions_packed",
+    "score_actions_reference",
+    "resolve_score_backend",
+]
 
 SCORE_BACKENDS = ("torch", "cpu", "triton")
 _DTYPE_CODES = {**DTYPE_CODES, torch.float64: 3}
@@ -75,9 +80,11 @@ class ScoreLayout:
 
 # ---- the plain-torch reference (esper's FactoredNetwork.score_actions, plus slot_by_op) -------------
 def score_actions_reference(
-    logits: dict[str, Tensor], masks: dict[str, Tensor | None], actions: dict[str, Tensor],
+    logits: dict[str, Tensor],
+    masks: dict[str, Tensor | None],
+    actions: dict[str, Tensor],
     slot_by_op: Tensor | None = None,
-) -> tuple[dict[str, Tensor], dict[str, Tensor]]:  # fmt: skip
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Head -> log-prob of the stored action and normalised entropy (shape of the actions), torch ops.
 
     ``logits`` / ``masks`` head -> ``[..., n_h]``; ``actions`` head -> ``[...]`` int64; ``slot_by_op``
@@ -129,7 +136,7 @@ def resolve_score_backend(backend: str, device: torch.device) -> str:
     """``auto`` -> ``cpu`` on CPU, ``triton`` on CUDA (``torch`` only if neither can run); a named
     backend that cannot run raises :class:`BackendUnavailableError` (never a silent fallback)."""
     if backend == "auto":
-        for name in (("cpu",) if device.type == "cpu" else ("triton",)):
+        for name in ("cpu",) if device.type == "cpu" else ("triton",):
             if _why_not(name, device) is None:
                 return name
         return "torch"
@@ -146,14 +153,21 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 def _native_args(logits, mask, actions, slot_by_op, offsets, sizes) -> dict[str, object]:
     """The named fields of ``_C_score``'s entries (ScoreArgs in csrc/score_row.h) but the outputs."""
     return dict(
-        logits=logits.data_ptr(), logits_dtype=_DTYPE_CODES[logits.dtype], logits_stride=logits.stride(0),
-        mask=0 if mask is None else mask.data_ptr(), mask_stride=0 if mask is None else mask.stride(0),
-        actions=actions.data_ptr(), actions_stride=actions.stride(0),
+        logits=logits.data_ptr(),
+        logits_dtype=_DTYPE_CODES[logits.dtype],
+        logits_stride=logits.stride(0),
+        mask=0 if mask is None else mask.data_ptr(),
+        mask_stride=0 if mask is None else mask.stride(0),
+        actions=actions.data_ptr(),
+        actions_stride=actions.stride(0),
         slot_by_op=0 if slot_by_op is None else slot_by_op.data_ptr(),
         slot_by_op_stride=0 if slot_by_op is None else slot_by_op.stride(0),
-        offset=list(offsets), size=list(sizes), a_total=logits.shape[1], n=logits.shape[0],
+        offset=list(offsets),
+        size=list(sizes),
+        a_total=logits.shape[1],
+        n=logits.shape[0],
         num_threads=torch.get_num_threads(),
-    )  # fmt: skip
+    )
 
 
 def _prepare(logits, mask, actions, slot_by_op):
@@ -166,17 +180,25 @@ def _prepare(logits, mask, actions, slot_by_op):
 
 @torch.library.custom_op("esper_fast::score_actions", mutates_args=())
 def score_actions_op(
-    logits: Tensor, mask: Optional[Tensor], actions: Tensor, slot_by_op: Optional[Tensor],
-    offsets: list[int], sizes: list[int], backend: str,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
+    logits: Tensor,
+    mask: Tensor | None,
+    actions: Tensor,
+    slot_by_op: Tensor | None,
+    offsets: list[int],
+    sizes: list[int],
+    backend: str,
+) -> tuple[Tensor, Tensor]:
     """(log_probs ``[8, N]``, entropy ``[8, N]``) for packed ``logits [N, A]``; backend "cpu" / "triton"."""
     n = logits.shape[0]
     out_lp = torch.empty(8, n, dtype=_acc_dtype(logits.dtype), device=logits.device)
     out_ent = torch.empty_like(out_lp)
     logits, mask, actions, slot_by_op = _prepare(logits, mask, actions, slot_by_op)
     if backend == "cpu":
-        _NATIVE.score_forward(**_native_args(logits, mask, actions, slot_by_op, offsets, sizes),
-                              out_log_prob=out_lp.data_ptr(), out_entropy=out_ent.data_ptr())  # fmt: skip
+        _NATIVE.score_forward(
+            **_native_args(logits, mask, actions, slot_by_op, offsets, sizes),
+            out_log_prob=out_lp.data_ptr(),
+            out_entropy=out_ent.data_ptr(),
+        )
     else:
         from esper_fast.ops.triton_score import score_forward_triton
 
@@ -193,18 +215,28 @@ def _score_actions_fake(logits, mask, actions, slot_by_op, offsets, sizes, backe
 
 @torch.library.custom_op("esper_fast::score_actions_backward", mutates_args=())
 def score_actions_backward_op(
-    grad_log_probs: Tensor, grad_entropy: Tensor, logits: Tensor, mask: Optional[Tensor], actions: Tensor,
-    slot_by_op: Optional[Tensor], offsets: list[int], sizes: list[int], backend: str,
-) -> Tensor:  # fmt: skip
+    grad_log_probs: Tensor,
+    grad_entropy: Tensor,
+    logits: Tensor,
+    mask: Tensor | None,
+    actions: Tensor,
+    slot_by_op: Tensor | None,
+    offsets: list[int],
+    sizes: list[int],
+    backend: str,
+) -> Tensor:
     """d loss / d logits ``[N, A]`` (logits' dtype) from the output grads ``[8, N]``."""
     acc = _acc_dtype(logits.dtype)
     g_lp, g_ent = grad_log_probs.to(acc).contiguous(), grad_entropy.to(acc).contiguous()
     grad = torch.empty(logits.shape, dtype=acc, device=logits.device)
     logits, mask, actions, slot_by_op = _prepare(logits, mask, actions, slot_by_op)
     if backend == "cpu":
-        _NATIVE.score_backward(**_native_args(logits, mask, actions, slot_by_op, offsets, sizes),
-                               grad_log_prob=g_lp.data_ptr(), grad_entropy=g_ent.data_ptr(),
-                               grad_logits=grad.data_ptr())  # fmt: skip
+        _NATIVE.score_backward(
+            **_native_args(logits, mask, actions, slot_by_op, offsets, sizes),
+            grad_log_prob=g_lp.data_ptr(),
+            grad_entropy=g_ent.data_ptr(),
+            grad_logits=grad.data_ptr(),
+        )
     else:
         from esper_fast.ops.triton_score import score_backward_triton
 
@@ -213,8 +245,9 @@ def score_actions_backward_op(
 
 
 @score_actions_backward_op.register_fake
-def _score_actions_backward_fake(grad_log_probs, grad_entropy, logits, mask, actions, slot_by_op, offsets,
-                                 sizes, backend):  # fmt: skip
+def _score_actions_backward_fake(
+    grad_log_probs, grad_entropy, logits, mask, actions, slot_by_op, offsets, sizes, backend
+):
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
@@ -231,8 +264,9 @@ def _backward(ctx, grad_log_probs, grad_entropy):
         grad_log_probs = logits.new_zeros(8, logits.shape[0], dtype=_acc_dtype(logits.dtype))
     if grad_entropy is None:
         grad_entropy = torch.zeros_like(grad_log_probs)
-    grad = score_actions_backward_op(grad_log_probs, grad_entropy, logits, mask, actions, slot_by_op, offsets,
-                                     sizes, backend)  # fmt: skip
+    grad = score_actions_backward_op(
+        grad_log_probs, grad_entropy, logits, mask, actions, slot_by_op, offsets, sizes, backend
+    )
     return grad, None, None, None, None, None, None
 
 
@@ -240,30 +274,41 @@ score_actions_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ---- public entry points ----------------------------------------------------------------------------
-def _check(logits: Tensor, layout: ScoreLayout, actions: Tensor, mask: Tensor | None,
-           slot_by_op: Tensor | None) -> None:  # fmt: skip
+def _check(
+    logits: Tensor, layout: ScoreLayout, actions: Tensor, mask: Tensor | None, slot_by_op: Tensor | None
+) -> None:
     lead = tuple(logits.shape[:-1])
     if not logits.is_floating_point() or logits.dtype not in _DTYPE_CODES:
         raise TypeError(f"logits must be float32/float16/bfloat16/float64, got {logits.dtype}")
     if logits.dim() < 1 or logits.shape[-1] != layout.width:
         raise ValueError(f"logits must be [..., {layout.width}] (the layout's packed width), got {list(logits.shape)}")
     if actions.dtype != torch.int64 or tuple(actions.shape) != lead + (8,) or actions.device != logits.device:
-        raise ValueError(f"actions must be int64 {list(lead + (8,))} on {logits.device} (HEAD_NAMES order), "
-                         f"got {actions.dtype} {list(actions.shape)} on {actions.device}")  # fmt: skip
+        raise ValueError(
+            f"actions must be int64 {list(lead + (8,))} on {logits.device} (HEAD_NAMES order), "
+            f"got {actions.dtype} {list(actions.shape)} on {actions.device}"
+        )
     if mask is not None and (mask.dtype != torch.bool or mask.shape != logits.shape or mask.device != logits.device):
-        raise ValueError(f"mask must be bool {list(logits.shape)} on {logits.device}, "
-                         f"got {mask.dtype} {list(mask.shape)} on {mask.device}")  # fmt: skip
+        raise ValueError(
+            f"mask must be bool {list(logits.shape)} on {logits.device}, "
+            f"got {mask.dtype} {list(mask.shape)} on {mask.device}"
+        )
     if slot_by_op is not None:
         want = lead + (layout.sizes[7], layout.sizes[0])
         if slot_by_op.dtype != torch.bool or tuple(slot_by_op.shape) != want or slot_by_op.device != logits.device:
-            raise ValueError(f"slot_by_op must be bool {list(want)} on {logits.device}, "
-                             f"got {slot_by_op.dtype} {list(slot_by_op.shape)} on {slot_by_op.device}")  # fmt: skip
+            raise ValueError(
+                f"slot_by_op must be bool {list(want)} on {logits.device}, "
+                f"got {slot_by_op.dtype} {list(slot_by_op.shape)} on {slot_by_op.device}"
+            )
 
 
 def score_actions_packed(
-    logits: Tensor, layout: ScoreLayout, actions: Tensor, mask: Tensor | None = None,
-    slot_by_op: Tensor | None = None, backend: str = "auto",
-) -> tuple[Tensor, Tensor]:  # fmt: skip
+    logits: Tensor,
+    layout: ScoreLayout,
+    actions: Tensor,
+    mask: Tensor | None = None,
+    slot_by_op: Tensor | None = None,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor]:
     """Fused scoring of packed heads.
 
     Args:
@@ -282,22 +327,32 @@ def score_actions_packed(
     name = resolve_score_backend(backend, logits.device)
     if name == "torch":
         split_mask = {} if mask is None else layout.split(mask)
-        lp, ent = score_actions_reference(layout.split(logits), split_mask,
-                                          dict(zip(HEAD_NAMES, actions.unbind(-1))), slot_by_op)  # fmt: skip
+        lp, ent = score_actions_reference(
+            layout.split(logits), split_mask, dict(zip(HEAD_NAMES, actions.unbind(-1))), slot_by_op
+        )
         acc = _acc_dtype(logits.dtype)
         return torch.stack([lp[h] for h in HEAD_NAMES]).to(acc), torch.stack([ent[h] for h in HEAD_NAMES]).to(acc)
     A = layout.width
     flat = lambda t, *tail: None if t is None else t.reshape(-1, *tail)  # noqa: E731
-    lp, ent = score_actions_op(logits.reshape(-1, A), flat(mask, A), actions.reshape(-1, 8),
-                               flat(slot_by_op, *layout.sizes[7:8], layout.sizes[0]),
-                               list(layout.offsets), list(layout.sizes), name)  # fmt: skip
+    lp, ent = score_actions_op(
+        logits.reshape(-1, A),
+        flat(mask, A),
+        actions.reshape(-1, 8),
+        flat(slot_by_op, *layout.sizes[7:8], layout.sizes[0]),
+        list(layout.offsets),
+        list(layout.sizes),
+        name,
+    )
     return lp.view(8, *lead), ent.view(8, *lead)
 
 
 def score_actions(
-    logits: dict[str, Tensor], masks: dict[str, Tensor | None], actions: dict[str, Tensor],
-    slot_by_op: Tensor | None = None, backend: str = "auto",
-) -> tuple[dict[str, Tensor], dict[str, Tensor]]:  # fmt: skip
+    logits: dict[str, Tensor],
+    masks: dict[str, Tensor | None],
+    actions: dict[str, Tensor],
+    slot_by_op: Tensor | None = None,
+    backend: str = "auto",
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """``FactoredNetwork.score_actions`` as one fused op: head -> ``[...]`` log-probs and entropies.
 
     Packs the heads (one cat of the logits, one of the masks, one stack of the actions) and calls
@@ -308,8 +363,13 @@ def score_actions(
     packed = torch.cat([logits[h] for h in HEAD_NAMES], dim=-1)
     mask = None
     if any(masks.get(h) is not None for h in HEAD_NAMES):
-        mask = torch.cat([masks[h] if masks.get(h) is not None else torch.ones_like(logits[h], dtype=torch.bool)
-                          for h in HEAD_NAMES], dim=-1)  # fmt: skip
+        mask = torch.cat(
+            [
+                masks[h] if masks.get(h) is not None else torch.ones_like(logits[h], dtype=torch.bool)
+                for h in HEAD_NAMES
+            ],
+            dim=-1,
+        )
     acts = torch.stack([actions[h] for h in HEAD_NAMES], dim=-1)
     lp, ent = score_actions_packed(packed, layout, acts, mask, slot_by_op, backend)
     return dict(zip(HEAD_NAMES, lp.unbind(0))), dict(zip(HEAD_NAMES, ent.unbind(0)))

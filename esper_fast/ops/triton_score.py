@@ -26,12 +26,31 @@ _BLOCK_N = 128 if _INTERPRET else 32
 
 @triton.jit
 def _score_kernel(
-    logits_ptr, l_stride, mask_ptr, m_stride, act_ptr, a_stride, sbo_ptr, sbo_stride,
-    col_head_ptr, col_local_ptr, out_lp_ptr, out_ent_ptr, g_lp_ptr, g_ent_ptr, grad_ptr, N,
-    A_TOTAL: tl.constexpr, NUM_OPS: tl.constexpr, NUM_SLOTS: tl.constexpr,
-    HAS_MASK: tl.constexpr, HAS_SBO: tl.constexpr, BACKWARD: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_A: tl.constexpr,
-):  # fmt: skip
+    logits_ptr,
+    l_stride,
+    mask_ptr,
+    m_stride,
+    act_ptr,
+    a_stride,
+    sbo_ptr,
+    sbo_stride,
+    col_head_ptr,
+    col_local_ptr,
+    out_lp_ptr,
+    out_ent_ptr,
+    g_lp_ptr,
+    g_ent_ptr,
+    grad_ptr,
+    N,
+    A_TOTAL: tl.constexpr,
+    NUM_OPS: tl.constexpr,
+    NUM_SLOTS: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    HAS_SBO: tl.constexpr,
+    BACKWARD: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.arange(0, BLOCK_A)
     rmask = rows < N
@@ -109,7 +128,9 @@ def _column_tables(offsets: list[int], sizes: list[int], width: int, device: tor
 
 def _launch(logits, mask, actions, slot_by_op, offsets, sizes, out_lp, out_ent, g_lp, g_ent, grad, backward):
     if logits.dtype == torch.float64:
-        raise TypeError("score_actions (triton): logits must be float32/float16/bfloat16, got float64 (use backend='cpu')")
+        raise TypeError(
+            "score_actions (triton): logits must be float32/float16/bfloat16, got float64 (use backend='cpu')"
+        )
     n, width = logits.shape
     logits, actions = unit_cols(logits), unit_cols(actions)
     mask = None if mask is None else unit_cols(mask)
@@ -119,16 +140,31 @@ def _launch(logits, mask, actions, slot_by_op, offsets, sizes, out_lp, out_ent, 
     dummy = out_lp if out_lp is not None else grad
     grid = (triton.cdiv(n, _BLOCK_N),)
     _score_kernel[grid](
-        logits, logits.stride(0), mask if mask is not None else logits, 0 if mask is None else mask.stride(0),
-        actions, actions.stride(0), slot_by_op if slot_by_op is not None else logits,
-        0 if slot_by_op is None else slot_by_op.stride(0), col_head, col_local,
-        out_lp if out_lp is not None else dummy, out_ent if out_ent is not None else dummy,
-        g_lp if g_lp is not None else dummy, g_ent if g_ent is not None else dummy,
-        grad if grad is not None else dummy, n,
-        A_TOTAL=width, NUM_OPS=sizes[7], NUM_SLOTS=sizes[0], HAS_MASK=mask is not None,
-        HAS_SBO=slot_by_op is not None, BACKWARD=backward, BLOCK_N=_BLOCK_N,
+        logits,
+        logits.stride(0),
+        mask if mask is not None else logits,
+        0 if mask is None else mask.stride(0),
+        actions,
+        actions.stride(0),
+        slot_by_op if slot_by_op is not None else logits,
+        0 if slot_by_op is None else slot_by_op.stride(0),
+        col_head,
+        col_local,
+        out_lp if out_lp is not None else dummy,
+        out_ent if out_ent is not None else dummy,
+        g_lp if g_lp is not None else dummy,
+        g_ent if g_ent is not None else dummy,
+        grad if grad is not None else dummy,
+        n,
+        A_TOTAL=width,
+        NUM_OPS=sizes[7],
+        NUM_SLOTS=sizes[0],
+        HAS_MASK=mask is not None,
+        HAS_SBO=slot_by_op is not None,
+        BACKWARD=backward,
+        BLOCK_N=_BLOCK_N,
         BLOCK_A=triton.next_power_of_2(width),
-    )  # fmt: skip
+    )
 
 
 def score_forward_triton(logits, mask, actions, slot_by_op, offsets, sizes, out_lp: Tensor, out_ent: Tensor) -> None:
@@ -136,8 +172,10 @@ def score_forward_triton(logits, mask, actions, slot_by_op, offsets, sizes, out_
     _launch(logits, mask, actions, slot_by_op, offsets, sizes, out_lp, out_ent, None, None, None, False)
 
 
-def score_backward_triton(logits, mask, actions, slot_by_op, offsets, sizes, g_lp: Tensor, g_ent: Tensor,
-                          grad: Tensor) -> None:  # fmt: skip
+def score_backward_triton(
+    logits, mask, actions, slot_by_op, offsets, sizes, g_lp: Tensor, g_ent: Tensor, grad: Tensor
+) -> None:
     """Writes ``grad [N, A]`` fp32 from the output grads ``g_lp`` / ``g_ent`` ``[8, N]`` fp32 (contiguous)."""
-    _launch(logits, mask, actions, slot_by_op, offsets, sizes, None, None, g_lp.contiguous(), g_ent.contiguous(),
-            grad, True)  # fmt: skip
+    _launch(
+        logits, mask, actions, slot_by_op, offsets, sizes, None, None, g_lp.contiguous(), g_ent.contiguous(), grad, True
+    )

@@ -23,15 +23,31 @@ if TYPE_CHECKING:
     from esper_fast.ppo.runlock import RunDirInUseError
     from esper_fast.ppo.trainer import Trainer
 
-__all__ = ["PPOConfig", "PRESETS", "make_config", "Trainer", "compute_gae", "CheckpointError",
-           "load_checkpoint", "load_policy", "PPO", "RunDirInUseError"]
+__all__ = [
+    "PPOConfig",
+    "PRESETS",
+    "make_config",
+    "Trainer",
+    "compute_gae",
+    "CheckpointError",
+    "load_checkpoint",
+    "load_policy",
+    "PPO",
+    "RunDirInUseError",
+]
 
 _LAZY = {
-    "CheckpointError": "esper_fast.ppo.checkpoint", "load_checkpoint": "esper_fast.ppo.checkpoint",
-    "load_policy": "esper_fast.ppo.checkpoint", "PRESETS": "esper_fast.ppo.config",
-    "PPOConfig": "esper_fast.ppo.config", "make_config": "esper_fast.ppo.config",
-    "compute_gae": "esper_fast.ppo.gae", "RunDirInUseError": "esper_fast.ppo.runlock", "Trainer": "esper_fast.ppo.trainer", "PPO": "esper_fast.ppo.api",
-}  # fmt: skip
+    "CheckpointError": "esper_fast.ppo.checkpoint",
+    "load_checkpoint": "esper_fast.ppo.checkpoint",
+    "load_policy": "esper_fast.ppo.checkpoint",
+    "PRESETS": "esper_fast.ppo.config",
+    "PPOConfig": "esper_fast.ppo.config",
+    "make_config": "esper_fast.ppo.config",
+    "compute_gae": "esper_fast.ppo.gae",
+    "RunDirInUseError": "esper_fast.ppo.runlock",
+    "Trainer": "esper_fast.ppo.trainer",
+    "PPO": "esper_fast.ppo.api",
+}
 
 
 def __getattr__(name: str) -> Any:

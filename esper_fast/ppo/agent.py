@@ -12,8 +12,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -29,16 +29,28 @@ from esper_fast.reference_policy import ReferencePolicy
 from esper_fast.rules import op_dependent_masks, slot_for_op
 from esper_fast.types import GetActionResult, Hidden
 
-__all__ = ["build_policy", "env_config", "architecture", "act", "effective_masks", "PolicyActor", "validation_off",
-           "cpu_threads"]
+__all__ = [
+    "build_policy",
+    "env_config",
+    "architecture",
+    "act",
+    "effective_masks",
+    "PolicyActor",
+    "validation_off",
+    "cpu_threads",
+]
+
 
 def architecture(config: PPOConfig) -> dict[str, object]:
     """Constructor arguments that fix the parameter shapes (saved in checkpoints, esper-style)."""
     return {
-        "state_dim": get_feature_size(config.num_slots), "num_slots": config.num_slots,
-        "slot_ids": [f"r0c{i}" for i in range(config.num_slots)], "feature_dim": config.feature_dim,
-        "lstm_hidden_dim": config.lstm_hidden_dim, "lstm_layers": config.lstm_layers,
-    }  # fmt: skip
+        "state_dim": get_feature_size(config.num_slots),
+        "num_slots": config.num_slots,
+        "slot_ids": [f"r0c{i}" for i in range(config.num_slots)],
+        "feature_dim": config.feature_dim,
+        "lstm_hidden_dim": config.lstm_hidden_dim,
+        "lstm_layers": config.lstm_layers,
+    }
 
 
 def build_policy(config: PPOConfig) -> FactoredNetwork:
@@ -47,8 +59,14 @@ def build_policy(config: PPOConfig) -> FactoredNetwork:
     if config.ppo_variant == "head":  # esper HEAD's network; the env's observation fed unchanged (README)
         from esper_fast.policy_v2 import FactoredPolicyV2
 
-        return FactoredPolicyV2(arch["state_dim"], config.feature_dim, config.lstm_hidden_dim, config.lstm_layers,
-                                arch["num_slots"], backend=config.backend).to(config.device)  # fmt: skip
+        return FactoredPolicyV2(
+            arch["state_dim"],
+            config.feature_dim,
+            config.lstm_hidden_dim,
+            config.lstm_layers,
+            arch["num_slots"],
+            backend=config.backend,
+        ).to(config.device)
     args = (arch["state_dim"], arch["num_slots"])
     kw = dict(feature_dim=config.feature_dim, lstm_hidden_dim=config.lstm_hidden_dim, lstm_layers=config.lstm_layers)
     if config.value_mode == "legacy":
@@ -65,8 +83,13 @@ def build_policy(config: PPOConfig) -> FactoredNetwork:
 
 def env_config(config: PPOConfig, validate_actions: bool = False) -> EnvConfig:
     """The env of a run: EnvConfig's dynamics, with the run's layout fields."""
-    return EnvConfig(num_slots=config.num_slots, episode_length=config.episode_length, topology=config.topology,
-                     max_seeds=config.max_seeds, validate_actions=validate_actions)  # fmt: skip
+    return EnvConfig(
+        num_slots=config.num_slots,
+        episode_length=config.episode_length,
+        topology=config.topology,
+        max_seeds=config.max_seeds,
+        validate_actions=validate_actions,
+    )
 
 
 @contextmanager
@@ -87,9 +110,17 @@ def validation_off(*targets: object) -> Iterator[None]:
                 delattr(t, "validate")
 
 
-def act(policy: FactoredNetwork, obs: Tensor, env_obs: EnvObs, hidden: Hidden | None, *, deterministic: bool,
-        op_conditioned_slot: bool, generator: torch.Generator | None = None,
-        probability_floor: dict[str, float] | None = None) -> GetActionResult:  # fmt: skip
+def act(
+    policy: FactoredNetwork,
+    obs: Tensor,
+    env_obs: EnvObs,
+    hidden: Hidden | None,
+    *,
+    deterministic: bool,
+    op_conditioned_slot: bool,
+    generator: torch.Generator | None = None,
+    probability_floor: dict[str, float] | None = None,
+) -> GetActionResult:
     """One decision for every env: ``obs [E, D]`` is the (normalised) observation the policy sees.
 
     A :class:`~esper_fast.policy_v2.FactoredPolicyV2Mixin` policy (esper HEAD) gets HEAD's keywords, the
@@ -102,13 +133,21 @@ def act(policy: FactoredNetwork, obs: Tensor, env_obs: EnvObs, hidden: Hidden | 
         from esper_fast.constants_v2 import PROBABILITY_FLOOR_PER_HEAD
 
         floors = dict(PROBABILITY_FLOOR_PER_HEAD) if probability_floor is None else probability_floor
-        return policy.get_action(obs, env_obs.blueprint_indices, hidden, slot_by_op_mask=env_obs.slot_by_op,
-                                 deterministic=deterministic, probability_floor=floors or None, generator=generator,
-                                 **{f"{h}_mask": env_obs.masks[h] for h in HEAD_NAMES})  # fmt: skip
+        return policy.get_action(
+            obs,
+            env_obs.blueprint_indices,
+            hidden,
+            slot_by_op_mask=env_obs.slot_by_op,
+            deterministic=deterministic,
+            probability_floor=floors or None,
+            generator=generator,
+            **{f"{h}_mask": env_obs.masks[h] for h in HEAD_NAMES},
+        )
     masks = [env_obs.masks[h] for h in HEAD_NAMES]
     kw = {"slot_by_op": env_obs.slot_by_op} if op_conditioned_slot else {}
-    return policy.get_action(obs, env_obs.blueprint_indices, hidden, *masks, deterministic=deterministic,
-                             generator=generator, **kw)  # fmt: skip
+    return policy.get_action(
+        obs, env_obs.blueprint_indices, hidden, *masks, deterministic=deterministic, generator=generator, **kw
+    )
 
 
 def effective_masks(env_obs: EnvObs, op: Tensor, op_conditioned_slot: bool, head: bool = False) -> dict[str, Tensor]:
@@ -118,8 +157,14 @@ def effective_masks(env_obs: EnvObs, op: Tensor, op_conditioned_slot: bool, head
         return {**env_obs.masks, "slot": slot_for_op(env_obs.slot_by_op, op)}
     if not op_conditioned_slot:
         return dict(env_obs.masks)
-    _, slot = op_dependent_masks(op, env_obs.masks["style"], env_obs.masks["slot"], env_obs.slot_by_op,
-                                 env_obs.masks["style"].shape[-1], env_obs.masks["slot"].shape[-1])  # fmt: skip
+    _, slot = op_dependent_masks(
+        op,
+        env_obs.masks["style"],
+        env_obs.masks["slot"],
+        env_obs.slot_by_op,
+        env_obs.masks["style"].shape[-1],
+        env_obs.masks["slot"].shape[-1],
+    )
     return {**env_obs.masks, "slot": slot}
 
 
@@ -133,8 +178,15 @@ class PolicyActor:
     (:func:`esper_fast.envs.evaluate_policy` does).
     """
 
-    def __init__(self, policy: FactoredNetwork, obs_normalizer: ObsNormalizer, *, deterministic: bool = False,
-                 op_conditioned_slot: bool = True, seed: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        policy: FactoredNetwork,
+        obs_normalizer: ObsNormalizer,
+        *,
+        deterministic: bool = False,
+        op_conditioned_slot: bool = True,
+        seed: int = 0,
+    ) -> None:
         self.policy, self.obs_normalizer = policy, obs_normalizer
         self.deterministic, self.op_conditioned_slot = deterministic, op_conditioned_slot
         device = next(policy.parameters()).device
@@ -150,8 +202,14 @@ class PolicyActor:
             keep = (~episode_start.to(env_obs.obs.device, torch.bool)).to(hidden[0].dtype).view(1, E, 1)
             hidden = (hidden[0] * keep, hidden[1] * keep)
         with validation_off(self.policy), torch.no_grad():
-            result = act(self.policy, self.obs_normalizer.normalize(env_obs.obs), env_obs, hidden,
-                         deterministic=self.deterministic, op_conditioned_slot=self.op_conditioned_slot,
-                         generator=self.generator)  # fmt: skip
+            result = act(
+                self.policy,
+                self.obs_normalizer.normalize(env_obs.obs),
+                env_obs,
+                hidden,
+                deterministic=self.deterministic,
+                op_conditioned_slot=self.op_conditioned_slot,
+                generator=self.generator,
+            )
         self.hidden = result.hidden
         return result.actions

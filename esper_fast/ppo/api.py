@@ -56,8 +56,15 @@ class PPO:
         **overrides: :class:`PPOConfig` fields (``lstm_hidden_dim=64``, ``device="cuda"``).
     """
 
-    def __init__(self, config: PPOConfig | str = "default", run_dir: str | os.PathLike | None = None, *,
-                 tensorboard: bool = True, verbose: bool = False, **overrides: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: PPOConfig | str = "default",
+        run_dir: str | os.PathLike | None = None,
+        *,
+        tensorboard: bool = True,
+        verbose: bool = False,
+        **overrides: Any,
+    ) -> None:
         if isinstance(config, str):
             self.config = make_config(config, **overrides)
         else:
@@ -72,7 +79,9 @@ class PPO:
         self._generator = torch.Generator(device=self.config.device).manual_seed(self.config.seed)
 
     # ------------------------------------------------------------------ training
-    def learn(self, total_timesteps: int | None = None, on_update: Callable[[dict[str, Any]], None] | None = None) -> PPO:
+    def learn(
+        self, total_timesteps: int | None = None, on_update: Callable[[dict[str, Any]], None] | None = None
+    ) -> PPO:
         """Train for ``total_timesteps`` env steps (default ``config.total_timesteps``); returns ``self``.
 
         A second call (or a call after :meth:`load`) continues the same run - weights, optimiser,
@@ -107,8 +116,9 @@ class PPO:
         return save_checkpoint(path, payload)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str = "cpu", run_dir: str | os.PathLike | None = None,
-             **kwargs: Any) -> PPO:  # fmt: skip
+    def load(
+        cls, path: str | os.PathLike, device: str = "cpu", run_dir: str | os.PathLike | None = None, **kwargs: Any
+    ) -> PPO:
         """A model from a checkpoint file or a run directory (its ``checkpoints/latest.pt``), on ``device``."""
         policy, obs_norm, config, ckpt = load_policy(path, device=device)
         model = cls(config, run_dir=run_dir, **kwargs)
@@ -127,8 +137,14 @@ class PPO:
         """The LSTM state of a fresh episode for ``num_envs`` rows."""
         return self.policy.get_initial_hidden(num_envs, torch.device(self.config.device))
 
-    def predict(self, observation: EnvObs | Any, state: Hidden | None = None, episode_start: Any = None,
-                deterministic: bool = False, info: dict[str, Any] | None = None) -> tuple[Any, Hidden]:  # fmt: skip
+    def predict(
+        self,
+        observation: EnvObs | Any,
+        state: Hidden | None = None,
+        episode_start: Any = None,
+        deterministic: bool = False,
+        info: dict[str, Any] | None = None,
+    ) -> tuple[Any, Hidden]:
         """``(actions, state)`` for one step of every row (see the module docstring for the two input forms)."""
         env_obs, numpy_out, single = self._as_env_obs(observation, info)
         E = env_obs.obs.shape[0]
@@ -147,9 +163,15 @@ class PPO:
             state = (state[0] * keep, state[1] * keep)
         policy.eval()
         with validation_off(policy), torch.no_grad(), cpu_threads(self.config.torch_threads, self.config.device):
-            result = act(policy, self._obs_normalizer.normalize(env_obs.obs), env_obs, state,
-                         deterministic=deterministic, op_conditioned_slot=self.config.op_conditioned_slot,
-                         generator=self._generator)  # fmt: skip
+            result = act(
+                policy,
+                self._obs_normalizer.normalize(env_obs.obs),
+                env_obs,
+                state,
+                deterministic=deterministic,
+                op_conditioned_slot=self.config.op_conditioned_slot,
+                generator=self._generator,
+            )
         actions: Any = result.actions
         if numpy_out:
             actions = torch.stack([result.actions[h] for h in HEAD_NAMES], dim=1).cpu().numpy()
@@ -161,8 +183,10 @@ class PPO:
         if isinstance(observation, EnvObs):
             return observation, False, False
         if info is None or "action_mask" not in info:
-            raise ValueError("info: a raw observation needs the Gymnasium adapter's info (action_mask, "
-                             "blueprint_indices, slot_by_op); or pass an EnvObs")  # fmt: skip
+            raise ValueError(
+                "info: a raw observation needs the Gymnasium adapter's info (action_mask, "
+                "blueprint_indices, slot_by_op); or pass an EnvObs"
+            )
         dev = torch.device(self.config.device)
         obs = torch.as_tensor(observation, dtype=torch.float32, device=dev)
         single = obs.dim() == 1
@@ -172,16 +196,22 @@ class PPO:
             return t.unsqueeze(0) if single else t
 
         masks = {h: batch(info["action_mask"][h], torch.bool) for h in HEAD_NAMES}
-        env_obs = EnvObs(batch(observation, torch.float32), batch(info["blueprint_indices"], torch.long), masks,
-                         batch(info["slot_by_op"], torch.bool))  # fmt: skip
+        env_obs = EnvObs(
+            batch(observation, torch.float32),
+            batch(info["blueprint_indices"], torch.long),
+            masks,
+            batch(info["slot_by_op"], torch.bool),
+        )
         return env_obs, True, single
 
     # ------------------------------------------------------------------ scoring
-    def evaluate(self, episodes: int = 1024, seed: int = 12345,
-                 modes: tuple[str, ...] = ("sampled", "greedy")) -> dict[str, dict[str, Any]]:  # fmt: skip
+    def evaluate(
+        self, episodes: int = 1024, seed: int = 12345, modes: tuple[str, ...] = ("sampled", "greedy")
+    ) -> dict[str, dict[str, Any]]:
         """The policy against the heuristic and random baselines on the same ``episodes`` episodes
         (:func:`~esper_fast.ppo.evaluate.compare_with_baselines`; print it with ``format_table``)."""
         with validation_off(self.policy):
             self.policy.eval()
-            return compare_with_baselines(self.policy, self._obs_normalizer, self.config, episodes, seed,
-                                          self.config.device, modes)  # fmt: skip
+            return compare_with_baselines(
+                self.policy, self._obs_normalizer, self.config, episodes, seed, self.config.device, modes
+            )

@@ -44,22 +44,37 @@ class RolloutBuffer:
     initial_hidden: Hidden  # (h, c), each (L, E, H): LSTM state before step 0
 
     @classmethod
-    def allocate(cls, num_envs: int, steps: int, obs_dim: int, head_sizes: dict[str, int],
-                 lstm_layers: int, hidden_dim: int, device: torch.device | str) -> RolloutBuffer:  # fmt: skip
+    def allocate(
+        cls,
+        num_envs: int,
+        steps: int,
+        obs_dim: int,
+        head_sizes: dict[str, int],
+        lstm_layers: int,
+        hidden_dim: int,
+        device: torch.device | str,
+    ) -> RolloutBuffer:
         E, T, S = num_envs, steps, head_sizes["slot"]
         f32 = lambda *shape: torch.zeros(E, T, *shape, device=device)  # noqa: E731
         flag = lambda: torch.zeros(E, T, dtype=torch.bool, device=device)  # noqa: E731
         hid = torch.zeros(lstm_layers, E, hidden_dim, device=device)
         return cls(
-            obs=f32(obs_dim), raw_obs=f32(obs_dim),
+            obs=f32(obs_dim),
+            raw_obs=f32(obs_dim),
             blueprint_indices=torch.zeros(E, T, S, dtype=torch.long, device=device),
             masks={h: torch.zeros(E, T, n, dtype=torch.bool, device=device) for h, n in head_sizes.items()},
             actions={h: torch.zeros(E, T, dtype=torch.long, device=device) for h in HEAD_NAMES},
             log_probs={h: f32() for h in HEAD_NAMES},
-            values=f32(), old_q=f32(), rewards=f32(), raw_rewards=f32(),
-            dones=flag(), truncated=flag(), bootstrap_values=f32(), op_agree=flag(),
+            values=f32(),
+            old_q=f32(),
+            rewards=f32(),
+            raw_rewards=f32(),
+            dones=flag(),
+            truncated=flag(),
+            bootstrap_values=f32(),
+            op_agree=flag(),
             initial_hidden=(hid, hid.clone()),
-        )  # fmt: skip
+        )
 
     @property
     def num_envs(self) -> int:
@@ -69,9 +84,20 @@ class RolloutBuffer:
     def steps(self) -> int:
         return self.obs.shape[1]
 
-    def store_step(self, t: int, *, obs: Tensor, raw_obs: Tensor, blueprint_indices: Tensor,
-                   masks: dict[str, Tensor], actions: dict[str, Tensor], log_probs: dict[str, Tensor],
-                   values: Tensor, old_q: Tensor, op_agree: Tensor) -> None:  # fmt: skip
+    def store_step(
+        self,
+        t: int,
+        *,
+        obs: Tensor,
+        raw_obs: Tensor,
+        blueprint_indices: Tensor,
+        masks: dict[str, Tensor],
+        actions: dict[str, Tensor],
+        log_probs: dict[str, Tensor],
+        values: Tensor,
+        old_q: Tensor,
+        op_agree: Tensor,
+    ) -> None:
         """Write what the policy saw and chose at step ``t`` (all ``[E, ...]``)."""
         self.obs[:, t] = obs
         self.raw_obs[:, t] = raw_obs
@@ -84,8 +110,9 @@ class RolloutBuffer:
         self.old_q[:, t] = old_q
         self.op_agree[:, t] = op_agree
 
-    def store_outcome(self, t: int, *, reward: Tensor, raw_reward: Tensor, done: Tensor,
-                      truncated: Tensor, bootstrap_value: Tensor) -> None:  # fmt: skip
+    def store_outcome(
+        self, t: int, *, reward: Tensor, raw_reward: Tensor, done: Tensor, truncated: Tensor, bootstrap_value: Tensor
+    ) -> None:
         """Write the env's answer to step ``t`` (all ``[E]``)."""
         self.rewards[:, t] = reward
         self.raw_rewards[:, t] = raw_reward

@@ -48,15 +48,21 @@ __all__ = [
 ]
 
 CHECKPOINT_VERSION = 1
-REQUIRED_KEYS = ("checkpoint_version", "network_state_dict", "optimizer_state_dict", "train_steps", "config",
-                 "architecture")  # fmt: skip
+REQUIRED_KEYS = (
+    "checkpoint_version",
+    "network_state_dict",
+    "optimizer_state_dict",
+    "train_steps",
+    "config",
+    "architecture",
+)
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, or does not fit the requested configuration."""
 
 
-def _digest_update(h: "hashlib._Hash", value: Any) -> None:
+def _digest_update(h: hashlib._Hash, value: Any) -> None:
     """Feeds a canonical encoding of ``value`` (nested dicts/lists of tensors and plain values)."""
     if isinstance(value, torch.Tensor):
         t = value.detach().cpu().contiguous()
@@ -101,12 +107,17 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
 def _readable_load_error(exc: Exception) -> str:
     """torch.load's message without its advice to load with weights_only=False (that runs pickled code)."""
     lines = [ln for ln in str(exc).splitlines() if ln.strip()]
-    keep = [ln for ln in lines if "weights_only" not in ln and "re-running" not in ln.lower()
-            and "trust the source" not in ln.lower()]  # fmt: skip
+    keep = [
+        ln
+        for ln in lines
+        if "weights_only" not in ln and "re-running" not in ln.lower() and "trust the source" not in ln.lower()
+    ]
     text = " ".join(keep).strip() or type(exc).__name__
     if len(keep) < len(lines):  # the weights_only refusal: say what it means instead
-        text = ("it holds Python objects other than tensors and plain containers, which esper_fast will not "
-                f"unpickle (that could run arbitrary code): {text[:300]}")  # fmt: skip
+        text = (
+            "it holds Python objects other than tensors and plain containers, which esper_fast will not "
+            f"unpickle (that could run arbitrary code): {text[:300]}"
+        )
     return text
 
 
@@ -131,8 +142,14 @@ def _newest_in_run_dir(path: Path) -> Path:
     """``checkpoints/latest.pt``, unless a higher-numbered complete ``update_*.pt`` exists."""
     ckpt_dir = path / "checkpoints"
     latest = ckpt_dir / "latest.pt"
-    numbered = sorted(((int(m.group(1)), p) for p in ckpt_dir.glob("update_*.pt")
-                       if (m := re.fullmatch(r"update_(\d+)\.pt", p.name))), reverse=True)  # fmt: skip
+    numbered = sorted(
+        (
+            (int(m.group(1)), p)
+            for p in ckpt_dir.glob("update_*.pt")
+            if (m := re.fullmatch(r"update_(\d+)\.pt", p.name))
+        ),
+        reverse=True,
+    )
     if not latest.is_file() and not numbered:
         raise CheckpointError(f"checkpoint not found: {path} is a directory without checkpoints/latest.pt")
     if not numbered:
@@ -170,13 +187,16 @@ def _verify(ckpt: dict[str, Any], path: Path) -> None:
     if missing:
         raise CheckpointError(f"checkpoint {path}: missing keys {missing}")
     if ckpt["checkpoint_version"] != CHECKPOINT_VERSION:
-        raise CheckpointError(f"checkpoint {path}: expected checkpoint_version {CHECKPOINT_VERSION}, "
-                              f"got {ckpt['checkpoint_version']}")  # fmt: skip
+        raise CheckpointError(
+            f"checkpoint {path}: expected checkpoint_version {CHECKPOINT_VERSION}, got {ckpt['checkpoint_version']}"
+        )
     integrity = ckpt.get("integrity")
     if integrity is not None:  # checkpoints written before integrity digests carry none
         if not isinstance(integrity, dict) or integrity.get("sha256") != payload_digest(ckpt):
-            raise CheckpointError(f"checkpoint {path} is corrupt: its content does not match the sha256 digest "
-                                  "stored with it (a damaged or partly overwritten file)")  # fmt: skip
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt: its content does not match the sha256 digest "
+                "stored with it (a damaged or partly overwritten file)"
+            )
     if not isinstance(ckpt["config"], dict):
         raise CheckpointError(f"checkpoint {path}: config must be a dict, got {type(ckpt['config']).__name__}")
     try:
@@ -186,8 +206,10 @@ def _verify(ckpt: dict[str, Any], path: Path) -> None:
     for key in ("network_state_dict", "optimizer_state_dict"):
         bad = _non_finite(ckpt[key], key)
         if bad:
-            raise CheckpointError(f"checkpoint {path}: {bad} has NaN/inf values (the run diverged before this "
-                                  "checkpoint); refusing to evaluate or resume it")  # fmt: skip
+            raise CheckpointError(
+                f"checkpoint {path}: {bad} has NaN/inf values (the run diverged before this "
+                "checkpoint); refusing to evaluate or resume it"
+            )
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -232,8 +254,11 @@ def load_network_state(network: nn.Module, state_dict: dict[str, torch.Tensor], 
     """``load_state_dict(strict=True)`` after checking key sets and shapes, with every mismatch named."""
     own = network.state_dict()
     missing, unexpected = sorted(set(own) - set(state_dict)), sorted(set(state_dict) - set(own))
-    shapes = [f"{k}: {source} {tuple(state_dict[k].shape)}, network {tuple(own[k].shape)}"
-              for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]  # fmt: skip
+    shapes = [
+        f"{k}: {source} {tuple(state_dict[k].shape)}, network {tuple(own[k].shape)}"
+        for k in own
+        if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)
+    ]
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -246,21 +271,28 @@ def load_network_state(network: nn.Module, state_dict: dict[str, torch.Tensor], 
     network.load_state_dict(state_dict, strict=True)
 
 
-def load_policy(path: str | os.PathLike, device: str = "cpu",
-                value_mode: str | None = None) -> tuple[FactoredNetwork, ObsNormalizer, PPOConfig, dict[str, Any]]:  # fmt: skip
+def load_policy(
+    path: str | os.PathLike, device: str = "cpu", value_mode: str | None = None
+) -> tuple[FactoredNetwork, ObsNormalizer, PPOConfig, dict[str, Any]]:
     """``(policy in eval mode, its obs normaliser, its config, the raw checkpoint)`` from a checkpoint."""
     ckpt = load_checkpoint(path, map_location=device)
     try:
-        config = PPOConfig.from_dict({**ckpt["config"], "device": device,
-                                      **({"value_mode": value_mode} if value_mode else {})})  # fmt: skip
+        config = PPOConfig.from_dict(
+            {**ckpt["config"], "device": device, **({"value_mode": value_mode} if value_mode else {})}
+        )
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {ckpt['path']}: bad config: {exc}") from exc
     check_architecture(ckpt, config)
     policy = build_policy(config)
     load_network_state(policy, ckpt["network_state_dict"], source=f"checkpoint {ckpt['path']}")
     policy.eval()
-    obs_norm = ObsNormalizer(architecture(config)["state_dim"], config.obs_norm_momentum, clip=config.obs_clip,
-                             device=device, enabled=config.normalize_obs)  # fmt: skip
+    obs_norm = ObsNormalizer(
+        architecture(config)["state_dim"],
+        config.obs_norm_momentum,
+        clip=config.obs_clip,
+        device=device,
+        enabled=config.normalize_obs,
+    )
     if "obs_normalizer" in ckpt:
         obs_norm.load_state_dict(ckpt["obs_normalizer"])
     return policy, obs_norm, config, ckpt

@@ -40,11 +40,18 @@ SEED_LIMIT = 2**62  # seeds plus per-rank offsets stay inside torch.manual_seed'
 def _is_real(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
+
 # esper's per-head entropy multipliers (simic/agent/ppo.py ENTROPY_COEF_PER_HEAD).
 ENTROPY_COEF_PER_HEAD: dict[str, float] = {
-    "op": 1.0, "slot": 1.0, "blueprint": 1.3, "style": 1.2, "tempo": 1.3,
-    "alpha_target": 1.2, "alpha_speed": 1.2, "alpha_curve": 1.2,
-}  # fmt: skip
+    "op": 1.0,
+    "slot": 1.0,
+    "blueprint": 1.3,
+    "style": 1.2,
+    "tempo": 1.3,
+    "alpha_target": 1.2,
+    "alpha_speed": 1.2,
+    "alpha_curve": 1.2,
+}
 
 
 @dataclass(frozen=True)
@@ -280,7 +287,7 @@ class PPOConfig:
                 raise TypeError(f"{f.name}: expected {want}, got {type(value).__name__} {value!r}")
         for name, value in [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if f.init] + [
             (f"entropy_coef_per_head[{h!r}]", v) for h, v in self.entropy_coef_per_head.items()
-        ]:  # fmt: skip
+        ]:
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"{name}: expected a finite number, got {value}")
 
@@ -289,15 +296,39 @@ class PPOConfig:
         for name in ("seed", "eval_seed"):
             if not 0 <= getattr(self, name) < SEED_LIMIT:
                 raise ValueError(f"{name}: expected an int in [0, 2**62), got {getattr(self, name)}")
-        positive = ("total_timesteps", "num_envs", "episode_length", "rollout_steps", "num_slots",
-                    "feature_dim", "lstm_hidden_dim", "lstm_layers", "update_epochs", "num_minibatches")  # fmt: skip
+        positive = (
+            "total_timesteps",
+            "num_envs",
+            "episode_length",
+            "rollout_steps",
+            "num_slots",
+            "feature_dim",
+            "lstm_hidden_dim",
+            "lstm_layers",
+            "update_epochs",
+            "num_minibatches",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
-        non_negative = ("learning_rate", "clip_ratio", "value_clip", "value_coef", "entropy_coef",
-                        "entropy_coef_min", "max_grad_norm", "reward_clip", "obs_clip", "max_seeds",
-                        "entropy_anneal_updates", "checkpoint_every", "checkpoint_interval_s", "eval_episodes",
-                        "torch_threads", "entropy_coef_end")  # fmt: skip
+        non_negative = (
+            "learning_rate",
+            "clip_ratio",
+            "value_clip",
+            "value_coef",
+            "entropy_coef",
+            "entropy_coef_min",
+            "max_grad_norm",
+            "reward_clip",
+            "obs_clip",
+            "max_seeds",
+            "entropy_anneal_updates",
+            "checkpoint_every",
+            "checkpoint_interval_s",
+            "eval_episodes",
+            "torch_threads",
+            "entropy_coef_end",
+        )
         for name in non_negative:
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
@@ -311,11 +342,14 @@ class PPOConfig:
         if self.topology not in ("cnn", "transformer"):
             raise ValueError(f"topology: expected 'cnn' or 'transformer', got {self.topology!r}")
         if self.num_minibatches > self.num_envs:
-            raise ValueError(f"num_minibatches: minibatches are sets of whole env sequences, so expected "
-                             f"<= num_envs ({self.num_envs}), got {self.num_minibatches}")
+            raise ValueError(
+                f"num_minibatches: minibatches are sets of whole env sequences, so expected "
+                f"<= num_envs ({self.num_envs}), got {self.num_minibatches}"
+            )
         if self.num_envs % self.num_minibatches:
-            raise ValueError(f"num_minibatches: expected a divisor of num_envs ({self.num_envs}), "
-                             f"got {self.num_minibatches}")
+            raise ValueError(
+                f"num_minibatches: expected a divisor of num_envs ({self.num_envs}), got {self.num_minibatches}"
+            )
         if self.target_kl is not None and self.target_kl <= 0:
             raise ValueError(f"target_kl: expected > 0 or None, got {self.target_kl}")
         if self.adam_eps <= 0:
@@ -335,21 +369,29 @@ class PPOConfig:
         if self.value_coef_start is not None and self.value_coef_start < 0:
             raise ValueError(f"value_coef_start: expected >= 0 or None, got {self.value_coef_start}")
         if self.aux_contribution_coef < 0 or self.aux_warmup_steps < 0 or not self.contribution_loss_clip > 0:
-            raise ValueError("aux_contribution_coef, aux_warmup_steps: expected >= 0; contribution_loss_clip: > 0; got "
-                             f"{self.aux_contribution_coef}, {self.aux_warmup_steps}, {self.contribution_loss_clip}")
+            raise ValueError(
+                "aux_contribution_coef, aux_warmup_steps: expected >= 0; contribution_loss_clip: > 0; got "
+                f"{self.aux_contribution_coef}, {self.aux_warmup_steps}, {self.contribution_loss_clip}"
+            )
         if self.ppo_variant == "head":
             if self.lstm_hidden_dim % 8:
-                raise ValueError(f"lstm_hidden_dim: ppo_variant 'head' (HEAD's heads use H/2, H/4, H/8) needs a "
-                                 f"multiple of 8, got {self.lstm_hidden_dim}")  # fmt: skip
+                raise ValueError(
+                    f"lstm_hidden_dim: ppo_variant 'head' (HEAD's heads use H/2, H/4, H/8) needs a "
+                    f"multiple of 8, got {self.lstm_hidden_dim}"
+                )
             for name in ("compile", "amp", "clip_value"):
                 if getattr(self, name):
-                    raise ValueError(f"{name}: not supported with ppo_variant 'head' (HEAD: clip_value off; "
-                                     "the compiled / autocast update path is FactoredPolicy's)")  # fmt: skip
+                    raise ValueError(
+                        f"{name}: not supported with ppo_variant 'head' (HEAD: clip_value off; "
+                        "the compiled / autocast update path is FactoredPolicy's)"
+                    )
         if self.compile and not self.fused:
             raise ValueError("compile: the compiled update step needs the fused update path (fused True)")
         if not self.fused and (self.ppo_variant == "head" or self.value_mode == "legacy"):
-            raise ValueError("fused: False applies to FactoredPolicy runs (ppo_variant '0872525b', value_mode "
-                             "'q_op' or 'expected'); 'legacy' and 'head' have no fused path to switch off")
+            raise ValueError(
+                "fused: False applies to FactoredPolicy runs (ppo_variant '0872525b', value_mode "
+                "'q_op' or 'expected'); 'legacy' and 'head' have no fused path to switch off"
+            )
         if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
 
@@ -377,17 +419,39 @@ class PPOConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(num_envs=4, total_timesteps=4 * 150 * 2, feature_dim=32, lstm_hidden_dim=32, eval_episodes=4),
     "default": dict(  # tuned on CPU (docs/learning_curve.png)
-        num_envs=16, feature_dim=128, lstm_hidden_dim=128, total_timesteps=16 * 150 * 250,
-        update_epochs=4, num_minibatches=4, learning_rate=1e-3, anneal_lr=True, target_kl=0.03,
-        gamma=0.995, gae_lambda=0.95, entropy_coef=0.05, entropy_coef_end=0.0, entropy_anneal_updates=250,
+        num_envs=16,
+        feature_dim=128,
+        lstm_hidden_dim=128,
+        total_timesteps=16 * 150 * 250,
+        update_epochs=4,
+        num_minibatches=4,
+        learning_rate=1e-3,
+        anneal_lr=True,
+        target_kl=0.03,
+        gamma=0.995,
+        gae_lambda=0.95,
+        entropy_coef=0.05,
+        entropy_coef_end=0.0,
+        entropy_anneal_updates=250,
         entropy_coef_min=0.0,
     ),
     # 256 envs: the fused paths' cheaper env-step (bench_train_cpu: 4x the env-steps/s of 16 envs) buys 4x the
     # data in about the default run's CPU time; minibatches of 16 envs keep the default's optimiser steps
     "cpu-fast": dict(
-        num_envs=256, feature_dim=128, lstm_hidden_dim=128, total_timesteps=256 * 150 * 64,
-        update_epochs=4, num_minibatches=16, learning_rate=1e-3, anneal_lr=True, target_kl=0.03,
-        gamma=0.995, gae_lambda=0.95, entropy_coef=0.05, entropy_coef_end=0.0, entropy_anneal_updates=64,
+        num_envs=256,
+        feature_dim=128,
+        lstm_hidden_dim=128,
+        total_timesteps=256 * 150 * 64,
+        update_epochs=4,
+        num_minibatches=16,
+        learning_rate=1e-3,
+        anneal_lr=True,
+        target_kl=0.03,
+        gamma=0.995,
+        gae_lambda=0.95,
+        entropy_coef=0.05,
+        entropy_coef_end=0.0,
+        entropy_anneal_updates=64,
         entropy_coef_min=0.0,
     ),
     "esper": dict(op_conditioned_slot=False, value_mode="q_op"),

@@ -64,7 +64,7 @@ class DistContext:
         offset = 0
         for g in grads:
             n = g.numel()
-            g.copy_(flat[offset:offset + n].view_as(g))
+            g.copy_(flat[offset : offset + n].view_as(g))
             offset += n
 
     def broadcast_module(self, module: nn.Module) -> None:

@@ -16,9 +16,15 @@ from esper_fast.ppo.normalize import ObsNormalizer
 __all__ = ["compare_with_baselines", "format_table", "evaluation_markdown", "gap_shares", "gap_share_with_se"]
 
 
-def compare_with_baselines(policy: FactoredNetwork | None, obs_normalizer: ObsNormalizer | None, config: PPOConfig,
-                           episodes: int, seed: int, device: str | torch.device = "cpu",
-                           ppo_modes: tuple[str, ...] = ("sampled", "greedy")) -> dict[str, dict[str, Any]]:  # fmt: skip
+def compare_with_baselines(
+    policy: FactoredNetwork | None,
+    obs_normalizer: ObsNormalizer | None,
+    config: PPOConfig,
+    episodes: int,
+    seed: int,
+    device: str | torch.device = "cpu",
+    ppo_modes: tuple[str, ...] = ("sampled", "greedy"),
+) -> dict[str, dict[str, Any]]:
     """``{name: evaluate_policy result}`` for the policy (each of ``ppo_modes``), the privileged oracle
     (reads the env's hidden true contributions), heuristic and random.
 
@@ -33,9 +39,13 @@ def compare_with_baselines(policy: FactoredNetwork | None, obs_normalizer: ObsNo
     controllers: dict[str, Any] = {}
     if policy is not None:
         for mode in ppo_modes:
-            controllers[f"ppo ({mode})"] = PolicyActor(policy, obs_normalizer, deterministic=(mode == "greedy"),
-                                                       op_conditioned_slot=config.op_conditioned_slot,
-                                                       seed=seed)  # fmt: skip
+            controllers[f"ppo ({mode})"] = PolicyActor(
+                policy,
+                obs_normalizer,
+                deterministic=(mode == "greedy"),
+                op_conditioned_slot=config.op_conditioned_slot,
+                seed=seed,
+            )
     controllers["oracle"] = OraclePolicy(env)
     controllers["heuristic"] = HeuristicPolicy(env.config)
     controllers["random"] = RandomMaskedPolicy(seed=seed, device=device)
@@ -75,22 +85,30 @@ def gap_share_with_se(diff: torch.Tensor, oracle_gap: torch.Tensor) -> tuple[flo
 def format_table(results: dict[str, dict[str, Any]]) -> str:
     """A plain-text table: policy, mean return +- its standard error, std, the paired difference to the
     heuristic +- its standard error, mean length, terminated fraction, episodes."""
-    header = (f"{'policy':<16} {'return +- se':>15} {'std':>6} {'vs heuristic +- se':>19} {'length':>7} "
-              f"{'terminated':>10} {'episodes':>8}")  # fmt: skip
+    header = (
+        f"{'policy':<16} {'return +- se':>15} {'std':>6} {'vs heuristic +- se':>19} {'length':>7} "
+        f"{'terminated':>10} {'episodes':>8}"
+    )
     lines = [header, "-" * len(header)]
     for name, r in results.items():
         se = r.get("se_return", float("nan"))
         ret = f"{r['mean_return']:.2f} +- {se:.2f}"
         diff = f"{r['vs_heuristic']:+.2f} +- {r['vs_heuristic_se']:.2f}" if "vs_heuristic" in r else "-"
-        lines.append(f"{name:<16} {ret:>15} {r['std_return']:>6.2f} {diff:>19} {r['mean_length']:>7.1f} "
-                     f"{r['terminated_frac']:>10.3f} {r['num_episodes']:>8d}")  # fmt: skip
+        lines.append(
+            f"{name:<16} {ret:>15} {r['std_return']:>6.2f} {diff:>19} {r['mean_length']:>7.1f} "
+            f"{r['terminated_frac']:>10.3f} {r['num_episodes']:>8d}"
+        )
     gap = gap_shares(results)
     if gap:
-        with_se = lambda k, v: f"{k} {v:+.1%}" + (
-            f" +- {results[k]['gap_share_se']:.1%}" if "gap_share_se" in results[k] else "")
+        with_se = lambda k, v: (
+            f"{k} {v:+.1%}" + (f" +- {results[k]['gap_share_se']:.1%}" if "gap_share_se" in results[k] else "")
+        )
         lines.append("share of the heuristic-to-oracle gap closed: " + ", ".join(with_se(k, v) for k, v in gap.items()))
-    margins = [f"{k} {r['vs_heuristic'] / r['vs_heuristic_se']:+.1f}" for k, r in results.items()
-               if k.startswith("ppo") and r.get("vs_heuristic_se")]  # fmt: skip
+    margins = [
+        f"{k} {r['vs_heuristic'] / r['vs_heuristic_se']:+.1f}"
+        for k, r in results.items()
+        if k.startswith("ppo") and r.get("vs_heuristic_se")
+    ]
     if margins:
         lines.append("PPO minus heuristic in paired standard errors: " + ", ".join(margins))
     return "\n".join(lines)
@@ -98,12 +116,18 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 
 def evaluation_markdown(results: dict[str, dict[str, Any]], episodes: int, seed: int) -> str:
     """The table of :func:`format_table` as markdown (TensorBoard's text tab renders it)."""
-    lines = [f"{episodes} episodes, env seed {seed}; +- is the standard error", "",
-             "| policy | return | se | std | vs heuristic | se (paired) | length | terminated |", "|---" * 8 + "|"]  # fmt: skip
+    lines = [
+        f"{episodes} episodes, env seed {seed}; +- is the standard error",
+        "",
+        "| policy | return | se | std | vs heuristic | se (paired) | length | terminated |",
+        "|---" * 8 + "|",
+    ]
     for name, r in results.items():
         diff = (f"{r['vs_heuristic']:+.2f} | {r['vs_heuristic_se']:.2f}") if "vs_heuristic" in r else "- | -"
-        lines.append(f"| {name} | {r['mean_return']:.2f} | {r['se_return']:.2f} | {r['std_return']:.2f} | {diff} | "
-                     f"{r['mean_length']:.1f} | {r['terminated_frac']:.3f} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {r['mean_return']:.2f} | {r['se_return']:.2f} | {r['std_return']:.2f} | {diff} | "
+            f"{r['mean_length']:.1f} | {r['terminated_frac']:.3f} |"
+        )
     shares = [f"{k} {r['gap_share']:+.1%} +- {r['gap_share_se']:.1%}" for k, r in results.items() if "gap_share" in r]
     if shares:
         lines += ["", "share of the heuristic-to-oracle gap closed (+- se): " + ", ".join(shares)]

@@ -25,8 +25,15 @@ from torch import Tensor
 __all__ = ["compute_gae", "normalize_advantages", "explained_variance"]
 
 
-def compute_gae(rewards: Tensor, values: Tensor, dones: Tensor, truncated: Tensor, bootstrap_values: Tensor,
-                gamma: float, gae_lambda: float) -> tuple[Tensor, Tensor]:  # fmt: skip
+def compute_gae(
+    rewards: Tensor,
+    values: Tensor,
+    dones: Tensor,
+    truncated: Tensor,
+    bootstrap_values: Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[Tensor, Tensor]:
     """Advantages and returns (= advantages + values), both ``[E, T]``.
 
     Args:

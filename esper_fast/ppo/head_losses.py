@@ -44,8 +44,13 @@ class ValueNormalizer:
     identity before. State stays on the tensors' device; ``update`` never syncs.
     """
 
-    def __init__(self, epsilon: float = 1e-4, momentum: float | None = 0.99, min_samples: int = 32,
-                 device: torch.device | str = "cpu") -> None:  # fmt: skip
+    def __init__(
+        self,
+        epsilon: float = 1e-4,
+        momentum: float | None = 0.99,
+        min_samples: int = 32,
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.mean = torch.zeros((), device=device)
         self.var = torch.ones((), device=device)
         self.count = torch.zeros((), device=device)
@@ -87,7 +92,9 @@ class ValueNormalizer:
         return values * self.std if self.ready else values
 
 
-def value_coef_at(train_steps: int, value_coef: float = 1.0, warmup_steps: int = 0, start: float | None = None) -> float:
+def value_coef_at(
+    train_steps: int, value_coef: float = 1.0, warmup_steps: int = 0, start: float | None = None
+) -> float:
     """HEAD's value-coefficient warm-up: linear from ``start`` (default 0.1 x value_coef) to ``value_coef``
     over ``warmup_steps`` real updates; ``warmup_steps == 0``: constant."""
     if warmup_steps == 0:
@@ -119,17 +126,24 @@ def forced_weights(forced: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def joint_ratio_metrics(new_log_probs: dict[str, Tensor], old_log_probs: dict[str, Tensor],
-                        causal: dict[str, Tensor], clip: float) -> dict[str, Tensor]:  # fmt: skip
+def joint_ratio_metrics(
+    new_log_probs: dict[str, Tensor], old_log_probs: dict[str, Tensor], causal: dict[str, Tensor], clip: float
+) -> dict[str, Tensor]:
     """HEAD's ratio telemetry: joint ratio ``exp(clamp(sum_h clamp(log r_h, +-20), +-30))`` stats, joint and
     per-head clip fractions, and the causal-weighted k3 KL on the clamped log-ratios."""
     logr = {h: (new_log_probs[h] - old_log_probs[h]).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP) for h in HEAD_NAMES}
-    joint = torch.exp(torch.stack([logr[h] for h in HEAD_NAMES]).sum(0).clamp(-JOINT_LOG_RATIO_CLAMP, JOINT_LOG_RATIO_CLAMP))
-    out = {"joint_ratio_mean": joint.mean(), "joint_ratio_max": joint.max(), "joint_ratio_min": joint.min(),
-           "joint_ratio_std": joint.std() if joint.numel() > 1 else torch.zeros(()),
-           "joint_clip_fraction": ((joint - 1).abs() > clip).float().mean(),
-           "joint_clip_fraction_pos": (joint > 1 + clip).float().mean(),
-           "joint_clip_fraction_neg": (joint < 1 - clip).float().mean()}  # fmt: skip
+    joint = torch.exp(
+        torch.stack([logr[h] for h in HEAD_NAMES]).sum(0).clamp(-JOINT_LOG_RATIO_CLAMP, JOINT_LOG_RATIO_CLAMP)
+    )
+    out = {
+        "joint_ratio_mean": joint.mean(),
+        "joint_ratio_max": joint.max(),
+        "joint_ratio_min": joint.min(),
+        "joint_ratio_std": joint.std() if joint.numel() > 1 else torch.zeros(()),
+        "joint_clip_fraction": ((joint - 1).abs() > clip).float().mean(),
+        "joint_clip_fraction_pos": (joint > 1 + clip).float().mean(),
+        "joint_clip_fraction_neg": (joint < 1 - clip).float().mean(),
+    }
     kl_sum, w_sum = torch.zeros(()), torch.zeros(())
     for h in HEAD_NAMES:
         m = causal[h].float()
@@ -143,8 +157,13 @@ def joint_ratio_metrics(new_log_probs: dict[str, Tensor], old_log_probs: dict[st
     return out
 
 
-def head_policy_loss(ratios: dict[str, Tensor], advantages: Tensor, causal: dict[str, Tensor], clip: float,
-                     actor_weight: Tensor | None = None) -> Tensor:  # fmt: skip
+def head_policy_loss(
+    ratios: dict[str, Tensor],
+    advantages: Tensor,
+    causal: dict[str, Tensor],
+    clip: float,
+    actor_weight: Tensor | None = None,
+) -> Tensor:
     """``sum_h -sum(min(r A_h, clip(r) A_h) m_h w) / max(sum(m_h w), 1)``, ``A_h = A * m_h`` (op: A)."""
     total = advantages.new_zeros(())
     for h in HEAD_NAMES:
@@ -163,8 +182,12 @@ def weighted_value_loss(values: Tensor, targets: Tensor, value_weight: Tensor | 
     return 0.5 * (err * value_weight).sum() / value_weight.sum().clamp(min=1)
 
 
-def entropy_loss_head(entropy: dict[str, Tensor], causal: dict[str, Tensor], coef_per_head: dict[str, float],
-                      actor_weight: Tensor | None = None) -> Tensor:  # fmt: skip
+def entropy_loss_head(
+    entropy: dict[str, Tensor],
+    causal: dict[str, Tensor],
+    coef_per_head: dict[str, float],
+    actor_weight: Tensor | None = None,
+) -> Tensor:
     """``-sum_h coef_h * mean of entropy_h over causal & unforced steps``."""
     total = next(iter(entropy.values())).new_zeros(())
     for h, ent in entropy.items():
@@ -173,8 +196,13 @@ def entropy_loss_head(entropy: dict[str, Tensor], causal: dict[str, Tensor], coe
     return total
 
 
-def entropy_floor_penalty(entropy: dict[str, Tensor], available: dict[str, Tensor], floors: dict[str, float],
-                          coefs: dict[str, float], actor_weight: Tensor | None = None) -> Tensor:  # fmt: skip
+def entropy_floor_penalty(
+    entropy: dict[str, Tensor],
+    available: dict[str, Tensor],
+    floors: dict[str, float],
+    coefs: dict[str, float],
+    actor_weight: Tensor | None = None,
+) -> Tensor:
     """``sum_h coef_h * max(0, floor_h - mean entropy_h)^2``, the mean over the steps where head h was
     AVAILABLE (and unforced); heads never available are skipped (one host sync per head for that test)."""
     terms = []
@@ -190,7 +218,9 @@ def entropy_floor_penalty(entropy: dict[str, Tensor], available: dict[str, Tenso
     return torch.stack(terms).sum() if terms else next(iter(entropy.values())).new_zeros(())
 
 
-def contribution_aux_loss(pred: Tensor, target: Tensor, active: Tensor, fresh: Tensor, clip: float | None = 10.0) -> Tensor:
+def contribution_aux_loss(
+    pred: Tensor, target: Tensor, active: Tensor, fresh: Tensor, clip: float | None = 10.0
+) -> Tensor:
     """MSE of the contribution predictor over active slots at steps with a fresh target (targets clipped)."""
     if clip is not None:
         target = target.clamp(-clip, clip)
@@ -204,7 +234,14 @@ def aux_coef_at(aux_steps: int, coef: float = 0.05, warmup_steps: int = 1000) ->
     return coef * min(1.0, aux_steps / max(1, warmup_steps))
 
 
-def total_loss_head(policy: Tensor, value: Tensor, entropy: Tensor, floor_penalty: Tensor, q_aux: Tensor,
-                    value_coef: float, entropy_coef: float) -> Tensor:  # fmt: skip
+def total_loss_head(
+    policy: Tensor,
+    value: Tensor,
+    entropy: Tensor,
+    floor_penalty: Tensor,
+    q_aux: Tensor,
+    value_coef: float,
+    entropy_coef: float,
+) -> Tensor:
     """``policy + value_coef * value + entropy_coef * entropy + floor_penalty + 0.5 value_coef * q_aux``."""
     return policy + value_coef * value + entropy_coef * entropy + floor_penalty + 0.5 * value_coef * q_aux

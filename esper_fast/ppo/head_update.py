@@ -30,14 +30,13 @@ gives it HEAD's per-minibatch loss (``minibatch_loss`` inside :func:`ppo_update_
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from esper_fast.constants import CAUSAL_HEAD_OPS, HEAD_NAMES, LifecycleOp
 from esper_fast.constants_v2 import ENTROPY_FLOOR_PENALTY_COEF, ENTROPY_FLOOR_PER_HEAD, PROBABILITY_FLOOR_PER_HEAD
-from esper_fast.rules import causal_masks
 from esper_fast.ppo.buffer import RolloutBuffer
 from esper_fast.ppo.config import PPOConfig
 from esper_fast.ppo.epochs import MinibatchLoss, run_epochs
@@ -55,9 +54,15 @@ from esper_fast.ppo.head_losses import (
     weighted_value_loss,
 )
 from esper_fast.ppo.losses import head_ratios, masked_mean
+from esper_fast.rules import causal_masks
 
-__all__ = ["anchored_reference_log_probs", "availability_masks", "evaluate_sequences_v2", "forced_steps",
-           "ppo_update_head"]
+__all__ = [
+    "anchored_reference_log_probs",
+    "availability_masks",
+    "evaluate_sequences_v2",
+    "forced_steps",
+    "ppo_update_head",
+]
 
 
 def forced_steps(op_mask: Tensor) -> Tensor:
@@ -75,8 +80,11 @@ def availability_masks(op_mask: Tensor) -> dict[str, Tensor]:
     return out
 
 
-def evaluate_sequences_v2(policy: torch.nn.Module, mb: RolloutBuffer, floors: dict[str, float] | None,
-                          ) -> tuple[dict[str, Tensor], Tensor, dict[str, Tensor], Tensor, Tensor]:  # fmt: skip
+def evaluate_sequences_v2(
+    policy: torch.nn.Module,
+    mb: RolloutBuffer,
+    floors: dict[str, float] | None,
+) -> tuple[dict[str, Tensor], Tensor, dict[str, Tensor], Tensor, Tensor]:
     """Replay ``mb``'s sequences through HEAD's ``evaluate_actions``: ``(log_probs, V(s), entropy, Q(s, op),
     predicted contributions)``, each ``[B, T]`` (contributions ``[B, T, S]``). The LSTM starts from
     ``mb.initial_hidden`` and is zeroed at every episode start inside the rollout (as in
@@ -92,19 +100,29 @@ def evaluate_sequences_v2(policy: torch.nn.Module, mb: RolloutBuffer, floors: di
             hidden = (hidden[0] * keep, hidden[1] * keep)
         span = slice(start, end)
         log_probs, value, entropy, hidden, contrib, q = policy.evaluate_actions(
-            mb.obs[:, span], mb.blueprint_indices[:, span], {h: a[:, span] for h, a in mb.actions.items()},
-            **{f"{h}_mask": m[:, span] for h, m in mb.masks.items()}, hidden=hidden, probability_floor=floors,
-        )  # fmt: skip
+            mb.obs[:, span],
+            mb.blueprint_indices[:, span],
+            {h: a[:, span] for h, a in mb.actions.items()},
+            **{f"{h}_mask": m[:, span] for h, m in mb.masks.items()},
+            hidden=hidden,
+            probability_floor=floors,
+        )
         pieces.append((log_probs, value, entropy, q, contrib))
     if len(pieces) == 1:
         return pieces[0]
     cat = lambda dicts: {h: torch.cat([d[h] for d in dicts], dim=1) for h in HEAD_NAMES}  # noqa: E731
-    return (cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces], dim=1), cat([p[2] for p in pieces]),
-            torch.cat([p[3] for p in pieces], dim=1), torch.cat([p[4] for p in pieces], dim=1))  # fmt: skip
+    return (
+        cat([p[0] for p in pieces]),
+        torch.cat([p[1] for p in pieces], dim=1),
+        cat([p[2] for p in pieces]),
+        torch.cat([p[3] for p in pieces], dim=1),
+        torch.cat([p[4] for p in pieces], dim=1),
+    )
 
 
-def anchored_reference_log_probs(policy: torch.nn.Module, buffer: RolloutBuffer, floors: dict[str, float] | None
-                                 ) -> dict[str, Tensor]:  # fmt: skip
+def anchored_reference_log_probs(
+    policy: torch.nn.Module, buffer: RolloutBuffer, floors: dict[str, float] | None
+) -> dict[str, Tensor]:
     """HEAD's anchored reference pass (``ppo_agent.py:921-979``): the stored actions' log-probs under the
     CURRENT (pre-update) weights, one no_grad replay of the whole buffer; head -> ``[E, T]``. Every epoch's
     importance ratio is taken against these (``ppo_agent.py:1200-1209``), so epoch 0's is exactly 1."""
@@ -173,27 +191,51 @@ def ppo_update_head(
         extra: dict[str, Tensor] = {}
         if contributions is not None:  # HEAD's contribution auxiliary (ppo_agent.py:1293-1307)
             target, active = contributions[0][mb_envs], contributions[1][mb_envs]
-            loss_c = contribution_aux_loss(new_contrib.float(), target, active, active.any(-1),
-                                           config.contribution_loss_clip)  # fmt: skip
+            loss_c = contribution_aux_loss(
+                new_contrib.float(), target, active, active.any(-1), config.contribution_loss_clip
+            )
             loss = loss + aux_coef * loss_c
             extra["head/contribution_aux_loss"] = loss_c
         clip_frac = torch.stack([joint[f"clip_fraction/{h}"] for h in HEAD_NAMES]).mean()
         return MinibatchLoss(
             loss=loss,
             kl=joint["approx_kl"],
-            metrics={"policy_loss": loss_pi, "value_loss": loss_v, "entropy_loss": loss_ent, "clip_fraction": clip_frac,
-                     "head/q_aux_loss": loss_q, "head/entropy_floor_penalty": penalty, **extra,
-                     **{f"head/{k}": v for k, v in joint.items() if k.startswith("joint_")}},
+            metrics={
+                "policy_loss": loss_pi,
+                "value_loss": loss_v,
+                "entropy_loss": loss_ent,
+                "clip_fraction": clip_frac,
+                "head/q_aux_loss": loss_q,
+                "head/entropy_floor_penalty": penalty,
+                **extra,
+                **{f"head/{k}": v for k, v in joint.items() if k.startswith("joint_")},
+            },
             first=lambda: {f"entropy/{h}": masked_mean(entropy[h].detach(), causal[h]) for h in HEAD_NAMES},
-        )  # fmt: skip
+        )
 
-    metrics = run_epochs(minibatch_loss, buffer.num_envs, policy.parameters(), optimizer,
-                         epochs=config.update_epochs, num_minibatches=config.num_minibatches,
-                         minibatch_rows=config.minibatch_envs, target_kl=config.target_kl,
-                         max_grad_norm=config.max_grad_norm, device=buffer.obs.device, generator=generator,
-                         all_reduce_mean=all_reduce_mean, all_reduce_grads=all_reduce_grads,
-                         metric_names=("policy_loss", "value_loss", "entropy_loss", "clip_fraction",
-                                       "head/q_aux_loss", "head/entropy_floor_penalty"))  # fmt: skip
+    metrics = run_epochs(
+        minibatch_loss,
+        buffer.num_envs,
+        policy.parameters(),
+        optimizer,
+        epochs=config.update_epochs,
+        num_minibatches=config.num_minibatches,
+        minibatch_rows=config.minibatch_envs,
+        target_kl=config.target_kl,
+        max_grad_norm=config.max_grad_norm,
+        device=buffer.obs.device,
+        generator=generator,
+        all_reduce_mean=all_reduce_mean,
+        all_reduce_grads=all_reduce_grads,
+        metric_names=(
+            "policy_loss",
+            "value_loss",
+            "entropy_loss",
+            "clip_fraction",
+            "head/q_aux_loss",
+            "head/entropy_floor_penalty",
+        ),
+    )
     metrics["head/nonfinite_epochs"] = metrics.pop("skipped")
     metrics["head/value_coef"] = torch.tensor(float(value_coef))
     if contributions is not None:

@@ -36,8 +36,9 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
 
 def head_ratios(new_log_probs: dict[str, Tensor], old_log_probs: dict[str, Tensor]) -> dict[str, Tensor]:
     """Per-head probability ratios ``exp(clamp(new - old, -20, 20))``."""
-    return {h: torch.exp((new_log_probs[h] - old_log_probs[h]).clamp(-RATIO_LOG_CLAMP, RATIO_LOG_CLAMP))
-            for h in HEAD_NAMES}  # fmt: skip
+    return {
+        h: torch.exp((new_log_probs[h] - old_log_probs[h]).clamp(-RATIO_LOG_CLAMP, RATIO_LOG_CLAMP)) for h in HEAD_NAMES
+    }
 
 
 @torch.no_grad()

@@ -11,8 +11,9 @@ import csv
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from esper_fast.plotting import new_figure, save_figure
 
@@ -69,8 +70,15 @@ class MetricsWriter:
             return
         for name, r in results.items():
             tag = name.replace(" (", "_").replace(")", "").replace(" ", "_")  # "ppo (greedy)" -> "ppo_greedy"
-            for key in ("mean_return", "se_return", "std_return", "vs_heuristic", "vs_heuristic_se", "mean_length",
-                        "terminated_frac"):  # fmt: skip
+            for key in (
+                "mean_return",
+                "se_return",
+                "std_return",
+                "vs_heuristic",
+                "vs_heuristic_se",
+                "mean_length",
+                "terminated_frac",
+            ):
                 if isinstance(r.get(key), (int, float)):
                     self._tb.add_scalar(f"eval/{tag}/{key}", r[key], step)
         if text:
@@ -87,8 +95,14 @@ class MetricsWriter:
             if rows:
                 header, body = rows[0], rows[1:]
                 col = header.index("update") if "update" in header else None
-                keep = [r for r in body if col is not None and len(r) == len(header) and _as_int(r[col]) is not None
-                        and _as_int(r[col]) <= update]  # fmt: skip
+                keep = [
+                    r
+                    for r in body
+                    if col is not None
+                    and len(r) == len(header)
+                    and _as_int(r[col]) is not None
+                    and _as_int(r[col]) <= update
+                ]
                 dropped = len(body) - len(keep)
                 if dropped:
                     _rewrite(self.csv_path, lambda f: csv.writer(f).writerows([header, *keep]), newline="")
@@ -100,7 +114,11 @@ class MetricsWriter:
                     row = json.loads(line)
                 except ValueError:
                     continue  # a line cut short by a kill
-                if isinstance(row, dict) and _as_int(row.get("update")) is not None and _as_int(row["update"]) <= update:
+                if (
+                    isinstance(row, dict)
+                    and _as_int(row.get("update")) is not None
+                    and _as_int(row["update"]) <= update
+                ):
                     keep_lines.append(line)
             if len(keep_lines) != len(lines):
                 _rewrite(self.jsonl_path, lambda f: f.write("".join(ln + "\n" for ln in keep_lines)))
@@ -137,22 +155,31 @@ def read_metrics_csv(path: str | os.PathLike) -> list[dict[str, float | None]]:
         return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def plot_learning_curve(rows: Sequence[dict[str, Any]], png_path: str | os.PathLike,
-                        baselines: dict[str, float] | None = None, title: str = "", smooth: int = 10,
-                        finals: dict[str, float] | None = None, eval_note: str = "") -> Path:  # fmt: skip
+def plot_learning_curve(
+    rows: Sequence[dict[str, Any]],
+    png_path: str | os.PathLike,
+    baselines: dict[str, float] | None = None,
+    title: str = "",
+    smooth: int = 10,
+    finals: dict[str, float] | None = None,
+    eval_note: str = "",
+) -> Path:
     """Mean episode return per update against env steps, its moving average, baseline lines.
 
     ``baselines`` (name -> mean return) are drawn as horizontal lines, ``finals`` (name -> the trained
     policy's evaluation return) as markers at the last step; ``eval_note`` annotates both.
     """
-    pts = [(r["global_step"], r["charts/episode_return"]) for r in rows
-           if r.get("charts/episode_return") is not None and r.get("global_step") is not None]  # fmt: skip
+    pts = [
+        (r["global_step"], r["charts/episode_return"])
+        for r in rows
+        if r.get("charts/episode_return") is not None and r.get("global_step") is not None
+    ]
     fig, ax = new_figure(figsize=(7.5, 4.5), squeeze=True)
     if pts:
         xs, ys = zip(*pts)
         ax.plot(xs, ys, color="tab:blue", alpha=0.3, linewidth=1, label="PPO (per update)")
         k = max(1, min(smooth, len(ys)))
-        avg = [sum(ys[max(0, i - k + 1): i + 1]) / len(ys[max(0, i - k + 1): i + 1]) for i in range(len(ys))]
+        avg = [sum(ys[max(0, i - k + 1) : i + 1]) / len(ys[max(0, i - k + 1) : i + 1]) for i in range(len(ys))]
         ax.plot(xs, avg, color="tab:blue", linewidth=2, label=f"PPO ({k}-update mean)")
     colors = {"heuristic": "tab:green", "random": "tab:red"}
     note = f", {eval_note}" if eval_note else ""
@@ -160,8 +187,14 @@ def plot_learning_curve(rows: Sequence[dict[str, Any]], png_path: str | os.PathL
         ax.axhline(value, linestyle="--", color=colors.get(name, "gray"), label=f"{name} ({value:.1f}{note})")
     markers, last_x = ("o", "s", "^", "D"), (pts[-1][0] if pts else 0)
     for i, (name, value) in enumerate((finals or {}).items()):  # side by side at the last step
-        ax.plot([last_x * (1 + 0.015 * i)], [value], marker=markers[i % len(markers)], linestyle="none",
-                color="black", label=f"{name} ({value:.1f}{note})")  # fmt: skip
+        ax.plot(
+            [last_x * (1 + 0.015 * i)],
+            [value],
+            marker=markers[i % len(markers)],
+            linestyle="none",
+            color="black",
+            label=f"{name} ({value:.1f}{note})",
+        )
     ax.set_xlabel("env steps")
     ax.set_ylabel("episode return")
     ax.set_title(title or "esper-fast PPO on SeedLifecycleEnv")

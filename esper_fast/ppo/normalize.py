@@ -23,8 +23,15 @@ __all__ = ["ObsNormalizer", "RewardNormalizer"]
 class ObsNormalizer:
     """EMA running mean / variance of ``[..., D]`` observations (esper's RunningMeanStd)."""
 
-    def __init__(self, dim: int, momentum: float = 0.99, epsilon: float = 1e-4, clip: float = 10.0,
-                 device: torch.device | str = "cpu", enabled: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        dim: int,
+        momentum: float = 0.99,
+        epsilon: float = 1e-4,
+        clip: float = 10.0,
+        device: torch.device | str = "cpu",
+        enabled: bool = True,
+    ) -> None:
         self.momentum, self.epsilon, self.clip, self.enabled = momentum, epsilon, clip, enabled
         self.mean = torch.zeros(dim, device=device)
         self.var = torch.ones(dim, device=device)
@@ -63,16 +70,18 @@ class ObsNormalizer:
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         dev = self.mean.device
         if tuple(state["mean"].shape) != tuple(self.mean.shape):
-            raise ValueError(f"obs normaliser: expected mean of shape {tuple(self.mean.shape)}, "
-                             f"got {tuple(state['mean'].shape)}")  # fmt: skip
+            raise ValueError(
+                f"obs normaliser: expected mean of shape {tuple(self.mean.shape)}, got {tuple(state['mean'].shape)}"
+            )
         self.mean, self.var, self.count = (state[k].to(dev) for k in ("mean", "var", "count"))
 
 
 class RewardNormalizer:
     """Divide rewards by their running std (Welford over every raw reward seen), clip to +-clip."""
 
-    def __init__(self, clip: float = 10.0, epsilon: float = 1e-8, device: torch.device | str = "cpu",
-                 enabled: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self, clip: float = 10.0, epsilon: float = 1e-8, device: torch.device | str = "cpu", enabled: bool = True
+    ) -> None:
         self.clip, self.epsilon, self.enabled = clip, epsilon, enabled
         self.count = torch.zeros((), dtype=torch.float64, device=device)
         self.mean = torch.zeros((), dtype=torch.float64, device=device)

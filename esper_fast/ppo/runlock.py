@@ -46,8 +46,11 @@ class RunLock:
                 "or choose another --name"
             ) from None
         os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, f"process {os.getpid()} on {socket.gethostname()} since "
-                            f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)  # fmt: skip
+        os.pwrite(
+            self._fd,
+            f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(),
+            0,
+        )
 
     def release(self) -> None:
         if self._fd is not None:

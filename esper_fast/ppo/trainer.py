@@ -20,27 +20,36 @@ import json
 import signal
 import threading
 import time
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from esper_fast.constants import NUM_OPS, LifecycleOp
 from esper_fast.envs import SeedLifecycleEnv
-from esper_fast.ppo.agent import act, architecture, build_policy, cpu_threads, effective_masks, env_config, validation_off
+from esper_fast.ppo.agent import (
+    act,
+    architecture,
+    build_policy,
+    cpu_threads,
+    effective_masks,
+    env_config,
+    validation_off,
+)
 from esper_fast.ppo.buffer import RolloutBuffer
 from esper_fast.ppo.checkpoint import CHECKPOINT_VERSION, check_architecture, load_network_state, save_checkpoint
 from esper_fast.ppo.config import PPOConfig
 from esper_fast.ppo.distributed import DistContext
 from esper_fast.ppo.evaluate import compare_with_baselines, evaluation_markdown
 from esper_fast.ppo.gae import compute_gae, explained_variance, normalize_advantages
+from esper_fast.ppo.head_losses import ValueNormalizer, normalize_advantages_floored
+from esper_fast.ppo.head_update import ppo_update_head
 from esper_fast.ppo.metrics import MetricsWriter, plot_learning_curve
 from esper_fast.ppo.normalize import ObsNormalizer, RewardNormalizer
 from esper_fast.ppo.runlock import RunLock
-from esper_fast.ppo.head_losses import ValueNormalizer, normalize_advantages_floored
-from esper_fast.ppo.head_update import ppo_update_head
 from esper_fast.ppo.update import ppo_update
 
 __all__ = ["Trainer", "check_env", "check_policy", "rank_seed"]
@@ -82,23 +91,32 @@ def check_policy(policy: torch.nn.Module, config: PPOConfig, device: torch.devic
         raise TypeError(f"policy: expected a torch.nn.Module, got {type(policy).__name__}")
     if config.ppo_variant == "head":
         if not isinstance(policy, FactoredPolicyV2Mixin):
-            raise ValueError(f"policy: ppo_variant 'head' trains esper HEAD's network (esper_fast.FactoredPolicyV2), "
-                             f"got {type(policy).__name__}")  # fmt: skip
+            raise ValueError(
+                f"policy: ppo_variant 'head' trains esper HEAD's network (esper_fast.FactoredPolicyV2), "
+                f"got {type(policy).__name__}"
+            )
     else:
         if isinstance(policy, FactoredPolicyV2Mixin) or not isinstance(policy, FactoredNetwork):
-            raise ValueError(f"policy: ppo_variant {config.ppo_variant!r} trains a FactoredNetwork (FactoredPolicy or "
-                             f"ReferencePolicy), got {_policy_kind(policy)}")  # fmt: skip
+            raise ValueError(
+                f"policy: ppo_variant {config.ppo_variant!r} trains a FactoredNetwork (FactoredPolicy or "
+                f"ReferencePolicy), got {_policy_kind(policy)}"
+            )
         legacy = bool(getattr(policy, "legacy", False))
         mode = "legacy" if legacy else getattr(policy, "value_mode", None)
         if mode != config.value_mode:
-            raise ValueError(f"policy: its value mode is {mode!r} (value_mode={getattr(policy, 'value_mode', None)!r}, "
-                             f"legacy={legacy}), config.value_mode is {config.value_mode!r}")  # fmt: skip
+            raise ValueError(
+                f"policy: its value mode is {mode!r} (value_mode={getattr(policy, 'value_mode', None)!r}, "
+                f"legacy={legacy}), config.value_mode is {config.value_mode!r}"
+            )
     arch = architecture(config)
     first = getattr(getattr(policy, "feature_net", None), "__getitem__", None)
-    have = {"state_dim": getattr(policy, "state_dim", None),
-            "feature_dim": getattr(first(0), "out_features", None) if first is not None else None,
-            "lstm_hidden_dim": getattr(policy, "lstm_hidden_dim", None), "lstm_layers": getattr(policy, "lstm_layers", None),
-            "head_sizes": dict(getattr(policy, "head_sizes", {}) or {})}  # fmt: skip
+    have = {
+        "state_dim": getattr(policy, "state_dim", None),
+        "feature_dim": getattr(first(0), "out_features", None) if first is not None else None,
+        "lstm_hidden_dim": getattr(policy, "lstm_hidden_dim", None),
+        "lstm_layers": getattr(policy, "lstm_layers", None),
+        "head_sizes": dict(getattr(policy, "head_sizes", {}) or {}),
+    }
     want = {k: arch[k] for k in ("state_dim", "feature_dim", "lstm_hidden_dim", "lstm_layers")}
     want["head_sizes"] = get_action_head_sizes(config.num_slots)
     bad = [f"{k} {have[k]} (config: {want[k]})" for k in want if have[k] != want[k]]
@@ -106,8 +124,10 @@ def check_policy(policy: torch.nn.Module, config: PPOConfig, device: torch.devic
         raise ValueError(f"policy: its architecture does not match the config: {'; '.join(bad)}")
     for name, param in policy.named_parameters():
         if not _same_device(param.device, device):
-            raise ValueError(f"policy: parameter {name!r} is on {param.device}, the trainer runs on {device} "
-                             "(move the policy there first)")  # fmt: skip
+            raise ValueError(
+                f"policy: parameter {name!r} is on {param.device}, the trainer runs on {device} "
+                "(move the policy there first)"
+            )
 
 
 def check_env(env: Any, config: PPOConfig, policy: torch.nn.Module, device: torch.device) -> None:
@@ -117,27 +137,38 @@ def check_env(env: Any, config: PPOConfig, policy: torch.nn.Module, device: torc
     end-of-run evaluation (``config.eval_episodes == 0``) unless it is a SeedLifecycleEnv."""
     missing = [a for a in ("num_envs", "head_sizes", "observe", "step") if not hasattr(env, a)]
     if missing:
-        raise ValueError(f"env: {type(env).__name__} lacks {', '.join(missing)} (SeedLifecycleEnv's interface: "
-                         "num_envs, head_sizes, observe(), step(actions))")  # fmt: skip
+        raise ValueError(
+            f"env: {type(env).__name__} lacks {', '.join(missing)} (SeedLifecycleEnv's interface: "
+            "num_envs, head_sizes, observe(), step(actions))"
+        )
     if int(env.num_envs) != config.num_envs:
         raise ValueError(f"env: has {env.num_envs} envs, config.num_envs is {config.num_envs}")
     sizes, want = dict(env.head_sizes), dict(policy.head_sizes)
     if sizes != want:
-        diff = ", ".join(f"{h} {sizes.get(h)} (policy: {want.get(h)})" for h in dict.fromkeys([*want, *sizes])
-                         if sizes.get(h) != want.get(h))  # fmt: skip
+        diff = ", ".join(
+            f"{h} {sizes.get(h)} (policy: {want.get(h)})"
+            for h in dict.fromkeys([*want, *sizes])
+            if sizes.get(h) != want.get(h)
+        )
         raise ValueError(f"env: its action head sizes do not match the policy's: {diff}")
     obs = env.observe()
     state_dim, num_slots = architecture(config)["state_dim"], config.num_slots
-    for name, tensor, shape in (("obs", obs.obs, (config.num_envs, state_dim)),
-                                ("blueprint_indices", obs.blueprint_indices, (config.num_envs, num_slots))):  # fmt: skip
+    for name, tensor, shape in (
+        ("obs", obs.obs, (config.num_envs, state_dim)),
+        ("blueprint_indices", obs.blueprint_indices, (config.num_envs, num_slots)),
+    ):
         if tuple(tensor.shape) != shape:
-            raise ValueError(f"env: observe().{name} has shape {list(tensor.shape)}, the config needs {list(shape)} "
-                             f"(num_envs {config.num_envs}, state_dim {state_dim} = get_feature_size({num_slots}))")  # fmt: skip
+            raise ValueError(
+                f"env: observe().{name} has shape {list(tensor.shape)}, the config needs {list(shape)} "
+                f"(num_envs {config.num_envs}, state_dim {state_dim} = get_feature_size({num_slots}))"
+            )
         if not _same_device(tensor.device, device):
             raise ValueError(f"env: observe().{name} is on {tensor.device}, the trainer runs on {device}")
     if config.eval_episodes and not isinstance(env, SeedLifecycleEnv):
-        raise ValueError(f"env: the end-of-run evaluation plays SeedLifecycleEnv, not {type(env).__name__}: "
-                         "set eval_episodes=0 (and evaluate on your env yourself)")  # fmt: skip
+        raise ValueError(
+            f"env: the end-of-run evaluation plays SeedLifecycleEnv, not {type(env).__name__}: "
+            "set eval_episodes=0 (and evaluate on your env yourself)"
+        )
 
 
 class Trainer:
@@ -172,10 +203,18 @@ class Trainer:
         tensorboard: write TensorBoard events if the package is installed.
     """
 
-    def __init__(self, config: PPOConfig, run_dir: str | Path | None = None, *, env: Any | None = None,
-                 policy: torch.nn.Module | None = None, dist: DistContext | None = None,
-                 resume: dict[str, Any] | None = None, log: Callable[[str], None] = print,
-                 tensorboard: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: PPOConfig,
+        run_dir: str | Path | None = None,
+        *,
+        env: Any | None = None,
+        policy: torch.nn.Module | None = None,
+        dist: DistContext | None = None,
+        resume: dict[str, Any] | None = None,
+        log: Callable[[str], None] = print,
+        tensorboard: bool = True,
+    ) -> None:
         self.config, self.ctx = config, dist or DistContext(device=torch.device(config.device))
         self.device = self.ctx.device
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -192,8 +231,9 @@ class Trainer:
         self.policy = policy
         self.ctx.broadcast_module(self.policy)
         fused = config.fused_adam if config.fused_adam is not None else self.device.type == "cuda"
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=config.adam_eps,
-                                          **({"fused": True} if fused else {}))  # fmt: skip
+        self.optimizer = torch.optim.Adam(
+            self.policy.parameters(), lr=config.learning_rate, eps=config.adam_eps, **({"fused": True} if fused else {})
+        )
         if env is None:
             env = SeedLifecycleEnv(config.num_envs, env_config(config), device=self.device, seed=seed)
         else:
@@ -203,12 +243,25 @@ class Trainer:
         self.update_generator = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
         arch = architecture(config)
-        self.obs_normalizer = ObsNormalizer(arch["state_dim"], config.obs_norm_momentum, clip=config.obs_clip,
-                                            device=self.device, enabled=config.normalize_obs)  # fmt: skip
-        self.reward_normalizer = RewardNormalizer(config.reward_clip, device=self.device, enabled=config.normalize_rewards)
-        self.buffer = RolloutBuffer.allocate(config.num_envs, config.rollout_steps, arch["state_dim"],
-                                             self.env.head_sizes, config.lstm_layers, config.lstm_hidden_dim,
-                                             self.device)  # fmt: skip
+        self.obs_normalizer = ObsNormalizer(
+            arch["state_dim"],
+            config.obs_norm_momentum,
+            clip=config.obs_clip,
+            device=self.device,
+            enabled=config.normalize_obs,
+        )
+        self.reward_normalizer = RewardNormalizer(
+            config.reward_clip, device=self.device, enabled=config.normalize_rewards
+        )
+        self.buffer = RolloutBuffer.allocate(
+            config.num_envs,
+            config.rollout_steps,
+            arch["state_dim"],
+            self.env.head_sizes,
+            config.lstm_layers,
+            config.lstm_hidden_dim,
+            self.device,
+        )
         self.obs = self.env.observe()
         self.hidden = self.policy.get_initial_hidden(config.num_envs, self.device)
         self.head = config.ppo_variant == "head"
@@ -218,7 +271,9 @@ class Trainer:
         # esper HEAD only: the contribution predictor's targets per step (the env's true counterfactuals)
         S = config.num_slots
         self.contrib_target = torch.zeros(config.num_envs, config.rollout_steps, S, device=self.device)
-        self.contrib_active = torch.zeros(config.num_envs, config.rollout_steps, S, dtype=torch.bool, device=self.device)
+        self.contrib_active = torch.zeros(
+            config.num_envs, config.rollout_steps, S, dtype=torch.bool, device=self.device
+        )
         self.head_train_steps = 0
         self.train_steps, self.global_step = 0, 0
         self.last_row: dict[str, Any] = {}
@@ -244,8 +299,9 @@ class Trainer:
     # =============================================================================================
     # The loop
     # =============================================================================================
-    def train(self, on_update: Callable[[dict[str, Any]], None] | None = None,
-              handle_signals: bool = True) -> dict[str, Any]:  # fmt: skip
+    def train(
+        self, on_update: Callable[[dict[str, Any]], None] | None = None, handle_signals: bool = True
+    ) -> dict[str, Any]:
         """Run the remaining updates; returns the summary (last metrics, evaluation, paths).
 
         ``on_update(row)`` is called on rank 0 after every update. With ``handle_signals`` the first
@@ -265,8 +321,14 @@ class Trainer:
                     update_stats, b_explained_var, lr, entropy_coef = self.update()
 
                     # ---- METRICS: one host sync per update ------------------------------------------
-                    row = self._metrics_row(rollout_stats, update_stats, b_explained_var, lr, entropy_coef,
-                                            sps=(self.global_step - start_step) / (time.perf_counter() - start_time))  # fmt: skip
+                    row = self._metrics_row(
+                        rollout_stats,
+                        update_stats,
+                        b_explained_var,
+                        lr,
+                        entropy_coef,
+                        sps=(self.global_step - start_step) / (time.perf_counter() - start_time),
+                    )
                     self.last_row = row
                     if self.writer is not None:
                         self.writer.write(row)
@@ -274,12 +336,15 @@ class Trainer:
                         on_update(row)
                     skipped = int(row.get("losses/nonfinite_steps") or 0)
                     if skipped:
-                        self.log(f"update {self.train_steps}: skipped {skipped} optimizer step(s) with non-finite "
-                                 "loss or gradients (the network was left as it was)")  # fmt: skip
+                        self.log(
+                            f"update {self.train_steps}: skipped {skipped} optimizer step(s) with non-finite "
+                            "loss or gradients (the network was left as it was)"
+                        )
                     if cfg.checkpoint_every and self.train_steps % cfg.checkpoint_every == 0:
                         self.save(f"update_{self.train_steps:06d}.pt")
                     elif cfg.checkpoint_interval_s and self.ctx.any_flag(
-                            time.monotonic() - self._last_save >= cfg.checkpoint_interval_s):  # fmt: skip
+                        time.monotonic() - self._last_save >= cfg.checkpoint_interval_s
+                    ):
                         self.save("latest.pt")
                     if self.ctx.any_flag(self._stop_requested):
                         interrupted = True
@@ -302,8 +367,9 @@ class Trainer:
         cfg = self.config
         # ---- GAE: truncated episodes bootstrap, terminal ones do not --------------------
         b = self.buffer
-        b_advantages, b_returns = compute_gae(b.rewards, b.values, b.dones, b.truncated,
-                                              b.bootstrap_values, cfg.gamma, cfg.gae_lambda)  # fmt: skip
+        b_advantages, b_returns = compute_gae(
+            b.rewards, b.values, b.dones, b.truncated, b.bootstrap_values, cfg.gamma, cfg.gae_lambda
+        )
         b_explained_var = explained_variance(b.values, b_returns)  # (HEAD: de-normalised scale)
         if self.head:  # critic targets on the normalised scale; advantages with HEAD's std floor
             self.value_normalizer.update(b_returns)
@@ -324,19 +390,36 @@ class Trainer:
         self.policy.train()
         if self.head:
             update_stats = ppo_update_head(
-                self.policy, self.optimizer, b, self.effective_op, b_advantages, b_targets, cfg,
-                entropy_coef, train_steps=self.head_train_steps,
-                progress=self.train_steps / self.num_updates, generator=self.update_generator,
-                all_reduce_mean=self.ctx.all_reduce_mean, all_reduce_grads=self.ctx.all_reduce_grads,
+                self.policy,
+                self.optimizer,
+                b,
+                self.effective_op,
+                b_advantages,
+                b_targets,
+                cfg,
+                entropy_coef,
+                train_steps=self.head_train_steps,
+                progress=self.train_steps / self.num_updates,
+                generator=self.update_generator,
+                all_reduce_mean=self.ctx.all_reduce_mean,
+                all_reduce_grads=self.ctx.all_reduce_grads,
                 contributions=(self.contrib_target, self.contrib_active) if self._contribution_targets() else None,
-            )  # fmt: skip
+            )
             # HEAD counts train_steps only after a real optimiser step (ppo_agent.py:1589-1595)
             self.head_train_steps += int(update_stats["optimizer_steps"].item() > 0)
         else:
-            update_stats = ppo_update(self.policy, self.optimizer, b, b_advantages, b_returns, cfg,
-                                      entropy_coef, generator=self.update_generator,
-                                      all_reduce_mean=self.ctx.all_reduce_mean,
-                                      all_reduce_grads=self.ctx.all_reduce_grads)  # fmt: skip
+            update_stats = ppo_update(
+                self.policy,
+                self.optimizer,
+                b,
+                b_advantages,
+                b_returns,
+                cfg,
+                entropy_coef,
+                generator=self.update_generator,
+                all_reduce_mean=self.ctx.all_reduce_mean,
+                all_reduce_grads=self.ctx.all_reduce_grads,
+            )
         self.train_steps += 1
         self.global_step += cfg.batch_size * self.ctx.world_size
         return update_stats, b_explained_var, lr, entropy_coef
@@ -353,26 +436,44 @@ class Trainer:
         legacy, op_slot = cfg.value_mode == "legacy", cfg.op_conditioned_slot
         head = self.head
         floors = None if not head or cfg.probability_floors else {}  # None: HEAD's floors (act)
-        stats = {name: torch.zeros((), device=dev) for name in
-                 ("return_sum", "length_sum", "episodes", "terminated", "agree", "invalid")}  # fmt: skip
+        stats = {
+            name: torch.zeros((), device=dev)
+            for name in ("return_sum", "length_sum", "episodes", "terminated", "agree", "invalid")
+        }
         stats["op_counts"] = torch.zeros(NUM_OPS, device=dev)
         ones = torch.ones(E, device=dev)
         b.initial_hidden = (self.hidden[0].clone(), self.hidden[1].clone())
         for t in range(T):
             env_obs = self.obs
             obs = self.obs_normalizer.normalize(env_obs.obs)  # frozen statistics during the rollout
-            result = act(policy, obs, env_obs, self.hidden, deterministic=False, op_conditioned_slot=op_slot,
-                         generator=self.action_generator, probability_floor=floors)  # fmt: skip
+            result = act(
+                policy,
+                obs,
+                env_obs,
+                self.hidden,
+                deterministic=False,
+                op_conditioned_slot=op_slot,
+                generator=self.action_generator,
+                probability_floor=floors,
+            )
             actions = result.actions
             # charts/op_agreement: sampled_op is the op the value was read at (esper's second draw in legacy
             # mode; policy.value_read_op, q_op checked against q[n, op], on the fused paths), not actions["op"]
             agree = result.sampled_op == actions["op"]
             # HEAD: V(s) comes out on the normalised return scale; GAE works on the de-normalised one
             values = self.value_normalizer.denormalize(self._head_value(result)) if head else result.values
-            b.store_step(t, obs=obs, raw_obs=env_obs.obs, blueprint_indices=env_obs.blueprint_indices,
-                         masks=effective_masks(env_obs, actions["op"], op_slot, head=head), actions=actions,
-                         log_probs=result.log_probs, values=values,
-                         old_q=result.values if legacy else result.q_op, op_agree=agree)  # fmt: skip
+            b.store_step(
+                t,
+                obs=obs,
+                raw_obs=env_obs.obs,
+                blueprint_indices=env_obs.blueprint_indices,
+                masks=effective_masks(env_obs, actions["op"], op_slot, head=head),
+                actions=actions,
+                log_probs=result.log_probs,
+                values=values,
+                old_q=result.values if legacy else result.q_op,
+                op_agree=agree,
+            )
 
             if head and self._contribution_targets():  # the state env_obs shows (HEAD: targets stored with step t)
                 self.contrib_target[:, t], self.contrib_active[:, t] = env.counterfactual_contributions()
@@ -387,15 +488,23 @@ class Trainer:
             last = t == T - 1
             bootstrap = torch.zeros(E, device=dev)
             if last or dev.type != "cpu" or bool(step.truncated.any()):
-                boot = act(policy, self.obs_normalizer.normalize(step.final.obs), step.final, result.hidden,
-                           deterministic=True, op_conditioned_slot=op_slot, generator=self.action_generator,
-                           probability_floor=floors)  # fmt: skip
+                boot = act(
+                    policy,
+                    self.obs_normalizer.normalize(step.final.obs),
+                    step.final,
+                    result.hidden,
+                    deterministic=True,
+                    op_conditioned_slot=op_slot,
+                    generator=self.action_generator,
+                    probability_floor=floors,
+                )
                 boot_values = self.value_normalizer.denormalize(self._head_value(boot)) if head else boot.values
                 use = (step.truncated | ~done) if last else step.truncated
                 bootstrap = torch.where(use, boot_values, bootstrap)
             reward = self.reward_normalizer.update_and_normalize(step.reward)
-            b.store_outcome(t, reward=reward, raw_reward=step.reward, done=done, truncated=step.truncated,
-                            bootstrap_value=bootstrap)  # fmt: skip
+            b.store_outcome(
+                t, reward=reward, raw_reward=step.reward, done=done, truncated=step.truncated, bootstrap_value=bootstrap
+            )
 
             stats["return_sum"] += step.episode_return.sum()
             stats["length_sum"] += step.episode_length.sum()
@@ -418,8 +527,10 @@ class Trainer:
         has = hasattr(self.env, "counterfactual_contributions")
         if not has and not getattr(self, "_said_no_contributions", False):
             self._said_no_contributions = True
-            self.log(f"contribution_aux: {type(self.env).__name__} has no counterfactual_contributions(); "
-                     "the contribution auxiliary loss is off for this run (no targets)")  # fmt: skip
+            self.log(
+                f"contribution_aux: {type(self.env).__name__} has no counterfactual_contributions(); "
+                "the contribution auxiliary loss is off for this run (no targets)"
+            )
         return has
 
     def _head_value(self, result: Any) -> Tensor:
@@ -439,17 +550,31 @@ class Trainer:
     # =============================================================================================
     # Metrics
     # =============================================================================================
-    def _metrics_row(self, rollout: dict[str, Tensor], update: dict[str, Tensor], explained_var: Tensor,
-                     lr: float, entropy_coef: float, sps: float) -> dict[str, Any]:  # fmt: skip
+    def _metrics_row(
+        self,
+        rollout: dict[str, Tensor],
+        update: dict[str, Tensor],
+        explained_var: Tensor,
+        lr: float,
+        entropy_coef: float,
+        sps: float,
+    ) -> dict[str, Any]:
         """All scalars of one update, read from the device in one transfer (summed over ranks)."""
-        sums = torch.cat([torch.stack([rollout[k] for k in ("return_sum", "length_sum", "episodes", "terminated",
-                                                            "agree", "invalid")]), rollout["op_counts"]])  # fmt: skip
+        sums = torch.cat(
+            [
+                torch.stack(
+                    [rollout[k] for k in ("return_sum", "length_sum", "episodes", "terminated", "agree", "invalid")]
+                ),
+                rollout["op_counts"],
+            ]
+        )
         sums = self.ctx.all_reduce_sum(sums.float()).tolist()
         ret_sum, len_sum, episodes, terminated, agree, invalid = sums[:6]
         op_counts = sums[6:]
         keys = sorted(update)
-        values = torch.stack([update[k].float().to(self.device).reshape(()) for k in keys] +
-                             [explained_var.float().reshape(())]).tolist()  # fmt: skip
+        values = torch.stack(
+            [update[k].float().to(self.device).reshape(()) for k in keys] + [explained_var.float().reshape(())]
+        ).tolist()
         upd = dict(zip(keys + ["explained_variance"], values))
         decisions = self.config.batch_size * self.ctx.world_size
         row: dict[str, Any] = {"update": self.train_steps, "global_step": self.global_step}
@@ -462,8 +587,18 @@ class Trainer:
         for name, count in zip(OP_NAMES, op_counts):
             row[f"charts/op_frac/{name}"] = count / decisions
         row["charts/learning_rate"], row["charts/entropy_coef"] = lr, entropy_coef
-        for name in ("policy_loss", "value_loss", "entropy_loss", "approx_kl", "clip_fraction",
-                     "explained_variance", "grad_norm", "optimizer_steps", "early_stop", "nonfinite_steps"):  # fmt: skip
+        for name in (
+            "policy_loss",
+            "value_loss",
+            "entropy_loss",
+            "approx_kl",
+            "clip_fraction",
+            "explained_variance",
+            "grad_norm",
+            "optimizer_steps",
+            "early_stop",
+            "nonfinite_steps",
+        ):
             row[f"losses/{name}"] = upd[name]
         for key in keys:
             if key.startswith(("entropy/", "head/")):
@@ -478,12 +613,15 @@ class Trainer:
         """This process's own state, on the CPU (gathered to rank 0 for the checkpoint)."""
         env_state = self._env_state()
         return {
-            "env": env_state, "env_class": type(self.env).__qualname__, "num_envs": int(self.env.num_envs),
+            "env": env_state,
+            "env_class": type(self.env).__qualname__,
+            "num_envs": int(self.env.num_envs),
             "hidden": [self.hidden[0].cpu().clone(), self.hidden[1].cpu().clone()],
             "reward_normalizer": {k: v.cpu() for k, v in self.reward_normalizer.state_dict().items()},
-            "action_generator": self.action_generator.get_state(), "update_generator": self.update_generator.get_state(),
+            "action_generator": self.action_generator.get_state(),
+            "update_generator": self.update_generator.get_state(),
             "torch_rng": torch.get_rng_state(),
-        }  # fmt: skip
+        }
 
     def _env_state(self) -> dict[str, Any] | None:
         """The env's resumable state: a SeedLifecycleEnv's tensor attributes, another env's ``state_dict()``
@@ -497,8 +635,10 @@ class Trainer:
     def _head_state(self) -> dict[str, Any]:
         """esper HEAD's extra trainer state (ppo_variant "head"): value normaliser, HEAD's train_steps."""
         vn = self.value_normalizer
-        return {"value_normalizer": {"mean": vn.mean.cpu(), "var": vn.var.cpu(), "count": vn.count.cpu(),
-                                     "seen": vn.seen}, "head_train_steps": self.head_train_steps}  # fmt: skip
+        return {
+            "value_normalizer": {"mean": vn.mean.cpu(), "var": vn.var.cpu(), "count": vn.count.cpu(), "seen": vn.seen},
+            "head_train_steps": self.head_train_steps,
+        }
 
     def state_dict(self) -> dict[str, Any] | None:
         """The checkpoint payload on rank 0 (None elsewhere). Collective: call it on every rank."""
@@ -519,8 +659,11 @@ class Trainer:
             "world_size": self.ctx.world_size,
             "rank_states": rank_states,
             **({"esper_head": self._head_state()} if self.head else {}),
-            "metadata": {"esper_fast_version": __version__, "torch_version": str(torch.__version__),
-                         "value_mode": self.config.value_mode},  # fmt: skip
+            "metadata": {
+                "esper_fast_version": __version__,
+                "torch_version": str(torch.__version__),
+                "value_mode": self.config.value_mode,
+            },
         }
 
     def save(self, name: str = "latest.pt") -> Path | None:
@@ -549,8 +692,10 @@ class Trainer:
             self.head_train_steps = int(ckpt["esper_head"]["head_train_steps"])
         states = ckpt.get("rank_states") or []
         if ckpt.get("world_size", 1) != self.ctx.world_size or self.ctx.rank >= len(states):
-            self.log(f"resume: checkpoint was written by {ckpt.get('world_size', 1)} process(es), this run has "
-                     f"{self.ctx.world_size}: envs and samplers start afresh")  # fmt: skip
+            self.log(
+                f"resume: checkpoint was written by {ckpt.get('world_size', 1)} process(es), this run has "
+                f"{self.ctx.world_size}: envs and samplers start afresh"
+            )
             return
         state = states[self.ctx.rank]
         env_state = state["env"]
@@ -558,14 +703,19 @@ class Trainer:
         # the checkpoint's env class and count must be this run's, else the envs start afresh.
         saved_class = state.get("env_class", "SeedLifecycleEnv")  # checkpoints before env_class: Seed only
         if env_state is None or saved_class != type(self.env).__qualname__:
-            why = "has no resumable state (no state_dict/load_state_dict)" if env_state is None else (
-                f"is {saved_class}, this run's is {type(self.env).__qualname__}")  # fmt: skip
+            why = (
+                "has no resumable state (no state_dict/load_state_dict)"
+                if env_state is None
+                else (f"is {saved_class}, this run's is {type(self.env).__qualname__}")
+            )
             self.log(f"resume: the checkpoint's env {why}: envs start afresh (weights, optimizer, counters restored)")
             return
         saved_envs = int(state.get("num_envs", env_state["epoch"].shape[0] if "epoch" in env_state else -1))
         if saved_envs != self.config.num_envs:
-            self.log(f"resume: checkpoint has {saved_envs} envs per process, config has "
-                     f"{self.config.num_envs}: envs start afresh")  # fmt: skip
+            self.log(
+                f"resume: checkpoint has {saved_envs} envs per process, config has "
+                f"{self.config.num_envs}: envs start afresh"
+            )
             return
         if isinstance(self.env, SeedLifecycleEnv):
             for name, value in env_state.items():
@@ -585,9 +735,13 @@ class Trainer:
     def finish(self, interrupted: bool = False) -> dict[str, Any]:
         """Save the final checkpoint; on rank 0 evaluate against the baselines and plot. Collective."""
         ckpt_path = self.save("latest.pt")
-        summary: dict[str, Any] = {"updates": self.train_steps, "global_step": self.global_step,
-                                   "interrupted": interrupted, "last_metrics": self.last_row,
-                                   "checkpoint": str(ckpt_path) if ckpt_path else None}  # fmt: skip
+        summary: dict[str, Any] = {
+            "updates": self.train_steps,
+            "global_step": self.global_step,
+            "interrupted": interrupted,
+            "last_metrics": self.last_row,
+            "checkpoint": str(ckpt_path) if ckpt_path else None,
+        }
         if not self.ctx.is_main:
             return summary
         if interrupted:
@@ -596,8 +750,11 @@ class Trainer:
             summary["evaluation"] = self.evaluate()
         if self.run_dir is not None and self.writer is not None:
             if summary.get("evaluation"):
-                self.writer.write_evaluation(summary["evaluation"], self.global_step, evaluation_markdown(
-                    summary["evaluation"], self.config.eval_episodes, self.config.eval_seed))  # fmt: skip
+                self.writer.write_evaluation(
+                    summary["evaluation"],
+                    self.global_step,
+                    evaluation_markdown(summary["evaluation"], self.config.eval_episodes, self.config.eval_seed),
+                )
             self.writer.close()
             summary["plot"] = str(self._plot(summary.get("evaluation")))
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -611,9 +768,14 @@ class Trainer:
         :func:`~esper_fast.ppo.evaluate.compare_with_baselines`. Leaves the policy in eval mode."""
         with validation_off(self.policy):
             self.policy.eval()
-            return compare_with_baselines(self.policy, self.obs_normalizer, self.config,
-                                          self.config.eval_episodes if episodes is None else episodes,
-                                          self.config.eval_seed if seed is None else seed, self.device)  # fmt: skip
+            return compare_with_baselines(
+                self.policy,
+                self.obs_normalizer,
+                self.config,
+                self.config.eval_episodes if episodes is None else episodes,
+                self.config.eval_seed if seed is None else seed,
+                self.device,
+            )
 
     def release(self) -> None:
         """Give up the run directory's lock (done by :meth:`finish`; also when the process ends)."""
@@ -632,14 +794,25 @@ class Trainer:
         evaluation = evaluation or {}
         baselines = {k: v["mean_return"] for k, v in evaluation.items() if k in ("oracle", "heuristic", "random")}
         finals = {k: v["mean_return"] for k, v in evaluation.items() if k.startswith("ppo")}
-        title = f"PPO ({self.config.value_mode}, H={self.config.lstm_hidden_dim}, {self.config.num_envs} envs x {self.ctx.world_size})"
-        return plot_learning_curve(rows, self.run_dir / "learning_curve.png", baselines, title=title, finals=finals,
-                                   eval_note=f"{self.config.eval_episodes} eval episodes")  # fmt: skip
+        cfg = self.config
+        title = f"PPO ({cfg.value_mode}, H={cfg.lstm_hidden_dim}, {cfg.num_envs} envs x {self.ctx.world_size})"
+        return plot_learning_curve(
+            rows,
+            self.run_dir / "learning_curve.png",
+            baselines,
+            title=title,
+            finals=finals,
+            eval_note=f"{self.config.eval_episodes} eval episodes",
+        )
 
     def _write_config(self) -> None:
-        payload = {"config": self.config.to_dict(), "derived": self.config.derived(),
-                   "world_size": self.ctx.world_size, "num_updates": self.num_updates,
-                   "architecture": architecture(self.config)}  # fmt: skip
+        payload = {
+            "config": self.config.to_dict(),
+            "derived": self.config.derived(),
+            "world_size": self.ctx.world_size,
+            "num_updates": self.num_updates,
+            "architecture": architecture(self.config),
+        }
         (self.run_dir / "config.json").write_text(json.dumps(payload, indent=2))
         table = "\n".join(f"|{k}|{v}|" for k, v in {**payload["config"], **payload["derived"]}.items())
         self.writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table)  # CleanRL-style
@@ -667,4 +840,3 @@ class Trainer:
     def request_stop(self) -> None:
         """Ask the loop to stop after the current update (what the first Ctrl-C does)."""
         self._stop_requested = True
-

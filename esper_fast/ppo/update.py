@@ -12,18 +12,26 @@ skipped (counted in ``nonfinite_steps``), so a bad batch never writes a NaN netw
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from esper_fast.constants import HEAD_NAMES
 from esper_fast.network import FactoredNetwork
-from esper_fast.rules import causal_masks
 from esper_fast.ppo.buffer import RolloutBuffer
 from esper_fast.ppo.config import PPOConfig
 from esper_fast.ppo.epochs import MinibatchLoss, run_epochs
-from esper_fast.ppo.losses import approx_kl, clip_fraction, entropy_loss, head_ratios, masked_mean, policy_loss, value_loss
+from esper_fast.ppo.losses import (
+    approx_kl,
+    clip_fraction,
+    entropy_loss,
+    head_ratios,
+    masked_mean,
+    policy_loss,
+    value_loss,
+)
+from esper_fast.rules import causal_masks
 
 __all__ = ["compiled_score_fn", "evaluate_sequences", "ppo_update"]
 
@@ -34,8 +42,11 @@ def _boundaries(dones: Tensor) -> list[int]:
     return starts.tolist()
 
 
-def evaluate_sequences(policy: FactoredNetwork, mb: RolloutBuffer, score_fn: Callable | None = None,
-                       ) -> tuple[dict[str, Tensor], Tensor, dict[str, Tensor]]:  # fmt: skip
+def evaluate_sequences(
+    policy: FactoredNetwork,
+    mb: RolloutBuffer,
+    score_fn: Callable | None = None,
+) -> tuple[dict[str, Tensor], Tensor, dict[str, Tensor]]:
     """Replay ``mb``'s sequences: ``(log_probs head -> [B, T], Q(s, stored op) [B, T], entropy head -> [B, T])``.
 
     The LSTM starts from ``mb.initial_hidden`` and is zeroed before the first step of every episode
@@ -57,9 +68,12 @@ def evaluate_sequences(policy: FactoredNetwork, mb: RolloutBuffer, score_fn: Cal
             hidden = (hidden[0] * keep, hidden[1] * keep)
         span = slice(start, end)
         log_probs, value, entropy, hidden = policy.evaluate_actions(
-            mb.obs[:, span], mb.blueprint_indices[:, span], {h: a[:, span] for h, a in mb.actions.items()},
-            **{f"{h}_mask": m[:, span] for h, m in mb.masks.items()}, hidden=hidden,
-        )  # fmt: skip
+            mb.obs[:, span],
+            mb.blueprint_indices[:, span],
+            {h: a[:, span] for h, a in mb.actions.items()},
+            **{f"{h}_mask": m[:, span] for h, m in mb.masks.items()},
+            hidden=hidden,
+        )
         pieces.append((log_probs, value, entropy))
     if len(pieces) == 1:
         return pieces[0]
@@ -113,7 +127,8 @@ def ppo_update(
     """Run one PPO update on ``buffer`` (advantages/returns ``[E, T]``); returns metric tensors.
 
     ``all_reduce_mean`` averages a tensor over processes (identity when None); ``all_reduce_grads``
-    averages the gradients in place. Two host syncs per minibatch (the KL early-stop decision, the finite-gradient check).
+    averages the gradients in place. Two host syncs per minibatch (the KL early-stop decision, the finite-gradient
+    check).
     """
     score_fn = compiled_score_fn(policy, config.compile_backend) if config.compile else None
 
@@ -130,16 +145,30 @@ def ppo_update(
         return MinibatchLoss(
             loss=loss_pi + config.value_coef * loss_v + entropy_coef * loss_ent,
             kl=approx_kl(new_log_probs, mb.log_probs, causal),
-            metrics={"policy_loss": loss_pi, "value_loss": loss_v, "entropy_loss": loss_ent,
-                     "clip_fraction": clip_fraction(ratios, causal, config.clip_ratio)},
+            metrics={
+                "policy_loss": loss_pi,
+                "value_loss": loss_v,
+                "entropy_loss": loss_ent,
+                "clip_fraction": clip_fraction(ratios, causal, config.clip_ratio),
+            },
             first=lambda: {f"entropy/{h}": masked_mean(entropy[h].detach(), causal[h]) for h in HEAD_NAMES},
-        )  # fmt: skip
+        )
 
-    metrics = run_epochs(minibatch_loss, buffer.num_envs, policy.parameters(), optimizer,
-                         epochs=config.update_epochs, num_minibatches=config.num_minibatches,
-                         minibatch_rows=config.minibatch_envs, target_kl=config.target_kl,
-                         max_grad_norm=config.max_grad_norm, device=buffer.obs.device, generator=generator,
-                         all_reduce_mean=all_reduce_mean, all_reduce_grads=all_reduce_grads,
-                         metric_names=("policy_loss", "value_loss", "entropy_loss", "clip_fraction"))  # fmt: skip
+    metrics = run_epochs(
+        minibatch_loss,
+        buffer.num_envs,
+        policy.parameters(),
+        optimizer,
+        epochs=config.update_epochs,
+        num_minibatches=config.num_minibatches,
+        minibatch_rows=config.minibatch_envs,
+        target_kl=config.target_kl,
+        max_grad_norm=config.max_grad_norm,
+        device=buffer.obs.device,
+        generator=generator,
+        all_reduce_mean=all_reduce_mean,
+        all_reduce_grads=all_reduce_grads,
+        metric_names=("policy_loss", "value_loss", "entropy_loss", "clip_fraction"),
+    )
     del metrics["skipped"]  # (the callback never skips)
     return metrics

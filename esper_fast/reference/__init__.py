@@ -15,4 +15,3 @@ from esper_fast.reference.philox import gumbel_from_uniform, philox_uniform
 from esper_fast.reference.select import reference_gumbel, select_op_reference
 
 __all__ = ["select_op_reference", "philox_uniform", "gumbel_from_uniform", "reference_gumbel"]
-

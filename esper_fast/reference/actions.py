@@ -41,4 +41,3 @@ def select_actions_reference(
         return select_op_reference(l, q_, m, deterministic=deterministic, noise=g)
 
     return compose_heads(select_fn, logits, masks, q, noise, slot_by_op)
-

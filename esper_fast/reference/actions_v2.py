@@ -65,8 +65,9 @@ def normalize_entropy(entropy: Tensor, valid: Tensor) -> Tensor:
     return torch.where((n == 1) & ~torch.isnan(entropy), torch.zeros_like(out), out)
 
 
-def effective_mask(head: str, op: Tensor, mask: Tensor | None, n_actions: int,
-                   slot_by_op: Tensor | None = None) -> Tensor:  # fmt: skip
+def effective_mask(
+    head: str, op: Tensor, mask: Tensor | None, n_actions: int, slot_by_op: Tensor | None = None
+) -> Tensor:
     """The mask head ``head`` is chosen on once ``op [N]`` is known (no host sync); see module doc.
 
     Rows with ``op < 0`` (bad op) get an all-False mask (so the head is reported bad).
@@ -89,8 +90,9 @@ def effective_mask(head: str, op: Tensor, mask: Tensor | None, n_actions: int,
     return out & (op >= 0).unsqueeze(-1)
 
 
-def _select_head(logits: Tensor, q: Tensor | None, valid: Tensor, floor: float, deterministic: bool,
-                 noise: Tensor | None):  # fmt: skip
+def _select_head(
+    logits: Tensor, q: Tensor | None, valid: Tensor, floor: float, deterministic: bool, noise: Tensor | None
+):
     scored = apply_probability_floor(logits, valid, floor) if floor > 0 else logits.float()
     sel = select_op_reference(scored, q, valid, deterministic=deterministic, noise=noise)
     return sel, normalize_entropy(sel.entropy, valid)

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from esper_fast.constants import HEAD_NAMES, MASKED_LOGIT_VALUE
-from esper_fast.rules import AFTER_OP
 from esper_fast.reference.actions_v2 import apply_probability_floor, effective_mask
+from esper_fast.rules import AFTER_OP
 from esper_fast.types import GetActionResult, Hidden
 
 __all__ = ["reference_get_action_v2"]
@@ -32,7 +32,9 @@ def _head(logits: Tensor, valid: Tensor, floor: float, deterministic: bool, gene
         action = torch.multinomial(torch.softmax(masked, dim=-1), 1, generator=generator).squeeze(-1)
     raw = -(logp.exp() * logp * valid).sum(-1)
     n = valid.sum(-1).clamp(min=1)
-    ent = torch.where(n == 1, torch.zeros_like(raw), raw / torch.where(n > 1, torch.log(n.float()), torch.ones_like(raw)))
+    ent = torch.where(
+        n == 1, torch.zeros_like(raw), raw / torch.where(n > 1, torch.log(n.float()), torch.ones_like(raw))
+    )
     return action, logp.gather(-1, action.unsqueeze(-1)).squeeze(-1), ent
 
 
@@ -66,5 +68,12 @@ def reference_get_action_v2(
             a, lp, ent = _head(logits[head], valid, float(floors.get(head) or 0), deterministic, generator)
             actions[head], log_probs[head], entropies[head] = a, lp, ent
         q_op = net._compute_q(x, op)
-    return GetActionResult(actions=actions, log_probs=log_probs, values=value, hidden=new_hidden, sampled_op=op,
-                           head_entropies={h: entropies[h] for h in HEAD_NAMES}, q_op=q_op)  # fmt: skip
+    return GetActionResult(
+        actions=actions,
+        log_probs=log_probs,
+        values=value,
+        hidden=new_hidden,
+        sampled_op=op,
+        head_entropies={h: entropies[h] for h in HEAD_NAMES},
+        q_op=q_op,
+    )

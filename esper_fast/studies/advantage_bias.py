@@ -59,9 +59,10 @@ import json
 import math
 import sys
 import time
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -76,10 +77,25 @@ from esper_fast.ppo.gae import compute_gae, explained_variance
 from esper_fast.ppo.losses import value_loss
 
 __all__ = [
-    "MODES", "LAMBDAS", "CRITIC_UPDATES", "Rollout", "single_thread", "study_policy", "rollout", "gae", "steps_to_cut",
-    "bootstrap_gap", "analytic_expectation", "advantage_stats", "learn_critic", "run_study", "format_table",
-    "write_csv", "plot_study", "main",
-]  # fmt: skip
+    "MODES",
+    "LAMBDAS",
+    "CRITIC_UPDATES",
+    "Rollout",
+    "single_thread",
+    "study_policy",
+    "rollout",
+    "gae",
+    "steps_to_cut",
+    "bootstrap_gap",
+    "analytic_expectation",
+    "advantage_stats",
+    "learn_critic",
+    "run_study",
+    "format_table",
+    "write_csv",
+    "plot_study",
+    "main",
+]
 
 MODES: tuple[str, ...] = ("legacy", *POLICY_VALUE_MODES)  # the trainer's value modes, legacy first
 LAMBDAS: tuple[float, ...] = (0.0, 0.95, 1.0)
@@ -131,7 +147,9 @@ class Rollout(NamedTuple):
     final_state: Tensor  # int64 s_{t+1} before auto-reset (dead rows: the state they died in)
 
 
-def _value_path(mode: str, logits: Tensor, q: Tensor, mask: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+def _value_path(
+    mode: str, logits: Tensor, q: Tensor, mask: Tensor, generator: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor]:
     """One decision: ``(action op, stored value, op the value was read at)`` with ``mode``'s rule."""
     if mode == "legacy":  # esper 97d9ba3f: forward's draw gives the value, a second draw the action
         fwd = select_op(logits, q, mask, generator=generator)
@@ -143,7 +161,9 @@ def _value_path(mode: str, logits: Tensor, q: Tensor, mask: Tensor, generator: t
     return sel.op, sel.value, torch.full_like(sel.op, -1)
 
 
-def _bootstrap_path(mode: str, logits: Tensor, q: Tensor, mask: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+def _bootstrap_path(
+    mode: str, logits: Tensor, q: Tensor, mask: Tensor, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
     """Bootstrap at s' (deterministic call, as the trainer): ``(value, returned action op)``."""
     greedy = select_op(logits, q, mask, deterministic=True)
     if mode == "legacy":  # value from forward's random draw, action = argmax
@@ -154,8 +174,9 @@ def _bootstrap_path(mode: str, logits: Tensor, q: Tensor, mask: Tensor, generato
     return greedy.value, greedy.op
 
 
-def rollout(mdp: ExactMDP, policy: TabularPolicy, q_table: Tensor, mode: str, steps: int,
-            generator: torch.Generator) -> Rollout:  # fmt: skip
+def rollout(
+    mdp: ExactMDP, policy: TabularPolicy, q_table: Tensor, mode: str, steps: int, generator: torch.Generator
+) -> Rollout:
     """Run every row of ``mdp`` for ``steps`` steps from its current state (auto-reset) under ``policy``.
 
     ``q_table`` ``(S, NUM_OPS)`` is the critic read through ``select_op``; the blueprint sub-head is
@@ -177,11 +198,22 @@ def rollout(mdp: ExactMDP, policy: TabularPolicy, q_table: Tensor, mode: str, st
         boot_point = step.truncated | ((~done) if t == T - 1 else torch.zeros_like(done))
         s2 = step.final.state
         boot, boot_op = _bootstrap_path(mode, op_logits[s2], q_table[s2], step.final.masks["op"], generator)
-        for k, x in (("state", s), ("time", obs.time), ("op", op), ("sub", sub), ("reward", step.reward), ("terminated", step.terminated),
-                     ("truncated", step.truncated), ("done", done), ("value", value), ("value_op", value_op),
-                     ("bootstrap", torch.where(boot_point, boot, torch.zeros_like(boot))), ("boot_point", boot_point),
-                     ("boot_action_op", torch.where(boot_point, boot_op, torch.full_like(boot_op, -1))),
-                     ("final_state", s2)):  # fmt: skip
+        for k, x in (
+            ("state", s),
+            ("time", obs.time),
+            ("op", op),
+            ("sub", sub),
+            ("reward", step.reward),
+            ("terminated", step.terminated),
+            ("truncated", step.truncated),
+            ("done", done),
+            ("value", value),
+            ("value_op", value_op),
+            ("bootstrap", torch.where(boot_point, boot, torch.zeros_like(boot))),
+            ("boot_point", boot_point),
+            ("boot_action_op", torch.where(boot_point, boot_op, torch.full_like(boot_op, -1))),
+            ("final_state", s2),
+        ):
             cols[k].append(x)
         obs = step.next
     return Rollout(**{k: torch.stack(v, 1) for k, v in cols.items()})
@@ -189,8 +221,9 @@ def rollout(mdp: ExactMDP, policy: TabularPolicy, q_table: Tensor, mode: str, st
 
 def gae(roll: Rollout, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
     """The trainer's GAE on a rollout: ``(advantages, returns)`` ``[E, T]`` (float64 inputs for exactness)."""
-    return compute_gae(roll.reward.double(), roll.value.double(), roll.done, roll.truncated,
-                       roll.bootstrap.double(), gamma, lam)  # fmt: skip
+    return compute_gae(
+        roll.reward.double(), roll.value.double(), roll.done, roll.truncated, roll.bootstrap.double(), gamma, lam
+    )
 
 
 def steps_to_cut(roll: Rollout, horizon: int) -> Tensor:
@@ -210,8 +243,9 @@ def bootstrap_gap(mode: str, exact: ExactValues, policy: TabularPolicy, mdp: Exa
     return exact.q[torch.arange(exact.q.shape[0]), greedy] - exact.v
 
 
-def analytic_expectation(roll: Rollout, exact: ExactValues, mode: str, gamma: float, lam: float,
-                         policy: TabularPolicy, mdp: ExactMDP) -> Tensor:  # fmt: skip
+def analytic_expectation(
+    roll: Rollout, exact: ExactValues, mode: str, gamma: float, lam: float, policy: TabularPolicy, mdp: ExactMDP
+) -> Tensor:
     """``E[GAE_t | s_t, a_t, k_t]`` with the oracle critic, ``[E, T]`` float64 (module docstring):
 
         Q(s_t, op_t, b_t) - m_t + (gamma lambda)^k_t gamma [P(. | s_t, a_t) P_pi^k_t g]
@@ -281,24 +315,41 @@ def advantage_stats(roll: Rollout, exact: ExactValues, gamma: float, lam: float)
     boot_rows = roll.boot_point.sum(1).clamp(min=1)
     boot_row_means = torch.where(roll.boot_point, roll.bootstrap.double() - v[roll.final_state], 0.0).sum(1) / boot_rows
     return {
-        "bias": float(err.mean()), "bias_se": float(row_means.std() / math.sqrt(E)),
-        "err_var": float(err.var()), "err_std": float(err.std()),
+        "bias": float(err.mean()),
+        "bias_se": float(row_means.std() / math.sqrt(E)),
+        "err_var": float(err.var()),
+        "err_std": float(err.std()),
         "cond_bias_rms": _cond_bias_rms(err.flatten(), cell, NUM_STATES * A * B),
-        "corr": _corr(adv.flatten(), true.flatten()), "corr_op": _corr(adv.flatten(), true_op.flatten()),
+        "corr": _corr(adv.flatten(), true.flatten()),
+        "corr_op": _corr(adv.flatten(), true_op.flatten()),
         "slope_op": float(((adv - adv.mean()) * top).sum() / top.pow(2).sum()),
-        "adv_std": float(adv.std()), "explained_variance": float(explained_variance(roll.value.double(), ret)),
-        "boot_bias": float(boot_err.mean()), "boot_bias_se": float(boot_row_means.std() / math.sqrt(E)),
-        "boot_std": float(boot_err.std()), "boot_rmse": float(boot_err.pow(2).mean().sqrt()),
-        "n_steps": int(err.numel()), "n_boot": int(boot_err.numel()),
-    }  # fmt: skip
+        "adv_std": float(adv.std()),
+        "explained_variance": float(explained_variance(roll.value.double(), ret)),
+        "boot_bias": float(boot_err.mean()),
+        "boot_bias_se": float(boot_row_means.std() / math.sqrt(E)),
+        "boot_std": float(boot_err.std()),
+        "boot_rmse": float(boot_err.pow(2).mean().sqrt()),
+        "n_steps": int(err.numel()),
+        "n_boot": int(boot_err.numel()),
+    }
 
 
 # ======================================================================================================
 # A learned (imperfect) critic, trained the way the trainer trains it
 # ======================================================================================================
-def learn_critic(policy: TabularPolicy, mode: str, *, config: ExactMDPConfig | None = None, updates: int = 60,
-                 num_envs: int = 128, steps: int | None = None, lam: float = 0.95, lr: float = 0.1, epochs: int = 4,
-                 seed: int = 0) -> Tensor:  # fmt: skip
+def learn_critic(
+    policy: TabularPolicy,
+    mode: str,
+    *,
+    config: ExactMDPConfig | None = None,
+    updates: int = 60,
+    num_envs: int = 128,
+    steps: int | None = None,
+    lam: float = 0.95,
+    lr: float = 0.1,
+    epochs: int = 4,
+    seed: int = 0,
+) -> Tensor:
     """A tabular ``Q(s, op)`` critic learned under ``mode`` with ``policy`` fixed; returns ``(S, NUM_OPS)``.
 
     As :class:`esper_fast.ppo.Trainer`: from Q = 0, each update rolls out with the mode's value path,
@@ -311,8 +362,18 @@ def learn_critic(policy: TabularPolicy, mode: str, *, config: ExactMDPConfig | N
         return _learn_critic(policy, mode, config, updates, num_envs, steps, lam, lr, epochs, seed)
 
 
-def _learn_critic(policy: TabularPolicy, mode: str, config: ExactMDPConfig | None, updates: int, num_envs: int,
-                  steps: int | None, lam: float, lr: float, epochs: int, seed: int) -> Tensor:  # fmt: skip
+def _learn_critic(
+    policy: TabularPolicy,
+    mode: str,
+    config: ExactMDPConfig | None,
+    updates: int,
+    num_envs: int,
+    steps: int | None,
+    lam: float,
+    lr: float,
+    epochs: int,
+    seed: int,
+) -> Tensor:
     mdp = ExactMDP(num_envs, config, seed=seed)
     steps = steps or mdp.horizon
     q = torch.zeros(NUM_STATES, A, dtype=torch.float64, requires_grad=True)
@@ -329,17 +390,33 @@ def _learn_critic(policy: TabularPolicy, mode: str, config: ExactMDPConfig | Non
             return MinibatchLoss(loss, loss.new_zeros(()), {})  # (no policy: no KL, no early stop)
 
         # the trainer's epoch loop: one full batch per epoch, no gradient clipping (max_grad_norm None)
-        run_epochs(critic_loss, num_envs, [q], opt, epochs=epochs, num_minibatches=1, minibatch_rows=num_envs,
-                   target_kl=None, max_grad_norm=None, device="cpu")  # fmt: skip
+        run_epochs(
+            critic_loss,
+            num_envs,
+            [q],
+            opt,
+            epochs=epochs,
+            num_minibatches=1,
+            minibatch_rows=num_envs,
+            target_kl=None,
+            max_grad_norm=None,
+            device="cpu",
+        )
     return q.detach()
 
 
 # ======================================================================================================
 # The study
 # ======================================================================================================
-def run_study(num_envs: int = 4096, seed: int = 0, config: ExactMDPConfig | None = None,
-              lambdas: Sequence[float] = LAMBDAS, modes: Sequence[str] = MODES,
-              critic_updates: Sequence[int] = CRITIC_UPDATES, log=print) -> dict[str, Any]:  # fmt: skip
+def run_study(
+    num_envs: int = 4096,
+    seed: int = 0,
+    config: ExactMDPConfig | None = None,
+    lambdas: Sequence[float] = LAMBDAS,
+    modes: Sequence[str] = MODES,
+    critic_updates: Sequence[int] = CRITIC_UPDATES,
+    log=print,
+) -> dict[str, Any]:
     """Every (critic, mode, lambda) cell; returns ``{"rows": [...], "meta": {...}}``.
 
     Critics: ``oracle`` (exact Q^pi) and, for each n in ``critic_updates``, ``learned-n``: the mode's
@@ -349,8 +426,15 @@ def run_study(num_envs: int = 4096, seed: int = 0, config: ExactMDPConfig | None
         return _run_study(num_envs, seed, config, lambdas, modes, critic_updates, log)
 
 
-def _run_study(num_envs: int, seed: int, config: ExactMDPConfig | None, lambdas: Sequence[float],
-               modes: Sequence[str], critic_updates: Sequence[int], log) -> dict[str, Any]:  # fmt: skip
+def _run_study(
+    num_envs: int,
+    seed: int,
+    config: ExactMDPConfig | None,
+    lambdas: Sequence[float],
+    modes: Sequence[str],
+    critic_updates: Sequence[int],
+    log,
+) -> dict[str, Any]:
     mdp0 = ExactMDP(1, config)
     policy = study_policy(mdp0, seed=seed)
     exact = mdp0.solve_full(policy)
@@ -376,27 +460,49 @@ def _run_study(num_envs: int, seed: int, config: ExactMDPConfig | None, lambdas:
             roll = rollout(mdp, policy, tables[mode], mode, mdp.horizon, gen)
             for lam in lambdas:
                 stats = advantage_stats(roll, exact, mdp.gamma, lam)
-                rows.append({"critic": critic, "mode": mode, "lambda": lam, "critic_rmse_q": critic_err[critic][mode][0],
-                             "critic_rmse_v": critic_err[critic][mode][1], **stats})  # fmt: skip
+                rows.append(
+                    {
+                        "critic": critic,
+                        "mode": mode,
+                        "lambda": lam,
+                        "critic_rmse_q": critic_err[critic][mode][0],
+                        "critic_rmse_v": critic_err[critic][mode][1],
+                        **stats,
+                    }
+                )
             log(f"{critic:>7} {mode:>8}: {roll.state.numel()} steps in {time.perf_counter() - t0:.1f}s")
     a_op = exact.q - exact.v.unsqueeze(1)
     meta = {
-        "num_envs": num_envs, "seed": seed, "gamma": mdp0.gamma, "horizon": mdp0.horizon,
-        "policy_objective": mdp0.objective(policy), "optimal_objective": float(mdp0.rho0 @ mdp0.optimal()[1]),
+        "num_envs": num_envs,
+        "seed": seed,
+        "gamma": mdp0.gamma,
+        "horizon": mdp0.horizon,
+        "policy_objective": mdp0.objective(policy),
+        "optimal_objective": float(mdp0.rho0 @ mdp0.optimal()[1]),
         "uniform_objective": mdp0.objective(TabularPolicy.uniform()),
         "op_advantage_rms": float(((pi_op * a_op**2).sum(1)).mean().sqrt()),
         "config": vars(mdp0.config) if hasattr(mdp0.config, "__dict__") else {},
-    }  # fmt: skip
+    }
     return {"rows": rows, "meta": meta}
 
 
-COLUMNS = (("critic", "critic", "{}"), ("mode", "mode", "{}"), ("lambda", "λ", "{:g}"),
-           ("critic_rmse_v", "RMSE(V̂)", "{:.2f}"),
-           ("bias", "mean(Â−A)", "{:+.3f}"), ("bias_se", "±SE", "{:.3f}"), ("err_var", "var(Â−A)", "{:.2f}"),
-           ("cond_bias_rms", "cond. bias RMS", "{:.3f}"), ("corr", "corr(Â,A)", "{:.3f}"),
-           ("corr_op", "corr(Â,A_op)", "{:.3f}"), ("slope_op", "slope on A_op", "{:+.3f}"),
-           ("explained_variance", "EV", "{:.3f}"), ("boot_bias", "boot − V", "{:+.3f}"),
-           ("boot_bias_se", "±SE", "{:.3f}"), ("boot_rmse", "boot RMSE", "{:.3f}"))  # fmt: skip
+COLUMNS = (
+    ("critic", "critic", "{}"),
+    ("mode", "mode", "{}"),
+    ("lambda", "λ", "{:g}"),
+    ("critic_rmse_v", "RMSE(V̂)", "{:.2f}"),
+    ("bias", "mean(Â−A)", "{:+.3f}"),
+    ("bias_se", "±SE", "{:.3f}"),
+    ("err_var", "var(Â−A)", "{:.2f}"),
+    ("cond_bias_rms", "cond. bias RMS", "{:.3f}"),
+    ("corr", "corr(Â,A)", "{:.3f}"),
+    ("corr_op", "corr(Â,A_op)", "{:.3f}"),
+    ("slope_op", "slope on A_op", "{:+.3f}"),
+    ("explained_variance", "EV", "{:.3f}"),
+    ("boot_bias", "boot − V", "{:+.3f}"),
+    ("boot_bias_se", "±SE", "{:.3f}"),
+    ("boot_rmse", "boot RMSE", "{:.3f}"),
+)
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -423,9 +529,12 @@ def plot_study(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     critics = list(dict.fromkeys(r["critic"] for r in rows))
     modes = list(dict.fromkeys(r["mode"] for r in rows))
     lams = list(dict.fromkeys(r["lambda"] for r in rows))
-    panels = (("cond_bias_rms", "conditional bias RMS of Â−A", None), ("err_std", "std(Â−A)", None),
-              ("slope_op", "slope of Â on A_op = Q(s,op)−V(s)\n(1 = op head gets its advantage)", None),
-              ("boot_bias", "bootstrap − V(s') (mean ± 2 SE)", "boot_bias_se"))  # fmt: skip
+    panels = (
+        ("cond_bias_rms", "conditional bias RMS of Â−A", None),
+        ("err_std", "std(Â−A)", None),
+        ("slope_op", "slope of Â on A_op = Q(s,op)−V(s)\n(1 = op head gets its advantage)", None),
+        ("boot_bias", "bootstrap − V(s') (mean ± 2 SE)", "boot_bias_se"),
+    )
     colors = MODE_COLORS
     fig, axes = new_figure(len(critics), len(panels), figsize=(4.2 * len(panels), 3.3 * len(critics)))
     width = 0.8 / len(modes)
@@ -449,13 +558,20 @@ def plot_study(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="esper-fast study advantage-bias", description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="study-results",
-                   help="directory for value_baselines_study.{md,csv,json,png} (default ./study-results; "
-                        "docs/ holds the committed results)")
+    p.add_argument(
+        "--out",
+        default="study-results",
+        help="directory for value_baselines_study.{md,csv,json,png} (default ./study-results; "
+        "docs/ holds the committed results)",
+    )
     p.add_argument("--num-envs", type=int, default=4096, help="rollout rows per (critic, mode) (default 4096)")
     p.add_argument("--seed", type=int, default=0, help="seed of the policy, envs and samplers (default 0)")
-    p.add_argument("--critic-updates", type=lambda t: tuple(int(x) for x in t.split(",") if x), default=CRITIC_UPDATES,
-                   help="updates of each learned critic, comma-separated, empty = oracle only (default 60,10)")
+    p.add_argument(
+        "--critic-updates",
+        type=lambda t: tuple(int(x) for x in t.split(",") if x),
+        default=CRITIC_UPDATES,
+        help="updates of each learned critic, comma-separated, empty = oracle only (default 60,10)",
+    )
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     return p
 
@@ -463,8 +579,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def main(argv: Sequence[str] | None = None) -> int:
     """``esper-fast study advantage-bias``: run the study, print the table, write md/csv/json/png."""
     args = build_parser().parse_args(argv)
-    result = run_study(args.num_envs, args.seed, critic_updates=args.critic_updates,
-                       log=lambda m: print(m, file=sys.stderr))  # fmt: skip
+    result = run_study(
+        args.num_envs, args.seed, critic_updates=args.critic_updates, log=lambda m: print(m, file=sys.stderr)
+    )
     table = format_table(result["rows"])
     print(table)
     out = Path(args.out)

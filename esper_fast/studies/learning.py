@@ -11,7 +11,8 @@ Four suites, each run for every value mode (``exact300``: ``q_op`` and ``expecte
   value path is :func:`esper_fast.studies.advantage_bias.rollout` (``select_op``). The final policy
   is scored *exactly* (``sum_s rho0(s) V^pi(s)`` by DP).
 * ``exact``   - the real :class:`esper_fast.ppo.Trainer` (LSTM FactoredPolicy / ReferencePolicy,
-  esper's update, hyper-parameters :data:`STUDY_PPO`) on ExactMDP through :class:`~esper_fast.envs.exact_mdp.ExactMDPEsperEnv`
+  esper's update, hyper-parameters :data:`STUDY_PPO`) on ExactMDP through
+  :class:`~esper_fast.envs.exact_mdp.ExactMDPEsperEnv`
   (given to it: ``Trainer(cfg, env=...)``); scored by the mean return of 2048 fresh episodes (sampled
   actions, the trainer's :class:`~esper_fast.ppo.agent.PolicyActor`).
 * ``exact300`` - the ``exact`` suite run for 300 updates (``q_op`` and ``expected``), with the critic
@@ -33,30 +34,58 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from esper_fast.constants import (
-    HEAD_NAMES, POLICY_VALUE_MODES, GerminationStyle, LifecycleOp, get_action_head_sizes,
-)  # fmt: skip
+    HEAD_NAMES,
+    POLICY_VALUE_MODES,
+    GerminationStyle,
+    LifecycleOp,
+    get_action_head_sizes,
+)
 from esper_fast.envs.exact_mdp import (
-    BLUEPRINT_IDS, NUM_STATES, ExactMDP, ExactMDPConfig, ExactMDPEsperEnv, TabularPolicy,
-)  # fmt: skip
+    BLUEPRINT_IDS,
+    NUM_STATES,
+    ExactMDP,
+    ExactMDPConfig,
+    ExactMDPEsperEnv,
+    TabularPolicy,
+)
 from esper_fast.plotting import MODE_COLORS, NO_MATPLOTLIB, new_figure, save_figure
 from esper_fast.ppo.config import ENTROPY_COEF_PER_HEAD
-from esper_fast.ppo.gae import compute_gae, explained_variance, normalize_advantages
 from esper_fast.ppo.epochs import MinibatchLoss, run_epochs
+from esper_fast.ppo.gae import compute_gae, explained_variance, normalize_advantages
 from esper_fast.ppo.losses import approx_kl, entropy_loss, head_ratios, policy_loss, value_loss
 from esper_fast.studies.advantage_bias import MODES, rollout, single_thread
 
-__all__ = ["TabularPPOConfig", "train_tabular", "train_trainer_exact", "train_trainer_seed", "evaluate_on_exact",
-           "critic_diagnostics", "write_runs_csv", "STUDY_PPO", "EXACT300_PPO", "plot_diagnostics", "train_trainer_exact_long", "LONG_MODES",
-           "t_interval", "SUITES", "run_suite", "summarize", "format_summary", "plot_learning", "main"]  # fmt: skip
+__all__ = [
+    "TabularPPOConfig",
+    "train_tabular",
+    "train_trainer_exact",
+    "train_trainer_seed",
+    "evaluate_on_exact",
+    "critic_diagnostics",
+    "write_runs_csv",
+    "STUDY_PPO",
+    "EXACT300_PPO",
+    "plot_diagnostics",
+    "train_trainer_exact_long",
+    "LONG_MODES",
+    "t_interval",
+    "SUITES",
+    "run_suite",
+    "summarize",
+    "format_summary",
+    "plot_learning",
+    "main",
+]
 
 A, B = ExactMDP.num_ops, ExactMDP.num_sub
 _GERM = int(LifecycleOp.GERMINATE)
@@ -101,8 +130,9 @@ class TabularPPOConfig:
     normalize_advantages: bool = True
 
 
-def _head_terms(op_logits: Tensor, bp_logits: Tensor, s: Tensor, op: Tensor, b: Tensor, op_mask: Tensor,
-                sub_mask: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:  # fmt: skip
+def _head_terms(
+    op_logits: Tensor, bp_logits: Tensor, s: Tensor, op: Tensor, b: Tensor, op_mask: Tensor, sub_mask: Tensor
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Per-head log-probs of the stored actions and normalised entropies: the update's scoring,
     :func:`esper_fast.ops.score.score_actions_reference` (esper's -1e4 masking), on the tabular logits.
 
@@ -122,8 +152,15 @@ def _head_terms(op_logits: Tensor, bp_logits: Tensor, s: Tensor, op: Tensor, b: 
     return score_actions_reference(logits, masks, actions)
 
 
-def _tabular_loss(rows: Tensor, *, cfg: TabularPPOConfig, tables: tuple[Tensor, Tensor, Tensor],
-                  batch: dict[str, Tensor], old_lp: dict[str, Tensor], causal: dict[str, Tensor]) -> MinibatchLoss:  # fmt: skip
+def _tabular_loss(
+    rows: Tensor,
+    *,
+    cfg: TabularPPOConfig,
+    tables: tuple[Tensor, Tensor, Tensor],
+    batch: dict[str, Tensor],
+    old_lp: dict[str, Tensor],
+    causal: dict[str, Tensor],
+) -> MinibatchLoss:
     """esper's loss terms on the tables for the rollout rows ``rows`` (the epoch loop's callback)."""
     op_logits, bp_logits, q = tables
     mb = {k: v[rows] for k, v in batch.items()}
@@ -131,14 +168,17 @@ def _tabular_loss(rows: Tensor, *, cfg: TabularPPOConfig, tables: tuple[Tensor, 
     old = {h: v[rows] for h, v in old_lp.items()}
     cz = {h: v[rows] for h, v in causal.items()}
     ratios = head_ratios(new_lp, old)
-    loss = (policy_loss(ratios, mb["adv"], cz, cfg.clip_ratio)
-            + cfg.value_coef * value_loss(q[mb["s"], mb["op"]], mb["old_q"], mb["ret"], True, cfg.value_clip)
-            + cfg.entropy_coef * entropy_loss(ent, cz, ENTROPY_COEF_PER_HEAD))  # fmt: skip
+    loss = (
+        policy_loss(ratios, mb["adv"], cz, cfg.clip_ratio)
+        + cfg.value_coef * value_loss(q[mb["s"], mb["op"]], mb["old_q"], mb["ret"], True, cfg.value_clip)
+        + cfg.entropy_coef * entropy_loss(ent, cz, ENTROPY_COEF_PER_HEAD)
+    )
     return MinibatchLoss(loss, approx_kl(new_lp, old, cz), {})
 
 
-def train_tabular(mode: str, seed: int, cfg: TabularPPOConfig = TabularPPOConfig(),
-                  mdp_config: ExactMDPConfig | None = None) -> dict[str, Any]:  # fmt: skip
+def train_tabular(
+    mode: str, seed: int, cfg: TabularPPOConfig = TabularPPOConfig(), mdp_config: ExactMDPConfig | None = None
+) -> dict[str, Any]:
     """Tabular PPO with value mode ``mode``; returns the exact objective curve and explained variance.
 
     The blueprint logits are per state (not per op), like esper's blueprint head; the blueprint is
@@ -165,8 +205,9 @@ def _train_tabular(mode: str, seed: int, cfg: TabularPPOConfig, mdp_config: Exac
     objective, ev_curve, ret_curve = [mdp.objective(current())], [], []
     for _ in range(cfg.updates):
         roll = rollout(mdp, current(), q.detach(), mode, cfg.steps, gen)
-        adv, ret = compute_gae(roll.reward, roll.value, roll.done, roll.truncated, roll.bootstrap, mdp.gamma,
-                               cfg.gae_lambda)  # fmt: skip
+        adv, ret = compute_gae(
+            roll.reward, roll.value, roll.done, roll.truncated, roll.bootstrap, mdp.gamma, cfg.gae_lambda
+        )
         ev_curve.append(float(explained_variance(roll.value, ret)))
         if cfg.normalize_advantages:
             adv = normalize_advantages(adv)
@@ -179,40 +220,75 @@ def _train_tabular(mode: str, seed: int, cfg: TabularPPOConfig, mdp_config: Exac
         causal["op"], causal["blueprint"] = torch.ones_like(op, dtype=torch.bool), op == _GERM
 
         batch = {"s": s, "op": op, "b": b, "om": om, "sm": sm, "adv": adv, "ret": ret, "old_q": old_q}
-        loss_fn = partial(_tabular_loss, cfg=cfg, tables=(op_logits, bp_logits, q), batch=batch, old_lp=old_lp,
-                          causal=causal)  # fmt: skip
+        loss_fn = partial(
+            _tabular_loss, cfg=cfg, tables=(op_logits, bp_logits, q), batch=batch, old_lp=old_lp, causal=causal
+        )
         # the trainer's epoch loop: esper's one full batch per epoch, the KL early stop, the clipped step
-        run_epochs(loss_fn, cfg.num_envs, [op_logits, bp_logits, q], opt, epochs=cfg.epochs, num_minibatches=1,
-                   minibatch_rows=cfg.num_envs, target_kl=cfg.target_kl, max_grad_norm=cfg.max_grad_norm,
-                   device="cpu")  # fmt: skip
+        run_epochs(
+            loss_fn,
+            cfg.num_envs,
+            [op_logits, bp_logits, q],
+            opt,
+            epochs=cfg.epochs,
+            num_minibatches=1,
+            minibatch_rows=cfg.num_envs,
+            target_kl=cfg.target_kl,
+            max_grad_norm=cfg.max_grad_norm,
+            device="cpu",
+        )
         objective.append(mdp.objective(current()))
         ret_curve.append(mdp.expected_episode_return(current()))
     tail = max(1, cfg.updates // 5)
     return {
-        "suite": "tabular", "mode": mode, "seed": seed, "config": asdict(cfg),
-        "final_objective": objective[-1], "final_episode_return": ret_curve[-1],
-        "explained_variance": sum(ev_curve[-tail:]) / tail, "objective_curve": objective,
-        "episode_return_curve": ret_curve, "ev_curve": ev_curve,
+        "suite": "tabular",
+        "mode": mode,
+        "seed": seed,
+        "config": asdict(cfg),
+        "final_objective": objective[-1],
+        "final_episode_return": ret_curve[-1],
+        "explained_variance": sum(ev_curve[-tail:]) / tail,
+        "objective_curve": objective,
+        "episode_return_curve": ret_curve,
+        "ev_curve": ev_curve,
         "steps_per_update": cfg.num_envs * cfg.steps,
-    }  # fmt: skip
+    }
 
 
 # ======================================================================================================
 # The real trainer on ExactMDP and on SeedLifecycleEnv
 # ======================================================================================================
 STUDY_PPO: dict[str, Any] = dict(
-    num_envs=16, update_epochs=4, num_minibatches=4, learning_rate=1e-3, anneal_lr=True, target_kl=0.03,
-    gamma=0.99, gae_lambda=0.95, entropy_coef=0.01, entropy_coef_end=None, entropy_anneal_updates=0,
-    entropy_coef_min=0.0, op_conditioned_slot=True, torch_threads=1,
-)  # fmt: skip
+    num_envs=16,
+    update_epochs=4,
+    num_minibatches=4,
+    learning_rate=1e-3,
+    anneal_lr=True,
+    target_kl=0.03,
+    gamma=0.99,
+    gae_lambda=0.95,
+    entropy_coef=0.01,
+    entropy_coef_end=None,
+    entropy_anneal_updates=0,
+    entropy_coef_min=0.0,
+    op_conditioned_slot=True,
+    torch_threads=1,
+)
 """Trainer hyper-parameters of the ``exact`` and ``seed`` suites, pinned (the "default" preset of the
 time the study was run) so that later preset changes do not change the study. ``exact`` uses the
 MDP's gamma (0.95). Every mode samples the slot op-conditioned (``op_conditioned_slot``), so modes
 differ only in the value baseline."""
 EXACT300_PPO: dict[str, Any] = dict(entropy_coef=0.05, entropy_coef_end=0.0, entropy_anneal_updates=250)
 """``exact300`` ran with the later "default" preset's entropy schedule (0.05 annealed to 0 over 250 updates)."""
-def evaluate_on_exact(policy, obs_normalizer, op_conditioned_slot: bool, episodes: int = 2048, seed: int = 12345,
-                      mdp_config: ExactMDPConfig | None = None) -> dict[str, float]:  # fmt: skip
+
+
+def evaluate_on_exact(
+    policy,
+    obs_normalizer,
+    op_conditioned_slot: bool,
+    episodes: int = 2048,
+    seed: int = 12345,
+    mdp_config: ExactMDPConfig | None = None,
+) -> dict[str, float]:
     """Mean undiscounted and discounted return of ``episodes`` fresh ExactMDP episodes (sampled actions)."""
     from esper_fast.ppo.agent import PolicyActor
 
@@ -250,8 +326,11 @@ def critic_diagnostics(policy, obs_normalizer, mdp_config: ExactMDPConfig | None
     eo = env._view(env.mdp.set_state(torch.arange(NUM_STATES)))
     device = next(policy.parameters()).device
     with torch.no_grad():
-        out = policy.heads(obs_normalizer.normalize(eo.obs).unsqueeze(1), eo.blueprint_indices.unsqueeze(1),
-                           policy.get_initial_hidden(NUM_STATES, device))  # fmt: skip
+        out = policy.heads(
+            obs_normalizer.normalize(eo.obs).unsqueeze(1),
+            eo.blueprint_indices.unsqueeze(1),
+            policy.get_initial_hidden(NUM_STATES, device),
+        )
     op_logits = out.logits["op"][:, 0].double().cpu()
     bp_logits = out.logits["blueprint"][:, 0].double().cpu()[:, list(BLUEPRINT_IDS)]
     q_hat = out.q_values[:, 0].double().cpu()
@@ -264,8 +343,12 @@ def critic_diagnostics(policy, obs_normalizer, mdp_config: ExactMDPConfig | None
     spread = lambda a: float((pi_op * a**2).sum(1).sqrt().mean())  # noqa: E731
     cov = (pi_op * a_true * a_hat).sum()
     corr = cov / ((pi_op * a_true**2).sum() * (pi_op * a_hat**2).sum()).sqrt().clamp(min=1e-12)
-    return {"true_op_spread": spread(a_true), "critic_op_spread": spread(a_hat), "critic_op_corr": float(corr),
-            "tabular_objective": mdp.objective(tab)}  # fmt: skip
+    return {
+        "true_op_spread": spread(a_true),
+        "critic_op_spread": spread(a_hat),
+        "critic_op_corr": float(corr),
+        "tabular_objective": mdp.objective(tab),
+    }
 
 
 HEAD_MODES: tuple[str, ...] = ("head_v", "head_q")
@@ -286,9 +369,17 @@ def _tail_mean(rows: list[dict[str, Any]], key: str, n: int) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def train_trainer_exact(mode: str, seed: int, updates: int = 120, num_envs: int = 16, rollout_steps: int = 40,
-                        hidden: int = 64, eval_episodes: int = 2048, diag_every: int = 10,
-                        ppo_overrides: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+def train_trainer_exact(
+    mode: str,
+    seed: int,
+    updates: int = 120,
+    num_envs: int = 16,
+    rollout_steps: int = 40,
+    hidden: int = 64,
+    eval_episodes: int = 2048,
+    diag_every: int = 10,
+    ppo_overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The real Trainer (:data:`STUDY_PPO`, ``hidden`` units, gamma = the MDP's) on ExactMDPEsperEnv.
 
     Every ``diag_every`` updates :func:`critic_diagnostics` is recorded (``diag_curve``).
@@ -300,10 +391,22 @@ def train_trainer_exact(mode: str, seed: int, updates: int = 120, num_envs: int 
     preset, mode_fields = _preset_for(mode)
     if preset == "esper-head":
         diag_every = 0  # critic_diagnostics reads FactoredPolicy's heads()
-    cfg = make_config(preset, **{**ppo, **mode_fields, "seed": seed, "feature_dim": hidden,
-                                  "lstm_hidden_dim": hidden, "num_envs": num_envs, "episode_length": mdp_cfg.horizon,
-                                  "rollout_steps": rollout_steps, "total_timesteps": num_envs * rollout_steps * updates,
-                                  "gamma": mdp_cfg.gamma, "eval_episodes": 0})  # fmt: skip
+    cfg = make_config(
+        preset,
+        **{
+            **ppo,
+            **mode_fields,
+            "seed": seed,
+            "feature_dim": hidden,
+            "lstm_hidden_dim": hidden,
+            "num_envs": num_envs,
+            "episode_length": mdp_cfg.horizon,
+            "rollout_steps": rollout_steps,
+            "total_timesteps": num_envs * rollout_steps * updates,
+            "gamma": mdp_cfg.gamma,
+            "eval_episodes": 0,
+        },
+    )
     env = ExactMDPEsperEnv(num_envs, mdp_cfg, seed=seed)
     trainer = Trainer(cfg, run_dir=None, env=env, log=lambda _m: None, tensorboard=False)
     rows: list[dict[str, Any]] = []
@@ -312,33 +415,53 @@ def train_trainer_exact(mode: str, seed: int, updates: int = 120, num_envs: int 
     def on_update(row: dict[str, Any]) -> None:
         rows.append(row)
         if diag_every and len(rows) % diag_every == 0:
-            diag_curve.append({"update": len(rows), **critic_diagnostics(trainer.policy, trainer.obs_normalizer, mdp_cfg)})
+            diag_curve.append(
+                {"update": len(rows), **critic_diagnostics(trainer.policy, trainer.obs_normalizer, mdp_cfg)}
+            )
 
     t0 = time.perf_counter()
     trainer.train(on_update=on_update, handle_signals=False)
     ev = evaluate_on_exact(trainer.policy, trainer.obs_normalizer, bool(cfg.op_conditioned_slot), eval_episodes)
     diag = critic_diagnostics(trainer.policy, trainer.obs_normalizer, mdp_cfg) if preset != "esper-head" else {}
     tail = max(1, updates // 5)
-    return {**diag,
-        "suite": "exact", "mode": mode, "seed": seed, "updates": updates, "env_steps": trainer.global_step,
-        "final_episode_return": ev["mean_return"], "final_return_se": ev["return_se"],
+    return {
+        **diag,
+        "suite": "exact",
+        "mode": mode,
+        "seed": seed,
+        "updates": updates,
+        "env_steps": trainer.global_step,
+        "final_episode_return": ev["mean_return"],
+        "final_return_se": ev["return_se"],
         "final_discounted_return": ev["mean_discounted_return"],
         "explained_variance": _tail_mean(rows, "losses/explained_variance", tail),
         "train_return_curve": [r.get("charts/episode_return") for r in rows],
-        "ev_curve": [r.get("losses/explained_variance") for r in rows], "diag_curve": diag_curve,
+        "ev_curve": [r.get("losses/explained_variance") for r in rows],
+        "diag_curve": diag_curve,
         "seconds": time.perf_counter() - t0,
-    }  # fmt: skip
+    }
 
 
-def train_trainer_seed(mode: str, seed: int, updates: int = 50, hidden: int = 64, eval_episodes: int = 32,
-                       eval_seed: int = 777) -> dict[str, Any]:  # fmt: skip
+def train_trainer_seed(
+    mode: str, seed: int, updates: int = 50, hidden: int = 64, eval_episodes: int = 32, eval_seed: int = 777
+) -> dict[str, Any]:
     """The real Trainer on SeedLifecycleEnv (:data:`STUDY_PPO` at ``hidden`` units, ``updates`` x 16 x 150 steps)."""
     from esper_fast.ppo import Trainer, make_config
 
     preset, mode_fields = _preset_for(mode)
-    cfg = make_config(preset, **{**STUDY_PPO, **mode_fields, "seed": seed, "feature_dim": hidden,
-                                  "lstm_hidden_dim": hidden, "total_timesteps": 16 * 150 * updates,
-                                  "eval_episodes": eval_episodes, "eval_seed": eval_seed})  # fmt: skip
+    cfg = make_config(
+        preset,
+        **{
+            **STUDY_PPO,
+            **mode_fields,
+            "seed": seed,
+            "feature_dim": hidden,
+            "lstm_hidden_dim": hidden,
+            "total_timesteps": 16 * 150 * updates,
+            "eval_episodes": eval_episodes,
+            "eval_seed": eval_seed,
+        },
+    )
     trainer = Trainer(cfg, run_dir=None, log=lambda _m: None, tensorboard=False)
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
@@ -346,32 +469,44 @@ def train_trainer_seed(mode: str, seed: int, updates: int = 50, hidden: int = 64
     evaluation = summary.get("evaluation", {})
     tail = max(1, updates // 5)
     return {
-        "suite": "seed", "mode": mode, "seed": seed, "updates": updates, "env_steps": trainer.global_step,
+        "suite": "seed",
+        "mode": mode,
+        "seed": seed,
+        "updates": updates,
+        "env_steps": trainer.global_step,
         "final_episode_return": evaluation["ppo (sampled)"]["mean_return"],
         "final_greedy_return": evaluation["ppo (greedy)"]["mean_return"],
-        "heuristic_return": evaluation["heuristic"]["mean_return"], "random_return": evaluation["random"]["mean_return"],
+        "heuristic_return": evaluation["heuristic"]["mean_return"],
+        "random_return": evaluation["random"]["mean_return"],
         "train_return_tail": _tail_mean(rows, "charts/episode_return", tail),
         "explained_variance": _tail_mean(rows, "losses/explained_variance", tail),
         "train_return_curve": [r.get("charts/episode_return") for r in rows],
-        "ev_curve": [r.get("losses/explained_variance") for r in rows], "seconds": time.perf_counter() - t0,
-    }  # fmt: skip
+        "ev_curve": [r.get("losses/explained_variance") for r in rows],
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def train_trainer_exact_long(mode: str, seed: int, updates: int = 300, **kwargs: Any) -> dict[str, Any]:
     """:func:`train_trainer_exact` for 300 updates with :data:`EXACT300_PPO` (suite ``exact300``)."""
-    return {**train_trainer_exact(mode, seed, updates=updates, ppo_overrides=EXACT300_PPO, **kwargs), "suite": "exact300"}
+    return {
+        **train_trainer_exact(mode, seed, updates=updates, ppo_overrides=EXACT300_PPO, **kwargs),
+        "suite": "exact300",
+    }
 
 
 SUITES: dict[str, Callable[..., dict[str, Any]]] = {
-    "tabular": train_tabular, "exact": train_trainer_exact, "seed": train_trainer_seed,
+    "tabular": train_tabular,
+    "exact": train_trainer_exact,
+    "seed": train_trainer_seed,
     "exact300": train_trainer_exact_long,
-}  # fmt: skip
+}
 LONG_MODES: tuple[str, ...] = POLICY_VALUE_MODES
 """Modes of the ``exact300`` suite (legacy left out to save CPU: it matches expected elsewhere)."""
 
 
-def run_suite(suite: str, seeds: Sequence[int], out: Path, modes: Sequence[str] = MODES, log=print,
-              **kwargs: Any) -> list[dict[str, Any]]:  # fmt: skip
+def run_suite(
+    suite: str, seeds: Sequence[int], out: Path, modes: Sequence[str] = MODES, log=print, **kwargs: Any
+) -> list[dict[str, Any]]:
     """Every (mode, seed) run of ``suite``; each result is cached in ``out/runs/<suite>_<mode>_<seed>.json``."""
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -386,8 +521,10 @@ def run_suite(suite: str, seeds: Sequence[int], out: Path, modes: Sequence[str] 
             res = SUITES[suite](mode, seed, **kwargs)
             path.write_text(json.dumps(res))
             results.append(res)
-            log(f"{suite} {mode:>8} seed {seed}: return {res['final_episode_return']:.2f}, "
-                f"EV {res['explained_variance']:.3f} ({time.perf_counter() - t0:.0f}s)")  # fmt: skip
+            log(
+                f"{suite} {mode:>8} seed {seed}: return {res['final_episode_return']:.2f}, "
+                f"EV {res['explained_variance']:.3f} ({time.perf_counter() - t0:.0f}s)"
+            )
     return results
 
 
@@ -422,10 +559,16 @@ def summarize(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def format_summary(summary: Sequence[dict[str, Any]]) -> str:
     """Markdown: one row per (suite, mode), ``mean ± 95% half-width``."""
-    cols = (("final_objective", "exact objective J"), ("final_episode_return", "episode return (sampled)"),
-            ("final_greedy_return", "episode return (greedy)"), ("explained_variance", "explained variance"))  # fmt: skip
-    lines = ["| suite | mode | seeds | " + " | ".join(c[1] for c in cols) + " |",
-             "|---|---|---:|" + "---:|" * len(cols)]  # fmt: skip
+    cols = (
+        ("final_objective", "exact objective J"),
+        ("final_episode_return", "episode return (sampled)"),
+        ("final_greedy_return", "episode return (greedy)"),
+        ("explained_variance", "explained variance"),
+    )
+    lines = [
+        "| suite | mode | seeds | " + " | ".join(c[1] for c in cols) + " |",
+        "|---|---|---:|" + "---:|" * len(cols),
+    ]
     for r in summary:
         cells = [f"{r[k]:.2f} ± {r[k + '_ci']:.2f}" if k in r else "" for k, _ in cols]
         lines.append(f"| {r['suite']} | {r['mode']} | {r['seeds']} | " + " | ".join(cells) + " |")
@@ -446,9 +589,22 @@ def write_runs_csv(results: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """One row per run: suite, mode, seed and the final metrics."""
     import csv
 
-    keys = ("suite", "mode", "seed", "final_objective", "final_episode_return", "final_greedy_return",
-            "explained_variance", "heuristic_return", "random_return", "critic_op_spread", "true_op_spread",
-            "critic_op_corr", "env_steps", "seconds")  # fmt: skip
+    keys = (
+        "suite",
+        "mode",
+        "seed",
+        "final_objective",
+        "final_episode_return",
+        "final_greedy_return",
+        "explained_variance",
+        "heuristic_return",
+        "random_return",
+        "critic_op_spread",
+        "true_op_spread",
+        "critic_op_corr",
+        "env_steps",
+        "seconds",
+    )
     path = Path(path)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -458,8 +614,9 @@ def write_runs_csv(results: Sequence[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
-def plot_learning(results: Sequence[dict[str, Any]], path: str | Path, references: dict[str, dict[str, float]],
-                  smooth: int = 5) -> Path:  # fmt: skip
+def plot_learning(
+    results: Sequence[dict[str, Any]], path: str | Path, references: dict[str, dict[str, float]], smooth: int = 5
+) -> Path:
     """Per suite: mean learning curve per mode with a 95% t-band (3+ seeds; the min-max range for 2)
     (tabular: exact objective J; the trainers' noisy per-update training returns and explained
     variances: ``smooth``-update moving mean)."""
@@ -468,11 +625,25 @@ def plot_learning(results: Sequence[dict[str, Any]], path: str | Path, reference
     panels = []
     for suite in suites:
         key = "objective_curve" if suite == "tabular" else "train_return_curve"
-        panels.append((suite, key, {"tabular": "exact objective J (ExactMDP, tabular PPO)",
-                                    "exact": f"training episode return, {smooth}-update mean (ExactMDP, Trainer)",
-                                    "exact300": f"training episode return, {smooth}-update mean (ExactMDP, Trainer, 300 updates)",
-                                    "seed": f"training episode return, {smooth}-update mean (SeedLifecycleEnv, Trainer)"}[suite]))  # fmt: skip
-        panels.append((suite, "ev_curve", f"explained variance ({suite}{'' if suite == 'tabular' else f', {smooth}-update mean'})"))
+        panels.append(
+            (
+                suite,
+                key,
+                {
+                    "tabular": "exact objective J (ExactMDP, tabular PPO)",
+                    "exact": f"training episode return, {smooth}-update mean (ExactMDP, Trainer)",
+                    "exact300": f"training episode return, {smooth}-update mean (ExactMDP, Trainer, 300 updates)",
+                    "seed": f"training episode return, {smooth}-update mean (SeedLifecycleEnv, Trainer)",
+                }[suite],
+            )
+        )
+        panels.append(
+            (
+                suite,
+                "ev_curve",
+                f"explained variance ({suite}{'' if suite == 'tabular' else f', {smooth}-update mean'})",
+            )
+        )
     cols = 2
     fig, axes = new_figure(len(suites), cols, figsize=(6.5 * cols, 3.4 * len(suites)))
     for i, (suite, key, title) in enumerate(panels):
@@ -527,12 +698,22 @@ def plot_diagnostics(results: Sequence[dict[str, Any]], path: str | Path) -> Pat
             mean = lambda key, j: sum(r["diag_curve"][j][key] for r in rs) / len(rs)  # noqa: E731
             lab = f"{mode} ({len(rs)} seeds)"
             axes[i][0].plot(xs, [mean("tabular_objective", j) for j in range(n)], color=colors[mode], label=lab)
-            axes[i][1].plot(xs, [mean("critic_op_spread", j) for j in range(n)], color=colors[mode], label=f"{lab}: critic")
-            axes[i][1].plot(xs, [mean("true_op_spread", j) for j in range(n)], color=colors[mode], linestyle="--",
-                            label=f"{lab}: exact")  # fmt: skip
+            axes[i][1].plot(
+                xs, [mean("critic_op_spread", j) for j in range(n)], color=colors[mode], label=f"{lab}: critic"
+            )
+            axes[i][1].plot(
+                xs,
+                [mean("true_op_spread", j) for j in range(n)],
+                color=colors[mode],
+                linestyle="--",
+                label=f"{lab}: exact",
+            )
             axes[i][2].plot(xs, [mean("critic_op_corr", j) for j in range(n)], color=colors[mode], label=lab)
-        titles = (f"{suite}: exact objective J of the network's policy", f"{suite}: RMS op advantage (critic vs exact)",
-                  f"{suite}: corr(critic op advantage, exact)")  # fmt: skip
+        titles = (
+            f"{suite}: exact objective J of the network's policy",
+            f"{suite}: RMS op advantage (critic vs exact)",
+            f"{suite}: corr(critic op advantage, exact)",
+        )
         for ax, title in zip(axes[i], titles):
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("update")
@@ -555,9 +736,12 @@ def _references() -> dict[str, dict[str, float]]:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m esper_fast.studies.learning", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="docs/learning", help="output directory (default docs/learning)")
-    p.add_argument("--suites", default="tabular,exact,seed,exact300",
-                   help="comma-separated subset of tabular,exact,seed,exact300,exact_head,seed_head "
-                        "(the last two: esper HEAD's network, V(s) head vs sum pi Q; not in the default)")
+    p.add_argument(
+        "--suites",
+        default="tabular,exact,seed,exact300",
+        help="comma-separated subset of tabular,exact,seed,exact300,exact_head,seed_head "
+        "(the last two: esper HEAD's network, V(s) head vs sum pi Q; not in the default)",
+    )
     p.add_argument("--tabular-seeds", type=int, default=10)
     p.add_argument("--trainer-seeds", type=int, default=3)
     p.add_argument("--exact-updates", type=int, default=120)
@@ -573,8 +757,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for suite in [s for s in args.suites.split(",") if s]:
         if args.summarize_only:
             base = {"exact_head": "exact_head_", "seed_head": "seed_head_"}.get(suite, f"{suite}_")
-            results += [json.loads(f.read_text()) for f in sorted((out / "runs").glob(f"{base}*.json"))
-                        if suite.endswith("_head") or not f.name.startswith(f"{suite}_head_")]
+            results += [
+                json.loads(f.read_text())
+                for f in sorted((out / "runs").glob(f"{base}*.json"))
+                if suite.endswith("_head") or not f.name.startswith(f"{suite}_head_")
+            ]
             continue
         if suite == "tabular":
             results += run_suite("tabular", range(args.tabular_seeds), out, log=log)
@@ -583,15 +770,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif suite == "seed":
             results += run_suite("seed", range(args.trainer_seeds), out, log=log, updates=args.seed_updates)
         elif suite == "exact_head":
-            results += run_suite("exact", range(args.trainer_seeds), out, modes=HEAD_MODES, log=log,
-                                 updates=args.exact_updates)  # fmt: skip
+            results += run_suite(
+                "exact", range(args.trainer_seeds), out, modes=HEAD_MODES, log=log, updates=args.exact_updates
+            )
         elif suite == "seed_head":
-            results += run_suite("seed", range(args.trainer_seeds), out, modes=HEAD_MODES, log=log,
-                                 updates=args.seed_updates)  # fmt: skip
+            results += run_suite(
+                "seed", range(args.trainer_seeds), out, modes=HEAD_MODES, log=log, updates=args.seed_updates
+            )
         elif suite == "exact300":
             results += run_suite("exact300", range(args.long_seeds), out, modes=LONG_MODES, log=log)
         else:
-            raise SystemExit(f"unknown suite {suite!r}: expected tabular, exact, seed, exact300, exact_head or seed_head")
+            raise SystemExit(
+                f"unknown suite {suite!r}: expected tabular, exact, seed, exact300, exact_head or seed_head"
+            )
     summary = summarize(results)
     refs = _references()
     table = format_summary(summary)

@@ -1,6 +1,6 @@
 """Summarise esper's test runs: counts per JUnit XML, and every test whose outcome differs.
 
-    python compare_junit.py baseline.xml patched.xml
+python compare_junit.py baseline.xml patched.xml
 """
 
 from __future__ import annotations
@@ -19,7 +19,11 @@ def outcomes(path: str) -> dict[str, tuple[str, str]]:
             node = case.find(tag)
             if node is not None:
                 state = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
-                why = (node.get("message") or node.text or "").strip().splitlines()[0][:200] if (node.get("message") or node.text) else ""
+                why = (
+                    (node.get("message") or node.text or "").strip().splitlines()[0][:200]
+                    if (node.get("message") or node.text)
+                    else ""
+                )
                 break
         out[tid] = (state, why)
     return out
@@ -29,7 +33,10 @@ def counts(results: dict[str, tuple[str, str]]) -> str:
     tally: dict[str, int] = {}
     for state, _ in results.values():
         tally[state] = tally.get(state, 0) + 1
-    return ", ".join(f"{tally.get(k, 0)} {k}" for k in ("passed", "failed", "error", "skipped")) + f" ({len(results)} tests)"
+    return (
+        ", ".join(f"{tally.get(k, 0)} {k}" for k in ("passed", "failed", "error", "skipped"))
+        + f" ({len(results)} tests)"
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -41,8 +48,11 @@ def main(argv: list[str]) -> int:
                 print(f"    {state}: {tid}: {why}")
     if len(argv) == 2:
         base, new = runs[argv[0]], runs[argv[1]]
-        changed = [(t, base.get(t, ("absent", ""))[0], new.get(t, ("absent", ""))[0]) for t in sorted(set(base) | set(new))
-                   if base.get(t, ("absent",))[0] != new.get(t, ("absent",))[0]]
+        changed = [
+            (t, base.get(t, ("absent", ""))[0], new.get(t, ("absent", ""))[0])
+            for t in sorted(set(base) | set(new))
+            if base.get(t, ("absent",))[0] != new.get(t, ("absent",))[0]
+        ]
         print(f"outcome changed for {len(changed)} tests:")
         for tid, before, after in changed:
             print(f"    {before} -> {after}: {tid}")

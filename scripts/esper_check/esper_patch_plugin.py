@@ -17,8 +17,10 @@ def pytest_configure(config):
     import esper_fast
 
     patch = esper_fast.patch_esper()
-    print(f"esper_patch_plugin: layout {patch.layout}; rebound {patch.patched}; wrapped {patch.wrapped}; "
-          f"call-time importers {patch.resolved_at_call}; skipped {sorted(patch.skipped)}")
+    print(
+        f"esper_patch_plugin: layout {patch.layout}; rebound {patch.patched}; wrapped {patch.wrapped}; "
+        f"call-time importers {patch.resolved_at_call}; skipped {sorted(patch.skipped)}"
+    )
 
 
 def pytest_report_header(config):

@@ -39,26 +39,43 @@ def main(out: Path) -> int:
         print(f"{name}: {'OK' if ok else 'FAIL'} {detail}")
 
     out.mkdir(parents=True, exist_ok=True)
-    config = make_config("esper-head", num_envs=2, episode_length=8, total_timesteps=16, feature_dim=512,
-                         lstm_hidden_dim=64, eval_episodes=0)  # fmt: skip
+    config = make_config(
+        "esper-head",
+        num_envs=2,
+        episode_length=8,
+        total_timesteps=16,
+        feature_dim=512,
+        lstm_hidden_dim=64,
+        eval_episodes=0,
+    )
     trainer = Trainer(config, out / "run", tensorboard=False, log=lambda m: None)
     trainer.train(handle_signals=False)
     export = out / "exported_head.pt"
     cli(["export-esper", str(out / "run"), "-o", str(export)])
     agent = PPOAgent.load(export, device="cpu")
     vn = agent.value_normalizer.state_dict()
-    report("1 export -> esper HEAD PPOAgent.load", _same(trainer.policy.state_dict(), agent.policy.network.state_dict())
-           and torch.equal(vn["var"].cpu(), trainer.value_normalizer.var.cpu()) and agent.train_steps == 1,
-           f"(network {type(agent.policy.network).__name__}, state_dim {agent.policy.network.state_dim}, "
-           f"train_steps {agent.train_steps}, value normaliser var {float(vn['var']):.4g})")
+    report(
+        "1 export -> esper HEAD PPOAgent.load",
+        _same(trainer.policy.state_dict(), agent.policy.network.state_dict())
+        and torch.equal(vn["var"].cpu(), trainer.value_normalizer.var.cpu())
+        and agent.train_steps == 1,
+        f"(network {type(agent.policy.network).__name__}, state_dim {agent.policy.network.state_dim}, "
+        f"train_steps {agent.train_steps}, value normaliser var {float(vn['var']):.4g})",
+    )
     resaved = out / "head_resaved.pt"
     agent.save(resaved)
     policy, *_ = load_policy(resaved)
-    report("2 esper HEAD save -> esper_fast load_policy", _same(trainer.policy.state_dict(), policy.state_dict()),
-           f"({type(policy).__name__}, state_dim {policy.state_dim})")
+    report(
+        "2 esper HEAD save -> esper_fast load_policy",
+        _same(trainer.policy.state_dict(), policy.state_dict()),
+        f"({type(policy).__name__}, state_dim {policy.state_dim})",
+    )
     cfg = SlotConfig.default()
-    head_default = PPOAgent(create_policy(policy_type="lstm", slot_config=cfg, device="cpu", lstm_hidden_dim=64),
-                            slot_config=cfg, device="cpu")  # fmt: skip
+    head_default = PPOAgent(
+        create_policy(policy_type="lstm", slot_config=cfg, device="cpu", lstm_hidden_dim=64),
+        slot_config=cfg,
+        device="cpu",
+    )
     native = out / "head_native.pt"
     head_default.save(native)
     try:
@@ -67,9 +84,13 @@ def main(out: Path) -> int:
     except CheckpointError as exc:
         refused = str(exc)
     net = load_esper_head_network(native)
-    report("3 esper HEAD default agent (state_dim 116)", "state_dim 116" in refused
-           and _same(head_default.policy.network.state_dict(), net.state_dict()) and net.state_dim == 116,
-           f"(load_policy: {refused[:90]}...; load_esper_head_network: state_dim {net.state_dim}, equal weights)")
+    report(
+        "3 esper HEAD default agent (state_dim 116)",
+        "state_dim 116" in refused
+        and _same(head_default.policy.network.state_dict(), net.state_dict())
+        and net.state_dim == 116,
+        f"(load_policy: {refused[:90]}...; load_esper_head_network: state_dim {net.state_dim}, equal weights)",
+    )
     return 1 if failures else 0
 
 

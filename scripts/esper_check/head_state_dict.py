@@ -41,9 +41,11 @@ def main() -> int:
             print(f"  load failed: {str(exc)[:300]}")
         ok = (esper_net.state_dim == ours.state_dim) and same_layout and same_values and loads
         failures += not ok
-        print(f"{num_slots} slots: esper state_dim {esper_net.state_dim}, FactoredPolicyV2() state_dim {ours.state_dim}; "
-              f"{len(esd)} keys, same order {same_keys}, same shapes/dtypes {same_layout}, equal weights from "
-              f"seed 0 {same_values}, strict load both ways {loads} -> {'OK' if ok else 'FAIL'}")
+        print(
+            f"{num_slots} slots: esper state_dim {esper_net.state_dim}, FactoredPolicyV2() state_dim {ours.state_dim}; "
+            f"{len(esd)} keys, same order {same_keys}, same shapes/dtypes {same_layout}, equal weights from "
+            f"seed 0 {same_values}, strict load both ways {loads} -> {'OK' if ok else 'FAIL'}"
+        )
     return 1 if failures else 0
 
 
