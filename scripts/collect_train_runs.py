@@ -1,6 +1,7 @@
 """Collect finished ``esper-fast train`` runs (run dir + the /usr/bin/time -v log of the command) into JSON + markdown.
 
     python scripts/collect_train_runs.py OUT_STEM NAME[=LABEL] ...   # runs/<NAME>/, runs/<NAME>.err, runs/queue.log
+    python scripts/collect_train_runs.py --append OUT_STEM NAME ...   # keep OUT_STEM.json's runs, add / replace these
 
 For each run: preset-relevant config, seed, eval episodes, every policy's mean return +- se, PPO's paired
 difference to the heuristic +- se, the margin in se, the gap share +- se, wall / CPU time of the whole command
@@ -93,9 +94,16 @@ def _ci(values: list[float]) -> tuple[float, float]:
 
 
 def main(argv: list[str]) -> None:
-    stem, specs = Path(argv[0]), argv[1:]
-    rows = [collect(*(s.split("=", 1) if "=" in s else (s, s.rsplit("_s", 1)[0]))) for s in specs]
+    append = bool(argv) and argv[0] == "--append"
+    stem, specs = Path(argv[int(append)]), argv[int(append) + 1 :]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    rows = [collect(*(s.split("=", 1) if "=" in s else (s, s.rsplit("_s", 1)[0]))) for s in specs]
+    for r in rows:
+        r["commit"] = commit
+    if append and stem.with_suffix(".json").is_file():  # earlier runs (their run dirs may be gone): kept as they were
+        old = json.loads(stem.with_suffix(".json").read_text())
+        new_names = {r["name"] for r in rows}
+        rows = [{"commit": old["commit"], **r} for r in old["runs"] if r["name"] not in new_names] + rows
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(r["label"], []).append(r)
@@ -120,7 +128,8 @@ def main(argv: list[str]) -> None:
     lines = [
         f"# {stem.name}",
         "",
-        f"Machine: {payload['machine']}; commit {commit}. Evaluation: the same episodes "
+        f"Machine: {payload['machine']}; commit {', '.join(dict.fromkeys(r.get('commit', commit) for r in rows))} "
+        "(per run in the JSON). Evaluation: the same episodes "
         "(env seed 12345) for every policy; +- is a standard error; `margin` = paired difference / its se; "
         "wall / CPU: the whole command (start-up, training, evaluation), /usr/bin/time.",
         "",
