@@ -1,9 +1,10 @@
 """Builds esper_fast's two pybind11 modules.
 
-* ``esper_fast._C``      - CPU kernels (csrc/select_cpu.cpp + the SIMD builds of
-  csrc/select_cpu_simd.cpp), always built with the host compiler. select_cpu_simd.cpp is compiled
-  once per instruction set (:data:`SIMD_BUILDS`, x86-64: AVX-512 and AVX2 next to the generic one),
-  each with its own ``-march`` and namespace; select_cpu.cpp picks one at run time.
+* ``esper_fast._C``      - CPU kernels (:data:`CPU_SOURCES`: one entry file per op, the kernel
+  registry csrc/cpu_dispatch.cpp, the bindings; + the SIMD builds of csrc/select_cpu_simd.cpp), always
+  built with the host compiler. select_cpu_simd.cpp is compiled once per instruction set
+  (:data:`SIMD_BUILDS`, x86-64: AVX-512 and AVX2 next to the generic one), each with its own
+  ``-march`` and namespace; cpu_dispatch.cpp picks one at run time.
 * ``esper_fast._C_score`` - the CPU scoring op of the PPO update (csrc/score_cpu.cpp), always built.
 * ``esper_fast._C_cuda`` - CUDA kernels (csrc/*.cu), built with nvcc through ninja for sm_80
   and sm_90 (+ compute_90 PTX) where it can be used: nvcc is found (``$CUDA_HOME/bin/nvcc`` or ``nvcc``
@@ -57,6 +58,13 @@ CUDA_SOURCES = [
     "csrc/bindings_cuda.cpp",
 ]
 SIMD_SOURCE = "csrc/select_cpu_simd.cpp"
+CPU_SOURCES = [
+    "csrc/cpu_dispatch.cpp",  # kernel registry and choice, OpenMP threshold (run_split: cpu_dispatch.h)
+    "csrc/select_op_cpu.cpp",
+    "csrc/select_actions_cpu.cpp",
+    "csrc/select_actions_v2_cpu.cpp",
+    "csrc/bindings_cpu.cpp",
+]
 # name -> (lanes, extra flags). -ffp-contract=off: no FMA contraction, so every build rounds alike.
 SIMD_BUILDS = {
     "avx512": (16, ["-march=x86-64-v4", "-mtune=generic"]),
@@ -207,7 +215,7 @@ class BuildExt(build_ext):
 extensions = [
     Extension(
         "esper_fast._C",
-        sources=["csrc/select_cpu.cpp", "csrc/bindings_cpu.cpp", "csrc/select_actions_v2_cpu.cpp"],
+        sources=CPU_SOURCES,
         depends=HEADERS + [SIMD_SOURCE],
         include_dirs=[str(CSRC), pybind11.get_include()],
         define_macros=[("EF_X86_SIMD", "1")] if IS_X86_64 else [],

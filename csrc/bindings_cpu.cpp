@@ -3,6 +3,7 @@
 #include <pybind11/stl.h>
 
 #include "bindings_common.h"
+#include "cpu_dispatch.h"
 #include "philox.h"
 #include "select_args.h"
 #include "select_cpu_simd.h"
@@ -536,7 +537,7 @@ PYBIND11_MODULE(_C, m) {
     py::gil_scoped_release release;
     return time_ns(reps, [&] { select_actions_cpu(args); });
   });
-  // Kernel choice (select_cpu.cpp): names of the kernels this CPU supports, best first; the one in
+  // Kernel choice (cpu_dispatch.cpp): names of the kernels this CPU supports, best first; the one in
   // use; and a setter ("auto" = best). Tests run every supported kernel against the reference.
   m.def("cpu_kernels", [] {
     std::vector<std::string> names;

@@ -1,5 +1,5 @@
 // Philox4x32-10 across lanes: W counters at once, the same rounds, constants and uniform map as
-// csrc/philox.h (bit for bit; tests/test_simd_math.py compares them on random counters and keys).
+// csrc/philox.h (bit for bit; tests/test_cpu_kernels.py compares them on random counters and keys).
 // Included only by select_cpu_simd.cpp (see simd.h for the per-ISA build rules).
 #pragma once
 

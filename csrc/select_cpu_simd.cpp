@@ -3,7 +3,7 @@
 // Compiled three times by setup.py, each with its own -m flags and EF_SIMD_NS / EF_SIMD_WIDTH:
 //   simd_avx512 (W = 16, -march=x86-64-v4), simd_avx2 (W = 8, -march=x86-64-v3),
 //   simd_generic (W = 4, baseline ISA; also the build on non-x86 CPUs).
-// select_cpu.cpp picks one at run time from the CPU's features (cpu_kernel). Every helper here has
+// cpu_dispatch.cpp picks one at run time from the CPU's features (cpu_kernel). Every helper here has
 // internal linkage or lives in EF_SIMD_NS, and the shared headers' functions are always_inline (EF_HD),
 // so no ISA-specific code is ever shared between builds.
 //

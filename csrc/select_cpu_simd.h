@@ -3,14 +3,11 @@
 // Each build processes a vector of W rows per step (AVX-512: 16, AVX2: 8, generic: 4 lanes of the
 // compiler's vector extensions) with the per-row math of select_row.h written on lanes; the Philox
 // stream is bit-identical to philox.h; exp/log are the polynomials of simd.h (error bounds there).
-// select_cpu.cpp picks a build at run time (cpu_kernel) and splits rows over OpenMP threads.
+// cpu_dispatch.h / cpu_dispatch.cpp pick a build at run time (cpu_kernel) and split rows over OpenMP
+// threads (run_split).
 #pragma once
 
 #include <cstdint>
-#if !defined(EF_SIMD_NS)
-#include <string>
-#include <vector>
-#endif
 
 #include "select_actions.h"
 #include "select_args.h"
@@ -28,7 +25,7 @@ using ActionRowsFn = int64_t (*)(const ActionArgs& a, uint64_t key, int64_t begi
 // Scratch for one thread: logits, q, mask, noise and slot mask of one block of up to 16 rows x `a` columns.
 static constexpr int64_t simd_scratch_floats(int64_t a) { return 5 * a * 16; }
 
-// Test hooks (tests/test_simd_math.py): the lane math on n values.
+// Test hooks (tests/test_cpu_kernels.py): the lane math on n values.
 using MathFn = void (*)(int what, const float* in, float* out, int64_t n);
 using PhiloxFn = void (*)(uint64_t key, int64_t row0, int64_t n, uint32_t col, uint32_t stream,
                           float* out);
@@ -51,18 +48,5 @@ extern const SimdKernel kKernel;
 namespace simd_generic {
 extern const SimdKernel kKernel;
 }
-
-#if !defined(EF_SIMD_NS)  // the dispatcher's side (select_cpu.cpp, bindings_cpu.cpp)
-// Every kernel of this build, best first (x86: avx512, avx2; then generic, scalar).
-std::vector<const SimdKernel*> all_cpu_kernels();
-// The kernel select_op_cpu / select_actions_cpu run now.
-const SimdKernel& cpu_kernel();
-bool cpu_kernel_supported(const std::string& name);
-// Chooses the kernel by name ("auto" = the best supported); throws std::invalid_argument.
-void set_cpu_kernel(const std::string& name);
-// Elements (n * width) from which a call is split over the OpenMP threads.
-int64_t parallel_threshold();
-void set_parallel_threshold(int64_t elements);
-#endif
 
 }  // namespace esper_fast

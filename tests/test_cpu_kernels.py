@@ -1,4 +1,4 @@
-"""The CPU kernels one by one (csrc/select_cpu.cpp): every SIMD build and the scalar path.
+"""The CPU kernels one by one (chosen in csrc/cpu_dispatch.cpp): every SIMD build and the scalar path.
 
 * Philox on lanes is bit-identical to csrc/philox.h and to the torch reference.
 * exp / log / Gumbel on lanes stay within the error bounds documented in csrc/simd.h and README.md
@@ -364,14 +364,15 @@ def test_select_actions_exact_just_below_and_above_the_parallel_threshold(two_om
 
 
 def test_select_actions_v2_exact_just_below_and_above_its_row_threshold(two_omp_threads):
-    """select_actions_v2's CPU loop goes parallel from a fixed row count (csrc/select_actions_v2_cpu.cpp)."""
+    """select_actions_v2's CPU loop goes parallel from a fixed row count (csrc/select_actions_v2_cpu.cpp's
+    kV2ParallelRows)."""
     from esper_fast.ops.actions_v2 import select_actions_v2
     from esper_fast.reference.actions_v2 import select_actions_v2_reference
     from tests.test_actions_v2 import FLOORS
     from tests.test_actions_v2 import assert_same as assert_same_v2
     from tests.test_actions_v2 import make_inputs as make_inputs_v2
 
-    rows = csrc_constant("select_actions_v2_cpu.cpp", r"a\.base\.n < (\d+)")
+    rows = csrc_constant("select_actions_v2_cpu.cpp", r"kV2ParallelRows = (\d+);")
     for n in (rows - 1, rows):
         logits, masks, q, value, sbo = make_inputs_v2(n, seed=n)
         run = functools.partial(

@@ -4,7 +4,7 @@
 name      runs on                             implementation
 ========  ==================================  ===============================================
 torch     any device                          esper_fast.reference (plain torch ops)
-cpu       CPU tensors                         csrc/select_cpu.cpp via esper_fast._C
+cpu       CPU tensors                         csrc/select_op_cpu.cpp via esper_fast._C
 cuda      CUDA tensors                        csrc/select_cuda.cu via esper_fast._C_cuda
 triton    CUDA tensors (CPU tensors only      esper_fast/ops/triton_select.py
           under TRITON_INTERPRET=1)

@@ -1,15 +1,11 @@
-// CPU backend of select_op and select_actions: picks a kernel, splits rows over OpenMP threads.
+// The CPU kernel registry and choice (declared in cpu_dispatch.h): the scalar kernel, the SIMD builds
+// this CPU supports, the kernel the CPU entries run now, and the OpenMP threshold.
 //
 // Kernels (cpu_kernel): "avx512" / "avx2" / "generic" are the SIMD builds of select_cpu_simd.cpp
 // (W rows per vector step; the best one the CPU supports is the default); "scalar" is select_row.h
 // row by row (glibc expf/logf), kept as the portable reference path. ESPER_FAST_CPU_KERNEL chooses
-// one at load time, set_cpu_kernel at run time (tests compare them).
-//
-// Threads: one thread below parallel_threshold() elements (n * a for select_op, n * sum of head sizes
-// for select_actions): the fork/join of an OpenMP region costs more than it saves there (measured,
-// see README "CPU threads"). Above it, rows are split in contiguous chunks of whole vector blocks.
-#include <omp.h>
-
+// one at load time, set_cpu_kernel at run time (tests compare them). The entries that use them:
+// select_op_cpu.cpp and select_actions_cpu.cpp (through cpu_dispatch.h's run_split).
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -17,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu_dispatch.h"
 #include "select_actions.h"
 #include "select_args.h"
 #include "select_cpu_simd.h"
@@ -106,33 +103,6 @@ const SimdKernel* g_kernel = initial_kernel();
 // the measured crossover; move it with set_parallel_threshold (or OMP_NUM_THREADS=1).
 int64_t g_parallel_elements = int64_t{1} << 18;
 
-// Runs rows [0, n) with fn(begin, end, scratch), on one thread or split over the OpenMP team.
-template <typename Fn>
-int64_t run_split(int64_t n, int64_t elements, int64_t scratch_floats, const Fn& fn) {
-  const int threads = elements < g_parallel_elements ? 1 : omp_get_max_threads();
-  if (threads <= 1 || n <= 16) {
-    if (scratch_floats <= 4096) {
-      alignas(64) float stack[4096];
-      return fn(0, n, stack);
-    }
-    std::vector<float> scratch(static_cast<size_t>(scratch_floats));
-    return fn(0, n, scratch.data());
-  }
-  int64_t bad = 0;
-#pragma omp parallel num_threads(threads) reduction(+ : bad)
-  {
-    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    const int64_t blocks = (n + 15) / 16;
-    const int64_t b0 = blocks * t / nt, b1 = blocks * (t + 1) / nt;
-    const int64_t begin = b0 * 16, end = b1 * 16 < n ? b1 * 16 : n;
-    if (begin < end) {
-      std::vector<float> scratch(static_cast<size_t>(scratch_floats));
-      bad += fn(begin, end, scratch.data());
-    }
-  }
-  return bad;
-}
-
 }  // namespace
 
 std::vector<const SimdKernel*> all_cpu_kernels() {
@@ -169,31 +139,6 @@ void set_cpu_kernel(const std::string& name) {
   if (!supported(k))
     throw std::invalid_argument("cpu kernel '" + name + "' is not supported by this CPU");
   g_kernel = k;
-}
-
-int64_t select_op_cpu(const SelectArgs& a) {
-  const uint64_t key =
-      (a.key != nullptr) ? static_cast<uint64_t>(*a.key) : 0u;  // read once, host memory
-  const SimdKernel& k = *g_kernel;
-  return run_split(a.n, a.n * a.a, simd_scratch_floats(a.a),
-                   [&](int64_t begin, int64_t end, float* scratch) {
-                     return k.select_rows(a, key, begin, end, scratch);
-                   });
-}
-
-int64_t select_actions_cpu(const ActionArgs& a) {
-  const bool needs_key = !a.deterministic && a.key != nullptr;
-  const uint64_t key = needs_key ? static_cast<uint64_t>(*a.key) : 0u;
-  int64_t width = 0, max_a = 1;
-  for (int h = 0; h < kNumHeads; ++h) {
-    width += a.size[h];
-    max_a = a.size[h] > max_a ? a.size[h] : max_a;
-  }
-  const SimdKernel& k = *g_kernel;
-  return run_split(a.n, a.n * width, simd_scratch_floats(max_a),
-                   [&](int64_t begin, int64_t end, float* scratch) {
-                     return k.action_rows(a, key, begin, end, scratch);
-                   });
 }
 
 }  // namespace esper_fast
