@@ -23,7 +23,8 @@ from esper_fast.constants import (
     HEAD_NAMES,
     get_action_head_sizes,
 )
-from esper_fast.errors import KASMINA_HINT, InvalidStateMachineError, no_valid_actions_message, nonfinite_logits_message
+from esper_fast.errors import KASMINA_HINT, InvalidStateMachineError
+from esper_fast.ops.checks import raise_for_bad_head
 from esper_fast.types import Hidden
 
 __all__ = [
@@ -100,23 +101,17 @@ def validate_masks_and_logits(
                 f"{name} must be {expected}; got {t.reshape(-1)[pos].tolist()} at (flattened) positions {pos.tolist()}"
             )
     for head, mask in masks.items():
-        if mask is not None and not bool(mask.any(-1).all()):
-            empty = torch.nonzero(~mask.any(-1).reshape(-1)).flatten()
-            raise InvalidStateMachineError(
-                no_valid_actions_message(head, empty[:8].tolist(), empty.numel(), where=where, hint=KASMINA_HINT)
-            )
+        if mask is not None:
+            raise_for_bad_head(head, None, mask, empty_error=InvalidStateMachineError, where=where, hint=KASMINA_HINT)
     for head, l in logits.items():
-        if not bool(torch.isfinite(l).all()):
-            bad = torch.nonzero(~torch.isfinite(l).all(-1).reshape(-1)).flatten()
-            raise ValueError(
-                nonfinite_logits_message(
-                    head,
-                    bad[:8].tolist(),
-                    bad.numel(),
-                    valid_only=False,
-                    hint="This indicates network instability (or a non-finite state / weight).",
-                )
-            )
+        raise_for_bad_head(
+            head,
+            l,
+            None,
+            check_empty=False,
+            valid_only=False,
+            nonfinite_hint="This indicates network instability (or a non-finite state / weight).",
+        )
 
 
 def _in_range(t: Tensor, lo: int | None, hi: int) -> Tensor:

@@ -16,9 +16,10 @@ import torch
 from torch import Tensor
 
 from esper_fast.constants import HEAD_NAMES, MASKED_LOGIT_VALUE
-from esper_fast.errors import KASMINA_HINT, no_valid_actions_message, nonfinite_logits_message
+from esper_fast.errors import KASMINA_HINT
 from esper_fast.network_v2 import FactoredNetworkV2, NetworkV2Mixin
 from esper_fast.ops.actions_v2 import ActionSelectionV2, select_actions_v2
+from esper_fast.ops.checks import raise_for_bad_head
 from esper_fast.ops.select import select_op
 from esper_fast.policy import value_read_op
 from esper_fast.reference.actions_v2 import apply_probability_floor, effective_mask
@@ -262,30 +263,22 @@ class FactoredPolicyV2Mixin(NetworkV2Mixin):
         op = sel.actions["op"]
         for head in ("op",) + AFTER_OP:
             if head == "op":
-                valid = masks["op"] if masks["op"] is not None else torch.ones_like(logits["op"], dtype=torch.bool)
-            else:
-                valid = effective_mask(
+                valid = masks["op"]
+            else:  # a row whose op is bad is reported under the op head, not as empty here
+                eff = effective_mask(
                     head, op, masks[head], logits[head].shape[-1], slot_by_op if head == "slot" else None
                 )
-            empty = ~valid.any(-1) & (op >= 0 if head != "op" else True)
-            if bool(empty.any()):
-                rows = torch.nonzero(empty).flatten()[:8].tolist()
-                raise self.invalid_state_error(
-                    no_valid_actions_message(
-                        head, rows, int(empty.sum()), cause="after the op-dependent canonicalisation", hint=KASMINA_HINT
-                    )
-                )
-            if not bool(torch.isfinite(logits[head]).all()):
-                bad = torch.nonzero(~torch.isfinite(logits[head]).all(-1)).flatten()
-                raise ValueError(
-                    nonfinite_logits_message(
-                        head,
-                        bad[:8].tolist(),
-                        bad.numel(),
-                        valid_only=False,
-                        hint="This indicates network instability.",
-                    )
-                )
+                valid = eff | (op < 0).unsqueeze(-1)
+            raise_for_bad_head(
+                head,
+                logits[head],
+                valid,
+                valid_only=False,
+                empty_error=self.invalid_state_error,
+                cause="after the op-dependent canonicalisation",
+                hint=KASMINA_HINT,
+                nonfinite_hint="This indicates network instability.",
+            )
 
 
 class FactoredPolicyV2(FactoredPolicyV2Mixin, FactoredNetworkV2):

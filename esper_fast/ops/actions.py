@@ -13,9 +13,9 @@ import torch
 from torch import Tensor
 
 from esper_fast.constants import HEAD_NAMES
-from esper_fast.errors import InvalidActionMaskError, no_valid_actions_message, nonfinite_logits_message
+from esper_fast.errors import InvalidActionMaskError, no_valid_actions_message
 from esper_fast.ops.backends import lean_select_actions, resolve_backend
-from esper_fast.ops.checks import check_action_dicts, check_noise_finite
+from esper_fast.ops.checks import check_action_dicts, check_noise_finite, raise_for_bad_head
 from esper_fast.ops.layout import ACTION_ROWS, ENTROPY_ROW, FLOAT_ROWS, LOG_PROB_ROW, Q_OP_ROW, VALUE_ROW
 from esper_fast.ops.select import FLOAT_DTYPES, _is_compiling, _key_buffer, draw_key, select_op
 from esper_fast.rules import AFTER_OP, compose_heads
@@ -205,13 +205,8 @@ def raise_for_bad_rows(
         if skip_rows_of_bad_op and head != "op" and bool((actions["op"][bad] < 0).all()):
             continue  # reported under the op head
         mask = masks.get(head)
-        checks_mask = mask_heads is None or head in mask_heads
-        if mask is not None and checks_mask and not bool(mask[bad].any(-1).all()):
-            raise InvalidActionMaskError(no_valid_actions_message(head, rows, bad.numel()))
-        valid = torch.ones_like(logits[head][bad], dtype=torch.bool) if mask is None else mask[bad]
-        nonfinite = bad[(valid & ~torch.isfinite(logits[head][bad])).any(-1)]
-        if nonfinite.numel() > 0:
-            raise ValueError(nonfinite_logits_message(head, nonfinite[:8].tolist(), nonfinite.numel()))
+        checks_mask = mask is not None and (mask_heads is None or head in mask_heads)
+        raise_for_bad_head(head, logits[head], mask, rows=bad, check_empty=checks_mask)
         raise InvalidActionMaskError(  # a head emptied by the op-dependent rules
             no_valid_actions_message(head, rows, bad.numel(), cause=f"once the op-dependent rules apply ({rules})")
         )

@@ -1,17 +1,19 @@
 """Argument checks of ``select_op`` / ``select_actions`` that need more than a dtype or shape test.
 
 Each function raises ``TypeError`` / ``ValueError`` naming the argument, or returns a normalised value;
-none syncs with the host except :func:`check_noise_finite` (called only under ``validate=True``).
+none syncs with the host except :func:`check_noise_finite` and :func:`raise_for_bad_head` (called only
+under ``validate=True``, the latter only once a cheap check has found something wrong).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import Tensor
 
 from esper_fast.constants import HEAD_NAMES
+from esper_fast.errors import InvalidActionMaskError, no_valid_actions_message, nonfinite_logits_message
 from esper_fast.types import OpSelection
 
 _HEADS = frozenset(HEAD_NAMES)
@@ -24,6 +26,7 @@ __all__ = [
     "normalize_out",
     "out_overlaps_inputs",
     "overlaps",
+    "raise_for_bad_head",
 ]
 
 
@@ -136,3 +139,63 @@ def out_overlaps_inputs(out: Iterable[Tensor], inputs: Iterable[Tensor | None]) 
     """Whether any output buffer shares memory with an input (then the kernel must not write in place)."""
     ins = [t for t in inputs if t is not None]
     return any(overlaps(o, t) for o in out for t in ins)
+
+
+def raise_for_bad_head(
+    head: str | None,
+    logits: Tensor | None,
+    valid: Tensor | None,
+    *,
+    rows: Tensor | None = None,
+    check_empty: bool = True,
+    valid_only: bool = True,
+    empty_error: Callable[[str], Exception] = InvalidActionMaskError,
+    where: str = "",
+    cause: str = "",
+    hint: str = "",
+    nonfinite_hint: str = "",
+) -> None:
+    """The one mask/logit validator: finds one head's bad rows and raises for the first kind found.
+
+    Every validation path (``network.validate_masks_and_logits``, ``select_op``, ``select_actions[_v2]``,
+    ``FactoredPolicyV2``) calls this once its own cheap check (one sync) has found something wrong; it
+    returns when this head has no bad row (syncs: a few, on that failure path only).
+
+    Args:
+        head: the head's name for the message, None for a single-head call (``select_op``).
+        logits: ``[..., A]`` float logits, or None (no non-finite check).
+        valid: ``[..., A]`` bool, True = valid, or None (every entry valid). Leading dims are flattened:
+            rows are reported as flattened row indices.
+        rows: int64 ``[k]`` (flattened) rows to look at, in ascending order, or None (every row).
+        check_empty: raise ``empty_error(no_valid_actions_message(...))`` for a row with no valid entry
+            (checked first), with ``where`` / ``cause`` / ``hint``.
+        valid_only: non-finite logits count at valid entries only (else at any entry); either raises
+            ``ValueError(nonfinite_logits_message(...))`` with ``nonfinite_hint``.
+    """
+    ref = logits if logits is not None else valid
+    if ref is None:
+        return
+    lg = None if logits is None else logits.flatten(0, -2)
+    ok = torch.ones(ref.shape, dtype=torch.bool, device=ref.device) if valid is None else valid
+    ok = ok.flatten(0, -2)
+    if rows is not None:
+        ok = ok[rows]
+        lg = None if lg is None else lg[rows]
+
+    def found(flags: Tensor) -> Tensor:  # [k] bool -> the reported (flattened) row indices
+        idx = torch.nonzero(flags).flatten()
+        return idx if rows is None else rows[idx]
+
+    if check_empty:
+        empty = found(~ok.any(-1))
+        if empty.numel() > 0:
+            msg = no_valid_actions_message(head, empty[:8].tolist(), empty.numel(), where=where, cause=cause, hint=hint)
+            raise empty_error(msg)
+    if lg is not None:
+        nonfinite = found((ok & ~torch.isfinite(lg)).any(-1) if valid_only else ~torch.isfinite(lg).all(-1))
+        if nonfinite.numel() > 0:
+            raise ValueError(
+                nonfinite_logits_message(
+                    head, nonfinite[:8].tolist(), nonfinite.numel(), valid_only=valid_only, hint=nonfinite_hint
+                )
+            )

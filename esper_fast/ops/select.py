@@ -7,9 +7,9 @@ import threading
 import torch
 from torch import Tensor
 
-from esper_fast.errors import InvalidActionMaskError, no_valid_actions_message, nonfinite_logits_message
+from esper_fast.errors import nonfinite_logits_message
 from esper_fast.ops.backends import lean_select_op, resolve_backend
-from esper_fast.ops.checks import check_out_not_aliased, normalize_out, out_overlaps_inputs
+from esper_fast.ops.checks import check_out_not_aliased, normalize_out, out_overlaps_inputs, raise_for_bad_head
 from esper_fast.types import OpSelection
 
 __all__ = ["select_op", "draw_key", "empty_selection"]
@@ -114,14 +114,8 @@ def _raise_for_bad_rows(
         raise ValueError("noise must be finite (standard Gumbel samples)")
     if bad_count == 0 or (bad_count is None and not bool((op < 0).any())):
         return
-    valid = torch.ones_like(logits, dtype=torch.bool) if mask is None else mask
-    empty = torch.nonzero(valid.sum(-1) == 0).flatten()
-    if empty.numel() > 0:
-        rows = empty[:8].tolist()
-        raise InvalidActionMaskError(no_valid_actions_message(None, rows, empty.numel()))
-    nonfinite = torch.nonzero((valid & ~torch.isfinite(logits)).any(-1)).flatten()
-    rows = nonfinite[:8].tolist()
-    raise ValueError(nonfinite_logits_message(None, rows, nonfinite.numel()))
+    raise_for_bad_head(None, logits, mask)  # an empty row, or a non-finite logit at a valid entry
+    raise ValueError(nonfinite_logits_message(None, [], 0))  # a bad row with neither (not expected)
 
 
 def select_op(

@@ -54,7 +54,9 @@ from esper_fast.ppo.head_losses import (
     weighted_value_loss,
 )
 from esper_fast.ppo.losses import head_ratios, masked_mean
+from esper_fast.ppo.replay import cat_pieces, replay_pieces
 from esper_fast.rules import causal_masks
+from esper_fast.types import Hidden
 
 __all__ = [
     "anchored_reference_log_probs",
@@ -87,18 +89,10 @@ def evaluate_sequences_v2(
 ) -> tuple[dict[str, Tensor], Tensor, dict[str, Tensor], Tensor, Tensor]:
     """Replay ``mb``'s sequences through HEAD's ``evaluate_actions``: ``(log_probs, V(s), entropy, Q(s, op),
     predicted contributions)``, each ``[B, T]`` (contributions ``[B, T, S]``). The LSTM starts from
-    ``mb.initial_hidden`` and is zeroed at every episode start inside the rollout (as in
-    :func:`esper_fast.ppo.update.evaluate_sequences`)."""
-    B, T = mb.dones.shape
-    starts = (mb.dones[:, :-1].any(0).nonzero().flatten() + 1).tolist()
-    cuts = [0, *starts, T]
-    hidden = mb.initial_hidden
-    pieces = []
-    for start, end in zip(cuts, cuts[1:]):
-        if start > 0:
-            keep = (~mb.dones[:, start - 1]).to(hidden[0].dtype).view(1, B, 1)
-            hidden = (hidden[0] * keep, hidden[1] * keep)
-        span = slice(start, end)
+    ``mb.initial_hidden`` and is zeroed at every episode start inside the rollout
+    (:func:`esper_fast.ppo.replay.replay_pieces`, as in :func:`esper_fast.ppo.update.evaluate_sequences`)."""
+
+    def run(span: slice, hidden: Hidden) -> tuple[tuple, Hidden]:
         log_probs, value, entropy, hidden, contrib, q = policy.evaluate_actions(
             mb.obs[:, span],
             mb.blueprint_indices[:, span],
@@ -107,17 +101,9 @@ def evaluate_sequences_v2(
             hidden=hidden,
             probability_floor=floors,
         )
-        pieces.append((log_probs, value, entropy, q, contrib))
-    if len(pieces) == 1:
-        return pieces[0]
-    cat = lambda dicts: {h: torch.cat([d[h] for d in dicts], dim=1) for h in HEAD_NAMES}  # noqa: E731
-    return (
-        cat([p[0] for p in pieces]),
-        torch.cat([p[1] for p in pieces], dim=1),
-        cat([p[2] for p in pieces]),
-        torch.cat([p[3] for p in pieces], dim=1),
-        torch.cat([p[4] for p in pieces], dim=1),
-    )
+        return (log_probs, value, entropy, q, contrib), hidden
+
+    return cat_pieces(replay_pieces(mb, run))
 
 
 def anchored_reference_log_probs(

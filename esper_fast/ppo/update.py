@@ -31,15 +31,11 @@ from esper_fast.ppo.losses import (
     policy_loss,
     value_loss,
 )
+from esper_fast.ppo.replay import cat_pieces, replay_pieces
 from esper_fast.rules import causal_masks
+from esper_fast.types import Hidden
 
 __all__ = ["compiled_score_fn", "evaluate_sequences", "ppo_update"]
-
-
-def _boundaries(dones: Tensor) -> list[int]:
-    """Steps ``t > 0`` at which some row starts a new episode (``dones[:, t - 1]``); one host sync."""
-    starts = dones[:, :-1].any(0).nonzero().flatten() + 1
-    return starts.tolist()
 
 
 def evaluate_sequences(
@@ -51,22 +47,16 @@ def evaluate_sequences(
 
     The LSTM starts from ``mb.initial_hidden`` and is zeroed before the first step of every episode
     that starts inside the rollout, exactly as in the rollout. The sequence is cut at those steps and
-    each piece goes through esper's ``evaluate_actions`` with the carried (and reset) hidden state.
+    each piece goes through esper's ``evaluate_actions`` with the carried (and reset) hidden state
+    (:func:`esper_fast.ppo.replay.replay_pieces`).
     On the fused path (``policy.fused_evaluate``) only the trunk runs per piece and the heads run once,
     through ``score_fn`` (default :func:`esper_fast.fused_evaluate.score_lstm_out`; the compiled one
     with ``config.compile``).
     """
-    B, T = mb.dones.shape
-    cuts = [0, *_boundaries(mb.dones), T]
     if getattr(policy, "fused_evaluate", False):
-        return _evaluate_sequences_fused(policy, mb, cuts, score_fn)
-    hidden = mb.initial_hidden
-    pieces = []
-    for start, end in zip(cuts, cuts[1:]):
-        if start > 0:
-            keep = (~mb.dones[:, start - 1]).to(hidden[0].dtype).view(1, B, 1)
-            hidden = (hidden[0] * keep, hidden[1] * keep)
-        span = slice(start, end)
+        return _evaluate_sequences_fused(policy, mb, score_fn)
+
+    def run(span: slice, hidden: Hidden) -> tuple[tuple, Hidden]:
         log_probs, value, entropy, hidden = policy.evaluate_actions(
             mb.obs[:, span],
             mb.blueprint_indices[:, span],
@@ -74,28 +64,22 @@ def evaluate_sequences(
             **{f"{h}_mask": m[:, span] for h, m in mb.masks.items()},
             hidden=hidden,
         )
-        pieces.append((log_probs, value, entropy))
-    if len(pieces) == 1:
-        return pieces[0]
-    cat = lambda dicts: {h: torch.cat([d[h] for d in dicts], dim=1) for h in HEAD_NAMES}  # noqa: E731
-    return (cat([p[0] for p in pieces]), torch.cat([p[1] for p in pieces], dim=1), cat([p[2] for p in pieces]))
+        return (log_probs, value, entropy), hidden
+
+    return cat_pieces(replay_pieces(mb, run))
 
 
-def _evaluate_sequences_fused(policy: FactoredNetwork, mb: RolloutBuffer, cuts: list[int], score_fn: Callable | None):
+def _evaluate_sequences_fused(policy: FactoredNetwork, mb: RolloutBuffer, score_fn: Callable | None):
     """The fused path: only the trunk runs piece by piece (the LSTM resets); heads, Q(s, stored op)
     and the fused scoring op run once over the whole ``[B, T]`` minibatch
     (:func:`esper_fast.fused_evaluate.score_lstm_out`, the math of ``evaluate_actions``)."""
     from esper_fast.fused_evaluate import score_lstm_out
 
-    B = mb.dones.shape[0]
-    hidden, outs = mb.initial_hidden, []
-    for start, end in zip(cuts, cuts[1:]):
-        if start > 0:
-            keep = (~mb.dones[:, start - 1]).to(hidden[0].dtype).view(1, B, 1)
-            hidden = (hidden[0] * keep, hidden[1] * keep)
-        lstm_out, hidden = policy.trunk(mb.obs[:, start:end], mb.blueprint_indices[:, start:end], hidden)
-        outs.append(lstm_out)
-    lstm_out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+    def run(span: slice, hidden: Hidden) -> tuple[tuple[Tensor], Hidden]:
+        lstm_out, hidden = policy.trunk(mb.obs[:, span], mb.blueprint_indices[:, span], hidden)
+        return (lstm_out,), hidden
+
+    (lstm_out,) = cat_pieces(replay_pieces(mb, run))
     return (score_fn or score_lstm_out)(policy, lstm_out, mb.actions, dict(mb.masks))
 
 
