@@ -31,6 +31,7 @@ __all__ = [
     "BlueprintEmbedding",
     "FactoredNetwork",
     "HeadOutputs",
+    "mask_dict",
     "validate_masks_and_logits",
 ]
 
@@ -65,6 +66,11 @@ class HeadOutputs(NamedTuple):
     q_values: Tensor  # [B, T, num_ops]: Q(s, a) for every op a
     lstm_out: Tensor  # [B, T, H] post-LayerNorm
     hidden: Hidden  # (h, c), each [L, B, H]
+
+
+def mask_dict(*masks: Tensor | None) -> dict[str, Tensor | None]:
+    """esper's eight per-head mask arguments (HEAD_NAMES order) as ``{head: mask}``."""
+    return dict(zip(HEAD_NAMES, masks))
 
 
 def _mlp_head(hidden: int, width: int, out: int) -> nn.Sequential:
@@ -438,20 +444,15 @@ class FactoredNetwork(nn.Module):
         (:mod:`esper_fast.fused_evaluate`); log-probs/entropies come back float32 (float64 for a float64
         network) and equal the per-head path up to GEMM rounding.
         """
-        masks = dict(
-            zip(
-                HEAD_NAMES,
-                (
-                    slot_mask,
-                    blueprint_mask,
-                    style_mask,
-                    tempo_mask,
-                    alpha_target_mask,
-                    alpha_speed_mask,
-                    alpha_curve_mask,
-                    op_mask,
-                ),
-            )
+        masks = mask_dict(
+            slot_mask,
+            blueprint_mask,
+            style_mask,
+            tempo_mask,
+            alpha_target_mask,
+            alpha_speed_mask,
+            alpha_curve_mask,
+            op_mask,
         )
         self.check_actions(actions, tuple(states.shape[:-1]) if isinstance(states, Tensor) else None)
         if self.fused_evaluate:

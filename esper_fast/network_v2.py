@@ -43,6 +43,7 @@ from esper_fast.network import (
     SMALL_HEADS,
     BlueprintEmbedding,
     _mlp_head,
+    mask_dict,
     validate_masks_and_logits,
 )
 from esper_fast.reference.actions_v2 import apply_probability_floor, effective_mask
@@ -364,20 +365,15 @@ class NetworkV2Mixin:
         trains only q_head (detached input); contributions detach the trunk when ``aux_stop_gradient``.
         An empty effective mask raises ``invalid_state_error`` even with validation off (one sync).
         """
-        masks = dict(
-            zip(
-                HEAD_NAMES,
-                (
-                    slot_mask,
-                    blueprint_mask,
-                    style_mask,
-                    tempo_mask,
-                    alpha_target_mask,
-                    alpha_speed_mask,
-                    alpha_curve_mask,
-                    op_mask,
-                ),
-            )
+        masks = mask_dict(
+            slot_mask,
+            blueprint_mask,
+            style_mask,
+            tempo_mask,
+            alpha_target_mask,
+            alpha_speed_mask,
+            alpha_curve_mask,
+            op_mask,
         )
         lstm_out, new_hidden = self.trunk(states, blueprint_indices, hidden)
         aux_in = lstm_out.detach() if aux_stop_gradient else lstm_out

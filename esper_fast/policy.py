@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from esper_fast.constants import HEAD_NAMES, MASKED_LOGIT_VALUE, POLICY_VALUE_MODES
-from esper_fast.network import FactoredNetwork, validate_masks_and_logits
+from esper_fast.network import FactoredNetwork, mask_dict, validate_masks_and_logits
 from esper_fast.ops.actions import select_actions
 from esper_fast.ops.select import select_op
 from esper_fast.types import GetActionResult, Hidden
@@ -60,10 +60,6 @@ def value_read_op(q: Tensor, op: Tensor, q_op: Tensor) -> Tensor:
     """
     read = q.gather(-1, op.clamp(min=0).unsqueeze(-1)).squeeze(-1).float()
     return torch.where(read == q_op, op, -1)
-
-
-def _mask_dict(*masks: Tensor | None) -> dict[str, Tensor | None]:
-    return dict(zip(HEAD_NAMES, masks))
 
 
 class FactoredPolicy(FactoredNetwork):
@@ -183,7 +179,7 @@ class FactoredPolicy(FactoredNetwork):
         Samples the op once (one select_op call); ``value`` is Q(s, sampled_op) (``q_op`` mode) or
         sum_a pi(a|s) Q(s, a) (``expected``), computed differentiably from the same op.
         """
-        masks = _mask_dict(
+        masks = mask_dict(
             slot_mask,
             blueprint_mask,
             style_mask,
@@ -255,7 +251,7 @@ class FactoredPolicy(FactoredNetwork):
         Extras: ``noise`` (head -> ``[B, n]`` Gumbel noise, for exact tests), ``generator``,
         ``slot_by_op [B, num_ops, S]`` (slots valid per op). No host sync when validation is off.
         """
-        masks = _mask_dict(
+        masks = mask_dict(
             slot_mask,
             blueprint_mask,
             style_mask,

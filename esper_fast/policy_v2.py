@@ -17,6 +17,7 @@ from torch import Tensor
 
 from esper_fast.constants import HEAD_NAMES, MASKED_LOGIT_VALUE
 from esper_fast.errors import KASMINA_HINT
+from esper_fast.network import mask_dict
 from esper_fast.network_v2 import FactoredNetworkV2, NetworkV2Mixin
 from esper_fast.ops.actions_v2 import ActionSelectionV2, select_actions_v2
 from esper_fast.ops.checks import raise_for_bad_head
@@ -27,10 +28,6 @@ from esper_fast.rules import AFTER_OP
 from esper_fast.types import GetActionResult, Hidden
 
 __all__ = ["FactoredPolicyV2", "FactoredPolicyV2Mixin", "GetActionResult"]
-
-
-def _mask_dict(*masks: Tensor | None) -> dict[str, Tensor | None]:
-    return dict(zip(HEAD_NAMES, masks))
 
 
 class FactoredPolicyV2Mixin(NetworkV2Mixin):
@@ -101,7 +98,7 @@ class FactoredPolicyV2Mixin(NetworkV2Mixin):
         ``q_value`` Q(s, sampled_op) ``[B, T]``, ``lstm_out [B, T, H]``, ``sampled_op [B, T]`` (one
         select_op draw from the op distribution with the op floor of ``probability_floor``), ``hidden``.
         """
-        masks = _mask_dict(
+        masks = mask_dict(
             slot_mask,
             blueprint_mask,
             style_mask,
@@ -179,7 +176,7 @@ class FactoredPolicyV2Mixin(NetworkV2Mixin):
                 f"get_action() requires seq_len=1, got {state.shape[1]}. This method is for single-step "
                 "rollout collection. For multi-step sequence processing, use forward() directly."
             )
-        masks = _mask_dict(
+        masks = mask_dict(
             slot_mask,
             blueprint_mask,
             style_mask,

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from esper_fast.constants import HEAD_NAMES, MASKED_LOGIT_VALUE, POLICY_VALUE_MODES
-from esper_fast.network import FactoredNetwork, validate_masks_and_logits
+from esper_fast.network import FactoredNetwork, mask_dict, validate_masks_and_logits
 from esper_fast.rules import AFTER_OP, op_dependent_masks
 from esper_fast.types import GetActionResult
 
@@ -83,20 +83,15 @@ class ReferencePolicy(FactoredNetwork):
         generator: torch.Generator | None = None,
     ) -> dict:
         """esper's forward: masked logits, one op draw (``noise [B*T, num_ops]`` optional), its value."""
-        masks = dict(
-            zip(
-                HEAD_NAMES,
-                (
-                    slot_mask,
-                    blueprint_mask,
-                    style_mask,
-                    tempo_mask,
-                    alpha_target_mask,
-                    alpha_speed_mask,
-                    alpha_curve_mask,
-                    op_mask,
-                ),
-            )
+        masks = mask_dict(
+            slot_mask,
+            blueprint_mask,
+            style_mask,
+            tempo_mask,
+            alpha_target_mask,
+            alpha_speed_mask,
+            alpha_curve_mask,
+            op_mask,
         )
         out = self.heads(state, blueprint_indices, hidden)
         if self.validate:
@@ -142,20 +137,15 @@ class ReferencePolicy(FactoredNetwork):
         to the slots valid for the chosen op, as in FactoredPolicy.
         """
         noise = noise or {}
-        masks = dict(
-            zip(
-                HEAD_NAMES,
-                (
-                    slot_mask,
-                    blueprint_mask,
-                    style_mask,
-                    tempo_mask,
-                    alpha_target_mask,
-                    alpha_speed_mask,
-                    alpha_curve_mask,
-                    op_mask,
-                ),
-            )
+        masks = mask_dict(
+            slot_mask,
+            blueprint_mask,
+            style_mask,
+            tempo_mask,
+            alpha_target_mask,
+            alpha_speed_mask,
+            alpha_curve_mask,
+            op_mask,
         )
         if state.dim() == 2:
             state, blueprint_indices = state.unsqueeze(1), blueprint_indices.unsqueeze(1)
