@@ -335,6 +335,36 @@ def from_esper_checkpoint(ckpt: dict[str, Any], log: Callable[[str], None] | Non
     return out
 
 
+def _export_metadata(
+    ckpt: dict[str, Any], cfg: Any, lost: dict[str, str], what: str, log: Callable[[str], None]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What both exporters write besides the weights: the metadata (the source's, plus who exported it,
+    the esper_fast config, the fields esper cannot represent, the obs normaliser) and esper's
+    ``architecture`` (slot ids of an imported esper file kept). Logs ``what`` and the lost fields."""
+    source = ckpt.get("path", "checkpoint")
+    arch = ckpt["architecture"]
+    metadata = dict(ckpt.get("metadata") or {})
+    metadata.update(
+        {
+            "exported_by": f"esper_fast {__version__}",
+            "source_checkpoint": str(source),
+            "esper_fast_config": cfg.to_dict(),
+            "not_representable": lost,
+        }
+    )
+    if "obs_normalizer" in ckpt:
+        metadata["esper_fast_obs_normalizer"] = ckpt["obs_normalizer"]
+    imported = ckpt.get("esper_import") or {}
+    slot_ids = imported.get("source_architecture", {}).get("slot_ids", arch["slot_ids"])
+    log(f"{source}: export for {what}: " + "; ".join(f"{k} = {v}" for k, v in lost.items()))
+    architecture = {
+        "state_dim": int(arch["state_dim"]),
+        "slot_ids": list(slot_ids),
+        "num_slots": int(arch["num_slots"]),
+    }
+    return metadata, architecture
+
+
 def to_esper_checkpoint(ckpt: dict[str, Any], log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """An esper_fast checkpoint dict -> esper's ``PPOAgent.save()`` layout (see the module docstring).
 
@@ -352,7 +382,6 @@ def to_esper_checkpoint(ckpt: dict[str, Any], log: Callable[[str], None] | None 
         raise CheckpointError(f"{source}: bad config: {exc}") from exc
     if cfg.ppo_variant == "head":  # FactoredPolicyV2: esper HEAD's format
         return to_esper_head_checkpoint(ckpt, log)
-    arch = ckpt["architecture"]
     if cfg.feature_dim != ESPER_FEATURE_DIM or cfg.lstm_layers != 1:
         raise CheckpointError(
             f"{source}: esper's PPOAgent.load() rebuilds the network through LSTMPolicyBundle, which always has "
@@ -413,21 +442,8 @@ def to_esper_checkpoint(ckpt: dict[str, Any], log: Callable[[str], None] | None 
         )
     lost["obs_normalizer"] = "esper's checkpoint has no place for it: kept in metadata['esper_fast_obs_normalizer']"
     lost["learning_rate / adam_eps"] = "carried by optimizer_state_dict (esper's load() restores them from it)"
-    metadata = dict(ckpt.get("metadata") or {})
-    metadata.update(
-        {
-            "exported_by": f"esper_fast {__version__}",
-            "source_checkpoint": str(source),
-            "esper_fast_config": cfg.to_dict(),
-            "not_representable": lost,
-        }
-    )
-    if "obs_normalizer" in ckpt:
-        metadata["esper_fast_obs_normalizer"] = ckpt["obs_normalizer"]
-    slot_ids = imported.get("source_architecture", {}).get("slot_ids", arch["slot_ids"])
-    log(
-        f"{source}: export for esper's PPOAgent.load(); not representable in esper's checkpoint: "
-        + "; ".join(f"{k} = {v}" for k, v in lost.items())
+    metadata, architecture = _export_metadata(
+        ckpt, cfg, lost, "esper's PPOAgent.load(); not representable in esper's checkpoint", log
     )
     return {
         "checkpoint_version": 1,
@@ -435,11 +451,7 @@ def to_esper_checkpoint(ckpt: dict[str, Any], log: Callable[[str], None] | None 
         "optimizer_state_dict": ckpt["optimizer_state_dict"],
         "train_steps": int(ckpt["train_steps"]),
         "config": config,
-        "architecture": {
-            "state_dim": int(arch["state_dim"]),
-            "slot_ids": list(slot_ids),
-            "num_slots": int(arch["num_slots"]),
-        },
+        "architecture": architecture,
         "metadata": metadata,
     }
 
@@ -775,21 +787,8 @@ def to_esper_head_checkpoint(ckpt: dict[str, Any], log: Callable[[str], None] | 
         lost["rollout_steps"] = (
             f"{cfg.rollout_steps}: HEAD collects one whole episode ({cfg.episode_length}) per update"
         )
-    metadata = dict(ckpt.get("metadata") or {})
-    metadata.update(
-        {
-            "exported_by": f"esper_fast {__version__}",
-            "source_checkpoint": str(source),
-            "esper_fast_config": cfg.to_dict(),
-            "not_representable": lost,
-        }
-    )
-    if "obs_normalizer" in ckpt:
-        metadata["esper_fast_obs_normalizer"] = ckpt["obs_normalizer"]
-    slot_ids = imported.get("source_architecture", {}).get("slot_ids", arch["slot_ids"])
-    (log or logger.warning)(
-        f"{source}: export for esper HEAD's PPOAgent.load(); not representable: "
-        + "; ".join(f"{k} = {v}" for k, v in lost.items())
+    metadata, architecture = _export_metadata(
+        ckpt, cfg, lost, "esper HEAD's PPOAgent.load(); not representable", log or logger.warning
     )
     as_tensor = lambda v: torch.as_tensor(v, dtype=torch.float32).clone()  # noqa: E731
     return {
@@ -805,10 +804,6 @@ def to_esper_head_checkpoint(ckpt: dict[str, Any], log: Callable[[str], None] | 
         "train_steps": steps,
         "aux_training_step": steps,
         "config": config,
-        "architecture": {
-            "state_dim": int(arch["state_dim"]),
-            "slot_ids": list(slot_ids),
-            "num_slots": int(arch["num_slots"]),
-        },
+        "architecture": architecture,
         "metadata": metadata,
     }
