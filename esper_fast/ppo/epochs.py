@@ -29,6 +29,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from esper_fast.ppo.buffer import RolloutBuffer
+from esper_fast.ppo.config import PPOConfig
+
 __all__ = ["MinibatchLoss", "run_epochs"]
 
 
@@ -120,3 +123,36 @@ def run_epochs(
     metrics["nonfinite_steps"] = torch.tensor(float(nonfinite_steps))
     metrics["skipped"] = torch.tensor(float(skipped))
     return metrics
+
+
+def run_config_epochs(
+    loss_fn: Callable[[Tensor], MinibatchLoss | None],
+    buffer: RolloutBuffer,
+    policy: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: PPOConfig,
+    *,
+    generator: torch.Generator | None = None,
+    all_reduce_mean: Callable[[Tensor], Tensor] | None = None,
+    all_reduce_grads: Callable[[list[Tensor]], None] | None = None,
+    metric_names: Sequence[str] = (),
+) -> dict[str, Tensor]:
+    """:func:`run_epochs` over the buffer's env sequences with the trainer's settings from ``config``
+    (update_epochs, num_minibatches, minibatch_envs, target_kl, max_grad_norm), on ``policy``'s parameters:
+    the loop of :func:`esper_fast.ppo.update.ppo_update` and :func:`esper_fast.ppo.head_update.ppo_update_head`."""
+    return run_epochs(
+        loss_fn,
+        buffer.num_envs,
+        policy.parameters(),
+        optimizer,
+        epochs=config.update_epochs,
+        num_minibatches=config.num_minibatches,
+        minibatch_rows=config.minibatch_envs,
+        target_kl=config.target_kl,
+        max_grad_norm=config.max_grad_norm,
+        device=buffer.obs.device,
+        generator=generator,
+        all_reduce_mean=all_reduce_mean,
+        all_reduce_grads=all_reduce_grads,
+        metric_names=metric_names,
+    )

@@ -39,7 +39,7 @@ from esper_fast.constants import CAUSAL_HEAD_OPS, HEAD_NAMES, LifecycleOp
 from esper_fast.constants_v2 import ENTROPY_FLOOR_PENALTY_COEF, ENTROPY_FLOOR_PER_HEAD, PROBABILITY_FLOOR_PER_HEAD
 from esper_fast.ppo.buffer import RolloutBuffer
 from esper_fast.ppo.config import PPOConfig
-from esper_fast.ppo.epochs import MinibatchLoss, run_epochs
+from esper_fast.ppo.epochs import MinibatchLoss, run_config_epochs
 from esper_fast.ppo.head_losses import (
     aux_coef_at,
     contribution_aux_loss,
@@ -199,17 +199,12 @@ def ppo_update_head(
             first=lambda: {f"entropy/{h}": masked_mean(entropy[h].detach(), causal[h]) for h in HEAD_NAMES},
         )
 
-    metrics = run_epochs(
+    metrics = run_config_epochs(
         minibatch_loss,
-        buffer.num_envs,
-        policy.parameters(),
+        buffer,
+        policy,
         optimizer,
-        epochs=config.update_epochs,
-        num_minibatches=config.num_minibatches,
-        minibatch_rows=config.minibatch_envs,
-        target_kl=config.target_kl,
-        max_grad_norm=config.max_grad_norm,
-        device=buffer.obs.device,
+        config,
         generator=generator,
         all_reduce_mean=all_reduce_mean,
         all_reduce_grads=all_reduce_grads,

@@ -21,7 +21,7 @@ from esper_fast.constants import HEAD_NAMES
 from esper_fast.network import FactoredNetwork
 from esper_fast.ppo.buffer import RolloutBuffer
 from esper_fast.ppo.config import PPOConfig
-from esper_fast.ppo.epochs import MinibatchLoss, run_epochs
+from esper_fast.ppo.epochs import MinibatchLoss, run_config_epochs
 from esper_fast.ppo.losses import (
     approx_kl,
     clip_fraction,
@@ -138,17 +138,12 @@ def ppo_update(
             first=lambda: {f"entropy/{h}": masked_mean(entropy[h].detach(), causal[h]) for h in HEAD_NAMES},
         )
 
-    metrics = run_epochs(
+    metrics = run_config_epochs(
         minibatch_loss,
-        buffer.num_envs,
-        policy.parameters(),
+        buffer,
+        policy,
         optimizer,
-        epochs=config.update_epochs,
-        num_minibatches=config.num_minibatches,
-        minibatch_rows=config.minibatch_envs,
-        target_kl=config.target_kl,
-        max_grad_norm=config.max_grad_norm,
-        device=buffer.obs.device,
+        config,
         generator=generator,
         all_reduce_mean=all_reduce_mean,
         all_reduce_grads=all_reduce_grads,
