@@ -197,6 +197,48 @@ py::object empty(std::initializer_list<int64_t> shape, PyObject* kw) {
   return steal_or_throw(PyObject_Call(g_empty, args.ptr(), kw));
 }
 
+// Outputs of n rows: torch._C._VariableFunctions.empty_like(template) on [n] templates cached per
+// dtype (one vectorcall with one argument: cheaper than torch.empty(n, dtype=, device=), whose
+// argument parsing dominated the call; measured). empty_like follows the caller's grad / inference
+// mode, not the template's. Every call returns fresh tensors; the templates are never returned.
+PyObject* g_empty_like = nullptr;
+int64_t g_tmpl_n = -1;
+PyObject* g_tmpl_i64 = nullptr;
+PyObject* g_tmpl_f32 = nullptr;
+
+void ensure_templates(int64_t n) {
+  if (n == g_tmpl_n) return;
+  py::object i64 = empty({n}, g_kw_int64), f32 = empty({n}, g_kw_f32);
+  Py_XDECREF(g_tmpl_i64);
+  Py_XDECREF(g_tmpl_f32);
+  g_tmpl_i64 = i64.release().ptr();
+  g_tmpl_f32 = f32.release().ptr();
+  g_tmpl_n = n;
+}
+
+// A fresh tensor like `tmpl` (owned reference; throws the Python error).
+PyObject* new_like(PyObject* tmpl) {
+  PyObject* r = PyObject_Vectorcall(g_empty_like, &tmpl, 1, nullptr);
+  if (r == nullptr) throw py::error_already_set();
+  return r;
+}
+
+// key_buf.random_(0, 2**63 - 1) (the value torch.randint would draw from the default generator), as
+// one vectorcall without a bound-method object; throws the Python error.
+void draw_key_into(PyObject* key_buf) {
+  PyObject* args[4] = {nullptr, key_buf, g_zero, g_key_high};  // args[0]: scratch for the offset flag
+  PyObject* r =
+      PyObject_VectorcallMethod(g_random, args + 1, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, nullptr);
+  if (r == nullptr) throw py::error_already_set();
+  Py_DECREF(r);
+}
+
+// t.data_ptr() through TensorBase's descriptor (throws the Python error).
+uintptr_t fast_ptr(py::handle t) {
+  const py::object p = steal_or_throw(call0(t.ptr(), kDataPtr));
+  return static_cast<uintptr_t>(PyLong_AsUnsignedLongLong(p.ptr()));
+}
+
 // select_op's whole CPU call for the common case; None (nothing drawn, nothing run) when any input is
 // not the plain case (not a 2-D CPU tensor, shape / dtype mismatch, non-unit columns, noise not fp32),
 // so that select_op's Python path raises its named error or handles it. Returns (OpSelection, bad rows).
@@ -216,23 +258,20 @@ py::object select_op_lean(py::handle logits, py::handle q, py::handle mask, py::
   }
   const int64_t n = l.rows;
   const int a = static_cast<int>(l.cols);
-  // Five [N] tensors: cheaper than a [4, N] float buffer and its unbind (measured).
-  py::object op = empty({n}, g_kw_int64);
-  py::object fl[4] = {empty({n}, g_kw_f32), empty({n}, g_kw_f32), empty({n}, g_kw_f32),
-                      empty({n}, g_kw_f32)};
+  // Five fresh [N] tensors: cheaper than a [4, N] float buffer and its unbind (measured).
+  ensure_templates(n);
+  py::object op = py::reinterpret_steal<py::object>(new_like(g_tmpl_i64));
+  py::object fl[4];
+  for (auto& f : fl) f = py::reinterpret_steal<py::object>(new_like(g_tmpl_f32));
   const bool draws = !deterministic && noise.is_none();
-  if (draws) {  // key_buf.random_(0, 2**63 - 1): the value torch.randint would draw
-    PyObject* r = PyObject_CallMethodObjArgs(key_buf.ptr(), g_random, g_zero, g_key_high, nullptr);
-    if (r == nullptr) throw py::error_already_set();
-    Py_DECREF(r);
-  }
+  if (draws) draw_key_into(key_buf.ptr());
   View none;
   const float* outs[4];
-  for (int k = 0; k < 4; ++k) outs[k] = reinterpret_cast<const float*>(data_ptr(fl[k]));
+  for (int k = 0; k < 4; ++k) outs[k] = reinterpret_cast<const float*>(fast_ptr(fl[k]));
   const SelectArgs args = tensor_args(l.v, q.is_none() ? none : qs.v, mask.is_none() ? none : ms.v,
                                       (deterministic || noise.is_none()) ? none : gs.v,
                                       draws ? key_buf : py::none(), n, a, deterministic,
-                                      data_ptr(op), outs);
+                                      fast_ptr(op), outs);
   int64_t bad;
   if (n * a < 4096) {
     bad = select_op_cpu(args);
@@ -249,6 +288,36 @@ py::object select_op_lean(py::handle logits, py::handle q, py::handle mask, py::
   py::object sel = py::reinterpret_steal<py::object>(sel_raw);
   return py::make_tuple(sel, bad);
 }
+
+// select_op_lean as a METH_FASTCALL builtin: positional (logits, q, mask, noise, deterministic,
+// key_buf), no pybind11 dispatch (a measurable share of a ~5 us call). C++ errors become Python ones
+// as pybind11 would map them.
+PyObject* select_op_lean_fastcall(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 6) {
+    PyErr_Format(PyExc_TypeError,
+                 "select_op_lean(logits, q, mask, noise, deterministic, key_buf) takes 6 positional "
+                 "arguments, got %zd",
+                 nargs);
+    return nullptr;
+  }
+  try {
+    const int det = PyObject_IsTrue(args[4]);
+    if (det < 0) return nullptr;
+    return select_op_lean(args[0], args[1], args[2], args[3], det != 0, args[5]).release().ptr();
+  } catch (py::error_already_set& e) {
+    e.restore();
+  } catch (const std::invalid_argument& e) {
+    PyErr_SetString(PyExc_ValueError, e.what());
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+  }
+  return nullptr;
+}
+
+PyMethodDef g_select_op_lean_def = {
+    "select_op_lean", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(&select_op_lean_fastcall)),
+    METH_FASTCALL,
+    "select_op_lean(logits, q, mask, noise, deterministic, key_buf) -> (OpSelection, bad rows) or None"};
 
 // slot_by_op: a contiguous bool CPU tensor of shape [n, n_ops, n_slots], else false.
 bool see_slot_by_op(PyObject* t, int64_t n, int64_t n_ops, int64_t n_slots, uintptr_t& ptr) {
@@ -336,9 +405,7 @@ py::object select_actions_lean(py::list logits, py::list masks, py::list noise, 
   py::object actions = empty({kActionRows, n}, g_kw_int64);
   py::object floats = empty({kFloatRows, n}, g_kw_f32);
   if (!deterministic && any_drawn) {  // key_buf.random_(0, 2**63 - 1), as select_op_lean
-    PyObject* r = PyObject_CallMethodObjArgs(key_buf.ptr(), g_random, g_zero, g_key_high, nullptr);
-    if (r == nullptr) throw py::error_already_set();
-    Py_DECREF(r);
+    draw_key_into(key_buf.ptr());
     a.key = reinterpret_cast<const int64_t*>(data_ptr(key_buf));
   }
   a.out_actions = reinterpret_cast<int64_t*>(data_ptr(actions));
@@ -429,6 +496,9 @@ PYBIND11_MODULE(_C, m) {
       Py_INCREF(d);
       g_descr[k] = d;
     }
+    py::object empty_like =
+        py::module_::import("torch").attr("_C").attr("_VariableFunctions").attr("empty_like");
+    g_empty_like = empty_like.release().ptr();
     g_random = PyUnicode_InternFromString("random_");
     g_zero = PyLong_FromLong(0);
     g_kw_int64 = PyDict_New();
@@ -441,8 +511,8 @@ PYBIND11_MODULE(_C, m) {
   });
   // select_op's whole CPU call in one entry (checks, outputs, key draw, kernel): (OpSelection, bad
   // rows), or None when an input is not the plain case (select_op then takes its Python path).
-  m.def("select_op_lean", &select_op_lean, py::arg("logits"), py::arg("q"), py::arg("mask"),
-        py::arg("noise"), py::arg("deterministic"), py::arg("key_buf"));
+  m.add_object("select_op_lean", steal_or_throw(PyCFunction_NewEx(&g_select_op_lean_def, nullptr,
+                                                                  m.attr("__name__").ptr())));
   m.def("select_actions_lean", &select_actions_lean, py::arg("logits"), py::arg("masks"),
         py::arg("noise"), py::arg("q"), py::arg("slot_by_op"), py::arg("deterministic"),
         py::arg("key_buf"));

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from esper_fast.errors import nonfinite_logits_message
-from esper_fast.ops.backends import lean_select_op, resolve_backend
+from esper_fast.ops.backends import _LEAN_SELECT_OP, lean_select_op, resolve_backend
 from esper_fast.ops.checks import check_out_not_aliased, normalize_out, out_overlaps_inputs, raise_for_bad_head
 from esper_fast.types import OpSelection
 
@@ -161,9 +161,16 @@ def select_op(
         BackendUnavailableError: an explicitly requested backend cannot run on these tensors.
     """
     if out is None and generator is None and not _is_compiling():
-        lean = lean_select_op(backend)  # the cpu backend's one C++ entry (checks, outputs, key, kernel)
+        try:  # the cpu backend's one C++ entry (checks, outputs, key, kernel), cached per backend name
+            lean = _LEAN_SELECT_OP[backend]
+        except (KeyError, TypeError):
+            lean = lean_select_op(backend)
         if lean is not None:
-            res = lean(logits, q, mask, noise, bool(deterministic), _key_buffer())
+            try:
+                key_buf = _THREAD.key
+            except AttributeError:
+                key_buf = _key_buffer()
+            res = lean(logits, q, mask, noise, deterministic, key_buf)  # truth of deterministic taken in C++
             if res is not None:  # None: not the plain case, nothing drawn or run; the path below decides
                 sel, bad = res
                 if validate and (bad or (noise is not None and not deterministic)):
