@@ -170,3 +170,45 @@ def test_lean_key_buffer_first_made_under_inference_mode_works_outside_it() -> N
     t.start()
     t.join()
     assert not errors, errors
+
+
+def test_lean_outputs_are_fresh_and_match_the_reference_across_row_counts():
+    """The lean entry allocates its outputs like cached [n] templates: every call (and every n, the
+    templates being rebuilt when n changes) gets five distinct new buffers; poisoning one call's outputs
+    leaves the next call's values equal to the reference."""
+    kb = torch.empty(1, dtype=torch.int64)
+    previous = []
+    for n in (5, 5, 1, 17, 0, 5):
+        logits, q, mask = _inputs(n, 4, seed=n + 20)
+        sel, bad = _C.select_op_lean(logits, q, mask, None, True, kb)
+        ptrs = {t.data_ptr() for t in sel if t.numel()}
+        assert len(ptrs) == (5 if n else 0)  # no two fields share a buffer
+        for old in previous:  # earlier results are still alive: nothing handed out twice
+            assert not ptrs & {t.data_ptr() for t in old if t.numel()}
+        ref = select_op_reference(logits, q, mask, deterministic=True)
+        for got, want in zip(sel, ref):
+            assert got.shape == (n,) and got.is_contiguous()
+            torch.testing.assert_close(got, want.to(got.dtype), rtol=1e-5, atol=1e-5)
+        for t in sel:  # poison: must not leak into the next call
+            t.fill_(-7)
+        previous.append(sel)
+        assert bad == 0
+
+
+def test_lean_entry_argument_count_error():
+    kb = torch.empty(1, dtype=torch.int64)
+    logits, q, mask = _inputs(3, 4, seed=1)
+    with pytest.raises(TypeError, match="takes 6 positional arguments, got 5"):
+        _C.select_op_lean(logits, q, mask, None, True)
+    with pytest.raises(TypeError, match="takes 6 positional arguments, got 7"):
+        _C.select_op_lean(logits, q, mask, None, True, kb, kb)
+
+
+def test_lean_outputs_follow_the_callers_inference_mode():
+    kb = torch.empty(1, dtype=torch.int64)
+    logits, q, mask = _inputs(4, 3, seed=2)
+    with torch.inference_mode():
+        inner, _ = _C.select_op_lean(logits, q, mask, None, True, kb)
+    outer, _ = _C.select_op_lean(logits, q, mask, None, True, kb)  # same n: the same templates
+    assert all(t.is_inference() for t in inner) and not any(t.is_inference() for t in outer)
+    outer.log_prob.add_(1.0)  # a normal tensor: in-place use outside inference mode works
