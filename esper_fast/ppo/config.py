@@ -434,6 +434,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         entropy_coef_end=0.0,
         entropy_anneal_updates=250,
         entropy_coef_min=0.0,
+        # op head x3 (esper: x1): on seed 2 the op head's entropy collapsed to ~0.01 nats by mid-run and the
+        # policy lost to the heuristic (-0.2 se); x3 beats it by >= 4.2 se on seeds 42/1/2 (train_eval_cpu.md)
+        entropy_coef_per_head={**ENTROPY_COEF_PER_HEAD, "op": 3.0},
     ),
     # 256 envs: the fused paths' cheaper env-step (bench_train_cpu: 4x the env-steps/s of 16 envs) buys 4x the
     # data in about the default run's CPU time; minibatches of 16 envs keep the default's optimiser steps
